@@ -1,0 +1,116 @@
+"""Bundle speed against the standard tools, measured in the same run on the same files.
+
+Builds a tree of SIZE GiB (many 256 KiB files plus files over 2 GiB), then times:
+  verify:  `gptossctl bundle verify`   vs  `sha256sum` and `openssl dgst -sha256` over the same files
+  pack:    `gptossctl bundle pack`     vs  `cp -r` of the same files
+Each timing is the best of --repeat runs with a warm page cache (every tool gets the same cache),
+and `sync` before each writer so one run's write-back does not land on the next. Prints ratios.
+
+usage: python benchmarks/bench_bundle.py [--size-gib 4] [--dir bench-out] [--repeat 2] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GPTOSSCTL = [sys.executable, "-m", "gptossctl"]
+
+
+def build_tree(root: Path, size_gib: float) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    total = int(size_gib * (1 << 30))
+    small, n_small = 256 << 10, 2048  # 512 MiB of small files
+    big = [int(total * 0.6), total - int(total * 0.6) - small * n_small]  # one file over 2 GiB at 4 GiB
+    block = os.urandom(16 << 20)
+    written = 0
+    for i, size in enumerate(big):
+        with open(root / f"model-{i:05d}-of-00002.safetensors", "wb") as f:
+            left = size
+            while left:
+                n = min(left, len(block))
+                f.write(block[:n])  # the same bytes repeat, which costs SHA-256 exactly the same
+                left -= n
+        written += size
+    for i in range(n_small):
+        (root / f"model-small-{i:05d}.safetensors").write_bytes(os.urandom(small))
+        written += small
+    (root / "config.json").write_text('{"architectures": ["GptOssForCausalLM"]}\n')
+    return written + len('{"architectures": ["GptOssForCausalLM"]}\n')
+
+
+def timed(cmd: list[str], *, env: dict[str, str] | None = None, shell: bool = False) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd if not shell else " ".join(cmd), check=True, env=env, shell=shell,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def best(n: int, fn) -> float:  # type: ignore[no-untyped-def]
+    return min(fn() for _ in range(n))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-gib", type=float, default=4.0)
+    ap.add_argument("--dir", type=Path, default=REPO / "bench-out")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    work = args.dir.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    src = work / "src"
+    size = build_tree(src, args.size_gib)
+    keys = work / "keys"
+    env = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": "bench"}
+    subprocess.run([*GPTOSSCTL, "keys", "generate", "--out", str(keys), "--name", "bench"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    recipe = str(REPO / "bundles" / "tiny-demo.yaml")
+    files = sorted(str(p) for p in src.iterdir())
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+
+    def run_cp() -> float:
+        dst = work / "cp"
+        shutil.rmtree(dst, ignore_errors=True)
+        subprocess.run(["sync"], check=True)
+        return timed(["cp", "-r", str(src), str(dst)])
+
+    def run_pack() -> float:
+        out = work / "bundle"
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run(["sync"], check=True)
+        return timed([*GPTOSSCTL, "bundle", "pack", recipe, "--out", str(out), "--key", str(keys / "bench.key"),
+                      "--model-dir", str(src)], env=env)
+
+    t_cp, t_pack = best(args.repeat, run_cp), best(args.repeat, run_pack)
+    shutil.rmtree(work / "cp", ignore_errors=True)
+    bundle = work / "bundle"
+    payload = sorted(str(p) for p in (bundle / "payload").rglob("*") if p.is_file())
+    subprocess.run(["cat", *payload], stdout=subprocess.DEVNULL, check=True)
+    t_sha = best(args.repeat, lambda: timed(["sha256sum", *payload]))
+    t_ossl = best(args.repeat, lambda: timed(["openssl", "dgst", "-sha256", *payload]))
+    t_verify = best(args.repeat, lambda: timed(
+        [*GPTOSSCTL, "bundle", "verify", str(bundle), "--trust", str(keys / "bench.pub")]))
+    gb = size / 1e9
+    cores = len(os.sched_getaffinity(0))
+    print(f"tree: {size / 2**30:.2f} GiB in {len(files)} files, {cores} cores, warm page cache")
+    print(f"{'tool':<34}{'seconds':>9}{'GB/s':>8}")
+    for name, t in [("sha256sum (1 process)", t_sha), ("openssl dgst -sha256 (1 process)", t_ossl),
+                    ("gptossctl bundle verify", t_verify), ("cp -r", t_cp), ("gptossctl bundle pack", t_pack)]:
+        print(f"{name:<34}{t:>9.2f}{gb / t:>8.2f}")
+    print(f"verify throughput vs openssl dgst: {t_ossl / t_verify:.2f}x  (target >= 1.8x on 2 cores)")
+    print(f"verify throughput vs sha256sum:    {t_sha / t_verify:.2f}x")
+    print(f"pack time vs cp -r:                {t_pack / t_cp:.2f}x  (target <= 1.2x)")
+    if not args.keep:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from gptossctl.cli.main import main
+
+main()

@@ -1,0 +1,95 @@
+"""DSSE envelopes (the signature wrapper of in-toto and sigstore) around the bundle manifest.
+
+Signatures cover PAE(payloadType, payload), never the JSON around them, so re-indenting the
+envelope cannot change what was signed, and a signature cannot be moved to another payload type.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+from gptossctl.errors import CheckFailed, Finding
+
+PAYLOAD_TYPE = "application/vnd.gptossctl.manifest+json"
+MAX_ENVELOPE_BYTES = 64 << 20  # a manifest of a million files stays well below this
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding: 'DSSEv1' SP len(type) SP type SP len(body) SP body."""
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+@dataclass(frozen=True)
+class Signature:
+    keyid: str
+    sig: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    payload: bytes
+    payload_type: str
+    signatures: tuple[Signature, ...]
+
+    def signed_message(self) -> bytes:
+        return pae(self.payload_type, self.payload)
+
+    def with_signature(self, sig: Signature) -> Envelope:
+        return Envelope(self.payload, self.payload_type, (*self.signatures, sig))
+
+    def to_json(self) -> bytes:
+        # One signature per line: auditors can pull a signature out with grep and base64 -d.
+        doc = {
+            "payloadType": self.payload_type,
+            "payload": base64.b64encode(self.payload).decode(),
+            "signatures": [
+                {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode()} for s in self.signatures
+            ],
+        }
+        return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def _malformed(message: str) -> CheckFailed:
+    return CheckFailed(
+        f"signature envelope is malformed: {message}",
+        code="bundle.envelope_malformed",
+        findings=[Finding("envelope.malformed", "manifest.dsse.json", message)],
+        hint="the bundle is damaged or was not written by gptossctl: obtain a fresh copy",
+    )
+
+
+def parse_envelope(data: bytes) -> Envelope:
+    """Parse strictly: any deviation is a refusal, never an exception of another kind."""
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise _malformed(f"{len(data)} bytes is larger than any real manifest")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _malformed(f"not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict) or set(doc) != {"payloadType", "payload", "signatures"}:
+        raise _malformed("expected exactly the keys payloadType, payload, signatures")
+    ptype, payload, sigs = doc["payloadType"], doc["payload"], doc["signatures"]
+    if ptype != PAYLOAD_TYPE:
+        raise _malformed(f"payloadType {str(ptype)[:80]!r} is not {PAYLOAD_TYPE}")
+    if not isinstance(payload, str) or not isinstance(sigs, list):
+        raise _malformed("payload must be a string and signatures a list")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _malformed("payload is not base64") from None
+    parsed: list[Signature] = []
+    for i, s in enumerate(sigs):
+        if not isinstance(s, dict) or set(s) != {"keyid", "sig"}:
+            raise _malformed(f"signature {i} must have exactly keyid and sig")
+        if not isinstance(s["keyid"], str) or not isinstance(s["sig"], str):
+            raise _malformed(f"signature {i} has non-string fields")
+        try:
+            sig = base64.b64decode(s["sig"], validate=True)
+        except (binascii.Error, ValueError):
+            raise _malformed(f"signature {i} is not base64") from None
+        parsed.append(Signature(s["keyid"], sig))
+    return Envelope(raw, ptype, tuple(parsed))

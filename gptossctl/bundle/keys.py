@@ -1,0 +1,186 @@
+"""Ed25519 signing keys: generation, loading, key ids.
+
+Private keys are PKCS#8 PEM encrypted with a passphrase and written 0600; the passphrase comes from
+GPTOSSCTL_KEY_PASSPHRASE or a prompt, never from argv (argv is world-readable in /proc).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gptossctl.errors import EnvironmentNotReady, UsageError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PASSPHRASE_ENV = "GPTOSSCTL_KEY_PASSPHRASE"
+PassphraseSource = Callable[[str], bytes | None]
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    keyid: str
+    key: Ed25519PublicKey = field(repr=False)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"keyid": self.keyid, "file": self.source}
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    keyid: str
+    key: Ed25519PrivateKey = field(repr=False)
+    source: str = ""
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
+
+
+def keyid_of(public: Ed25519PublicKey) -> str:
+    """The key id: SHA-256 of the raw 32-byte public key, in hex."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    keyid: str
+    private_path: Path
+    public_path: Path
+    encrypted: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "keyid": self.keyid,
+            "private_key": str(self.private_path),
+            "public_key": str(self.public_path),
+            "encrypted": self.encrypted,
+        }
+
+
+def generate_key(out_dir: Path, name: str, *, passphrase: bytes | None) -> GeneratedKey:
+    """Write NAME.key (0600, encrypted unless passphrase is None) and NAME.pub; never overwrite."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not name or "/" in name or name.startswith("."):
+        raise UsageError(f"key name {name!r} is not a plain file name", hint="use letters, digits, - and _")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    pub_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    priv_path, pub_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    for p in (priv_path, pub_path):
+        if p.exists():
+            raise UsageError(f"{p} already exists", hint="choose another --name or move the old key away")
+    # O_EXCL + mode at creation: the key is never readable by others, not even for an instant.
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    pub_path.write_bytes(pub_pem)
+    return GeneratedKey(keyid_of(private.public_key()), priv_path, pub_path, passphrase is not None)
+
+
+def load_public_key(path: Path) -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read public key {path}: {exc.strerror}", code="key.unreadable") from exc
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        # A trust anchor must be a public key: say so rather than guess at a private key file.
+        raise UsageError(
+            f"{path} is not a PEM public key",
+            code="key.invalid",
+            hint="pass the .pub file written by 'gptossctl keys generate'",
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{path} is not an Ed25519 public key", code="key.invalid")
+    return PublicKey(keyid_of(key), key, str(path))
+
+
+def env_or_prompt_passphrase(prompt: str) -> bytes | None:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value.encode()
+    if os.isatty(0):
+        import getpass
+
+        return getpass.getpass(prompt).encode() or None
+    return None
+
+
+def load_signing_key(path: Path, *, passphrase: PassphraseSource = env_or_prompt_passphrase) -> SigningKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read signing key {path}: {exc.strerror}", code="key.unreadable") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(
+            f"signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
+            code="key.insecure_permissions",
+            hint=f"chmod 600 {path}",
+        )
+    secret: bytes | None = None
+    if b"ENCRYPTED" in data:
+        secret = passphrase(f"Passphrase for {path}: ")
+        if not secret:
+            raise EnvironmentNotReady(
+                f"signing key {path} is encrypted and no passphrase was given",
+                code="key.passphrase_missing",
+                hint=f"set {PASSPHRASE_ENV} or run on a terminal to be prompted",
+            )
+    try:
+        key = serialization.load_pem_private_key(data, password=secret)
+    except (ValueError, TypeError):
+        raise UsageError(
+            f"cannot load signing key {path}: wrong passphrase or not a PEM private key",
+            code="key.invalid",
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"{path} is not an Ed25519 private key", code="key.invalid")
+    return SigningKey(keyid_of(key.public_key()), key, str(path))
+
+
+def load_key_any(path: Path) -> PublicKey:
+    """A public key from a .pub file, for `keys show` (which must work on either half)."""
+    data = path.read_bytes() if path.exists() else b""
+    if b"PRIVATE KEY" in data:
+        return _public_of_private(path)
+    return load_public_key(path)
+
+
+def _public_of_private(path: Path) -> PublicKey:
+    sk = load_signing_key(path)
+    return PublicKey(sk.keyid, sk.key.public_key(), str(path))

@@ -1,0 +1,75 @@
+"""Co-signing and inspecting finished bundles."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gptossctl.bundle.keys import SigningKey
+from gptossctl.bundle.layout import ENVELOPE
+from gptossctl.bundle.manifest import Manifest, parse_manifest
+from gptossctl.bundle.verify import read_envelope, verify_bundle
+from gptossctl.errors import UsageError
+
+
+@dataclass(frozen=True)
+class SignResult:
+    path: Path
+    keyid: str
+    signers: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": str(self.path), "added": self.keyid, "signers": list(self.signers)}
+
+
+def cosign_bundle(root: Path, key: SigningKey, *, check_files: bool = True) -> SignResult:
+    """Add key's signature. The files are re-hashed first: a signer vouches for what is there."""
+    if check_files:
+        verify_bundle(root, None)
+    envelope = read_envelope(root)
+    parse_manifest(envelope.payload)
+    if any(s.keyid == key.keyid for s in envelope.signatures):
+        raise UsageError(f"key {key.keyid[:16]} has already signed this bundle", code="sign.already_signed")
+    from gptossctl.bundle.dsse import Signature
+
+    signed = envelope.with_signature(Signature(key.keyid, key.sign(envelope.signed_message())))
+    tmp = root / (ENVELOPE + ".tmp")
+    tmp.write_bytes(signed.to_json())
+    os.replace(tmp, root / ENVELOPE)  # atomic: an interrupted co-sign leaves the old envelope
+    return SignResult(root, key.keyid, tuple(s.keyid for s in signed.signatures))
+
+
+@dataclass(frozen=True)
+class Inspection:
+    path: Path
+    manifest: Manifest = field(repr=False)
+    signers: tuple[str, ...]
+    now: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "bundle": str(self.path),
+            "name": m.name,
+            "version": m.version,
+            "created": m.created.isoformat(),
+            "expires": m.expires.isoformat(),
+            "expired": self.now > m.expires,
+            "min_gptossctl_version": m.min_gptossctl_version,
+            "files": len(m.files),
+            "bytes": m.total_size,
+            "signers": list(self.signers),
+            "components": m.components,
+            "verified": False,  # inspect never vouches: run 'bundle verify' for that
+        }
+
+
+def inspect_bundle(root: Path, *, now: datetime | None = None) -> Inspection:
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory", code="bundle.not_found")
+    envelope = read_envelope(root)
+    manifest = parse_manifest(envelope.payload)
+    return Inspection(root, manifest, tuple(s.keyid for s in envelope.signatures), now or datetime.now(UTC))

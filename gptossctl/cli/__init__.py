@@ -1,0 +1,1 @@
+"""Thin Typer apps, one module per command group. Heavy libraries load inside commands only."""

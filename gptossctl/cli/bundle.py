@@ -1,0 +1,151 @@
+"""`gptossctl bundle ...`: pack, sign, verify, inspect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from gptossctl.cli.output import JsonOpt, progress_bar, run, stderr, stdout
+
+app = typer.Typer(no_args_is_help=True, help="Pack, sign, verify and inspect signed bundles.")
+
+TrustOpt = typer.Option([], "--trust", help="Trusted public key (.pub); repeat for several.")
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _signing_keys(paths: list[Path]) -> list[Any]:
+    from gptossctl.bundle.keys import load_signing_key
+
+    return [load_signing_key(p) for p in paths]
+
+
+@app.command("pack")
+def pack(
+    spec: Path = typer.Argument(..., help="Recipe, e.g. bundles/tiny-demo.yaml."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to create (written as OUT.partial first)."),
+    key: list[Path] = typer.Option([], "--key", help="Signing key (.key); repeat for k-of-n."),
+    model_dir: Path | None = typer.Option(None, "--model-dir", help="Model directory (overrides the recipe)."),
+    wheelhouse: Path | None = typer.Option(None, "--wheelhouse", help="Wheel directory (overrides the recipe)."),
+    version: int | None = typer.Option(None, "--version", min=1, help="Bundle version (default: UTC YYYYMMDDHHMM)."),
+    expires_in: str | None = typer.Option(None, "--expires-in", help="Validity such as 90d (default: recipe's)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel copies (default: all cores)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Pack a signed bundle from a recipe; run again after an interruption to resume.
+
+    Exit 1 if a check fails (disk space), 2 for a bad recipe or missing source.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.pack import pack_bundle
+        from gptossctl.bundle.spec import load_spec
+
+        recipe, spec_dir = load_spec(spec)
+        keys = _signing_keys(key)
+        with progress_bar("packing") as (total, advance):
+            return pack_bundle(recipe, spec_dir, out, keys, model_dir=model_dir, wheelhouse=wheelhouse,
+                               version=version, expires_in=expires_in, workers=workers,
+                               progress=advance, on_total=total)
+
+    run(action, as_json=as_json, render=lambda r: stdout.print(
+        f"packed {r.path}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
+        f"{_human_size(r.manifest.total_size)} ({r.copied} copied, {r.reused} resumed), "
+        f"signed by {len(r.signers)} key(s), expires {r.manifest.expires.isoformat()}"))
+
+
+@app.command("sign")
+def sign(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    key: Path = typer.Option(..., "--key", help="Signing key (.key) of the co-signer."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Add a co-signature after re-hashing every file. Exit 1 if the files do not match the manifest."""
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.sign import cosign_bundle
+
+        return cosign_bundle(bundle, _signing_keys([key])[0])
+
+    run(action, as_json=as_json, render=lambda r: stdout.print(
+        f"signed {r.path} with {r.keyid}; {len(r.signers)} signature(s) now"))
+
+
+def _revoked_ids(values: list[str]) -> frozenset[str]:
+    from gptossctl.bundle.keys import load_public_key
+
+    ids = set()
+    for v in values:
+        p = Path(v)
+        ids.add(load_public_key(p).keyid if p.exists() else v.lower())
+    return frozenset(ids)
+
+
+@app.command("verify")
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    trust: list[Path] = TrustOpt,
+    threshold: int = typer.Option(1, "--threshold", help="Distinct trusted signatures required (k of n)."),
+    revoked: list[str] = typer.Option([], "--revoked", help="Revoked key: a key id or a .pub file; repeatable."),
+    clock_skew: str = typer.Option("5m", "--clock-skew", help="Allowance for clock drift, e.g. 5m, 1h."),
+    min_version: int | None = typer.Option(None, "--min-version", help="Refuse bundle versions below this."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Hashing threads (default: all cores)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Verify signatures, expiry and every byte of a bundle, offline.
+
+    Exit 1 with every finding listed (tampering, missing or extra files, bad signatures, expiry).
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from datetime import timedelta
+
+        from gptossctl.bundle.keys import load_public_key
+        from gptossctl.durations import parse_duration
+        from gptossctl.bundle.verify import TrustPolicy, verify_bundle
+
+        policy = TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
+                             revoked=_revoked_ids(revoked),
+                             clock_skew=timedelta(seconds=parse_duration(clock_skew)), min_version=min_version)
+        with progress_bar("verifying") as (total, advance):
+            return verify_bundle(bundle, policy, workers=workers, progress=advance, on_total=total)
+
+    run(action, as_json=as_json, render=lambda r: stdout.print(
+        f"[green]verified[/green] {r.root}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
+        f"{_human_size(r.bytes_hashed)} hashed, {len(r.signers)} trusted signature(s), "
+        f"expires {r.manifest.expires.isoformat()}"))
+
+
+@app.command("inspect")
+def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_json: bool = JsonOpt) -> None:
+    """Show what a bundle holds, its signers and expiry, without re-hashing (this is not verification)."""
+
+    def render(r: Any) -> None:
+        from rich.table import Table
+
+        d = r.to_dict()
+        stdout.print(f"{d['name']} v{d['version']}  created {d['created']}  expires {d['expires']}"
+                     f"{'  [red]EXPIRED[/red]' if d['expired'] else ''}")
+        t = Table("component", "files", "size", "details", box=None)
+        for name, c in d["components"].items():
+            extra = {k: v for k, v in c.items() if k not in ("files", "bytes")}
+            t.add_row(name, str(c.get("files", "")), _human_size(c.get("bytes", 0)),
+                      ", ".join(f"{k}={v}" for k, v in extra.items()))
+        stdout.print(t)
+        stdout.print(f"signers: {', '.join(d['signers']) or 'none'}")
+        stderr.print("[dim]not verified: run 'gptossctl bundle verify' to check signatures and hashes[/dim]")
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.sign import inspect_bundle
+
+        return inspect_bundle(bundle)
+
+    run(action, as_json=as_json, render=render)

@@ -1,0 +1,132 @@
+"""The frame every command runs in: one result document, Rich on stderr, stable exit codes.
+
+`--json` prints exactly one document on stdout, on success and on failure:
+{"schema": "gptossctl.result/1", "command": [...], "status": "ok|failed|error", "exit_code": N,
+ "data": {...}, "findings": [...], "error": {"code", "message", "hint"}}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, Protocol, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from gptossctl.errors import Finding, GptossctlError
+
+RESULT_SCHEMA = "gptossctl.result/1"
+stderr = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False, soft_wrap=True)
+
+
+class _State:
+    debug = False
+
+
+state = _State()
+
+
+class HasDict(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+T = TypeVar("T", bound=HasDict)
+
+
+def document(*, status: str, exit_code: int, data: dict[str, Any] | None = None,
+             findings: tuple[Finding, ...] | list[Finding] = (), error: GptossctlError | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "command": sys.argv[1:],
+        "status": status,
+        "exit_code": exit_code,
+        "data": data or {},
+        "findings": [f.to_dict() for f in findings],
+    }
+    if error is not None:
+        doc["error"] = {"code": error.code, "message": error.message, "hint": error.hint}
+    return doc
+
+
+def emit_json(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_findings(findings: tuple[Finding, ...] | list[Finding] | Any) -> None:
+    if not findings:
+        return
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("code", style="red", no_wrap=True)
+    table.add_column("subject", overflow="fold")
+    table.add_column("finding", overflow="fold")
+    for f in findings:
+        msg = escape(f.message) + (f"\n[dim]{escape(f.hint)}[/dim]" if f.hint else "")
+        table.add_row(f.code, escape(f.subject), msg)
+    stderr.print(table)
+
+
+def fail(exc: GptossctlError, *, as_json: bool, data: dict[str, Any] | None = None) -> NoReturn:
+    if as_json:
+        emit_json(document(status="failed" if exc.exit_code == 1 else "error", exit_code=exc.exit_code,
+                           data={**exc.data, **(data or {})}, findings=exc.findings, error=exc))
+    else:
+        stderr.print(f"[bold red]error[/bold red] [dim]({exc.code})[/dim]: {escape(exc.message)}")
+        print_findings(exc.findings)
+        if exc.hint:
+            stderr.print(f"[yellow]next:[/yellow] {escape(exc.hint)}")
+    raise typer.Exit(exc.exit_code)
+
+
+def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
+        exit_code: Callable[[T], int] = lambda _r: 0) -> NoReturn:
+    """Run one domain call; print its result (JSON or human) and exit with the right code."""
+    try:
+        result = action()
+    except GptossctlError as exc:
+        if state.debug:
+            stderr.print_exception()
+        fail(exc, as_json=as_json)
+    except KeyboardInterrupt:
+        stderr.print("[red]interrupted[/red]")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a bug: say so plainly, traceback only on request
+        if state.debug:
+            stderr.print_exception()
+        bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",
+                             hint="rerun with --debug and report the traceback")
+        fail(bug, as_json=as_json)
+    code = exit_code(result)
+    if as_json:
+        emit_json(document(status="ok" if code == 0 else "failed", exit_code=code, data=result.to_dict(),
+                           findings=getattr(result, "findings", ())))
+    else:
+        render(result)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(description: str, *, enabled: bool = True) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """Yield (set_total, advance) for a bytes-and-throughput bar on stderr."""
+    if not enabled or not stderr.is_terminal:
+        yield (lambda _n: None), (lambda _n: None)
+        return
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=stderr, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield (lambda n: bar.update(task, total=n)), (lambda n: bar.advance(task, n))
+
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON result document on stdout.")

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv with gptossctl and its test dependencies. Idempotent; needs only Python >= 3.11 and PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip uv >/dev/null
+.venv/bin/uv pip install -q --python .venv/bin/python -e '.[test]'

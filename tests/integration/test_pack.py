@@ -1,0 +1,119 @@
+"""Pack from real local sources: selection, resume after SIGKILL, disk space, atomic appearance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gptossctl.bundle.keys import load_public_key
+from gptossctl.bundle.verify import TrustPolicy, verify_bundle
+from gptossctl.demo.tinymodel import write_tiny_model
+from tests.conftest import PASSPHRASE, KeyPair, finding_codes
+
+pytestmark = pytest.mark.integration
+RECIPE = str(Path(__file__).resolve().parents[2] / "bundles" / "tiny-demo.yaml")
+ENV = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
+
+
+def test_pack_takes_only_what_vllm_reads(packed: Path) -> None:
+    files = {p.relative_to(packed / "payload").as_posix() for p in (packed / "payload").rglob("*") if p.is_file()}
+    model = {f for f in files if f.startswith("model/")}
+    assert "model/config.json" in model and "model/LICENSE" in model and "model/USAGE_POLICY" in model
+    assert not any(f.startswith(("model/original/", "model/metal/")) for f in model)
+    assert {"profiles/cpu-tiny.yaml", "systemd/gptoss@.service"} <= files
+    manifest = json.loads((packed / "manifest.json").read_bytes())
+    assert manifest["components"]["model"]["revision"] == "embedded"
+    assert sorted(f["path"] for f in manifest["files"]) == sorted(files)
+    assert not list(packed.parent.glob("*.partial"))
+
+
+def test_pack_refuses_existing_output(cli, packed: Path, keys: dict[str, KeyPair], tiny_model: Path) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("bundle", "pack", RECIPE, "--out", str(packed), "--key", str(keys["alice"].private),
+                    "--model-dir", str(tiny_model), env={"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()})
+    assert code == 2 and doc["error"]["code"] == "pack.exists"
+
+
+def test_bad_recipe_points_at_the_line(cli, tmp_path: Path, keys: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("schema: gptossctl.bundle-spec/1\nname: ok\nmodel:\n  name: m\n  repo: r\n  revison: x\n")
+    code, doc = cli("bundle", "pack", str(recipe), "--out", str(tmp_path / "o"), "--key", str(keys["alice"].private))
+    assert code == 2 and doc["error"]["code"] == "spec.invalid"
+    assert "line 6: model.revison" in doc["error"]["hint"] and "line 3: model.revision" in doc["error"]["hint"]
+
+
+def _big_model(root: Path, shards: int, size: int) -> Path:
+    write_tiny_model(root)
+    for i in range(shards):
+        (root / f"model-{i + 1:05d}-of-{shards:05d}.safetensors").write_bytes(os.urandom(size))
+    return root
+
+
+def test_interrupted_pack_resumes_without_recopying(tmp_path: Path, keys: dict[str, KeyPair]) -> None:
+    model = _big_model(tmp_path / "m", shards=48, size=4 << 20)
+    out = tmp_path / "bundle"
+    journal = tmp_path / "bundle.partial" / ".gptossctl-pack.jsonl"
+    cmd = [sys.executable, "-m", "gptossctl", "bundle", "pack", RECIPE, "--out", str(out), "--key",
+           str(keys["alice"].private), "--model-dir", str(model), "--workers", "1", "--json"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and journal.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "pack finished before it could be interrupted"
+    assert not out.exists(), "an interrupted pack must not leave a bundle that looks complete"
+    done_before = journal.read_text().count("\n")
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)["data"]
+    assert doc["reused"] >= done_before >= 5
+    assert doc["copied"] + doc["reused"] == doc["files"]
+    assert not (tmp_path / "bundle.partial").exists()
+    verify_bundle(out, TrustPolicy((load_public_key(keys["alice"].public),)))
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB filesystem (tmpfs); CI runs as root so this is never skipped."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_pack_refuses_when_disk_is_too_small(cli, small_disk: Path, tmp_path: Path, keys: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    model = _big_model(tmp_path / "m", shards=3, size=8 << 20)
+    code, doc = cli("bundle", "pack", RECIPE, "--out", str(small_disk / "b"), "--key", str(keys["alice"].private),
+                    "--model-dir", str(model), env={"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()})
+    assert code == 1 and doc["error"]["code"] == "pack.insufficient_disk"
+    assert "GiB free" in doc["error"]["message"]
+    assert not (small_disk / "b").exists()
+
+
+def test_cosign_refuses_a_bundle_whose_files_changed(cli, bundle: Path, keys: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    (bundle / "payload/model/config.json").write_text("{}")
+    code, doc = cli("bundle", "sign", str(bundle), "--key", str(keys["bob"].private),
+                    env={"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()})
+    assert code == 1 and "bundle.size_mismatch" in finding_codes(doc)
+
+
+def test_inspect_reads_without_hashing(cli, bundle: Path, keys: dict[str, KeyPair]) -> None:  # type: ignore[no-untyped-def]
+    (bundle / "payload/model/config.json").write_text("{}")  # inspect does not vouch, so it still reads
+    code, doc = cli("bundle", "inspect", str(bundle))
+    assert code == 0
+    d = doc["data"]
+    assert d["name"] == "tiny-demo" and d["version"] == 5 and d["verified"] is False
+    assert d["signers"] == [keys["alice"].keyid] and set(d["components"]) == {"model", "profiles", "units"}
