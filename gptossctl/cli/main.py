@@ -7,7 +7,7 @@ import sys
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, demo, keys
+from gptossctl.cli import bundle, demo, hw, keys, profiles
 from gptossctl.cli.output import document, emit_json, state
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(hw.app, name="hw")
+app.add_typer(profiles.app, name="profiles")
 app.command("demo")(demo.demo)
 
 

@@ -1,0 +1,46 @@
+"""Facts about this host that an install depends on."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from gptossctl.hardware.inventory import HostFacts
+
+
+def _ram_mib() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        return None
+    return None
+
+
+def _glibc() -> str | None:
+    try:
+        text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        return None
+    return text.split()[-1] if text.startswith("glibc") else None
+
+
+def _free(path: Path) -> int | None:
+    """Free bytes on the filesystem that would hold path (its nearest existing parent)."""
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def probe_host(paths: Iterable[Path] = ()) -> HostFacts:
+    free = {str(p): f for p in paths if (f := _free(p)) is not None}
+    return HostFacts(arch=platform.machine(), glibc=_glibc(), python=platform.python_version(),
+                     ram_total_mib=_ram_mib(), disk_free_bytes=free)

@@ -1,0 +1,84 @@
+"""`gptossctl hw check` and the rendering shared with `profiles list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from gptossctl.cli.output import JsonOpt, run, stdout
+
+app = typer.Typer(no_args_is_help=True, help="Check whether this machine (or a captured target) serves gpt-oss.")
+
+ModelOpt = typer.Option(None, "--model", help="gpt-oss-120b, gpt-oss-20b or tiny (default: the bundle's, else both).")
+BundleOpt = typer.Option(None, "--bundle", help="Bundle directory: its weights, CUDA line and vLLM version.")
+XmlOpt = typer.Option(None, "--nvidia-smi-xml", help="Review a target's `nvidia-smi -q -x` output.")
+CsvOpt = typer.Option(None, "--nvidia-smi-csv", help="Review a target's `nvidia-smi --query-gpu=... --format=csv`.")
+RocmOpt = typer.Option(None, "--rocm-smi-json", help="Review `rocm-smi --showproductname --showmeminfo vram --json`.")
+AmdOpt = typer.Option(None, "--amd-smi-json", help="Review `amd-smi static --json`.")
+PrefixOpt = typer.Option(None, "--prefix", help="Where releases will live, for the disk check (default /opt/gptoss).")
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+
+def assess_from_cli(model: str | None, bundle: Path | None, xml: Path | None, csv: Path | None,
+                    rocm: Path | None, amd: Path | None, prefix: Path | None) -> Any:
+    from gptossctl.hardware.assess import Captures, assess
+
+    return assess(model=model, bundle=bundle, captures=Captures(xml, csv, rocm, amd),
+                  disk_paths=[prefix] if prefix else None)
+
+
+def render_inventory(report: Any) -> None:
+    from rich.table import Table
+
+    inv = report.inventory
+    t = Table("gpu", "name", "memory MiB", "free MiB", "arch", "MIG", title=f"GPUs ({escape(inv.source)}), "
+              f"driver {inv.driver_version or '?'}" + (f", CUDA {inv.cuda_driver_version}" if inv.cuda_driver_version else ""),
+              box=None, title_justify="left")
+    for g in inv.gpus:
+        arch = g.gfx or (f"sm_{g.cc_text.replace('.', '')}{'*' if g.cc_inferred else ''}" if g.cc_text else "?")
+        mig = "on" if g.mig_enabled else "off" if g.mig_enabled is False else "-"
+        t.add_row(str(g.index), escape(g.name), str(g.memory_total_mib or "?"), str(g.memory_free_mib or "?"), arch, mig)
+    if not inv.gpus:
+        t.add_row("-", "no GPU", "", "", "", "")
+    stdout.print(t)
+
+
+def render_profiles(model_report: Any) -> None:
+    from rich.table import Table
+
+    t = Table("profile", "fits", "TP", "why", box=None, title=f"profiles for {model_report.model}", title_justify="left")
+    for f in model_report.fits:
+        why = (f.need.describe() if f.need else "") if f.fits else "; ".join(f.reasons)
+        t.add_row(f.profile.name, "[green]yes[/green]" if f.fits else "[red]no[/red]",
+                  str(f.tensor_parallel or "-"), escape(why))
+    stdout.print(t)
+
+
+def render_report(report: Any) -> None:
+    from rich.table import Table
+
+    render_inventory(report)
+    for m in report.models:
+        t = Table("", "check", "subject", "result", box=None, title=f"checks for {m.model}", title_justify="left")
+        for c in m.checks:
+            text = escape(c.message) + (f"\n[dim]-> {escape(c.remedy)}[/dim]" if c.remedy and c.status != "pass" else "")
+            t.add_row(f"[{_STYLE[c.status]}]{c.status}[/]", c.id, escape(c.subject), text)
+        stdout.print(t)
+        render_profiles(m)
+        colour = "green" if m.chosen else "red"
+        stdout.print(f"[{colour}]{m.model}: {escape(m.reason)}[/{colour}]\n")
+
+
+@app.command("check")
+def check(model: str | None = ModelOpt, bundle: Path | None = BundleOpt, nvidia_smi_xml: Path | None = XmlOpt,
+          nvidia_smi_csv: Path | None = CsvOpt, rocm_smi_json: Path | None = RocmOpt,
+          amd_smi_json: Path | None = AmdOpt, prefix: Path | None = PrefixOpt, as_json: bool = JsonOpt) -> None:
+    """Say which hardware profile fits this machine (or a capture) and why the others do not.
+
+    Exit 0 when a profile fits, 1 when none does, 3 when no probe can run here.
+    """
+    run(lambda: assess_from_cli(model, bundle, nvidia_smi_xml, nvidia_smi_csv, rocm_smi_json, amd_smi_json, prefix),
+        as_json=as_json, render=render_report, exit_code=lambda r: 0 if r.ok else 1)

@@ -1,0 +1,385 @@
+"""Will this machine serve gpt-oss, with which profile, and why not the others.
+
+Flow: inventory (probes) -> general checks (GPUs, driver vs the bundle's CUDA line, MIG, persistence,
+host) -> for every profile of the model: eligible GPUs (vendor, compute capability or gfx, MIG) ->
+smallest tensor-parallel size whose per-GPU memory need fits the budget -> free memory at start ->
+the fitting profile with the highest priority is chosen. Each check is pass, warn or fail with a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from gptossctl.hardware.inventory import Gpu, Inventory
+from gptossctl.hardware.profiles import Profile
+from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need
+
+Status = Literal["pass", "warn", "fail"]
+DEFAULT_CUDA_LINE = "13.0"  # vLLM 0.33 wheels: CUDA 13 runtime
+DEFAULT_VLLM = "0.33.0"
+MIN_GLIBC = (2, 28)  # manylinux_2_28 wheels
+PYTHONS = ((3, 11), (3, 14))
+SUPPORTED_GFX = {"gfx942": "MI300X/MI325X: ROCm wheels with the AITER attention backend",
+                 "gfx950": "MI355X: needs the amd/gpt-oss-120b-w-mxfp4-a-fp8 checkpoint"}
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    status: Status
+    subject: str
+    message: str
+    remedy: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "subject": self.subject, "message": self.message,
+                "remedy": self.remedy}
+
+
+@dataclass(frozen=True)
+class ProfileFit:
+    profile: Profile
+    fits: bool
+    tensor_parallel: int | None = None
+    gpus: tuple[int, ...] = ()
+    need: MemoryNeed | None = None
+    reasons: tuple[str, ...] = ()  # why it does not fit (empty when it does)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"profile": self.profile.name, "fits": self.fits, "priority": self.profile.priority,
+                "tensor_parallel": self.tensor_parallel, "gpus": list(self.gpus),
+                "memory": self.need.to_dict() if self.need else None, "reasons": list(self.reasons),
+                "warnings": list(self.warnings), "performance": self.profile.performance}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What the bundle (or the defaults for vLLM 0.33) asks of the target."""
+
+    cuda_line: str = DEFAULT_CUDA_LINE
+    vllm_version: str = DEFAULT_VLLM
+    weights_bytes: int | None = None  # from the bundle manifest when one is given
+    bundle_bytes: int | None = None
+    target_arch: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    model: str
+    checks: tuple[Check, ...]
+    fits: tuple[ProfileFit, ...]
+    chosen: ProfileFit | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "chosen": self.chosen.profile.name if self.chosen else None,
+                "tensor_parallel": self.chosen.tensor_parallel if self.chosen else None,
+                "reason": self.reason, "checks": [c.to_dict() for c in self.checks],
+                "profiles": [f.to_dict() for f in self.fits]}
+
+
+@dataclass(frozen=True)
+class HardwareReport:
+    inventory: Inventory
+    models: tuple[ModelReport, ...]
+    requirements: Requirements = field(default_factory=Requirements)
+
+    @property
+    def ok(self) -> bool:
+        return any(m.chosen is not None for m in self.models)
+
+    @property
+    def chosen(self) -> ProfileFit | None:
+        return next((m.chosen for m in self.models if m.chosen), None)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{m.model}: {m.reason}" for m in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inventory": self.inventory.to_dict(), "requirements": self.requirements.__dict__,
+                "models": [m.to_dict() for m in self.models]}
+
+
+# ---------------------------------------------------------------- general checks
+
+
+def required_driver(cuda_line: str) -> int:
+    """Minimum NVIDIA driver for a CUDA runtime line (NVIDIA's CUDA compatibility table)."""
+    major, minor = (int(x) for x in cuda_line.split(".")[:2])
+    if major >= 13:
+        return 580
+    if major == 12:
+        return 570 if minor >= 8 else 525
+    return 450
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text or ""))
+
+
+def gpu_arch_check(gpu: Gpu) -> Check:
+    subject = f"GPU {gpu.index} ({gpu.name})"
+    if gpu.vendor == "amd":
+        if gpu.gfx in SUPPORTED_GFX:
+            return Check("gpu.arch", "pass" if gpu.gfx == "gfx942" else "warn", subject,
+                         f"{gpu.gfx}: {SUPPORTED_GFX[gpu.gfx]}")
+        return Check("gpu.arch", "fail", subject,
+                     f"AMD architecture {gpu.gfx or 'unknown'} has no gpt-oss path in vLLM",
+                     "gpt-oss on AMD needs Instinct MI300X/MI325X (gfx942) or MI355X (gfx950)")
+    cc = gpu.compute_capability
+    how = " (inferred from the product name)" if gpu.cc_inferred else ""
+    if cc is None:
+        return Check("gpu.arch", "warn", subject, "compute capability unknown and not inferable from the name",
+                     "capture with nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv")
+    text = f"sm_{cc[0]}{cc[1]}{how}"
+    if cc < (7, 5):
+        return Check("gpu.arch", "fail", subject, f"{text}: vLLM ships no kernels below sm_75",
+                     "use an Ampere (A100/A10/L4), Ada (L40S), Hopper (H100/H200) or Blackwell (B200) GPU")
+    if cc < (8, 0):
+        return Check("gpu.arch", "fail", subject, f"{text}: Turing has no MXFP4 MoE kernel path for gpt-oss",
+                     "gpt-oss needs sm_80 or newer (A100, A10, L4, L40S, H100, B200)")
+    if cc >= (12, 0):
+        return Check("gpu.arch", "warn", subject, f"{text}: workstation Blackwell, Triton attention + Marlin MoE "
+                     "(works; not the datacenter fast path)")
+    if cc >= (10, 0):
+        return Check("gpu.arch", "pass", subject, f"{text}: Blackwell fast path (FlashInfer TRT-LLM attention and MoE)")
+    if cc >= (9, 0):
+        return Check("gpu.arch", "pass", subject, f"{text}: Hopper fast path (FlashAttention-3 with sinks, Triton MXFP4 MoE)")
+    return Check("gpu.arch", "warn", subject, f"{text}: Ampere/Ada, Triton attention + Marlin MoE "
+                 "(supported, slower than Hopper or Blackwell)")
+
+
+def general_checks(inv: Inventory, model: ModelFacts, req: Requirements) -> list[Check]:
+    checks: list[Check] = []
+    if model.name != "tiny":
+        if not inv.gpus:
+            checks.append(Check("gpu.count", "fail", "host", f"no GPU found ({inv.source})",
+                                "check the driver (nvidia-smi / rocm-smi) or review a capture from the target"))
+        else:
+            checks.append(Check("gpu.count", "pass", "host", f"{len(inv.gpus)} GPU(s) from {inv.source}"))
+        checks += [gpu_arch_check(g) for g in inv.gpus]
+        checks += _driver_checks(inv, req)
+        for g in inv.gpus:
+            subject = f"GPU {g.index} ({g.name})"
+            if g.memory_total_mib is None:
+                checks.append(Check("gpu.memory_unknown", "fail", subject, "the capture reports no memory size",
+                                    "capture again with nvidia-smi -q -x on a supported driver"))
+            if g.mig_enabled:
+                slices = ", ".join(f"{s.name} {s.memory_mib} MiB" for s in g.mig_slices) or "sizes unknown"
+                checks.append(Check("gpu.mig", "warn", subject,
+                                    f"MIG is enabled ({slices}): vLLM sees one slice per process, no tensor "
+                                    "parallelism across slices; gpt-oss-120b fits no slice",
+                                    f"to use the whole GPU: nvidia-smi -i {g.index} -mig 0, then reset the GPU "
+                                    f"(nvidia-smi -i {g.index} -r) or reboot"))
+            if g.vendor == "nvidia" and g.persistence_mode is False:
+                checks.append(Check("gpu.persistence", "warn", subject, "persistence mode is off",
+                                    "systemctl enable --now nvidia-persistenced (the unit orders itself after it)"))
+    if inv.host is not None:
+        checks += _host_checks(inv, model, req)
+    return checks
+
+
+def _driver_checks(inv: Inventory, req: Requirements) -> list[Check]:
+    if not any(g.vendor == "nvidia" for g in inv.gpus):
+        return []
+    need = required_driver(req.cuda_line)
+    major = inv.driver_major
+    if major is None:
+        return [Check("driver.version", "warn", "driver", "driver version unknown from this capture",
+                      f"the bundle's CUDA {req.cuda_line} wheels need driver >= {need}")]
+    if major < need:
+        return [Check("driver.version", "fail", "driver",
+                      f"driver {inv.driver_version} < {need} needed by the bundle's CUDA {req.cuda_line} wheels",
+                      f"upgrade the NVIDIA driver to >= {need}, or pack with a CUDA 12 build (driver >= 525)")]
+    if inv.cuda_driver_version and _version(inv.cuda_driver_version) < _version(req.cuda_line):
+        return [Check("driver.version", "fail", "driver",
+                      f"driver supports CUDA {inv.cuda_driver_version}, the wheels need {req.cuda_line}",
+                      f"upgrade the NVIDIA driver to >= {need}")]
+    return [Check("driver.version", "pass", "driver", f"driver {inv.driver_version} >= {need} (CUDA {req.cuda_line})")]
+
+
+def _host_checks(inv: Inventory, model: ModelFacts, req: Requirements) -> list[Check]:
+    host = inv.host
+    assert host is not None
+    out: list[Check] = []
+    want = req.target_arch or "x86_64"
+    out.append(Check("host.arch", "pass" if host.arch == want else "fail", "host",
+                     f"CPU architecture {host.arch}" + ("" if host.arch == want else f", the wheels are for {want}"),
+                     None if host.arch == want else f"pack a bundle for {host.arch}"))
+    glibc = _version(host.glibc)
+    if glibc and glibc < MIN_GLIBC:
+        out.append(Check("host.glibc", "fail", "host", f"glibc {host.glibc} < 2.28 (manylinux_2_28 wheels)",
+                         "upgrade the OS (RHEL 8+, Debian 10+, Ubuntu 20.04+)"))
+    elif glibc:
+        out.append(Check("host.glibc", "pass", "host", f"glibc {host.glibc}"))
+    py = _version(host.python)[:2]
+    ok_py = PYTHONS[0] <= py <= PYTHONS[1]
+    out.append(Check("host.python", "pass" if ok_py else "fail", "host", f"Python {host.python}",
+                     None if ok_py else "vLLM 0.33 wheels need Python 3.11 to 3.14: install one from the OS"))
+    weights = req.weights_bytes or model.weights_bytes
+    if host.ram_total_mib is not None:
+        ram = host.ram_total_mib * MIB
+        out.append(Check("host.ram", "pass" if ram >= weights else "warn", "host",
+                         f"{ram / GIB:.1f} GiB RAM for {weights / GIB:.1f} GiB of weights",
+                         None if ram >= weights else "less RAM than the weights makes loading slow: add RAM"))
+    need = req.bundle_bytes or weights
+    for path, free in host.disk_free_bytes.items():
+        ok = free >= need
+        out.append(Check("host.disk", "pass" if ok else "fail", path,
+                         f"{free / GIB:.1f} GiB free, {need / GIB:.1f} GiB needed",
+                         None if ok else f"free {(need - free) / GIB:.1f} GiB at {path} or choose another location"))
+    return out
+
+
+# ---------------------------------------------------------------- profile matching
+
+
+def _usable_memory(gpu: Gpu) -> tuple[int | None, str | None]:
+    """Memory one vLLM process can use on this GPU, or why none: with MIG on, it is one slice."""
+    if gpu.mig_enabled:
+        if not gpu.mig_slices:
+            return None, f"GPU {gpu.index}: MIG is on and the capture gives no slice sizes"
+        return max(s.memory_mib for s in gpu.mig_slices), None
+    return gpu.memory_total_mib, None
+
+
+def _eligible(profile: Profile, gpu: Gpu) -> str | None:
+    m = profile.match
+    if m.vendor != gpu.vendor:
+        return f"GPU {gpu.index} is {gpu.vendor}, the profile is for {m.vendor}"
+    if gpu.vendor == "nvidia":
+        if gpu.cc_text is None:
+            return f"GPU {gpu.index} ({gpu.name}): compute capability unknown"
+        if gpu.cc_text not in m.compute_capability:
+            return (f"GPU {gpu.index} ({gpu.name}) is sm_{gpu.cc_text.replace('.', '')}, the profile needs "
+                    + " or ".join(f"sm_{c.replace('.', '')}" for c in m.compute_capability))
+    elif gpu.gfx not in m.gfx:
+        return f"GPU {gpu.index} ({gpu.name}) is {gpu.gfx or 'an unknown architecture'}, the profile needs {', '.join(m.gfx)}"
+    if gpu.memory_total_mib is None:
+        return f"GPU {gpu.index} ({gpu.name}): memory size unknown"
+    return None
+
+
+def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requirements) -> ProfileFit:
+    overhead = int(profile.sizing.overhead_gib * GIB)
+    sized = dict(context_len=profile.context_len, concurrency=profile.sizing.concurrency,
+                 kv_dtype_bytes=profile.kv_dtype_bytes, overhead_bytes=overhead)
+    weights_model = model if req.weights_bytes is None else ModelFacts(**{**model.__dict__, "weights_bytes": req.weights_bytes})
+    warnings: list[str] = []
+    if not profile.valid_for_vllm(req.vllm_version):
+        return ProfileFit(profile, False, reasons=(f"valid for vLLM {profile.vllm.versions}, the bundle has {req.vllm_version}",))
+
+    if profile.match.vendor == "cpu":
+        host = inv.host
+        if host is None or host.ram_total_mib is None:
+            return ProfileFit(profile, False, reasons=("CPU profile: host RAM unknown (reviewing a capture)",))
+        need = memory_need(weights_model, memory_mib=host.ram_total_mib, utilization=profile.utilization, **sized)
+        if not need.fits:
+            return ProfileFit(profile, False, 1, (), need, (f"host RAM: {need.describe()}",))
+        return ProfileFit(profile, True, 1, (), need)
+
+    reasons: list[str] = []
+    eligible: list[tuple[Gpu, int]] = []
+    for g in inv.gpus:
+        why = _eligible(profile, g)
+        mem, mig_why = _usable_memory(g)
+        if why or mig_why or mem is None:
+            reasons.append(why or mig_why or f"GPU {g.index}: memory unknown")
+        else:
+            eligible.append((g, mem))
+    if not inv.gpus:
+        reasons.append("no GPU found")
+    if not eligible:
+        return ProfileFit(profile, False, reasons=tuple(dict.fromkeys(reasons)))
+
+    best_short: MemoryNeed | None = None
+    for tp in profile.match.tensor_parallel_sizes:
+        pool = [(g, mem) for g, mem in eligible if not (tp > 1 and g.mig_enabled)]
+        if len(pool) < tp:
+            reasons.append(f"tensor parallel {tp} needs {tp} matching GPUs, {len(pool)} available")
+            continue
+        # The GPUs with the most memory, then the most free memory.
+        pool.sort(key=lambda gm: (gm[1], gm[0].memory_free_mib or 0), reverse=True)
+        chosen = pool[:tp]
+        smallest = min(mem for _g, mem in chosen)
+        need = memory_need(weights_model, memory_mib=smallest, utilization=profile.utilization,
+                           tensor_parallel=tp, **sized)
+        if not need.fits:
+            best_short = need if best_short is None or need.short_by < best_short.short_by else best_short
+            continue
+        busy = _free_memory_problems(chosen, profile, need)
+        if busy:
+            return ProfileFit(profile, False, tp, tuple(g.index for g, _m in chosen), need, tuple(busy))
+        if any(g.mig_enabled for g, _m in chosen):
+            warnings.append("serving on one MIG slice")
+        return ProfileFit(profile, True, tp, tuple(g.index for g, _m in chosen), need, (), tuple(warnings))
+    if best_short is not None:
+        reasons.append(f"memory at tensor parallel {best_short.tensor_parallel}: {best_short.describe()}, "
+                       f"short by {best_short.short_by / GIB:.1f} GiB")
+    return ProfileFit(profile, False, None, (), best_short, tuple(dict.fromkeys(reasons)))
+
+
+def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need: MemoryNeed) -> list[str]:
+    """vLLM refuses to start unless free memory >= total x gpu-memory-utilization."""
+    problems = []
+    for g, mem in chosen:
+        if g.memory_free_mib is None or g.mig_enabled:
+            continue
+        wanted = int(mem * profile.utilization)
+        if g.memory_free_mib < wanted:
+            could = g.memory_free_mib / mem
+            still = need.total <= int(g.memory_free_mib * MIB)
+            problems.append(
+                f"GPU {g.index}: {mem - g.memory_free_mib} MiB already in use; vLLM needs {wanted} MiB free at "
+                f"start ({profile.utilization:.2f} of {mem} MiB), {g.memory_free_mib} MiB free: stop the other "
+                f"processes (nvidia-smi shows them)"
+                + (f", or lower gpu-memory-utilization to {could:.2f} (the model still fits)" if still else ""))
+    return problems
+
+
+def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req: Requirements) -> HardwareReport:
+    reports = []
+    for name in models:
+        model = KNOWN_MODELS[name]
+        checks = general_checks(inv, model, req)
+        fits = [fit_profile(p, model, inv, req) for p in profiles if name in p.models]
+        fits.sort(key=lambda f: (not f.fits, -f.profile.priority, f.profile.name))
+        blocking = [c for c in checks if c.status == "fail" and c.id in ("driver.version", "host.arch",
+                                                                          "host.glibc", "host.python", "host.disk")]
+        if blocking:  # a host-wide failure rules out every profile: say so on each of them
+            fits = [replace(f, fits=False, reasons=(*f.reasons, *(c.message for c in blocking))) for f in fits]
+        chosen = next((f for f in fits if f.fits), None)
+        if chosen:
+            reason = (f"{chosen.profile.name} fits at tensor parallel {chosen.tensor_parallel}"
+                      + (f" on GPU {', '.join(map(str, chosen.gpus))}" if chosen.gpus else "")
+                      + (f": {chosen.need.describe()}" if chosen.need else ""))
+        elif blocking:
+            reason = "; ".join(c.message for c in blocking)
+        elif fits:
+            reason = "no profile fits: " + "; ".join(f"{f.profile.name}: {f.reasons[0]}" for f in fits if f.reasons)
+        else:
+            reason = f"no profile is defined for {name}"
+        reports.append(ModelReport(name, tuple(checks), tuple(fits), chosen, reason))
+    return HardwareReport(inv, tuple(reports), req)
+
+
+def requirements_from_manifest(manifest: Any) -> tuple[Requirements, str | None]:
+    """What a bundle asks of the target, and which model it carries (None if not a known one)."""
+    model = manifest.components.get("model", {})
+    wheels = manifest.components.get("wheels", {})
+    weights = sum(f.size for f in manifest.files if f.component == "model" and f.path.endswith(".safetensors"))
+    from gptossctl.hardware.requirements import model_key
+
+    key = model_key(str(model.get("repo", ""))) or model_key(str(model.get("name", "")))
+    return Requirements(
+        cuda_line=str(wheels.get("cuda", DEFAULT_CUDA_LINE)),
+        vllm_version=str(wheels.get("vllm", DEFAULT_VLLM)),
+        weights_bytes=weights or None,
+        bundle_bytes=manifest.total_size,
+        target_arch=wheels.get("arch"),
+    ), key

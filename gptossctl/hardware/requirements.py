@@ -1,0 +1,99 @@
+"""How much memory serving a model needs: weights + KV cache + runtime overhead, per GPU.
+
+Computed, never compared with marketing labels: an H100 "80GB" reports 81559 MiB (79.6 GiB), so a
+check written as ">= 80 GB" would reject every H100.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    name: str
+    weights_bytes: int  # what vLLM loads: the root safetensors shards
+    full_attention_layers: int
+    sliding_layers: int
+    sliding_window: int
+    kv_heads: int
+    head_dim: int
+
+    def kv_bytes_per_token_layer(self, dtype_bytes: int) -> int:
+        return self.kv_heads * self.head_dim * 2 * dtype_bytes  # K and V
+
+
+# From the repositories' own files (../shared/fixtures/gpt-oss): 120b is the sum of its 15 root shards;
+# 20b is the index total_size (its three shards are within a few KiB of it).
+KNOWN_MODELS: dict[str, ModelFacts] = {
+    "gpt-oss-120b": ModelFacts("gpt-oss-120b", 65_248_893_184, 18, 18, 128, 8, 64),
+    "gpt-oss-20b": ModelFacts("gpt-oss-20b", 13_761_264_768, 12, 12, 128, 8, 64),
+    # The embedded demo model (gptossctl.demo.tinymodel): 2 layers, 1 KV head; about 1.1 MB of weights.
+    "tiny": ModelFacts("tiny", 2 * MIB, 1, 1, 128, 1, 64),
+}
+MODEL_ALIASES = {"openai/gpt-oss-120b": "gpt-oss-120b", "openai/gpt-oss-20b": "gpt-oss-20b",
+                 "gptossctl/tiny-gpt-oss": "tiny", "tiny-gpt-oss": "tiny"}
+
+
+def model_key(name: str) -> str | None:
+    n = name.strip()
+    return n if n in KNOWN_MODELS else MODEL_ALIASES.get(n)
+
+
+def kv_cache_bytes(model: ModelFacts, *, context_len: int, concurrency: int, dtype_bytes: int) -> int:
+    """KV for `concurrency` sequences of `context_len` tokens. Sliding-window layers hold at most
+    `sliding_window` tokens per sequence, whatever the context."""
+    per = model.kv_bytes_per_token_layer(dtype_bytes)
+    per_seq = (model.full_attention_layers * context_len
+               + model.sliding_layers * min(context_len, model.sliding_window)) * per
+    return per_seq * concurrency
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """Bytes one GPU (of `tensor_parallel`) must hold, and the budget it has for them."""
+
+    tensor_parallel: int
+    weights: int
+    kv_cache: int
+    overhead: int
+    budget: int  # total memory x gpu-memory-utilization
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.overhead
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.budget
+
+    @property
+    def short_by(self) -> int:
+        return max(0, self.total - self.budget)
+
+    def describe(self) -> str:
+        return (f"needs {self.total / GIB:.1f} GiB per GPU (weights {self.weights / GIB:.1f} + KV "
+                f"{self.kv_cache / GIB:.1f} + overhead {self.overhead / GIB:.1f}) of a {self.budget / GIB:.1f} GiB budget")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tensor_parallel": self.tensor_parallel, "weights_bytes": self.weights,
+                "kv_cache_bytes": self.kv_cache, "overhead_bytes": self.overhead, "total_bytes": self.total,
+                "budget_bytes": self.budget, "fits": self.fits}
+
+
+def memory_need(model: ModelFacts, *, memory_mib: int, utilization: float, context_len: int, concurrency: int,
+                kv_dtype_bytes: int, overhead_bytes: int, tensor_parallel: int = 1) -> MemoryNeed:
+    """Per-GPU need with tensor parallelism: weights and KV heads are split across the ranks; the
+    runtime overhead (CUDA context, activations, CUDA graphs) is paid on every rank."""
+    kv = kv_cache_bytes(model, context_len=context_len, concurrency=concurrency, dtype_bytes=kv_dtype_bytes)
+    return MemoryNeed(
+        tensor_parallel=tensor_parallel,
+        weights=-(-model.weights_bytes // tensor_parallel),
+        kv_cache=-(-kv // tensor_parallel),
+        overhead=overhead_bytes,
+        budget=int(memory_mib * MIB * utilization),
+    )
