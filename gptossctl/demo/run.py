@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptossctl.errors import CheckFailed
+from gptossctl.errors import CheckFailed, GptossctlError
 
 
 @dataclass(frozen=True)
@@ -96,4 +96,12 @@ def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> Demo
         codes = sorted({f.code for f in exc.findings})
         step("tampered bundle refused", codes == ["bundle.digest_mismatch"], f"exit 1 with {', '.join(codes)}")
 
+    from gptossctl.hardware.assess import assess
+
+    try:
+        report = assess(model="tiny", bundle=bundle, disk_paths=[out])
+        m = report.models[0]
+        step("hw check", m.chosen is not None, m.reason)
+    except GptossctlError as exc:
+        step("hw check", False, f"{exc.message} ({exc.code})")
     return result

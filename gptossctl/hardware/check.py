@@ -278,7 +278,8 @@ def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requir
         host = inv.host
         if host is None or host.ram_total_mib is None:
             return ProfileFit(profile, False, reasons=("CPU profile: host RAM unknown (reviewing a capture)",))
-        need = memory_need(weights_model, memory_mib=host.ram_total_mib, utilization=profile.utilization, **sized)
+        need = memory_need(weights_model, memory_mib=host.ram_total_mib, utilization=profile.utilization, where="host",
+                           **sized)
         if not need.fits:
             return ProfileFit(profile, False, 1, (), need, (f"host RAM: {need.describe()}",))
         return ProfileFit(profile, True, 1, (), need)
@@ -358,10 +359,10 @@ def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req
             reason = (f"{chosen.profile.name} fits at tensor parallel {chosen.tensor_parallel}"
                       + (f" on GPU {', '.join(map(str, chosen.gpus))}" if chosen.gpus else "")
                       + (f": {chosen.need.describe()}" if chosen.need else ""))
-        elif blocking:
-            reason = "; ".join(c.message for c in blocking)
         elif fits:
-            reason = "no profile fits: " + "; ".join(f"{f.profile.name}: {f.reasons[0]}" for f in fits if f.reasons)
+            failed = list(dict.fromkeys(f"{c.subject}: {c.message}" for c in checks if c.status == "fail"))
+            reason = "no profile fits: " + "; ".join(
+                failed or [f"{f.profile.name}: {f.reasons[0]}" for f in fits if f.reasons])
         else:
             reason = f"no profile is defined for {name}"
         reports.append(ModelReport(name, tuple(checks), tuple(fits), chosen, reason))

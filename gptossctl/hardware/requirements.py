@@ -62,6 +62,7 @@ class MemoryNeed:
     kv_cache: int
     overhead: int
     budget: int  # total memory x gpu-memory-utilization
+    where: str = "GPU"  # "host" for the CPU profile, whose budget is RAM
 
     @property
     def total(self) -> int:
@@ -76,7 +77,7 @@ class MemoryNeed:
         return max(0, self.total - self.budget)
 
     def describe(self) -> str:
-        return (f"needs {self.total / GIB:.1f} GiB per GPU (weights {self.weights / GIB:.1f} + KV "
+        return (f"needs {self.total / GIB:.1f} GiB per {self.where} (weights {self.weights / GIB:.1f} + KV "
                 f"{self.kv_cache / GIB:.1f} + overhead {self.overhead / GIB:.1f}) of a {self.budget / GIB:.1f} GiB budget")
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +87,7 @@ class MemoryNeed:
 
 
 def memory_need(model: ModelFacts, *, memory_mib: int, utilization: float, context_len: int, concurrency: int,
-                kv_dtype_bytes: int, overhead_bytes: int, tensor_parallel: int = 1) -> MemoryNeed:
+                kv_dtype_bytes: int, overhead_bytes: int, tensor_parallel: int = 1, where: str = "GPU") -> MemoryNeed:
     """Per-GPU need with tensor parallelism: weights and KV heads are split across the ranks; the
     runtime overhead (CUDA context, activations, CUDA graphs) is paid on every rank."""
     kv = kv_cache_bytes(model, context_len=context_len, concurrency=concurrency, dtype_bytes=kv_dtype_bytes)
@@ -96,4 +97,5 @@ def memory_need(model: ModelFacts, *, memory_mib: int, utilization: float, conte
         kv_cache=-(-kv // tensor_parallel),
         overhead=overhead_bytes,
         budget=int(memory_mib * MIB * utilization),
+        where=where,
     )

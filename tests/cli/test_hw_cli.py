@@ -1,0 +1,74 @@
+"""`hw check` and `profiles list` through the real CLI: exit codes, JSON documents, messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import FIXTURES
+
+G = FIXTURES / "gpu"
+H100 = G / "nvidia_gpu_exporter" / "linux-x86_64__nvidia-h100-80gb-hbm3__590.48.01__idle-query-gpu.csv"
+SUPER = G / "nvidia_gpu_exporter" / "linux-x86_64__nvidia-geforce-rtx-4080-super__595.71.05__idle-query-gpu.csv"
+
+
+def test_hw_check_fit_exits_0(cli) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("hw", "check", "--model", "gpt-oss-120b", "--nvidia-smi-csv", str(H100))
+    assert code == 0 and doc["status"] == "ok"
+    (m,) = doc["data"]["models"]
+    assert (m["chosen"], m["tensor_parallel"]) == ("hopper-120b", 1)
+    assert doc["data"]["inventory"]["gpus"][0]["memory_total_mib"] == 81559
+    assert doc["data"]["inventory"]["host"] is None  # a capture says nothing about this host
+
+
+def test_hw_check_no_fit_exits_1_with_reasons(cli) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("hw", "check", "--nvidia-smi-xml", str(G / "guancecloud-datakit" / "gtx-1card.xml"))
+    assert code == 1 and doc["status"] == "failed"
+    for m in doc["data"]["models"]:
+        assert m["chosen"] is None and "no profile fits" in m["reason"]
+        assert all(p["reasons"] for p in m["profiles"])
+
+
+def test_hw_check_bad_capture_exits_2(cli) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("hw", "check", "--rocm-smi-json", str(G / "wandb" / "rocm-smi-a-json_MI250_1card__nexus-gpu_amd.go-comment.json"))
+    assert code == 2 and doc["error"]["code"] == "hw.capture_invalid"
+
+
+def test_hw_check_unknown_model_exits_2(cli) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("hw", "check", "--model", "llama", "--nvidia-smi-csv", str(H100))
+    assert code == 2 and doc["error"]["code"] == "hw.unknown_model"
+
+
+def test_hw_check_live_here(cli) -> None:  # type: ignore[no-untyped-def]
+    """The live path on this machine: NVML answers on a GPU host; elsewhere it is exit 3, never a pass."""
+    code, doc = cli("hw", "check", "--model", "gpt-oss-20b")
+    if doc["status"] == "error":
+        assert code == 3 and doc["error"]["code"] == "hw.no_probe"
+        assert "--nvidia-smi-xml" in doc["error"]["hint"]
+    else:
+        assert code in (0, 1) and doc["data"]["inventory"]["source"] in ("nvml", "amdsmi")
+
+
+def test_hw_check_tiny_model_on_this_host(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("hw", "check", "--model", "tiny", "--prefix", str(tmp_path))
+    assert code == 0
+    (m,) = doc["data"]["models"]
+    assert m["chosen"] == "cpu-tiny"
+    ids = {c["id"] for c in m["checks"]}
+    assert {"host.arch", "host.python", "host.ram", "host.disk"} <= ids
+
+
+def test_profiles_list_explains_every_profile(cli) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("profiles", "list", "--model", "gpt-oss-20b", "--nvidia-smi-csv", str(SUPER))
+    assert code == 0
+    profiles = {p["profile"]: p for p in doc["data"]["models"][0]["profiles"]}
+    assert profiles["16gb-20b"]["fits"] is True
+    assert profiles["hopper-20b"]["fits"] is False and "sm_89" in profiles["hopper-20b"]["reasons"][0]
+    assert "short by" in profiles["24gb-20b"]["reasons"][-1]
+
+
+def test_hw_check_reads_the_bundle_model(cli, packed: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, doc = cli("hw", "check", "--bundle", str(packed), "--prefix", str(tmp_path))
+    assert code == 0
+    (m,) = doc["data"]["models"]
+    assert m["model"] == "tiny" and m["chosen"] == "cpu-tiny"
+    assert doc["data"]["requirements"]["weights_bytes"] > 1_000_000
