@@ -44,8 +44,13 @@ def build_tree(root: Path, size_gib: float) -> int:
     for i in range(n_small):
         (root / f"model-small-{i:05d}.safetensors").write_bytes(os.urandom(small))
         written += small
-    (root / "config.json").write_text('{"architectures": ["GptOssForCausalLM"]}\n')
-    return written + len('{"architectures": ["GptOssForCausalLM"]}\n')
+    # The small files every model directory has (pack refuses a model without them).
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "LICENSE", "USAGE_POLICY"):
+        text = '{"architectures": ["GptOssForCausalLM"]}\n' if name.endswith(".json") else "Apache-2.0\n"
+        (root / name).write_text(text)
+        written += len(text)
+    return written
 
 
 def timed(cmd: list[str], *, env: dict[str, str] | None = None, shell: bool = False) -> float:

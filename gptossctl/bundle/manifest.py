@@ -19,7 +19,7 @@ from gptossctl.bundle.layout import unsafe_path_reason
 from gptossctl.errors import CheckFailed, Finding
 
 MANIFEST_SCHEMA = "gptossctl.manifest/1"
-COMPONENTS = ("model", "wheels", "kernels", "assets", "profiles", "units")
+COMPONENTS = ("model", "wheels", "kernels", "assets", "profiles", "units", "sbom")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -46,7 +46,7 @@ class FileEntry(BaseModel):
     path: str = Field(min_length=1, max_length=4096)
     size: int = Field(ge=0)
     sha256: Hex64
-    component: Literal["model", "wheels", "kernels", "assets", "profiles", "units"]
+    component: Literal["model", "wheels", "kernels", "assets", "profiles", "units", "sbom"]
     shards: tuple[Hex64, ...] | None = None
 
 

@@ -8,7 +8,6 @@ by a rename at the very end.
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import hashlib
 import json
 import os
@@ -28,9 +27,9 @@ from gptossctl.bundle.keys import SigningKey
 from gptossctl.bundle.layout import ENVELOPE, JOURNAL, MANIFEST, PARTIAL_SUFFIX, PAYLOAD, SUMS
 from gptossctl.bundle.layout import unsafe_path_reason
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
+from gptossctl.bundle.gather import Gathered, gather
 from gptossctl.bundle.spec import BundleSpec, parse_duration
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
-from gptossctl.resources import data_dir
 
 _DISK_MARGIN = 64 << 20
 
@@ -68,68 +67,55 @@ class PackResult:
         }
 
 
-def _select(root: Path, include: Sequence[str], exclude: Sequence[str]) -> list[tuple[Path, str]]:
-    """Files under root (following links: a Hugging Face cache snapshot is links into blobs/)."""
-    chosen = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            src = Path(dirpath) / name
-            rel = src.relative_to(root).as_posix()
-            if any(fnmatch.fnmatchcase(rel, p) for p in exclude):
-                continue
-            if any(fnmatch.fnmatchcase(rel, p) for p in include):
-                chosen.append((src, rel))
-    return chosen
+@dataclass(frozen=True)
+class PackPlan:
+    """What a pack would do (`--dry-run`): files, sizes, downloads, disk needed and free."""
 
+    out: Path
+    files: tuple[tuple[str, int | None], ...]
+    to_fetch: tuple[str, ...]
+    disk_free: int
+    components: dict[str, dict[str, Any]]
 
-def _resolve_dir(given: Path | None, from_spec: str | None, spec_dir: Path, what: str) -> Path | None:
-    path = given if given is not None else (spec_dir / from_spec if from_spec else None)
-    if path is not None and not path.is_dir():
-        raise UsageError(f"{what} directory {path} does not exist", code="pack.source_missing",
-                         hint=f"pass an existing directory with --{what}-dir")
-    return path
+    @property
+    def known_bytes(self) -> int:
+        return sum(s or 0 for _p, s in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "dry_run": True, "files": [{"path": p, "size": s} for p, s in self.files],
+                "to_fetch": list(self.to_fetch), "known_bytes": self.known_bytes,
+                # A Hub pack keeps the download in the scratch cache and copies it: twice the weights.
+                "disk_needed": self.known_bytes * (2 if self.to_fetch else 1), "disk_free": self.disk_free,
+                "components": self.components}
 
 
 def plan_pack(
-    spec: BundleSpec, spec_dir: Path, *, model_dir: Path | None = None, wheelhouse: Path | None = None
-) -> list[PlannedFile]:
-    """Every file the bundle will hold; pure except for reading directory listings."""
-    items: list[tuple[Path, str, str]] = []
-    mdir = _resolve_dir(model_dir, spec.model.source.dir, spec_dir, "model")
-    if mdir is None:
-        raise UsageError("the recipe names no model directory", code="pack.source_missing",
-                         hint="pass --model-dir DIR (a Hugging Face layout directory)")
-    model_files = _select(mdir, spec.model.include, spec.model.exclude)
-    if not any(rel == "config.json" for _, rel in model_files):
-        raise UsageError(f"{mdir} has no config.json matching the recipe's include patterns",
-                         code="pack.model_incomplete", hint="point --model-dir at a Hugging Face model directory")
-    items += [(src, f"model/{rel}", "model") for src, rel in model_files]
-    wdir = _resolve_dir(wheelhouse, spec.wheels.dir, spec_dir, "wheelhouse")
-    if wdir is not None:
-        wheels = sorted(wdir.glob("*.whl"))
-        if not wheels:
-            raise UsageError(f"wheelhouse {wdir} holds no .whl files", code="pack.source_missing")
-        items += [(w, f"wheels/{w.name}", "wheels") for w in wheels]
-    for name in spec.profiles:
-        src = data_dir("profiles") / f"{name}.yaml"
-        if not src.is_file():
-            raise UsageError(f"profile {name!r} is not shipped with gptossctl", code="pack.unknown_profile",
-                             hint="see 'gptossctl profiles list'")
-        items.append((src, f"profiles/{name}.yaml", "profiles"))
-    for name in spec.units:
-        src = data_dir("systemd") / name
-        if not src.is_file():
-            raise UsageError(f"unit template {name!r} is not shipped with gptossctl", code="pack.unknown_unit")
-        items.append((src, f"systemd/{name}", "units"))
+    spec: BundleSpec, spec_dir: Path, *, model_dir: Path | None = None, wheelhouse: Path | None = None,
+    scratch: Path | None = None, dry_run: bool = False,
+) -> tuple[list[PlannedFile], Gathered]:
+    """Every file the bundle will hold, gathered into local files (fetched unless dry_run)."""
+    g = gather(spec, spec_dir, scratch or Path("."), model_dir=model_dir, wheelhouse=wheelhouse, dry_run=dry_run)
     planned = []
-    for src, dest, component in items:
+    for src, dest, component, size in g.items:
         reason = unsafe_path_reason(dest)
         if reason:
-            raise UsageError(f"source file {src} would land at an unsafe path ({reason})", code="pack.unsafe_path")
+            raise UsageError(f"{src} would land at an unsafe path {dest!r} ({reason})", code="pack.unsafe_path")
+        if src is None:
+            continue  # dry run: still on the Hub
         st = src.stat()
         planned.append(PlannedFile(src, dest, component, st.st_size, st.st_mtime_ns))
-    return planned
+    return planned, g
+
+
+def dry_run_pack(spec: BundleSpec, spec_dir: Path, out: Path, *, model_dir: Path | None = None,
+                 wheelhouse: Path | None = None) -> PackPlan:
+    """What `bundle pack` would do, without downloading or writing anything."""
+    _planned, g = plan_pack(spec, spec_dir, model_dir=model_dir, wheelhouse=wheelhouse, dry_run=True)
+    probe = out.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    return PackPlan(out, tuple((dest, size) for _src, dest, _c, size in g.items), tuple(g.to_fetch),
+                    shutil.disk_usage(probe).free, g.components)
 
 
 def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
@@ -172,6 +158,7 @@ def pack_bundle(
     expires_in: str | None = None,
     now: datetime | None = None,
     workers: int | None = None,
+    scratch: Path | None = None,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> PackResult:
@@ -182,8 +169,11 @@ def pack_bundle(
                          hint="choose a new --out; a bundle is never overwritten in place")
     now = now or datetime.now(UTC)
     lifetime = parse_duration(expires_in or spec.expires_in)
-    planned = plan_pack(spec, spec_dir, model_dir=model_dir, wheelhouse=wheelhouse)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    # Downloads land in scratch, on the output's disk unless told otherwise: /tmp never fills.
+    owned_scratch = scratch is None
+    scratch = scratch or out.with_name(out.name + ".scratch")
+    planned, gathered = plan_pack(spec, spec_dir, model_dir=model_dir, wheelhouse=wheelhouse, scratch=scratch)
     (partial / PAYLOAD).mkdir(parents=True, exist_ok=True)
     journal_path = partial / JOURNAL
     journal = open(journal_path, "a")
@@ -226,7 +216,12 @@ def pack_bundle(
         with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
             for fut in [pool.submit(one, pf) for pf in sorted(todo, key=lambda p: -p.size)]:
                 fut.result()
-        manifest = _build_manifest(spec, planned, results, version=version, now=now, lifetime=lifetime)
+        sbom = _write_sbom(partial, spec, gathered, results, version=version, now=now)
+        results["sbom/bom.cdx.json"] = sbom
+        planned_all = [*planned, PlannedFile(partial / PAYLOAD / "sbom/bom.cdx.json", "sbom/bom.cdx.json", "sbom",
+                                             sbom.size, 0)]
+        manifest = _build_manifest(spec, planned_all, results, gathered.components, version=version, now=now,
+                                   lifetime=lifetime)
         (partial / SUMS).write_bytes(sha256sums_text(manifest.files))
         payload = manifest.to_json_bytes()
         (partial / MANIFEST).write_bytes(payload)
@@ -238,6 +233,8 @@ def pack_bundle(
         journal_path.unlink()
         _fsync_tree(partial)
         os.rename(partial, out)  # the bundle appears complete, or not at all
+        if owned_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     finally:
         if not journal.closed:
             journal.close()
@@ -257,10 +254,27 @@ def _remove_unplanned(payload: Path, keep: set[str]) -> None:
                 p.unlink()
 
 
+def _write_sbom(partial: Path, spec: BundleSpec, g: Gathered, results: dict[str, CopyResult], *,
+                version: int | None, now: datetime) -> CopyResult:
+    """The SBOM, from the digests computed while copying (no second read of any wheel)."""
+    from gptossctl.bundle.sbom import SbomInput, build_sbom
+
+    data = build_sbom(SbomInput(
+        bundle_name=spec.name, bundle_version=version or spec.version or bundle_version(now), created=now,
+        model_repo=spec.model.repo, model_revision=str(g.components["model"]["revision"]),
+        model_license=spec.model.license,
+        wheels=[(w, results[f"{comp}/{w.path.name}"].sha256, comp) for w, comp in g.wheels]))
+    path = partial / PAYLOAD / "sbom" / "bom.cdx.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return CopyResult(len(data), hashlib.sha256(data).hexdigest(), ())
+
+
 def _build_manifest(
     spec: BundleSpec,
     planned: Sequence[PlannedFile],
     results: dict[str, CopyResult],
+    extra: dict[str, dict[str, Any]],
     *,
     version: int | None,
     now: datetime,
@@ -277,12 +291,8 @@ def _build_manifest(
     components: dict[str, dict[str, Any]] = {
         c: {"files": len(es), "bytes": sum(e.size for e in es)} for c, es in by_comp.items()
     }
-    components["model"].update(name=spec.model.name, repo=spec.model.repo, revision=spec.model.revision,
-                               license=spec.model.license)
-    if "profiles" in components:
-        components["profiles"]["names"] = list(spec.profiles)
-    if "units" in components:
-        components["units"]["names"] = list(spec.units)
+    for name, meta in extra.items():
+        components.setdefault(name, {}).update(meta)
     created = now.replace(microsecond=0)
     return Manifest(
         schema=MANIFEST_SCHEMA,

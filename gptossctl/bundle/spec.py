@@ -6,10 +6,11 @@ can fix a recipe without reading code. `schemas/bundle-spec.schema.json` is gene
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptossctl.durations import DURATION_RE, parse_duration
 from gptossctl.errors import UsageError
@@ -33,6 +34,8 @@ DEFAULT_MODEL_INCLUDE = (
     "USAGE_POLICY",
 )
 DEFAULT_MODEL_EXCLUDE = ("original/*", "metal/*")
+DEFAULT_MODEL_REQUIRED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                          "LICENSE", "USAGE_POLICY")
 
 
 class _Strict(BaseModel):
@@ -40,21 +43,78 @@ class _Strict(BaseModel):
 
 
 class SourceSpec(_Strict):
-    dir: str | None = Field(None, description="Local directory, relative to the recipe file")
+    dir: str | None = Field(None, description="Plain local model directory, relative to the recipe file")
+    hf_cache: str | None = Field(None, description="Hugging Face cache directory (HF_HUB_CACHE layout)")
+
+    @model_validator(mode="after")
+    def _one(self) -> SourceSpec:
+        if self.dir and self.hf_cache:
+            raise ValueError("give dir or hf_cache, not both (neither: download from the Hub)")
+        return self
 
 
 class ModelSpec(_Strict):
     name: str = Field(description="Name the model is served under (--served-model-name)")
-    repo: str = Field(description="Hugging Face repository id, for provenance")
-    revision: str = Field(description="Revision (commit hash once resolved)")
+    repo: str = Field(description="Hugging Face repository id, e.g. openai/gpt-oss-20b")
+    revision: str = Field(description="Branch, tag or commit; packs record the resolved commit hash")
     license: str = "Apache-2.0"
     source: SourceSpec = SourceSpec()
     include: tuple[str, ...] = DEFAULT_MODEL_INCLUDE
     exclude: tuple[str, ...] = DEFAULT_MODEL_EXCLUDE
+    required: tuple[str, ...] = Field(DEFAULT_MODEL_REQUIRED, description="Files that must be present")
+
+
+class VllmPin(_Strict):
+    version: str = Field(description="Exact vLLM version (>= 0.10.1, the first with gpt-oss)")
+
+    @field_validator("version")
+    @classmethod
+    def _min(cls, v: str) -> str:
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            if Version(v) < Version("0.10.1"):
+                raise ValueError(f"vLLM {v} predates gpt-oss support: use 0.10.1 or newer (0.33.0 is current)")
+        except InvalidVersion:
+            raise ValueError(f"{v!r} is not a version") from None
+        return v
+
+
+class TargetSpec(_Strict):
+    python: str = Field("3.12", pattern=r"^3\.\d{1,2}$", description="Python version on the air-gapped host")
+    platform: str = Field("manylinux_2_28_x86_64", description="Wheel platform tag of the air-gapped host")
+    cuda: str = Field("13.0", pattern=r"^\d+\.\d+$", description="CUDA runtime line of the wheels")
+
+    @property
+    def arch(self) -> str:
+        m = re.search(r"(x86_64|aarch64|ppc64le|s390x)$", self.platform)
+        return m.group(1) if m else self.platform
 
 
 class WheelsSpec(_Strict):
-    dir: str | None = Field(None, description="Local wheelhouse, relative to the recipe file")
+    dir: str | None = Field(None, description="Local wheelhouse; when set, nothing is fetched from an index")
+    requirements: tuple[str, ...] = Field((), description="Extra requirements beyond vllm==<version>")
+    include_gptossctl: bool = Field(True, description="Ship gptossctl's own wheel and dependencies")
+    include_uv: bool = Field(True, description="Ship uv for a fast offline install")
+
+
+class KernelsSpec(_Strict):
+    flashinfer: bool = Field(True, description="Ship flashinfer-cubin and flashinfer-jit-cache")
+    dir: str | None = Field(None, description="Local directory with the kernel wheels (from vllm download-kernels)")
+
+
+class CompileCacheSpec(_Strict):
+    dir: str
+    vllm: str
+    torch: str
+    gpu_arch: str = Field(pattern=r"^sm_\d+|gfx\w+$")
+    profile: str
+
+
+class AssetsSpec(_Strict):
+    tiktoken: tuple[Literal["o200k_base", "cl100k_base"], ...] = ("o200k_base", "cl100k_base")
+    tiktoken_dir: str | None = Field(None, description="Local directory holding the .tiktoken files")
+    compile_caches: tuple[CompileCacheSpec, ...] = ()
 
 
 class BundleSpec(_Strict):
@@ -64,7 +124,11 @@ class BundleSpec(_Strict):
     version: int | None = Field(None, ge=1, description="Bundle version; default: UTC time YYYYMMDDHHMM")
     expires_in: str = Field("180d", description="Validity, like 90d, 12h, 2w")
     model: ModelSpec
+    vllm: VllmPin | None = Field(None, description="None: no Python stack (the CPU demo)")
+    target: TargetSpec = TargetSpec()
     wheels: WheelsSpec = WheelsSpec()
+    kernels: KernelsSpec = KernelsSpec()
+    assets: AssetsSpec | None = None
     profiles: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
 

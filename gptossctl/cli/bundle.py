@@ -38,28 +38,45 @@ def pack(
     version: int | None = typer.Option(None, "--version", min=1, help="Bundle version (default: UTC YYYYMMDDHHMM)."),
     expires_in: str | None = typer.Option(None, "--expires-in", help="Validity such as 90d (default: recipe's)."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel copies (default: all cores)."),
+    scratch: Path | None = typer.Option(None, "--scratch", help="Download area (default: OUT.scratch, same disk)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be fetched and the disk needed."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Pack a signed bundle from a recipe; run again after an interruption to resume.
 
-    Exit 1 if a check fails (disk space), 2 for a bad recipe or missing source.
+    Exit 1 if a check fails (disk space, missing files, kernel mismatch), 2 for a bad recipe or source,
+    4 if the Hub or the index cannot be reached.
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.bundle.pack import pack_bundle
+        from gptossctl.bundle.pack import dry_run_pack, pack_bundle
         from gptossctl.bundle.spec import load_spec
 
         recipe, spec_dir = load_spec(spec)
+        if dry_run:
+            return dry_run_pack(recipe, spec_dir, out, model_dir=model_dir, wheelhouse=wheelhouse)
         keys = _signing_keys(key)
         with progress_bar("packing") as (total, advance):
             return pack_bundle(recipe, spec_dir, out, keys, model_dir=model_dir, wheelhouse=wheelhouse,
-                               version=version, expires_in=expires_in, workers=workers,
+                               version=version, expires_in=expires_in, workers=workers, scratch=scratch,
                                progress=advance, on_total=total)
 
-    run(action, as_json=as_json, render=lambda r: stdout.print(
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        if getattr(r, "to_dict", None) and r.to_dict().get("dry_run"):
+            d = r.to_dict()
+            for f in d["files"]:
+                stdout.print(f"  {f['path']}  {_human_size(f['size']) if f['size'] is not None else '?'}")
+            for item in d["to_fetch"]:
+                stdout.print(f"  fetch: {item}")
+            stdout.print(f"dry run: {len(d['files'])} files, {_human_size(d['known_bytes'])} known; disk needed "
+                         f"{_human_size(d['disk_needed'])}, free {_human_size(d['disk_free'])}; nothing fetched")
+            return
+        stdout.print(
         f"packed {r.path}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
         f"{_human_size(r.manifest.total_size)} ({r.copied} copied, {r.reused} resumed), "
-        f"signed by {len(r.signers)} key(s), expires {r.manifest.expires.isoformat()}"))
+        f"signed by {len(r.signers)} key(s), expires {r.manifest.expires.isoformat()}")
+
+    run(action, as_json=as_json, render=render)
 
 
 @app.command("sign")

@@ -77,7 +77,7 @@ def test_interrupted_pack_resumes_without_recopying(tmp_path: Path, keys: dict[s
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)["data"]
     assert doc["reused"] >= done_before >= 5
-    assert doc["copied"] + doc["reused"] == doc["files"]
+    assert doc["copied"] + doc["reused"] + 1 == doc["files"]  # + the SBOM, generated, not copied
     assert not (tmp_path / "bundle.partial").exists()
     verify_bundle(out, TrustPolicy((load_public_key(keys["alice"].public),)))
 
@@ -116,4 +116,4 @@ def test_inspect_reads_without_hashing(cli, bundle: Path, keys: dict[str, KeyPai
     assert code == 0
     d = doc["data"]
     assert d["name"] == "tiny-demo" and d["version"] == 5 and d["verified"] is False
-    assert d["signers"] == [keys["alice"].keyid] and set(d["components"]) == {"model", "profiles", "units"}
+    assert d["signers"] == [keys["alice"].keyid] and set(d["components"]) == {"model", "profiles", "units", "sbom"}
