@@ -11,3 +11,8 @@ fi
 # Byte-compile our own package too, as an installed wheel is: the CLI must start fast even where
 # PYTHONDONTWRITEBYTECODE is set (it is on some build hosts).
 .venv/bin/python -m compileall -q gptossctl >/dev/null
+# The tests make tiny models with transformers, which needs torch: the CPU build, through pip (uv would
+# pick the registry's CUDA build). torch is a test tool here, not a dependency of gptossctl.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
+fi

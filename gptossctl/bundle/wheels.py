@@ -5,6 +5,7 @@ FlashInfer kernel wheels whose version must equal the flashinfer-python that vLL
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -83,8 +84,13 @@ def download(requirements: Sequence[str], target: TargetSpec, dest: Path, *,
         cmd += ["--find-links", str(link)]
     if no_index:
         cmd.append("--no-index")
+    env = dict(os.environ)
+    if no_index:
+        # A wheelhouse pack takes the wheelhouse and nothing else: not the find-links or extra
+        # indexes of this machine's pip configuration.
+        env["PIP_CONFIG_FILE"] = os.devnull
     try:
-        res = subprocess.run([*cmd, *requirements], capture_output=True, text=True, timeout=3600)
+        res = subprocess.run([*cmd, *requirements], capture_output=True, text=True, timeout=3600, env=env)
     except FileNotFoundError:
         raise EnvironmentNotReady("pip is not available to download wheels", code="pack.no_pip") from None
     if res.returncode != 0:
