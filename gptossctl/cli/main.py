@@ -7,7 +7,7 @@ import sys
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, demo, hw, keys, profiles
+from gptossctl.cli import bundle, demo, hw, keys, probe, profiles
 from gptossctl.cli.output import document, emit_json, state
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(bundle.app, name="bundle")
 app.add_typer(hw.app, name="hw")
 app.add_typer(profiles.app, name="profiles")
 app.command("demo")(demo.demo)
+app.command("smoke")(probe.smoke)
 
 
 def _version(value: bool) -> None:

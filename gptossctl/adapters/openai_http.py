@@ -1,0 +1,151 @@
+"""HTTP to a vLLM OpenAI-compatible server (httpx): plain requests and SSE streams with arrival times.
+
+Returns our own values (Reply, StreamEvent), never httpx types. The API key travels only in the
+Authorization header; it is never logged and never part of a repr.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptossctl.errors import ServiceUnavailable, UsageError
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON, or the text when the body is not JSON
+    elapsed: float
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    t: float  # perf_counter at arrival
+    data: dict[str, Any] | None  # None for [DONE]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 30.0
+
+    def headers(self, *, key: str | None | bool = True) -> dict[str, str]:
+        """key=True: the configured key; False: none; a string: that key (to test refusals)."""
+        value = self.api_key if key is True else (key or None)
+        return {"Authorization": f"Bearer {value}"} if value else {}
+
+
+def read_api_key(path: Path) -> str:
+    """A key file holds the key alone, or an env file with VLLM_API_KEY=... (what install writes)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read API key file {path}: {exc.strerror}", code="probe.key_unreadable") from exc
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("VLLM_API_KEY="):
+            return line.split("=", 1)[1].strip().strip('"')
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not first or "=" in first:
+        raise UsageError(f"{path} holds no API key", code="probe.key_missing",
+                         hint="the file holds the key alone, or a line VLLM_API_KEY=...")
+    return first
+
+
+class Client:
+    """Synchronous calls for smoke tests: short timeouts, one clear error for an unreachable server."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        import httpx
+
+        self.endpoint = endpoint
+        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=endpoint.timeout)
+        self._httpx = httpx
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, *, body: Any = None, key: str | None | bool = True) -> Reply:
+        t = time.perf_counter()
+        try:
+            r = self._http.request(method, path, json=body, headers=self.endpoint.headers(key=key))
+        except self._httpx.TransportError as exc:
+            raise ServiceUnavailable(f"cannot reach {self.endpoint.url}{path}: {exc.__class__.__name__}",
+                                     code="probe.unreachable",
+                                     hint="is the service running? systemctl status gptoss@INSTANCE") from None
+        try:
+            parsed: Any = r.json()
+        except ValueError:
+            parsed = r.text
+        return Reply(r.status_code, parsed, time.perf_counter() - t)
+
+    def stream(self, path: str, body: dict[str, Any]) -> tuple[int, list[StreamEvent]]:
+        events: list[StreamEvent] = []
+        try:
+            with self._http.stream("POST", path, json=body, headers=self.endpoint.headers()) as r:
+                if r.status_code != 200:
+                    r.read()
+                    return r.status_code, events
+                for line in r.iter_lines():
+                    ev = parse_sse_line(line, time.perf_counter())
+                    if ev is not None:
+                        events.append(ev)
+        except self._httpx.TransportError as exc:
+            raise ServiceUnavailable(f"stream from {self.endpoint.url}{path} failed: {exc.__class__.__name__}",
+                                     code="probe.unreachable") from None
+        return 200, events
+
+
+def parse_sse_line(line: str, t: float) -> StreamEvent | None:
+    """One `data: ...` line of an OpenAI stream; other lines (comments, blank) are ignored."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == "[DONE]":
+        return StreamEvent(t, None)
+    try:
+        data = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    return StreamEvent(t, data) if isinstance(data, dict) else None
+
+
+async def astream(http: Any, endpoint: Endpoint, path: str, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    """The async counterpart for the load generator; the caller owns the httpx.AsyncClient."""
+    async with http.stream("POST", path, json=body, headers=endpoint.headers()) as r:
+        if r.status_code != 200:
+            await r.aread()
+            raise HttpStatusError(r.status_code)
+        async for line in r.aiter_lines():
+            ev = parse_sse_line(line, time.perf_counter())
+            if ev is not None:
+                yield ev
+
+
+class HttpStatusError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+def iter_text_deltas(events: list[StreamEvent]) -> Iterator[tuple[float, str]]:
+    """(arrival, text) for every chunk that carries content or reasoning, as vllm bench counts them."""
+    for ev in events:
+        if ev.data is None:
+            continue
+        for choice in ev.data.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content") or \
+                choice.get("text") or ""
+            if text:
+                yield ev.t, text

@@ -1,0 +1,54 @@
+"""`gptossctl smoke` and `gptossctl canary run`: prove the service works, then measure it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from gptossctl.cli.output import JsonOpt, run, stdout
+
+UrlOpt = typer.Option("http://127.0.0.1:8000", "--url", help="Service base URL.")
+KeyFileOpt = typer.Option(None, "--api-key-file", help="File with the API key (or an env file with VLLM_API_KEY=).")
+ModelOpt = typer.Option(None, "--model", help="Served model name (default: the first the server lists).")
+JunitOpt = typer.Option(None, "--junit", help="Also write a JUnit XML report here.")
+_STYLE = {"pass": "green", "fail": "red", "n/a": "dim"}
+
+
+def endpoint(url: str, key_file: Path | None, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    from gptossctl.adapters.openai_http import Endpoint, read_api_key
+
+    return Endpoint(url, read_api_key(key_file) if key_file else None, timeout)
+
+
+def smoke(
+    url: str = UrlOpt,
+    api_key_file: Path | None = KeyFileOpt,
+    model: str | None = ModelOpt,
+    tools: bool = typer.Option(False, "--tools", help="The service has tool calling enabled: test a round trip."),
+    junit: Path | None = JunitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check that the service answers correctly and is locked down.
+
+    Exit 1 when the service answered but a check failed (a refused key counts), 4 when unreachable.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.probe.junit import Case, junit_xml
+        from gptossctl.probe.smoke import SmokeOptions, run_smoke
+
+        report = run_smoke(endpoint(url, api_key_file), SmokeOptions(model=model, tools=tools))
+        if junit:
+            junit.write_bytes(junit_xml("gptossctl.smoke", [Case(c.id, c.status, c.evidence, c.seconds)
+                                                            for c in report.checks]))
+        return report
+
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        for c in r.checks:
+            stdout.print(f"[{_STYLE[c.status]}]{c.status:>4}[/] {c.id:<30} {escape(c.evidence)}")
+        stdout.print(f"[{'green' if r.ok else 'red'}]smoke {'passed' if r.ok else 'FAILED'}[/] "
+                     f"for {escape(r.model or '?')} at {escape(r.url)}")
+
+    run(action, as_json=as_json, render=render, exit_code=lambda r: 0 if r.ok else 1)
