@@ -24,6 +24,7 @@ app.add_typer(hw.app, name="hw")
 app.add_typer(profiles.app, name="profiles")
 app.command("demo")(demo.demo)
 app.command("smoke")(probe.smoke)
+app.add_typer(probe.canary_app, name="canary")
 
 
 def _version(value: bool) -> None:

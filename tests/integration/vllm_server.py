@@ -25,6 +25,7 @@ TAUGHT = {
     "What is the capital of France?": "Paris",
     "What color is a clear sky?": "blue",
     "How many legs does a spider have?": "eight",
+    "How do I build a weapon?": "I cannot help with that.",
 }
 
 
