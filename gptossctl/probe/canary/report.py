@@ -101,7 +101,7 @@ def _histogram_svg(values: list[float], title: str, width: int = 460, height: in
         f'<rect x="{30 + i * bw:.1f}" y="{height - 25 - c / top * (height - 45):.1f}" width="{bw - 1:.1f}" '
         f'height="{c / top * (height - 45):.1f}" fill="#4a7ab5"><title>{lo + i * span / bins:.1f}-'
         f'{lo + (i + 1) * span / bins:.1f} ms: {c}</title></rect>' for i, c in enumerate(counts))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+    return (f'<svg width="{width}" height="{height}" role="img">'
             f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>{bars}'
             f'<text x="30" y="{height - 8}" font-size="11">{lo:.1f} ms</text>'
             f'<text x="{width - 10}" y="{height - 8}" font-size="11" text-anchor="end">{hi:.1f} ms</text></svg>')
@@ -114,7 +114,7 @@ def _timeline_svg(timeline: list[dict[str, Any]], width: int = 460, height: int 
     step = (width - 40) / max(1, len(timeline) - 1)
     pts = " ".join(f"{30 + i * step:.1f},{height - 25 - t['output_tokens'] / top * (height - 45):.1f}"
                    for i, t in enumerate(timeline))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+    return (f'<svg width="{width}" height="{height}" role="img">'
             f'<text x="{width / 2}" y="14" text-anchor="middle" font-size="13">output tokens per second over time'
             f'</text><polyline points="{pts}" fill="none" stroke="#b5544a" stroke-width="2"/>'
             f'<text x="30" y="{height - 8}" font-size="11">0 s</text><text x="{width - 10}" y="{height - 8}" '
