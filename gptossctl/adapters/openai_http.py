@@ -126,10 +126,17 @@ async def astream(http: Any, endpoint: Endpoint, path: str, body: dict[str, Any]
         if r.status_code != 200:
             await r.aread()
             raise HttpStatusError(r.status_code)
-        async for line in r.aiter_lines():
-            ev = parse_sse_line(line, time.perf_counter())
-            if ev is not None:
-                yield ev
+        # Split events ourselves and stamp each with the arrival of its bytes (as vllm bench stamps
+        # chunks on receipt): httpx's line decoder adds per-chunk work that would count as latency.
+        buf = b""
+        async for data in r.aiter_bytes():
+            t = time.perf_counter()
+            buf += data
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                ev = parse_sse_line(raw.decode("utf-8", "replace").rstrip("\r"), t)
+                if ev is not None:
+                    yield ev
 
 
 class HttpStatusError(Exception):

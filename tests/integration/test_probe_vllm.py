@@ -109,20 +109,21 @@ def test_canary_baseline_names_the_regressed_metric(cli, server: str, key_file: 
     code, doc = _random(cli, server, key_file)
     assert code == 0
     fast = doc["data"]
-    # A baseline ten times faster than today: TTFT and E2EL must be reported as regressions.
+    # A baseline a thousand times faster than this run: TTFT and E2EL must be reported as regressions
+    # (the margin is far beyond run-to-run noise on a CPU server, whose p95 varies several-fold).
     for m in ("ttft", "e2el", "tpot"):
-        fast["latency_ms"][m]["p95"] /= 10
+        fast["latency_ms"][m]["p95"] /= 1000
     (tmp_path / "fast.json").write_text(json.dumps(fast))
     code, doc = _random(cli, server, key_file, "--baseline", str(tmp_path / "fast.json"))
     assert code == 1
     regressed = {c["metric"] for c in doc["data"]["baseline"] if c["regressed"]}
     assert {"latency_ms.ttft.p95", "latency_ms.e2el.p95"} <= regressed
-    # A baseline ten times slower: nothing regressed.
+    # A baseline a thousand times slower: nothing regressed.
     slow = json.loads((tmp_path / "fast.json").read_text())
     for m in ("ttft", "e2el", "tpot"):
-        slow["latency_ms"][m]["p95"] *= 100
-    slow["throughput"]["output_tokens_per_s"] /= 10
-    slow["throughput"]["requests_per_s"] /= 10
+        slow["latency_ms"][m]["p95"] *= 1000 * 1000
+    slow["throughput"]["output_tokens_per_s"] /= 1000
+    slow["throughput"]["requests_per_s"] /= 1000
     (tmp_path / "slow.json").write_text(json.dumps(slow))
     code, doc = _random(cli, server, key_file, "--baseline", str(tmp_path / "slow.json"))
     assert code == 0, doc["data"]["reasons"]
@@ -142,7 +143,7 @@ def test_canary_agrees_with_vllm_bench_serve(server: str, key_file: Path, tmp_pa
     exact ratio."""
     from benchmarks.canary_vs_vllm_bench import compare
 
-    result = compare(server, KEY, NAME, tmp_path, num_prompts=20)
+    result = compare(server, KEY, NAME, tmp_path, num_prompts=20, rounds=3)
     for metric in ("median_ttft_ms", "median_e2el_ms"):
         ratio = result["canary"][metric] / result["vllm_bench"][metric]
         assert 0.5 < ratio < 2.0, result
