@@ -53,11 +53,13 @@ def build_tree(root: Path, size_gib: float) -> int:
     return written
 
 
-def timed(cmd: list[str], *, env: dict[str, str] | None = None, shell: bool = False) -> float:
+def timed(cmd: list[str], *, env: dict[str, str] | None = None) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd if not shell else " ".join(cmd), check=True, env=env, shell=shell,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - t
+    if res.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} failed with {res.returncode}:\n{res.stderr[-2000:]}")
+    return elapsed
 
 
 def drop_caches() -> None:
@@ -100,7 +102,8 @@ def main() -> None:
 
     def prepare(inputs: list[str], output: Path | None = None) -> None:
         if output is not None:
-            shutil.rmtree(output, ignore_errors=True)
+            for p in (output, output.with_name(output.name + ".partial"), output.with_name(output.name + ".scratch")):
+                shutil.rmtree(p, ignore_errors=True)
         if args.cold:
             drop_caches()
         else:

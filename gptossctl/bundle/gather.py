@@ -85,7 +85,7 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
             for w in sorted(house.glob("*.whl")):
                 g.wheels.append((wheels.read_wheel(w), "wheels"))
     else:
-        _gather_wheels(spec, scratch, house, g, dry_run=dry_run)
+        _gather_wheels(spec, spec_dir, scratch, house, g, dry_run=dry_run)
     g.items += [(w.path, f"{comp}/{w.path.name}", comp, w.path.stat().st_size) for w, comp in g.wheels]
 
     if spec.assets is not None:
@@ -118,7 +118,8 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
     return g
 
 
-def _gather_wheels(spec: BundleSpec, scratch: Path, house: Path | None, g: Gathered, *, dry_run: bool) -> None:
+def _gather_wheels(spec: BundleSpec, spec_dir: Path, scratch: Path, house: Path | None, g: Gathered, *,
+                   dry_run: bool) -> None:
     assert spec.vllm is not None
     reqs = [f"vllm=={spec.vllm.version}", *spec.wheels.requirements]
     if spec.wheels.include_uv:
@@ -148,7 +149,7 @@ def _gather_wheels(spec: BundleSpec, scratch: Path, house: Path | None, g: Gathe
     if spec.kernels.flashinfer and pin:
         kdir = scratch / "kernels"
         if spec.kernels.dir:
-            kernels = [wheels.read_wheel(p) for p in sorted(Path(spec.kernels.dir).glob("*.whl"))]
+            kernels = [wheels.read_wheel(p) for p in sorted((spec_dir / spec.kernels.dir).glob("*.whl"))]
         else:
             try:
                 wheels.download([f"flashinfer-cubin=={pin}", f"flashinfer-jit-cache=={pin}"], spec.target, kdir,

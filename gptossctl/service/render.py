@@ -1,0 +1,109 @@
+"""Render the hardened unit, the 0600 environment file and the `vllm serve --config` file. Pure functions.
+
+vLLM always binds the loopback address: its API key guards /v1 only (/invocations answers without
+one), so anything exposed beyond the host goes through an allowlisting TLS proxy, never to vLLM itself.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from gptossctl.errors import UsageError
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+LOOPBACK = "127.0.0.1"
+# What must never leave the host and what must never be fetched at run time (REFERENCE.md).
+OFFLINE_ENV: Mapping[str, str] = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+}
+
+
+@dataclass(frozen=True)
+class UnitInputs:
+    python: Path
+    env_file: Path
+    config_file: Path
+    release_dir: Path
+    vendor: Literal["nvidia", "amd", "cpu"]
+    gpus: tuple[int, ...] = ()
+    tensor_parallel: int = 1
+    mig: bool = False
+
+
+def _devices(inp: UnitInputs) -> tuple[list[str], list[str]]:
+    if inp.vendor == "nvidia":
+        lines = [f"DeviceAllow={d} rw" for d in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")]
+        lines += [f"DeviceAllow=/dev/nvidia{i} rw" for i in inp.gpus]
+        if inp.mig:
+            lines.append("DeviceAllow=char-nvidia-caps r")  # MIG capability devices
+        return lines, []
+    if inp.vendor == "amd":
+        lines = ["DeviceAllow=/dev/kfd rw"] + [f"DeviceAllow=/dev/dri/renderD{128 + i} rw" for i in inp.gpus]
+        return lines, ["render", "video"]
+    return [], []
+
+
+def render_unit(template: str, inp: UnitInputs) -> str:
+    if inp.vendor != "cpu" and not inp.gpus:
+        raise UsageError("a GPU service needs its GPU indices", code="service.no_gpus")
+    devices, groups = _devices(inp)
+    values = {
+        "python": str(inp.python),
+        "env_file": str(inp.env_file),
+        "config_file": str(inp.config_file),
+        "release_dir": str(inp.release_dir),
+        "groups": " ".join(groups),
+        "ip_allow": "IPAddressAllow=localhost",
+        "device_allow": "\n".join(devices),
+        # Tensor-parallel workers share memory through System V IPC: private IPC only at TP 1.
+        "private_ipc": "PrivateIPC=yes" if inp.tensor_parallel == 1 else "",
+    }
+    unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
+    if unknown:
+        raise UsageError(f"unit template has unknown placeholders: {', '.join(unknown)}", code="service.bad_template")
+    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    lines = [ln for ln in text.splitlines() if not (ln.startswith("SupplementaryGroups=") and ln.strip() == "SupplementaryGroups=")]
+    return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
+
+
+def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: Mapping[str, str],
+               state_dir: Path, cache_dir: Path) -> str:
+    """The environment file (installed 0600): the key lives here, never in argv or the unit."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{32,}", api_key):
+        raise UsageError("API key must be 32+ URL-safe characters", code="service.weak_key")
+    env: dict[str, str] = {
+        **OFFLINE_ENV,
+        "VLLM_API_KEY": api_key,
+        "TIKTOKEN_ENCODINGS_BASE": str(release_dir / "payload" / "assets" / "tiktoken"),
+        "HOME": str(state_dir),
+        "HF_HOME": str(cache_dir / "huggingface"),
+        "XDG_CACHE_HOME": str(cache_dir),
+        "VLLM_CACHE_ROOT": str(cache_dir / "vllm"),
+        "TRITON_CACHE_DIR": str(cache_dir / "triton"),
+        "FLASHINFER_WORKSPACE_BASE": str(cache_dir / "flashinfer"),
+    }
+    for k, v in profile_env.items():
+        if k in env:
+            raise UsageError(f"profile sets {k}, which the installer owns", code="service.env_conflict")
+        env[k] = v
+    for k, v in env.items():
+        if "\n" in v or '"' in v:
+            raise UsageError(f"environment value for {k} has a newline or quote", code="service.bad_env")
+    return f"# gptoss@{instance}: written by gptossctl; mode 0600, owner root\n" + \
+        "".join(f"{k}={v}\n" for k, v in env.items())
+
+
+def render_vllm_config(profile_config: Mapping[str, Any], *, model_dir: Path, served_name: str, port: int) -> str:
+    """The `vllm serve --config` YAML: the profile's flags plus what the installer owns."""
+    import yaml
+
+    if not 1024 <= port <= 65535:
+        raise UsageError(f"port {port} is outside 1024-65535", code="service.bad_port")
+    doc = {"model": str(model_dir), "served-model-name": served_name, "host": LOOPBACK, "port": port,
+           **profile_config}
+    return yaml.safe_dump(doc, sort_keys=False)
