@@ -1,6 +1,7 @@
 """CycloneDX SBOM of a bundle: every wheel (name, version, SHA-256, licence), the model (repository,
 revision, licence) and the kernels, plus a licence summary that flags anything not permissive.
-Built with cyclonedx-python-lib and validated against the CycloneDX 1.6 JSON schema before it is written.
+Built with cyclonedx-python-lib; the test suite validates every SBOM it makes against the CycloneDX 1.6
+JSON schema (validating at pack time would cost a second of imports on every pack).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 from gptossctl import __version__
 from gptossctl.bundle.wheels import Wheel
-from gptossctl.errors import GptossctlError
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,6 @@ def build_sbom(data: SbomInput) -> bytes:
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component, ComponentType
     from cyclonedx.output.json import JsonV1Dot6
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
     from packageurl import PackageURL
 
     lf = LicenseFactory()
@@ -75,8 +73,4 @@ def build_sbom(data: SbomInput) -> bytes:
     bom.metadata.properties.add(Property(name="gptossctl:licenses_flagged",
                                          value=", ".join(f"{f['name']} ({f['license']})" for f in summary["flagged"])
                                          or "none"))
-    text = JsonV1Dot6(bom).output_as_string(indent=1)
-    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
-    if error is not None:
-        raise GptossctlError(f"generated SBOM does not validate: {error}", code="pack.sbom_invalid")
-    return (text + "\n").encode()
+    return (JsonV1Dot6(bom).output_as_string(indent=1) + "\n").encode()
