@@ -27,5 +27,7 @@ def test_help_does_not_import_heavy_libraries() -> None:
 
 
 def test_domain_packages_never_import_the_cli_stack() -> None:
-    loaded = _modules_after("import gptossctl.bundle.verify, gptossctl.bundle.pack, gptossctl.bundle.sign")
+    loaded = _modules_after("import gptossctl.bundle.verify, gptossctl.bundle.pack, gptossctl.bundle.sign, "
+                            "gptossctl.hardware.assess, gptossctl.probe.canary.run, gptossctl.probe.smoke, "
+                            "gptossctl.service.render, gptossctl.service.releases")
     assert "typer" not in loaded and "rich" not in loaded

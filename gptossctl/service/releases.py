@@ -1,0 +1,125 @@
+"""Side-by-side releases under /opt/gptoss: unpack a verified bundle into releases/<version>, re-checking
+every hash as the bytes land, and switch `current` atomically. A release directory exists only once it
+is complete (built as .<version>.partial, then renamed), so an interrupted unpack never looks installed,
+and running it again converges.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptossctl.bundle.hashing import copy_and_hash
+from gptossctl.bundle.layout import ENVELOPE, MANIFEST, PAYLOAD, SUMS
+from gptossctl.bundle.verify import VerifiedBundle
+from gptossctl.errors import CheckFailed, Finding
+
+_MARGIN = 64 << 20
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every filesystem root in one place, movable under --root for staging and tests."""
+
+    root: Path = Path("/")
+
+    @property
+    def opt(self) -> Path:
+        return self.root / "opt" / "gptoss"
+
+    @property
+    def releases(self) -> Path:
+        return self.opt / "releases"
+
+    @property
+    def current(self) -> Path:
+        return self.opt / "current"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc" / "gptoss"
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc" / "systemd" / "system"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var" / "lib" / "gptoss"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "var" / "cache" / "gptoss"
+
+    def release(self, version: int) -> Path:
+        return self.releases / str(version)
+
+
+def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MARGIN) -> Path:
+    """Copy the verified bundle into its release directory; return it. Idempotent. `margin` is the
+    free space kept beyond the payload's size."""
+    m = bundle.manifest
+    dest = layout.release(m.version)
+    if dest.is_dir():
+        return dest  # renamed into place only when complete: an earlier run finished
+    layout.releases.mkdir(parents=True, exist_ok=True)
+    tmp = layout.releases / f".{m.version}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted run are never trusted
+    free = shutil.disk_usage(layout.releases).free
+    if m.total_size + margin > free:
+        raise CheckFailed(f"not enough disk at {layout.releases}: {m.total_size / 2**30:.2f} GiB needed, "
+                          f"{free / 2**30:.2f} GiB free", code="install.insufficient_disk",
+                          hint="free space, or remove old releases once the current one is healthy")
+    try:
+        for name in (MANIFEST, ENVELOPE, SUMS):
+            tmp.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle.root / name, tmp / name)
+        findings = []
+        for f in m.files:
+            src, dst = bundle.root / PAYLOAD / f.path, tmp / PAYLOAD / f.path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            # Re-check as the bytes land: the bundle could change between verify and unpack.
+            got = copy_and_hash(src, dst, shard_size=m.shard_size)
+            if got.size != f.size or got.sha256 != f.sha256 or (f.shards and got.shards != f.shards):
+                findings.append(Finding("bundle.digest_mismatch", f"{PAYLOAD}/{f.path}",
+                                        "changed between verification and unpack"))
+        if findings:
+            raise CheckFailed("the bundle changed while it was being installed", code="install.bundle_changed",
+                              findings=findings, hint="protect the bundle from writers and install again")
+        os.rename(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise CheckFailed(f"disk full while unpacking into {layout.releases}", code="install.disk_full",
+                              hint="free space and run the install again; nothing was activated") from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def current_version(layout: Layout) -> int | None:
+    try:
+        return int(os.readlink(layout.current).rstrip("/").rsplit("/", 1)[-1])
+    except (OSError, ValueError):
+        return None
+
+
+def switch_current(layout: Layout, version: int) -> None:
+    """Point `current` at releases/<version> atomically (rename over the old link)."""
+    if not layout.release(version).is_dir():
+        raise CheckFailed(f"release {version} is not installed", code="install.no_release")
+    tmp = layout.opt / ".current.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("releases") / str(version))
+    os.replace(tmp, layout.current)
+
+
+def installed_versions(layout: Layout) -> list[int]:
+    if not layout.releases.is_dir():
+        return []
+    return sorted(int(p.name) for p in layout.releases.iterdir() if p.is_dir() and p.name.isdigit())
