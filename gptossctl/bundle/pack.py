@@ -90,11 +90,11 @@ class PackPlan:
 
 
 def plan_pack(
-    spec: BundleSpec, spec_dir: Path, *, model_dir: Path | None = None, wheelhouse: Path | None = None,
-    scratch: Path | None = None, dry_run: bool = False,
+    spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path | None = None,
+    wheelhouse: Path | None = None, dry_run: bool = False,
 ) -> tuple[list[PlannedFile], Gathered]:
-    """Every file the bundle will hold, gathered into local files (fetched unless dry_run)."""
-    g = gather(spec, spec_dir, scratch or Path("."), model_dir=model_dir, wheelhouse=wheelhouse, dry_run=dry_run)
+    """Every file the bundle will hold, gathered into local files (fetched into scratch unless dry_run)."""
+    g = gather(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse, dry_run=dry_run)
     planned = []
     for src, dest, component, size in g.items:
         reason = unsafe_path_reason(dest)
@@ -110,7 +110,8 @@ def plan_pack(
 def dry_run_pack(spec: BundleSpec, spec_dir: Path, out: Path, *, model_dir: Path | None = None,
                  wheelhouse: Path | None = None) -> PackPlan:
     """What `bundle pack` would do, without downloading or writing anything."""
-    _planned, g = plan_pack(spec, spec_dir, model_dir=model_dir, wheelhouse=wheelhouse, dry_run=True)
+    _planned, g = plan_pack(spec, spec_dir, out.with_name(out.name + ".scratch"), model_dir=model_dir,
+                            wheelhouse=wheelhouse, dry_run=True)
     probe = out.absolute()
     while not probe.exists():
         probe = probe.parent
@@ -173,7 +174,7 @@ def pack_bundle(
     # Downloads land in scratch, on the output's disk unless told otherwise: /tmp never fills.
     owned_scratch = scratch is None
     scratch = scratch or out.with_name(out.name + ".scratch")
-    planned, gathered = plan_pack(spec, spec_dir, model_dir=model_dir, wheelhouse=wheelhouse, scratch=scratch)
+    planned, gathered = plan_pack(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse)
     (partial / PAYLOAD).mkdir(parents=True, exist_ok=True)
     journal_path = partial / JOURNAL
     journal = open(journal_path, "a")

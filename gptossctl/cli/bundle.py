@@ -62,7 +62,9 @@ def pack(
                                progress=advance, on_total=total)
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
-        if getattr(r, "to_dict", None) and r.to_dict().get("dry_run"):
+        from gptossctl.bundle.pack import PackPlan
+
+        if isinstance(r, PackPlan):
             d = r.to_dict()
             for f in d["files"]:
                 stdout.print(f"  {f['path']}  {_human_size(f['size']) if f['size'] is not None else '?'}")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.profiles import Profile
-from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need
+from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need, model_key
 
 Status = Literal["pass", "warn", "fail"]
 DEFAULT_CUDA_LINE = "13.0"  # vLLM 0.33 wheels: CUDA 13 runtime
@@ -269,7 +269,7 @@ def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requir
     overhead = int(profile.sizing.overhead_gib * GIB)
     sized = dict(context_len=profile.context_len, concurrency=profile.sizing.concurrency,
                  kv_dtype_bytes=profile.kv_dtype_bytes, overhead_bytes=overhead)
-    weights_model = model if req.weights_bytes is None else ModelFacts(**{**model.__dict__, "weights_bytes": req.weights_bytes})
+    weights_model = model if req.weights_bytes is None else replace(model, weights_bytes=req.weights_bytes)
     warnings: list[str] = []
     if not profile.valid_for_vllm(req.vllm_version):
         return ProfileFit(profile, False, reasons=(f"valid for vLLM {profile.vllm.versions}, the bundle has {req.vllm_version}",))
@@ -374,8 +374,6 @@ def requirements_from_manifest(manifest: Any) -> tuple[Requirements, str | None]
     model = manifest.components.get("model", {})
     wheels = manifest.components.get("wheels", {})
     weights = sum(f.size for f in manifest.files if f.component == "model" and f.path.endswith(".safetensors"))
-    from gptossctl.hardware.requirements import model_key
-
     key = model_key(str(model.get("repo", ""))) or model_key(str(model.get("name", "")))
     return Requirements(
         cuda_line=str(wheels.get("cuda", DEFAULT_CUDA_LINE)),
