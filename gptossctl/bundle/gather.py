@@ -100,11 +100,21 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
         g.components["assets"] = {"tiktoken": list(spec.assets.tiktoken), "compile_caches": labels,
                                   "TIKTOKEN_ENCODINGS_BASE": "assets/tiktoken"}
 
+    names = []
     for name in spec.profiles:
-        src = data_dir("profiles") / f"{name}.yaml"
-        if not src.is_file():
-            raise UsageError(f"profile {name!r} is not shipped with gptossctl", code="pack.unknown_profile",
-                             hint="see 'gptossctl profiles list'")
+        if name.endswith((".yaml", ".yml")):  # a site's own profile, next to the recipe
+            from gptossctl.hardware.profiles import load_profile
+
+            src = spec_dir / name
+            if not src.is_file():
+                raise UsageError(f"profile file {src} does not exist", code="pack.unknown_profile")
+            name = load_profile(src).name  # validated now, not on the air-gapped side
+        else:
+            src = data_dir("profiles") / f"{name}.yaml"
+            if not src.is_file():
+                raise UsageError(f"profile {name!r} is not shipped with gptossctl", code="pack.unknown_profile",
+                                 hint="see 'gptossctl profiles list', or give a path to your own profile file")
+        names.append(name)
         g.items.append((src, f"profiles/{name}.yaml", "profiles", src.stat().st_size))
     for name in spec.units:
         src = data_dir("systemd") / name
@@ -112,7 +122,7 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
             raise UsageError(f"unit template {name!r} is not shipped with gptossctl", code="pack.unknown_unit")
         g.items.append((src, f"systemd/{name}", "units", src.stat().st_size))
     if spec.profiles:
-        g.components.setdefault("profiles", {})["names"] = list(spec.profiles)
+        g.components.setdefault("profiles", {})["names"] = names
     if spec.units:
         g.components.setdefault("units", {})["names"] = list(spec.units)
     return g

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, demo, hw, keys, probe, profiles
+from gptossctl.cli import bundle, demo, hw, keys, probe, profiles, service
 from gptossctl.cli.output import document, emit_json, state
 
 app = typer.Typer(
@@ -25,6 +25,10 @@ app.add_typer(profiles.app, name="profiles")
 app.command("demo")(demo.demo)
 app.command("smoke")(probe.smoke)
 app.add_typer(probe.canary_app, name="canary")
+app.command("install")(service.install)
+app.command("status")(service.status)
+app.command("rollback")(service.rollback)
+app.command("uninstall")(service.uninstall)
 
 
 def _version(value: bool) -> None:

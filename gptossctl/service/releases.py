@@ -9,58 +9,23 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from gptossctl.bundle.hashing import copy_and_hash
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST, PAYLOAD, SUMS
 from gptossctl.bundle.verify import VerifiedBundle
 from gptossctl.errors import CheckFailed, Finding
+from gptossctl.service.layout import Layout
 
 _MARGIN = 64 << 20
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Every filesystem root in one place, movable under --root for staging and tests."""
-
-    root: Path = Path("/")
-
-    @property
-    def opt(self) -> Path:
-        return self.root / "opt" / "gptoss"
-
-    @property
-    def releases(self) -> Path:
-        return self.opt / "releases"
-
-    @property
-    def current(self) -> Path:
-        return self.opt / "current"
-
-    @property
-    def etc(self) -> Path:
-        return self.root / "etc" / "gptoss"
-
-    @property
-    def unit_dir(self) -> Path:
-        return self.root / "etc" / "systemd" / "system"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "var" / "lib" / "gptoss"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "var" / "cache" / "gptoss"
-
-    def release(self, version: int) -> Path:
-        return self.releases / str(version)
-
-
-def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MARGIN) -> Path:
+def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MARGIN,
+                   finish: Callable[[Path], None] | None = None) -> Path:
     """Copy the verified bundle into its release directory; return it. Idempotent. `margin` is the
-    free space kept beyond the payload's size."""
+    free space kept beyond the payload's size. `finish(tmp)` completes the release (environment,
+    rendered files) before it is renamed into place, so a release directory is always whole."""
     m = bundle.manifest
     dest = layout.release(m.version)
     if dest.is_dir():
@@ -89,6 +54,9 @@ def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MAR
         if findings:
             raise CheckFailed("the bundle changed while it was being installed", code="install.bundle_changed",
                               findings=findings, hint="protect the bundle from writers and install again")
+        _readable(tmp)
+        if finish is not None:
+            finish(tmp)
         os.rename(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -100,6 +68,15 @@ def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MAR
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _readable(tree: Path) -> None:
+    """Bundle files are world-readable and root-owned whatever the installer's umask: the service user
+    reads them, nobody but root writes them."""
+    for d, dirs, files in os.walk(tree):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
 
 
 def current_version(layout: Layout) -> int | None:

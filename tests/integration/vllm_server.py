@@ -35,7 +35,7 @@ def vllm_python() -> Path:
     return Path(out)
 
 
-def make_trained_llama(out: Path, *, seconds: float = 30.0) -> Path:
+def make_trained_llama(out: Path, *, seconds: float = 30.0, max_positions: int = 512) -> Path:
     """A 2-layer Llama that answers TAUGHT at temperature 0 after a few seconds of AdamW."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
@@ -53,7 +53,7 @@ def make_trained_llama(out: Path, *, seconds: float = 30.0) -> Path:
     fast.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=256,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, head_dim=64,
-                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+                         max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     batch = []
     for q, a in TAUGHT.items():

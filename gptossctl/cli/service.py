@@ -1,0 +1,204 @@
+"""`gptossctl install | status | rollback | uninstall`: the service on this host (or a staged tree)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from gptossctl.cli.bundle import TrustOpt, _revoked_ids
+from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, XmlOpt
+from gptossctl.cli.output import JsonOpt, progress_bar, run, stderr, stdout
+from gptossctl.errors import UsageError
+
+RootOpt = typer.Option(Path("/"), "--root", help="Stage into this tree: units enabled with systemctl --root, "
+                       "nothing started.")
+InstanceOpt = typer.Option(None, "--instance", help="Instance name (default: the model's served name).")
+TimeoutOpt = typer.Option("30m", "--health-timeout", help="How long vLLM may take to answer /health, e.g. 20m.")
+_STYLE = {"ok": "green", "failed": "red", "skipped": "dim"}
+
+
+def _render_steps(steps: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    t = Table("step", "result", "seconds", "detail", box=None)
+    for s in steps:
+        st = _STYLE.get(s["status"], "white")
+        t.add_row(s["step"], f"[{st}]{s['status']}[/{st}]", f"{s['seconds']:.1f}", escape(s["detail"]))
+    stdout.print(t)
+
+
+def _confirm(yes: bool, as_json: bool, what: str) -> None:
+    if yes:
+        return
+    if as_json or not sys.stdin.isatty():
+        raise UsageError(f"{what} changes this host's running service", code="install.confirm",
+                         hint="pass --yes to confirm (needed when not at a terminal or with --json)")
+    if not typer.confirm(f"{what}?", default=False):
+        raise UsageError("not confirmed", code="install.not_confirmed")
+
+
+def _instance_of(root: Path, instance: str | None) -> str:
+    from gptossctl.service.layout import Layout
+
+    if instance:
+        return instance
+    found = Layout(root).instances()
+    if len(found) != 1:
+        raise UsageError(f"{'no instance is' if not found else 'several instances are'} installed under {root}"
+                         + (f": {', '.join(found)}" if found else ""), code="service.which_instance",
+                         hint="name one with --instance")
+    return found[0]
+
+
+def install(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    trust: list[Path] = TrustOpt,
+    threshold: int = typer.Option(1, "--threshold", help="Distinct trusted signatures required (k of n)."),
+    revoked: list[str] = typer.Option([], "--revoked", help="Revoked key: a key id or a .pub file; repeatable."),
+    profile: str = typer.Option("auto", "--profile", help="auto (the best that fits) or a profile in the bundle."),
+    instance: str | None = InstanceOpt,
+    root: Path = RootOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address vLLM binds (loopback only; see README)."),
+    port: int = typer.Option(8000, "--port", help="Port vLLM listens on."),
+    no_start: bool = typer.Option(False, "--no-start", help="Install and enable, do not start."),
+    no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test after /health (not advised)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Verify and preflight, then print the plan; change nothing."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Install an older bundle on purpose."),
+    health_timeout: str = TimeoutOpt,
+    python: Path = typer.Option(Path("/usr/bin/python3"), "--python", help="Interpreter the release's venv is built on."),
+    vllm_python: Path | None = typer.Option(None, "--vllm-python", help="Use this environment's Python instead of "
+                                            "building one (bundles without wheels)."),
+    xml: Path | None = XmlOpt, csv: Path | None = CsvOpt, rocm: Path | None = RocmOpt, amd: Path | None = AmdOpt,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Verify, preflight, unpack a side-by-side release, build its environment offline, render the hardened
+    unit, start, wait for /health, smoke test, then switch `current`; roll back by itself on failure.
+
+    Exit 0 installed (or already current), 1 refused or failed (previous release kept serving),
+    2 usage, 3 this host cannot run it (no systemd, no GPU probe).
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.keys import load_public_key
+        from gptossctl.bundle.verify import TrustPolicy
+        from gptossctl.durations import parse_duration
+        from gptossctl.hardware.assess import Captures
+        from gptossctl.service.install import InstallRequest
+        from gptossctl.service.install import install as do_install
+
+        policy = TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
+                             revoked=_revoked_ids(revoked))
+        staged = root.resolve() != Path("/")
+        if not staged and not dry_run:
+            _confirm(yes, as_json, f"install {bundle}")
+        req = InstallRequest(bundle=bundle, policy=policy, instance=instance, profile=profile, root=root, host=host,
+                             port=port, start=not no_start, dry_run=dry_run, allow_downgrade=allow_downgrade,
+                             health_timeout=float(parse_duration(health_timeout)), captures=Captures(xml, csv, rocm, amd),
+                             python=python, vllm_python=vllm_python, smoke=not no_smoke)
+        with progress_bar("verifying") as (total, advance):
+            return do_install(req, on_step=lambda _s, msg: stderr.print(f"[dim]-[/dim] {escape(msg)}"),
+                              progress=advance, on_total=total)
+
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        _render_steps([s.to_dict() for s in r.steps])
+        if r.dry_run:
+            stdout.print(f"dry run: release {r.version} of {r.instance} with profile {r.profile}; nothing changed")
+        elif not r.changed:
+            stdout.print(f"[green]unchanged[/green]: release {r.version} is current and healthy at {r.endpoint}")
+        elif r.started:
+            stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}) serving at {r.endpoint}")
+        else:
+            stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}), enabled, not started")
+
+    run(action, as_json=as_json, render=render)
+
+
+class _Rows(list):  # type: ignore[type-arg]
+    def to_dict(self) -> dict[str, Any]:
+        return {"instances": list(self)}
+
+
+def status(instance: str | None = InstanceOpt, root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
+    """Unit state, health, version, profile and endpoint of each instance.
+
+    Exit 0 when every instance is active, healthy and its unit runs the current release; 1 otherwise.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.service.install import status as do_status
+
+        return _Rows(do_status(root, instance))
+
+    def healthy(rows: list[dict[str, Any]]) -> int:
+        ok = all((r["state"] in ("active", "staged")) and r["consistent"] and r["health"] in (200, None)
+                 and (r["state"] != "active" or r["health"] == 200) for r in rows)
+        return 0 if rows and ok else 1
+
+    def render(rows) -> None:  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        t = Table("instance", "state", "health", "version", "profile", "endpoint", "releases", box=None)
+        for r in rows:
+            t.add_row(r["instance"], r["state"], str(r["health"] or "-"), str(r["version"] or "-"),
+                      r["profile"] or "-", r["endpoint"] or "-", ",".join(map(str, r["installed"])))
+            if not r["consistent"]:
+                stderr.print(f"[yellow]{r['unit']} runs release {r['unit_release']} but current is {r['version']}: "
+                             "an install was interrupted; run it again, or 'gptossctl rollback'[/yellow]")
+        stdout.print(t if rows else "no instance installed")
+
+    run(action, as_json=as_json, render=render, exit_code=healthy)
+
+
+def rollback(instance: str | None = InstanceOpt, root: Path = RootOpt,
+             to: int | None = typer.Option(None, "--to", help="Release version (default: the one before current)."),
+             health_timeout: str = TimeoutOpt, yes: bool = typer.Option(False, "--yes", "-y"),
+             as_json: bool = JsonOpt) -> None:
+    """Put an earlier release (still on disk) back in service, proven healthy before `current` moves."""
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.durations import parse_duration
+        from gptossctl.service.install import rollback as do_rollback
+
+        if root.resolve() == Path("/"):
+            _confirm(yes, as_json, "roll back")
+        return do_rollback(root, _instance_of(root, instance), to=to,
+                           health_timeout=float(parse_duration(health_timeout)))
+
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        _render_steps([s.to_dict() for s in r.steps])
+        stdout.print(f"[green]rolled back[/green] {r.unit} from {r.previous} to release {r.version}")
+
+    run(action, as_json=as_json, render=render)
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+
+def uninstall(instance: str | None = InstanceOpt, root: Path = RootOpt,
+              purge: bool = typer.Option(False, "--purge", help="Also remove the API key, state, caches and, with "
+                                         "the last instance, the service user."),
+              yes: bool = typer.Option(False, "--yes", "-y"), as_json: bool = JsonOpt) -> None:
+    """Stop, disable and remove an instance and its releases. Without --purge the API key (/etc/gptoss),
+    state and cache directories are kept."""
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.service.install import uninstall as do_uninstall
+
+        if root.resolve() == Path("/"):
+            _confirm(yes, as_json, "uninstall")
+        return _Dict(do_uninstall(root, _instance_of(root, instance), purge=purge))
+
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        for p in r["removed"]:
+            stdout.print(f"removed {p}")
+        for p in r["kept"]:
+            stdout.print(f"kept    {p} (--purge removes it)")
+
+    run(action, as_json=as_json, render=render)

@@ -1,0 +1,605 @@
+"""`gptossctl install`: one command on the air-gapped host, and either a healthy hardened service or the
+previous state untouched with a clear reason.
+
+Order matters for what a failure leaves behind:
+  verify -> preflight -> unpack + environment + render into releases/.N.partial -> rename (whole release)
+  -> unit + user + key -> restart -> /health -> smoke -> switch `current` (only now is it "installed").
+Any failure after the unit was touched puts back the previous release's unit, restarts it and waits for
+it to be healthy again; a failure before that touched nothing that serves. Running the same command
+again after an interruption converges: finished releases are reused, partial ones are discarded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle
+from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
+from gptossctl.hardware.assess import Captures
+from gptossctl.hardware.check import HardwareReport, ProfileFit
+from gptossctl.service.layout import SERVICE_USER, Layout, check_instance
+from gptossctl.service.releases import current_version, installed_versions, switch_current, unpack_release
+from gptossctl.service.render import LOOPBACK
+
+RELEASE_JSON = "release.json"
+CONFIG = "vllm.yaml"
+ENV_FILE = "service.env"
+SYSUSERS = f'u {SERVICE_USER} - "gpt-oss vLLM service" /var/lib/gptoss /usr/sbin/nologin\n'
+Step = Callable[[str, str], None]  # (step, message): progress for people
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    bundle: Path
+    policy: TrustPolicy
+    instance: str | None = None
+    profile: str = "auto"
+    root: Path = Path("/")
+    host: str = LOOPBACK
+    port: int = 8000
+    start: bool = True
+    dry_run: bool = False
+    allow_downgrade: bool = False
+    health_timeout: float = 1800.0
+    captures: Captures = Captures()
+    python: Path = Path("/usr/bin/python3")  # the interpreter the release's venv is built on
+    vllm_python: Path | None = None  # an environment the site maintains, for bundles without wheels
+    smoke: bool = True
+
+
+@dataclass
+class StepRecord:
+    step: str
+    status: str  # ok | failed | skipped
+    detail: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class InstallResult:
+    instance: str
+    version: int
+    previous: int | None
+    profile: str
+    endpoint: str
+    unit: str
+    release: Path
+    staged: bool
+    started: bool
+    changed: bool = True
+    dry_run: bool = False
+    steps: list[StepRecord] = field(default_factory=list)
+    smoke: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instance": self.instance, "version": self.version, "previous": self.previous,
+                "profile": self.profile, "endpoint": self.endpoint, "unit": self.unit, "release": str(self.release),
+                "staged": self.staged, "started": self.started, "changed": self.changed, "dry_run": self.dry_run,
+                "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke}
+
+
+class _Steps:
+    def __init__(self, on_step: Step | None) -> None:
+        self.records: list[StepRecord] = []
+        self.on_step = on_step
+
+    @contextmanager
+    def __call__(self, name: str, doing: str) -> Iterator[list[str]]:
+        if self.on_step:
+            self.on_step(name, doing)
+        t0, detail = time.monotonic(), [doing]
+        try:
+            yield detail
+        except BaseException as exc:
+            msg = exc.message if isinstance(exc, GptossctlError) else f"{type(exc).__name__}: {exc}"
+            self.records.append(StepRecord(name, "failed", msg, time.monotonic() - t0))
+            raise
+        self.records.append(StepRecord(name, "ok", detail[-1], time.monotonic() - t0))
+
+    def skip(self, name: str, why: str) -> None:
+        self.records.append(StepRecord(name, "skipped", why, 0.0))
+
+
+# ---------------------------------------------------------------- helpers shared with status/rollback
+
+
+def served_name(manifest: Any) -> str:
+    model = manifest.components.get("model", {})
+    return str(model.get("name") or manifest.name).rsplit("/", 1)[-1]
+
+
+def default_instance(manifest: Any) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", served_name(manifest).lower()).strip("-")[:48] or "default"
+
+
+def read_release(release: Path) -> dict[str, Any]:
+    try:
+        return json.loads((release / RELEASE_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def endpoint_of(rec: dict[str, Any]) -> str:
+    return f"http://{rec.get('host', LOOPBACK)}:{rec.get('port', 8000)}"
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)  # the umask must not loosen or tighten what we mean
+    os.replace(tmp, path)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextmanager
+def install_lock(layout: Layout) -> Iterator[None]:
+    """One change at a time per host: a second installer is refused, not interleaved."""
+    layout.base.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another gptossctl is changing {layout.base}", code="install.locked",
+                             hint="wait for it to finish; the lock is released when that process ends") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_api_key(layout: Layout) -> str:
+    """Generated once per instance, kept across upgrades and rollbacks (0600 root)."""
+    from gptossctl.adapters.openai_http import read_api_key
+
+    if layout.api_key.is_file():
+        return read_api_key(layout.api_key)
+    layout.etc.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.etc, 0o700)
+    key = secrets.token_urlsafe(32)
+    _atomic_write(layout.api_key, key + "\n", 0o600)
+    return key
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def _load_bundle_profiles(bundle: VerifiedBundle) -> list[Any]:
+    from gptossctl.hardware.profiles import load_profile, load_profiles
+
+    shipped = sorted((bundle.root / "payload" / "profiles").glob("*.yaml"))
+    # The bundle's own (signed) profiles decide; a bundle with none falls back to gptossctl's.
+    return [load_profile(p) for p in shipped] if shipped else load_profiles()
+
+
+def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> tuple[HardwareReport, ProfileFit]:
+    from gptossctl.hardware.check import check_models, requirements_from_manifest
+    from gptossctl.hardware.probes import probe_capture, probe_live
+
+    requirements, model = requirements_from_manifest(bundle.manifest)
+    if model is None:
+        raise CheckFailed(f"the bundle's model {served_name(bundle.manifest)!r} is not one gptossctl can size",
+                          code="install.unknown_model", hint="pack one of the known models (see hw check --help)")
+    inventory = probe_capture(**req.captures.__dict__)
+    if inventory is None:
+        probe_at = layout.base if layout.base.exists() else layout.root
+        inventory = probe_live(host_paths=[probe_at], gpu_required=model != "tiny")
+    profiles = _load_bundle_profiles(bundle)
+    if req.profile != "auto":
+        profiles = [p for p in profiles if p.name == req.profile]
+        if not profiles:
+            raise UsageError(f"profile {req.profile!r} is not in the bundle", code="install.unknown_profile",
+                             hint="see 'gptossctl bundle inspect' for the bundle's profiles, or use --profile auto")
+    report = check_models(inventory, profiles, [model], requirements)
+    (m,) = report.models
+    if m.chosen is None:
+        failed = [Finding(f"preflight.{c.id}", c.subject, c.message) for c in m.checks if c.status == "fail"]
+        failed += [Finding("preflight.profile", f.profile.name, "; ".join(f.reasons)) for f in m.fits]
+        raise CheckFailed(f"preflight failed: {m.reason}", code="install.preflight_failed", findings=failed,
+                          hint="run 'gptossctl hw check --bundle BUNDLE' for the full report")
+    return report, m.chosen
+
+
+# ---------------------------------------------------------------- rendering a release
+
+
+def _render_release(req: InstallRequest, bundle: VerifiedBundle, layout: Layout, fit: ProfileFit,
+                    release_live: Path, python_live: Path, api_key: str) -> dict[str, str]:
+    """The unit, config and environment of one release, as text, with paths as the booted host sees them."""
+    from gptossctl.resources import data_dir
+    from gptossctl.service.render import UnitInputs, render_env, render_unit, render_vllm_config
+
+    tpl_path = bundle.root / "payload" / "systemd" / "gptoss@.service"
+    template = (tpl_path if tpl_path.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
+    profile = fit.profile
+    unit = render_unit(template, UnitInputs(
+        python=python_live, env_file=release_live / ENV_FILE, config_file=release_live / CONFIG,
+        release_dir=release_live, vendor=profile.match.vendor, gpus=fit.gpus,
+        tensor_parallel=fit.tensor_parallel or 1))
+    config = render_vllm_config(profile.vllm_config(tensor_parallel=fit.tensor_parallel or 1),
+                                model_dir=release_live / "payload" / "model",
+                                served_name=served_name(bundle.manifest), port=req.port)
+    env = render_env(api_key=api_key, instance=layout.instance, release_dir=release_live,
+                     profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
+                     cache_dir=layout.live_path(layout.cache))
+    if fit.gpus and profile.match.vendor == "nvidia":
+        env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, fit.gpus))}\n"
+    return {"unit": unit, "config": config, "env": env}
+
+
+def _write_release_files(release: Path, rendered: dict[str, str], record: dict[str, Any]) -> None:
+    _atomic_write(release / CONFIG, rendered["config"], 0o644)
+    _atomic_write(release / ENV_FILE, rendered["env"], 0o600)  # holds the key: root only
+    _atomic_write(release / "unit.service", rendered["unit"], 0o644)
+    record = {**record, "rendered": {CONFIG: sha256_text(rendered["config"]),
+                                     ENV_FILE: sha256_text(rendered["env"]),
+                                     "unit.service": sha256_text(rendered["unit"])}}
+    _atomic_write(release / RELEASE_JSON, json.dumps(record, indent=2) + "\n", 0o644)
+
+
+# ---------------------------------------------------------------- activation
+
+
+def wait_healthy(systemd: Systemd, unit: str, url: str, timeout: float, *, poll: float = 2.0) -> str:
+    """Wait for GET /health = 200. Fail fast when the unit fails or restarts (vLLM exited)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        props = systemd.show(unit, "ActiveState", "SubState", "NRestarts", "Result")
+        if props.get("ActiveState") == "failed" or int(props.get("NRestarts") or 0) > 0:
+            raise CheckFailed(f"{unit} exited before it was healthy ({props.get('Result', '?')})",
+                              code="install.start_failed", hint="the journal tail below says why")
+        try:
+            r = httpx.get(f"{url}/health", timeout=5.0)
+            if r.status_code == 200:
+                return f"/health 200 after {timeout - (deadline - time.monotonic()):.0f}s"
+            last = f"/health {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(poll)
+    raise CheckFailed(f"{unit} not healthy within {timeout:.0f}s ({last})", code="install.health_timeout",
+                      hint="a large model can need longer: raise --health-timeout; see the journal tail")
+
+
+def run_install_smoke(url: str, api_key: str, model: str) -> dict[str, Any]:
+    from gptossctl.adapters.openai_http import Endpoint
+    from gptossctl.probe.smoke import SmokeOptions, run_smoke
+
+    report = run_smoke(Endpoint(url, api_key, timeout=120.0), SmokeOptions(model=model))
+    if not report.ok:
+        raise CheckFailed("the smoke test failed on the new release", code="install.smoke_failed",
+                          findings=report.findings, hint="see the smoke checks in the report")
+    return report.to_dict()
+
+
+def _install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
+    _atomic_write(layout.unit_path, (release / "unit.service").read_text(), 0o644)
+    systemd.daemon_reload()
+    systemd.enable(layout.unit_name)
+
+
+def _start_and_prove(layout: Layout, systemd: Systemd, release: Path, timeout: float, smoke: bool,
+                     steps: _Steps) -> dict[str, Any] | None:
+    rec = read_release(release)
+    url = endpoint_of(rec)
+    with steps("start", f"restarting {layout.unit_name}") as d:
+        systemd.restart(layout.unit_name)
+        d.append(f"{layout.unit_name} restarted on release {rec.get('version')}")
+    with steps("health", f"waiting for {url}/health (up to {timeout:.0f}s)") as d:
+        d.append(wait_healthy(systemd, layout.unit_name, url, timeout))
+    if not smoke:
+        steps.skip("smoke", "--no-smoke")
+        return None
+    with steps("smoke", "smoke test: health, models, chat, stream, key enforced") as d:
+        out = run_install_smoke(url, ensure_api_key(layout), rec.get("served_name", ""))
+        d.append(f"{sum(c['status'] == 'pass' for c in out['checks'])} checks passed")
+    return out
+
+
+def _restore(layout: Layout, systemd: Systemd, previous: int | None, timeout: float, steps: _Steps) -> str:
+    """Put the previous release back in service; say what happened."""
+    if previous is None or not layout.release(previous).is_dir():
+        systemd.stop(layout.unit_name)
+        systemd.disable(layout.unit_name)
+        layout.unit_path.unlink(missing_ok=True)
+        systemd.daemon_reload()
+        return "no previous release: the unit was stopped and removed"
+    try:
+        with steps("rollback", f"restoring release {previous}"):
+            _install_unit(layout, systemd, layout.release(previous))
+        _start_and_prove(layout, systemd, layout.release(previous), timeout, smoke=False, steps=steps)
+        switch_current(layout, previous)
+        return f"release {previous} restored and healthy"
+    except GptossctlError as exc:
+        return f"restoring release {previous} failed too: {exc.message}"
+
+
+# ---------------------------------------------------------------- the command
+
+
+def install(req: InstallRequest, *, on_step: Step | None = None,
+            progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> InstallResult:
+    """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
+    steps = _Steps(on_step)
+    try:
+        return _install(req, steps, progress, on_total)
+    except GptossctlError as exc:
+        exc.data.setdefault("steps", [r.to_dict() for r in steps.records])
+        raise
+
+
+def _install(req: InstallRequest, steps: _Steps, progress: Callable[[int], None] | None,
+             on_total: Callable[[int], None] | None) -> InstallResult:
+    from gptossctl.bundle.verify import verify_bundle
+
+    if req.host not in (LOOPBACK, "localhost", "::1"):
+        raise UsageError(
+            f"refusing to bind vLLM to {req.host}: vLLM's API key guards /v1 only, and /invocations "
+            "(and other routes) answer anyone who can reach the port",
+            code="install.exposed_bind",
+            hint="keep the default 127.0.0.1 and publish it through a TLS reverse proxy that allows only "
+                 "/v1/* and /health and terminates TLS (see README, 'Serving beyond this host')")
+    with steps("verify", f"verifying {req.bundle} (signatures, expiry, every byte)") as d:
+        bundle = verify_bundle(req.bundle, req.policy, progress=progress, on_total=on_total)
+        d.append(f"{bundle.manifest.name} v{bundle.manifest.version}: {len(bundle.manifest.files)} files, "
+                 f"{len(bundle.signers)} trusted signature(s)")
+    m = bundle.manifest
+    layout = Layout(req.root, check_instance(req.instance or default_instance(m)))
+    systemd = Systemd(None if not layout.staged else layout.root)
+    live_start = req.start and not layout.staged
+    if live_start and not req.dry_run:
+        systemd.require_running()
+    previous = current_version(layout)
+    with steps("version", "checking for a downgrade") as d:
+        if previous is not None and m.version < previous and not req.allow_downgrade:
+            raise CheckFailed(f"bundle version {m.version} is older than the installed {previous}",
+                              code="install.downgrade", hint="install a newer bundle, use 'gptossctl rollback' "
+                              "to go back to a release still on disk, or pass --allow-downgrade on purpose")
+        d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
+    with steps("preflight", "hardware, profile and disk") as d:
+        _report, fit = preflight(req, bundle, layout)
+        d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
+                 + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus else ""))
+    release = layout.release(m.version)
+    result = InstallResult(layout.instance, m.version, previous, fit.profile.name, f"http://{req.host}:{req.port}",
+                           layout.unit_name, release, layout.staged, False, dry_run=req.dry_run, steps=steps.records)
+    if req.dry_run:
+        for name, what in (("unpack", f"copy {m.total_size / 2**30:.2f} GiB into {release}"),
+                           ("environment", "uv venv from the bundle's wheels, offline" if req.vllm_python is None
+                            else f"use {req.vllm_python}"),
+                           ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"),
+                           ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if live_start
+                            else "enable only (staged or --no-start)"),
+                           ("switch", f"{layout.current} -> releases/{m.version}")):
+            steps.skip(name, f"dry run: would {what}")
+        result.changed = False
+        return result
+
+    with install_lock(layout):
+        if previous == m.version and live_start and release.is_dir() and \
+                systemd.active_state(layout.unit_name) == "active" and _matches(release, req, fit):
+            steps.skip("unpack", f"release {m.version} is current, active and configured as asked")
+            result.changed, result.started = False, True
+            return result
+        api_key = ensure_api_key(layout)
+        release_live = layout.live_path(release)
+        record = {"version": m.version, "bundle": m.name, "instance": layout.instance, "profile": fit.profile.name,
+                  "tensor_parallel": fit.tensor_parallel or 1, "gpus": list(fit.gpus), "host": req.host,
+                  "port": req.port, "served_name": served_name(m), "installed_at": datetime.now(UTC).isoformat(),
+                  "manifest_sha256": hashlib.sha256((bundle.root / "manifest.json").read_bytes()).hexdigest(),
+                  "signers": list(bundle.signers), "expires": m.expires.isoformat()}
+
+        def finish(tmp: Path) -> None:
+            with steps("environment", "building the Python environment offline") as d:
+                if req.vllm_python is not None:
+                    python_live = req.vllm_python
+                    d.append(f"using the site's environment {python_live} (not from the bundle)")
+                else:
+                    from gptossctl.service.environment import build_env, wheels_in
+
+                    python_live = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
+                    python_live = release_live / "venv" / "bin" / "python"
+                    d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline")
+            with steps("render", "rendering unit, vLLM config and environment file") as d:
+                rendered = _render_release(req, bundle, layout, fit, release_live, python_live, api_key)
+                _write_release_files(tmp, rendered, {**record, "python": str(python_live),
+                                                     "external_env": req.vllm_python is not None})
+                d.append(f"profile {fit.profile.name}, bound to {req.host}:{req.port}")
+
+        with steps("unpack", f"unpacking into {release} (hashes re-checked)") as d:
+            if release.is_dir() and read_release(release):
+                d.append(f"release {m.version} already unpacked: reused")
+                if not _matches(release, req, fit):  # same bundle, new port or profile: re-render in place
+                    rec = read_release(release)
+                    rendered = _render_release(req, bundle, layout, fit, release_live, Path(rec["python"]), api_key)
+                    _write_release_files(release, rendered, {**record, "python": rec["python"],
+                                                             "external_env": rec.get("external_env", False)})
+                    d.append(f"release {m.version} reused, configuration re-rendered")
+            else:
+                shutil.rmtree(release, ignore_errors=True)  # a directory without release.json is not a release
+                unpack_release(bundle, layout, finish=finish)
+                d.append(f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB into {release}")
+
+        with steps("user", f"system user {SERVICE_USER} (sysusers.d)") as d:
+            _atomic_write(layout.sysusers, SYSUSERS, 0o644)
+            systemd.sysusers(layout.sysusers)
+            d.append(f"{SERVICE_USER} present")
+
+        if not live_start:
+            with steps("unit", f"installing and enabling {layout.unit_name}") as d:
+                _install_unit(layout, systemd, release)
+                d.append(f"{layout.unit_path} enabled" + (" in the staged tree" if layout.staged else ""))
+            with steps("switch", f"current -> releases/{m.version}") as d:
+                switch_current(layout, m.version)
+                d.append(f"current is release {m.version}; not started ({'staged' if layout.staged else '--no-start'})")
+            return result
+
+        try:
+            with steps("unit", f"installing {layout.unit_name} for release {m.version}") as d:
+                _install_unit(layout, systemd, release)
+                d.append(f"{layout.unit_path} -> release {m.version}")
+            result.smoke = _start_and_prove(layout, systemd, release, req.health_timeout, req.smoke, steps)
+        except GptossctlError as exc:
+            journal = systemd.journal_tail(layout.unit_name, 30)
+            outcome = _restore(layout, systemd, previous, req.health_timeout, steps)
+            findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)]
+            if journal:
+                findings.append(Finding("install.journal", layout.unit_name, journal[-3000:]))
+            raise CheckFailed(f"release {m.version} did not come up: {exc.message}; {outcome}",
+                              code=exc.code if exc.code.startswith("install.") else "install.failed",
+                              findings=findings, hint=exc.hint or "see the journal tail in the findings") from None
+        with steps("switch", f"current -> releases/{m.version}") as d:
+            switch_current(layout, m.version)
+            d.append(f"release {m.version} is current and serving at {result.endpoint}")
+        result.started = True
+        return result
+
+
+def _matches(release: Path, req: InstallRequest, fit: ProfileFit) -> bool:
+    rec = read_release(release)
+    return (rec.get("profile"), rec.get("port"), rec.get("host"), rec.get("gpus")) == \
+        (fit.profile.name, req.port, req.host, list(fit.gpus))
+
+
+# ---------------------------------------------------------------- status, rollback, uninstall
+
+
+def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str, Any]]:
+    from gptossctl.service.layout import Layout as L
+
+    names = [check_instance(instance)] if instance else L(root).instances()
+    out = []
+    for name in names:
+        layout = L(root, name)
+        systemd = Systemd(None if not layout.staged else layout.root)
+        cur = current_version(layout)
+        rec = read_release(layout.release(cur)) if cur is not None else {}
+        state = systemd.active_state(layout.unit_name) if layout.unit_path.exists() else "not installed"
+        health = None
+        if state == "active" and rec:
+            import httpx
+
+            try:
+                health = httpx.get(f"{endpoint_of(rec)}/health", timeout=5.0).status_code
+            except httpx.HTTPError as exc:
+                health = type(exc).__name__
+        unit_release = _unit_release(layout)
+        out.append({"instance": name, "unit": layout.unit_name, "state": state, "health": health,
+                    "version": cur, "profile": rec.get("profile"), "endpoint": endpoint_of(rec) if rec else None,
+                    "installed": installed_versions(layout), "unit_release": unit_release,
+                    "consistent": unit_release == cur, "expires": rec.get("expires")})
+    return out
+
+
+def _unit_release(layout: Layout) -> int | None:
+    import re
+
+    try:
+        m = re.search(r"^WorkingDirectory=.*/releases/(\d+)\s*$", layout.unit_path.read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout: float = 1800.0,
+             on_step: Step | None = None) -> InstallResult:
+    layout = Layout(root, check_instance(instance))
+    systemd = Systemd(None if not layout.staged else layout.root)
+    cur = current_version(layout)
+    older = [v for v in installed_versions(layout) if cur is None or v < cur]
+    target = to if to is not None else (older[-1] if older else None)
+    if target is None or not layout.release(target).is_dir() or not read_release(layout.release(target)):
+        raise CheckFailed(f"no release to roll back to (installed: {installed_versions(layout) or 'none'})",
+                          code="rollback.no_release", hint="install the bundle you want instead")
+    steps = _Steps(on_step)
+    rec = read_release(layout.release(target))
+    result = InstallResult(layout.instance, target, cur, rec.get("profile", "?"), endpoint_of(rec), layout.unit_name,
+                           layout.release(target), layout.staged, False, steps=steps.records)
+    with install_lock(layout):
+        with steps("unit", f"installing the unit of release {target}"):
+            _install_unit(layout, systemd, layout.release(target))
+        if layout.staged:
+            switch_current(layout, target)
+            return result
+        try:
+            _start_and_prove(layout, systemd, layout.release(target), health_timeout, smoke=False, steps=steps)
+        except GptossctlError as exc:
+            outcome = _restore(layout, systemd, cur, health_timeout, steps)
+            raise CheckFailed(f"release {target} did not come up: {exc.message}; {outcome}", code="rollback.failed",
+                              findings=[*exc.findings, Finding("install.journal", layout.unit_name,
+                                                               systemd.journal_tail(layout.unit_name, 30))]) from None
+        switch_current(layout, target)
+        result.started = True
+        return result
+
+
+def uninstall(root: Path, instance: str, *, purge: bool = False) -> dict[str, Any]:
+    """Stop, disable and remove the instance. Keeps the API key, state, caches and audit log unless
+    purge; a purge of the last instance also removes the service user's sysusers.d entry."""
+    layout = Layout(root, check_instance(instance))
+    systemd = Systemd(None if not layout.staged else layout.root)
+    if not layout.opt.exists() and not layout.unit_path.exists():
+        raise CheckFailed(f"instance {instance} is not installed under {root}", code="uninstall.not_installed")
+    removed, kept = [], []
+    with install_lock(layout):
+        if layout.unit_path.exists():
+            if systemd.live:
+                systemd.stop(layout.unit_name)
+            systemd.disable(layout.unit_name)
+            layout.unit_path.unlink()
+            systemd.daemon_reload()
+            removed.append(str(layout.unit_path))
+        shutil.rmtree(layout.opt, ignore_errors=True)
+        removed.append(str(layout.opt))
+        for p in (layout.etc, layout.state, layout.cache):
+            if not p.exists():
+                continue
+            if purge:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(str(p))
+            else:
+                kept.append(str(p))
+        if purge and not Layout(root).instances():
+            # The last instance: the service user, the uv cache and the empty trees go too.
+            for p in (layout.sysusers, layout.uv_cache, layout.base, layout.etc.parent,
+                      layout.state.parent, layout.cache.parent):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.exists():
+                    p.unlink()
+                else:
+                    continue
+                removed.append(str(p))
+            if systemd.live and shutil.which("userdel"):
+                import subprocess
+
+                if subprocess.run(["userdel", SERVICE_USER], capture_output=True).returncode == 0:
+                    removed.append(f"user {SERVICE_USER}")
+    return {"instance": instance, "removed": removed, "kept": kept, "purged": purge}

@@ -1,0 +1,110 @@
+"""Where an installed instance lives (FHS). Every path hangs off `root`, so `--root DIR` stages a tree.
+
+    /opt/gptoss/<instance>/releases/<version>/   the bundle's files, venv/, rendered config (immutable)
+    /opt/gptoss/<instance>/current -> releases/<version>   the last release proven healthy
+    /etc/gptoss/<instance>/api-key                the generated API key (0600 root)
+    /etc/systemd/system/gptoss@<instance>.service the rendered unit (a copy of the release's)
+    /etc/sysusers.d/gptoss.conf                   the dedicated system user
+    /var/lib/gptoss/<instance>, /var/cache/gptoss/<instance>   StateDirectory=, CacheDirectory=
+    /var/log/gptoss/audit.jsonl                   the hash-chained audit log
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptossctl.errors import UsageError
+
+INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+SERVICE_USER = "gptoss"
+
+
+def check_instance(name: str) -> str:
+    if not INSTANCE_RE.match(name):
+        raise UsageError(f"instance name {name!r} is not valid", code="install.bad_instance",
+                         hint="use lowercase letters, digits and '-', at most 48 characters")
+    return name
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path("/")
+    instance: str = "default"
+
+    @property
+    def staged(self) -> bool:
+        return self.root.resolve() != Path("/")
+
+    @property
+    def base(self) -> Path:
+        return self.root / "opt" / "gptoss"
+
+    @property
+    def opt(self) -> Path:
+        return self.base / self.instance
+
+    @property
+    def releases(self) -> Path:
+        return self.opt / "releases"
+
+    @property
+    def current(self) -> Path:
+        return self.opt / "current"
+
+    @property
+    def lock(self) -> Path:
+        return self.base / ".lock"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc" / "gptoss" / self.instance
+
+    @property
+    def api_key(self) -> Path:
+        return self.etc / "api-key"
+
+    @property
+    def unit_name(self) -> str:
+        return f"gptoss@{self.instance}.service"
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc" / "systemd" / "system"
+
+    @property
+    def unit_path(self) -> Path:
+        return self.unit_dir / self.unit_name
+
+    @property
+    def sysusers(self) -> Path:
+        return self.root / "etc" / "sysusers.d" / f"{SERVICE_USER}.conf"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var" / "lib" / "gptoss" / self.instance
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "var" / "cache" / "gptoss" / self.instance
+
+    @property
+    def uv_cache(self) -> Path:
+        return self.root / "var" / "cache" / "gptoss" / ".uv"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "var" / "log" / "gptoss"
+
+    def release(self, version: int) -> Path:
+        return self.releases / str(version)
+
+    def live_path(self, p: Path) -> Path:
+        """A path as the booted system will see it (strip the staging root)."""
+        return Path("/") / p.relative_to(self.root)
+
+    def instances(self) -> list[str]:
+        if not self.base.is_dir():
+            return []
+        return sorted(p.name for p in self.base.iterdir() if p.is_dir() and INSTANCE_RE.match(p.name))

