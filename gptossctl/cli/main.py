@@ -29,6 +29,7 @@ app.command("install")(service.install)
 app.command("status")(service.status)
 app.command("rollback")(service.rollback)
 app.command("uninstall")(service.uninstall)
+app.add_typer(service.audit_app, name="audit")
 
 
 def _version(value: bool) -> None:

@@ -202,3 +202,20 @@ def uninstall(instance: str | None = InstanceOpt, root: Path = RootOpt,
             stdout.print(f"kept    {p} (--purge removes it)")
 
     run(action, as_json=as_json, render=render)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log of every change gptossctl made.")
+
+
+@audit_app.command("verify")
+def audit_verify(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
+    """Check the audit log's hash chain. Exit 1 naming the first edited, deleted or cut entry."""
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.service.audit import verify
+        from gptossctl.service.layout import Layout
+
+        return verify(Layout(root).log_dir)
+
+    run(action, as_json=as_json, render=lambda r: stdout.print(
+        f"[green]intact[/green]: {r.entries} entries in {r.path}" + (f", head {r.head[:16]}…" if r.head else "")))

@@ -348,11 +348,36 @@ def install(req: InstallRequest, *, on_step: Step | None = None,
             progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None) -> InstallResult:
     """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
     steps = _Steps(on_step)
+    command = ["install", str(req.bundle), f"--profile={req.profile}", f"--port={req.port}"] + \
+        ([f"--instance={req.instance}"] if req.instance else []) + (["--allow-downgrade"] if req.allow_downgrade else [])
+    digest = _bundle_digest(req.bundle)
     try:
-        return _install(req, steps, progress, on_total)
+        result = _install(req, steps, progress, on_total)
     except GptossctlError as exc:
         exc.data.setdefault("steps", [r.to_dict() for r in steps.records])
+        if not req.dry_run:
+            _audit(req.root, command, f"failed: {exc.code}", exc.data.get("instance", req.instance), digest,
+                   exc.message)
         raise
+    if not req.dry_run:
+        _audit(req.root, command, "ok" if result.changed else "unchanged", result.instance, digest,
+               f"release {result.version} ({result.profile})" + (", started" if result.started else ""))
+    return result
+
+
+def _bundle_digest(bundle: Path) -> str | None:
+    try:
+        return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _audit(root: Path, command: list[str], result: str, instance: str | None, digest: str | None,
+           detail: str | None) -> None:
+    from gptossctl.service import audit
+
+    audit.append(Layout(root).log_dir, command=command, result=result, instance=instance, bundle_digest=digest,
+                 detail=detail)
 
 
 def _install(req: InstallRequest, steps: _Steps, progress: Callable[[int], None] | None,
@@ -372,6 +397,15 @@ def _install(req: InstallRequest, steps: _Steps, progress: Callable[[int], None]
                  f"{len(bundle.signers)} trusted signature(s)")
     m = bundle.manifest
     layout = Layout(req.root, check_instance(req.instance or default_instance(m)))
+    try:
+        return _install_verified(req, steps, bundle, layout)
+    except GptossctlError as exc:
+        exc.data.setdefault("instance", layout.instance)
+        raise
+
+
+def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle, layout: Layout) -> InstallResult:
+    m = bundle.manifest
     systemd = Systemd(None if not layout.staged else layout.root)
     live_start = req.start and not layout.staged
     if live_start and not req.dry_run:
@@ -530,6 +564,19 @@ def _unit_release(layout: Layout) -> int | None:
 
 def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout: float = 1800.0,
              on_step: Step | None = None) -> InstallResult:
+    command = ["rollback", f"--instance={instance}"] + ([f"--to={to}"] if to is not None else [])
+    try:
+        r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step)
+    except GptossctlError as exc:
+        _audit(root, command, f"failed: {exc.code}", instance, None, exc.message)
+        raise
+    _audit(root, command, "ok", instance, read_release(r.release).get("manifest_sha256"),
+           f"release {r.previous} -> {r.version}")
+    return r
+
+
+def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: float,
+              on_step: Step | None) -> InstallResult:
     layout = Layout(root, check_instance(instance))
     systemd = Systemd(None if not layout.staged else layout.root)
     cur = current_version(layout)
@@ -562,7 +609,19 @@ def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout
 
 def uninstall(root: Path, instance: str, *, purge: bool = False) -> dict[str, Any]:
     """Stop, disable and remove the instance. Keeps the API key, state, caches and audit log unless
-    purge; a purge of the last instance also removes the service user's sysusers.d entry."""
+    purge; a purge of the last instance also removes the service user. The audit log is never removed:
+    it records the uninstall too."""
+    command = ["uninstall", f"--instance={instance}"] + (["--purge"] if purge else [])
+    try:
+        out = _uninstall(root, instance, purge=purge)
+    except GptossctlError as exc:
+        _audit(root, command, f"failed: {exc.code}", instance, None, exc.message)
+        raise
+    _audit(root, command, "ok", instance, None, f"removed {len(out['removed'])} paths, kept {len(out['kept'])}")
+    return out
+
+
+def _uninstall(root: Path, instance: str, *, purge: bool) -> dict[str, Any]:
     layout = Layout(root, check_instance(instance))
     systemd = Systemd(None if not layout.staged else layout.root)
     if not layout.opt.exists() and not layout.unit_path.exists():

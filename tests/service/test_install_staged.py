@@ -26,7 +26,17 @@ def _install(cli, bundle: Path, keys: dict[str, KeyPair], root: Path, *extra: st
 
 
 def _tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+    """What an install left, but the audit log (which records refusals too)."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not str(p.relative_to(root)).startswith("var"))
+
+
+def _audit_results(root: Path) -> list[str]:
+    import json
+
+    log = root / "var/log/gptoss/audit.jsonl"
+    return [json.loads(ln)["result"] for ln in log.read_text().splitlines()] if log.exists() else []
 
 
 def test_staged_install_lays_down_a_hardened_offline_service(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -94,7 +104,7 @@ def test_binding_beyond_loopback_is_refused_with_the_reason(cli, bundle: Path, k
     code, doc = _install(cli, bundle, keys, tmp_path / "root", "--host", "0.0.0.0")
     assert code == 2 and doc["error"]["code"] == "install.exposed_bind"
     assert "/invocations" in doc["error"]["message"] and "TLS" in doc["error"]["hint"]
-    assert _tree(tmp_path / "root") == []
+    assert _tree(tmp_path / "root") == [] and _audit_results(tmp_path / "root") == ["failed: install.exposed_bind"]
 
 
 def test_a_tampered_bundle_installs_nothing(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -103,7 +113,7 @@ def test_a_tampered_bundle_installs_nothing(cli, bundle: Path, keys, tmp_path: P
     code, doc = _install(cli, bundle, keys, tmp_path / "root")
     assert code == 1 and doc["error"]["code"].startswith("bundle.")
     assert doc["data"]["steps"][-1] == {**doc["data"]["steps"][-1], "step": "verify", "status": "failed"}
-    assert _tree(tmp_path / "root") == []
+    assert _tree(tmp_path / "root") == [] and _audit_results(tmp_path / "root")[0].startswith("failed: bundle.")
 
 
 def test_untrusted_signer_installs_nothing(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -137,8 +147,13 @@ def test_downgrade_refused_unless_asked_then_rollback_and_uninstall(cli, tiny_mo
     assert _install(cli, b7, keys, root)[0] == 0
     code, doc = cli("uninstall", "--root", str(root), "--purge")
     assert code == 0
-    left = [p for p in _tree(root) if "gptoss" in p]
-    assert left == [], left
+    left = [str(p.relative_to(root)) for p in root.rglob("*") if "gptoss" in str(p.relative_to(root))]
+    # Only the audit log stays: it records the uninstall itself.
+    assert sorted(left) == ["var/log/gptoss", "var/log/gptoss/audit.head", "var/log/gptoss/audit.jsonl"], left
+    code, doc = cli("audit", "verify", "--root", str(root))
+    assert code == 0 and doc["data"]["entries"] == 8
+    assert _audit_results(root) == ["ok", "failed: install.downgrade", "ok", "ok", "failed: rollback.no_release",
+                                    "ok", "ok", "ok"]
 
 
 def test_an_interrupted_install_converges_and_never_marks_a_partial_release(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -175,3 +190,34 @@ def test_disk_full_during_unpack_activates_nothing(cli, bundle: Path, keys, tmp_
     finally:
         subprocess.run(["umount", "-l", str(root)], check=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_audit_log_records_every_change_and_catches_tampering(cli, tiny_model: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    root = tmp_path / "root"
+    b1 = pack(tmp_path / "b1", tiny_model, [keys["alice"]], version=1)
+    b2 = pack(tmp_path / "b2", tiny_model, [keys["alice"]], version=2)
+    assert _install(cli, b1, keys, root)[0] == 0
+    assert _install(cli, b2, keys, root)[0] == 0
+    assert _install(cli, b1, keys, root)[0] == 1  # a refused downgrade is recorded too
+    assert _install(cli, b1, keys, root, "--dry-run")[0] == 1  # refused, and a dry run records nothing
+    log = root / "var/log/gptoss/audit.jsonl"
+    entries = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert [e["result"] for e in entries] == ["ok", "ok", "failed: install.downgrade"]
+    assert entries[0]["bundle_sha256"] == __import__("hashlib").sha256((b1 / "manifest.json").read_bytes()).hexdigest()
+    assert all(e["user"] and e["command"][0] == "install" and e["instance"] == INSTANCE for e in entries)
+    assert log.stat().st_mode & 0o777 == 0o640
+    code, doc = cli("audit", "verify", "--root", str(root))
+    assert code == 0 and doc["data"]["entries"] == 3
+    original = log.read_text()
+    lines = original.splitlines(keepends=True)
+    # An edited entry, a deleted entry, and entries cut off the end: each caught, with the line named.
+    for tampered, want in ((original.replace('"failed: install.downgrade"', '"ok"'), "audit.entry_modified"),
+                           (lines[0] + lines[2], "audit.chain_broken"),
+                           (lines[0] + lines[1], "audit.truncated")):
+        log.write_text(tampered)
+        code, doc = cli("audit", "verify", "--root", str(root))
+        assert code == 1 and [f["code"] for f in doc["findings"]][0] == want, doc
+    log.write_text(original)
+    assert cli("audit", "verify", "--root", str(root))[0] == 0
