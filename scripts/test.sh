@@ -4,5 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The install tests boot a real systemd in a container (systemd-nspawn on a debootstrapped Debian) and
+# grade units with systemd-analyze: install those tools where they are missing (Debian/Ubuntu, as root).
+need=()
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 # tests/gpu needs an NVIDIA GPU host and is run there on its own: .venv/bin/python -m pytest tests/gpu
 exec .venv/bin/python -m pytest --ignore=tests/gpu "$@"

@@ -12,6 +12,8 @@ from gptossctl.cli.output import JsonOpt, progress_bar, run, stderr, stdout
 app = typer.Typer(no_args_is_help=True, help="Pack, sign, verify and inspect signed bundles.")
 
 TrustOpt = typer.Option([], "--trust", help="Trusted public key (.pub); repeat for several.")
+ThresholdOpt = typer.Option(1, "--threshold", help="Distinct trusted signatures required (k of n).")
+RevokedOpt = typer.Option([], "--revoked", help="Revoked key: a key id or a .pub file; repeatable.")
 
 
 def _human_size(n: int) -> str:
@@ -112,8 +114,8 @@ def _revoked_ids(values: list[str]) -> frozenset[str]:
 def verify(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     trust: list[Path] = TrustOpt,
-    threshold: int = typer.Option(1, "--threshold", help="Distinct trusted signatures required (k of n)."),
-    revoked: list[str] = typer.Option([], "--revoked", help="Revoked key: a key id or a .pub file; repeatable."),
+    threshold: int = ThresholdOpt,
+    revoked: list[str] = RevokedOpt,
     clock_skew: str = typer.Option("5m", "--clock-skew", help="Allowance for clock drift, e.g. 5m, 1h."),
     min_version: int | None = typer.Option(None, "--min-version", help="Refuse bundle versions below this."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Hashing threads (default: all cores)."),

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.bundle import TrustOpt, _revoked_ids
+from gptossctl.cli.bundle import RevokedOpt, ThresholdOpt, TrustOpt, _revoked_ids
 from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, XmlOpt
 from gptossctl.cli.output import JsonOpt, progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
@@ -57,8 +57,8 @@ def _instance_of(root: Path, instance: str | None) -> str:
 def install(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     trust: list[Path] = TrustOpt,
-    threshold: int = typer.Option(1, "--threshold", help="Distinct trusted signatures required (k of n)."),
-    revoked: list[str] = typer.Option([], "--revoked", help="Revoked key: a key id or a .pub file; repeatable."),
+    threshold: int = ThresholdOpt,
+    revoked: list[str] = RevokedOpt,
     profile: str = typer.Option("auto", "--profile", help="auto (the best that fits) or a profile in the bundle."),
     instance: str | None = InstanceOpt,
     root: Path = RootOpt,

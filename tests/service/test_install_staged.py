@@ -221,3 +221,14 @@ def test_the_audit_log_records_every_change_and_catches_tampering(cli, tiny_mode
         assert code == 1 and [f["code"] for f in doc["findings"]][0] == want, doc
     log.write_text(original)
     assert cli("audit", "verify", "--root", str(root))[0] == 0
+
+
+def test_a_missing_host_library_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptossctl.errors import CheckFailed
+    from gptossctl.service import install as inst
+
+    assert "libnuma.so.1 present" == inst.check_host_libraries("cpu")  # this host has it (CI too)
+    monkeypatch.setitem(inst.HOST_LIBRARIES, "cpu", (("libgptoss-absent.so.9", "gptoss-absent-pkg"),))
+    with pytest.raises(CheckFailed) as exc:
+        inst.check_host_libraries("cpu")
+    assert exc.value.code == "install.host_library_missing" and "gptoss-absent-pkg" in (exc.value.hint or "")
