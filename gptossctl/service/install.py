@@ -27,7 +27,7 @@ from typing import Any
 
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle
-from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
 from gptossctl.hardware.assess import Captures
 from gptossctl.hardware.check import HardwareReport, ProfileFit
 from gptossctl.service.layout import SERVICE_USER, Layout, check_instance
@@ -157,11 +157,26 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_writable(layout: Layout) -> None:
+    """The prefix (or the nearest directory that exists above it) is writable by this user."""
+    for p in (layout.base, layout.unit_dir, layout.etc.parent):
+        at = p
+        while not at.exists():
+            at = at.parent
+        if not os.access(at, os.W_OK):
+            raise EnvironmentNotReady(f"{at} is not writable by this user", code="install.not_writable",
+                                      hint="run as root (sudo), or stage into a tree you own with --root DIR")
+
+
 @contextmanager
 def install_lock(layout: Layout) -> Iterator[None]:
     """One change at a time per host: a second installer is refused, not interleaved."""
-    layout.base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        layout.base.mkdir(parents=True, exist_ok=True)
+        fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError:
+        raise EnvironmentNotReady(f"{layout.base} is not writable by this user", code="install.not_writable",
+                                  hint="run as root (sudo), or stage into a tree you own with --root DIR") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -441,6 +456,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
         d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
     with steps("preflight", "hardware, profile and disk") as d:
         _report, fit = preflight(req, bundle, layout)
+        _check_writable(layout)
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
                  + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus else ""))
     if not layout.staged:
