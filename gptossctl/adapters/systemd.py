@@ -48,8 +48,8 @@ class Systemd:
         if self.live:
             self.systemctl("daemon-reload")
 
-    def enable(self, unit: str) -> None:
-        self.systemctl("enable", unit)
+    def enable(self, unit: str, *, now: bool = False) -> None:
+        self.systemctl("enable", *(["--now"] if now else []), unit)
 
     def disable(self, unit: str) -> None:
         self.systemctl("disable", unit, check=False)

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, demo, hw, keys, probe, profiles, service
+from gptossctl.cli import bundle, compliance, demo, hw, keys, probe, profiles, service
 from gptossctl.cli.output import document, emit_json, state
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ app.command("status")(service.status)
 app.command("rollback")(service.rollback)
 app.command("uninstall")(service.uninstall)
 app.add_typer(service.audit_app, name="audit")
+app.add_typer(compliance.app, name="compliance")
+app.command("support-bundle")(compliance.support_bundle)
 
 
 def _version(value: bool) -> None:

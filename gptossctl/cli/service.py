@@ -68,6 +68,8 @@ def install(
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test after /health (not advised)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Verify and preflight, then print the plan; change nothing."),
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Install an older bundle on purpose."),
+    repair: bool = typer.Option(False, "--repair", help="Unpack the release again from the bundle even if it is "
+                                "installed (what 'compliance check' advises on drift), and restart."),
     health_timeout: str = TimeoutOpt,
     python: Path = typer.Option(Path("/usr/bin/python3"), "--python", help="Interpreter the release's venv is built on."),
     vllm_python: Path | None = typer.Option(None, "--vllm-python", help="Use this environment's Python instead of "
@@ -99,7 +101,7 @@ def install(
         req = InstallRequest(bundle=bundle, policy=policy, instance=instance, profile=profile, root=root, host=host,
                              port=port, start=not no_start, dry_run=dry_run, allow_downgrade=allow_downgrade,
                              health_timeout=float(parse_duration(health_timeout)), captures=Captures(xml, csv, rocm, amd),
-                             python=python, vllm_python=vllm_python, smoke=not no_smoke)
+                             python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair)
         with progress_bar("verifying") as (total, advance):
             return do_install(req, on_step=lambda _s, msg: stderr.print(f"[dim]-[/dim] {escape(msg)}"),
                               progress=advance, on_total=total)

@@ -75,7 +75,18 @@ def build_env(release: Path, *, python: Path, cache: Path, root: Path = Path("/"
         "--compile-bytecode", *map(str, wheels), cache=cache)
     if root != Path("/"):
         _relocate(venv, python)
+    _not_writable_by_others(venv)
     return venv / "bin" / "python"
+
+
+def _not_writable_by_others(tree: Path) -> None:
+    """uv leaves its venv lock file 0666; nothing the service runs may be writable by anyone but root."""
+    for d, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            p = os.path.join(d, name)
+            st = os.lstat(p)
+            if not os.path.islink(p) and st.st_mode & 0o022:
+                os.chmod(p, st.st_mode & 0o7755)
 
 
 def _relocate(venv: Path, python: Path) -> None:
@@ -97,3 +108,63 @@ def check_imports(python: Path, module: str = "vllm.entrypoints.openai.api_serve
         tail = res.stderr.strip().splitlines()[-3:]
         raise CheckFailed(f"the new environment cannot import {module}", code="install.env_broken",
                           hint=" | ".join(tail)[:600])
+
+
+# ---------------------------------------------------------------- the environment's own manifest
+
+LISTING = "venv-manifest.json"
+
+
+def _walk(tree: Path) -> tuple[dict[str, int], dict[str, str], list[str]]:
+    """(regular files -> size, symlinks -> target, anything else) under `tree`, never following links."""
+    import stat
+
+    files: dict[str, int] = {}
+    links: dict[str, str] = {}
+    other: list[str] = []
+    for d, dirs, names in os.walk(tree):
+        for name in dirs + names:
+            p = os.path.join(d, name)
+            rel = os.path.relpath(p, tree)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                links[rel] = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                files[rel] = st.st_size
+            elif not stat.S_ISDIR(st.st_mode):
+                other.append(rel)
+    return files, links, other
+
+
+def _digests(tree: Path, files: dict[str, int]) -> dict[str, str | None]:
+    from gptossctl.bundle.hashing import hash_pieces, pieces_for
+
+    whole = 1 << 62  # one digest per file, whatever its size; files are hashed in parallel
+    pieces = [p for rel, size in files.items() for p in pieces_for(tree / rel, rel, size, whole)]
+    return {k[0]: d.sha256 for k, d in hash_pieces(pieces).items()}
+
+
+def listing(venv: Path) -> dict[str, object]:
+    """Every file (SHA-256) and link (target) of a built environment, recorded at install: the bundle's
+    manifest covers the wheels, this covers what uv made of them, so a changed module is drift too."""
+    files, links, _other = _walk(venv)
+    return {"schema": "gptossctl.venv-manifest/1", "files": dict(sorted(_digests(venv, files).items())),
+            "links": dict(sorted(links.items()))}
+
+
+def compare_listing(venv: Path, recorded: dict[str, object]) -> list[tuple[str, str, str]]:
+    """(kind, path, detail) for every difference: changed, missing, extra, link, special."""
+    want_files: dict[str, str] = dict(recorded.get("files", {}))  # type: ignore[call-overload]
+    want_links: dict[str, str] = dict(recorded.get("links", {}))  # type: ignore[call-overload]
+    files, links, other = _walk(venv)
+    out = [("special", rel, "device, FIFO or socket") for rel in other]
+    out += [("missing", rel, "recorded at install, now absent") for rel in sorted(set(want_files) - set(files))]
+    out += [("extra", rel, "not there at install") for rel in sorted(set(files) - set(want_files))]
+    got = _digests(venv, {rel: size for rel, size in files.items() if rel in want_files})
+    out += [("changed", rel, "SHA-256 differs from install time" if got[rel] else "unreadable")
+            for rel in sorted(got) if got[rel] != want_files[rel]]
+    for rel in sorted(set(links) | set(want_links)):
+        if links.get(rel) != want_links.get(rel):
+            out.append(("link", rel, f"points to {links.get(rel, '(absent)')}, "
+                                     f"was {want_links.get(rel, '(absent)')}"))
+    return out

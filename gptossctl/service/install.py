@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gptossctl import __version__
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
@@ -58,6 +59,7 @@ class InstallRequest:
     python: Path = Path("/usr/bin/python3")  # the interpreter the release's venv is built on
     vllm_python: Path | None = None  # an environment the site maintains, for bundles without wheels
     smoke: bool = True
+    repair: bool = False  # unpack the release again even if it is there (drift found by compliance check)
 
 
 @dataclass
@@ -195,13 +197,84 @@ def ensure_api_key(layout: Layout) -> str:
     """Generated once per instance, kept across upgrades and rollbacks (0600 root)."""
     from gptossctl.adapters.openai_http import read_api_key
 
-    if layout.api_key.is_file():
-        return read_api_key(layout.api_key)
     layout.etc.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.etc, 0o700)
+    if layout.api_key.is_file():
+        os.chmod(layout.api_key, 0o600)  # converge: a loosened mode is put back on every install
+        return read_api_key(layout.api_key)
     key = secrets.token_urlsafe(32)
     _atomic_write(layout.api_key, key + "\n", 0o600)
     return key
+
+
+def save_trust(layout: Layout, policy: TrustPolicy) -> None:
+    """Keep the keys this release was verified with, so the daily compliance check verifies the installed
+    manifest against the same trust (an auditor can still pass their own with --trust)."""
+    from cryptography.hazmat.primitives import serialization
+
+    trust = layout.trust_dir
+    trust.mkdir(parents=True, exist_ok=True)
+    for old in trust.glob("*.pub"):
+        old.unlink()
+    for k in policy.trusted:
+        pem = k.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        _atomic_write(trust / f"{k.keyid}.pub", pem.decode(), 0o644)
+    _atomic_write(trust / "policy.json", json.dumps({"threshold": policy.threshold, "revoked": sorted(policy.revoked),
+                                                    "keys": sorted(k.keyid for k in policy.trusted)}) + "\n", 0o644)
+
+
+def load_trust(layout: Layout) -> TrustPolicy | None:
+    """The trust recorded at install, or None when there is none (an install by an older gptossctl)."""
+    from gptossctl.bundle.keys import load_public_key
+
+    try:
+        doc = json.loads((layout.trust_dir / "policy.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = tuple(load_public_key(p) for p in sorted(layout.trust_dir.glob("*.pub")))
+    return TrustPolicy(keys, threshold=int(doc.get("threshold", 1)), revoked=frozenset(doc.get("revoked", ())))
+
+
+# ---------------------------------------------------------------- the daily compliance timer
+
+COMPLIANCE_UNITS = ("gptoss-compliance@.service", "gptoss-compliance@.timer")
+
+
+def _compliance_step(layout: Layout, systemd: Systemd, steps: _Steps) -> None:
+    timer = f"gptoss-compliance@{layout.instance}.timer"
+    with steps("compliance", f"daily compliance check ({timer})") as d:
+        install_compliance_timer(layout, systemd)
+        d.append(f"{timer} enabled: reports in {layout.live_path(layout.compliance_dir)}")
+
+
+def install_compliance_timer(layout: Layout, systemd: Systemd, python: Path | None = None) -> None:
+    """The timer and oneshot service that run `compliance check` daily for this instance, writing the JSON,
+    SARIF and JUnit reports and a Prometheus textfile. They run the gptossctl that installed them."""
+    import sys
+
+    from gptossctl.resources import data_dir
+    from gptossctl.service.render import fill_template
+
+    python = python or Path(sys.executable)
+    for name in COMPLIANCE_UNITS:
+        text = fill_template((data_dir("systemd") / name).read_text(), {"python": str(python)})
+        _atomic_write(layout.unit_dir / name, text, 0o644)
+    systemd.daemon_reload()
+    systemd.enable(f"gptoss-compliance@{layout.instance}.timer", now=systemd.live)
+
+
+def remove_compliance_timer(layout: Layout, systemd: Systemd, *, last: bool) -> list[str]:
+    timer = f"gptoss-compliance@{layout.instance}.timer"
+    removed = []
+    if systemd.live:
+        systemd.stop(timer)
+    systemd.disable(timer)
+    if last:
+        for name in COMPLIANCE_UNITS:
+            if (layout.unit_dir / name).exists():
+                (layout.unit_dir / name).unlink()
+                removed.append(str(layout.unit_dir / name))
+    return removed
 
 
 # ---------------------------------------------------------------- preflight
@@ -268,28 +341,39 @@ def check_host_libraries(vendor: str) -> str:
 # ---------------------------------------------------------------- rendering a release
 
 
-def _render_release(req: InstallRequest, bundle: VerifiedBundle, layout: Layout, fit: ProfileFit,
-                    release_live: Path, python_live: Path, api_key: str) -> dict[str, str]:
-    """The unit, config and environment of one release, as text, with paths as the booted host sees them."""
+def unit_template(release: Path) -> str:
+    """The unit template a release was rendered from: the bundle's own (signed), else gptossctl's."""
     from gptossctl.resources import data_dir
+
+    shipped = release / "payload" / "systemd" / "gptoss@.service"
+    return (shipped if shipped.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
+
+
+def render_release(template: str, profile: Any, layout: Layout, release_live: Path, python_live: Path,
+                   api_key: str, *, port: int, gpus: tuple[int, ...], tensor_parallel: int,
+                   served: str) -> dict[str, str]:
+    """The unit, config and environment of one release, as text, with paths as the booted host sees them.
+    Pure: `compliance check` renders again from the same recorded inputs and compares."""
     from gptossctl.service.render import UnitInputs, render_env, render_unit, render_vllm_config
 
-    tpl_path = bundle.root / "payload" / "systemd" / "gptoss@.service"
-    template = (tpl_path if tpl_path.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
-    profile = fit.profile
     unit = render_unit(template, UnitInputs(
         python=python_live, env_file=release_live / ENV_FILE, config_file=release_live / CONFIG,
-        release_dir=release_live, vendor=profile.match.vendor, gpus=fit.gpus,
-        tensor_parallel=fit.tensor_parallel or 1))
-    config = render_vllm_config(profile.vllm_config(tensor_parallel=fit.tensor_parallel or 1),
-                                model_dir=release_live / "payload" / "model",
-                                served_name=served_name(bundle.manifest), port=req.port)
+        release_dir=release_live, vendor=profile.match.vendor, gpus=gpus, tensor_parallel=tensor_parallel))
+    config = render_vllm_config(profile.vllm_config(tensor_parallel=tensor_parallel),
+                                model_dir=release_live / "payload" / "model", served_name=served, port=port)
     env = render_env(api_key=api_key, instance=layout.instance, release_dir=release_live,
                      profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
                      cache_dir=layout.live_path(layout.cache))
-    if fit.gpus and profile.match.vendor == "nvidia":
-        env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, fit.gpus))}\n"
+    if gpus and profile.match.vendor == "nvidia":
+        env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}\n"
     return {"unit": unit, "config": config, "env": env}
+
+
+def _render_release(req: InstallRequest, bundle: VerifiedBundle, layout: Layout, fit: ProfileFit,
+                    release_live: Path, python_live: Path, api_key: str) -> dict[str, str]:
+    return render_release(unit_template(bundle.root), fit.profile, layout, release_live, python_live, api_key,
+                          port=req.port, gpus=tuple(fit.gpus), tensor_parallel=fit.tensor_parallel or 1,
+                          served=served_name(bundle.manifest))
 
 
 def _write_release_files(release: Path, rendered: dict[str, str], record: dict[str, Any]) -> None:
@@ -482,18 +566,27 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
 
     with install_lock(layout):
         existing = read_release(release)  # {} unless a whole release is there
+        aside = None
+        if req.repair and release.is_dir():
+            # Unpack again from the signed bundle: the drifted copy is set aside (the running vLLM keeps its
+            # open files) and put back only if the fresh unpack fails.
+            aside = layout.releases / f".{m.version}.replaced"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(release, aside)
+            existing = {}
         if previous == m.version and live_start and existing and \
                 systemd.active_state(layout.unit_name) == "active" and _matches(existing, req, fit):
             steps.skip("unpack", f"release {m.version} is current, active and configured as asked")
             result.changed, result.started = False, True
             return result
         api_key = ensure_api_key(layout)
+        save_trust(layout, req.policy)
         release_live = layout.live_path(release)
         record = {"version": m.version, "bundle": m.name, "instance": layout.instance, "profile": fit.profile.name,
                   "tensor_parallel": fit.tensor_parallel or 1, "gpus": list(fit.gpus), "host": req.host,
                   "port": req.port, "served_name": served_name(m), "installed_at": datetime.now(UTC).isoformat(),
                   "manifest_sha256": _bundle_digest(bundle.root),
-                  "signers": list(bundle.signers), "expires": m.expires.isoformat()}
+                  "signers": list(bundle.signers), "expires": m.expires.isoformat(), "rendered_by": __version__}
 
         def finish(tmp: Path) -> None:
             with steps("environment", "building the Python environment offline") as d:
@@ -501,11 +594,18 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                     python_live = req.vllm_python
                     d.append(f"using the site's environment {python_live} (not from the bundle)")
                 else:
-                    from gptossctl.service.environment import build_env, check_imports, wheels_in
+                    from gptossctl.service.environment import (
+                        LISTING,
+                        build_env,
+                        check_imports,
+                        listing,
+                        wheels_in,
+                    )
 
                     built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
                     if not layout.staged:  # a broken environment is caught before the service is touched
                         check_imports(built)
+                    _atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
                     python_live = release_live / "venv" / "bin" / "python"
                     d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"
                              + ("" if layout.staged else "; vLLM imports"))
@@ -526,8 +626,16 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                     d.append(f"release {m.version} reused, configuration re-rendered")
             else:
                 shutil.rmtree(release, ignore_errors=True)  # a directory without release.json is not a release
-                unpack_release(bundle, layout, finish=finish)
-                d.append(f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB into {release}")
+                try:
+                    unpack_release(bundle, layout, finish=finish)
+                except BaseException:
+                    if aside is not None and not release.exists():
+                        os.rename(aside, release)
+                    raise
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
+                d.append(f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB into {release}"
+                         + (" (repaired: unpacked again from the bundle)" if aside is not None else ""))
 
         with steps("user", f"system user {SERVICE_USER} (sysusers.d)") as d:
             _atomic_write(layout.sysusers, SYSUSERS, 0o644)
@@ -541,6 +649,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
             with steps("switch", f"current -> releases/{m.version}") as d:
                 switch_current(layout, m.version)
                 d.append(f"current is release {m.version}; not started ({'staged' if layout.staged else '--no-start'})")
+            _compliance_step(layout, systemd, steps)
             return result
 
         try:
@@ -561,6 +670,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
             switch_current(layout, m.version)
             d.append(f"release {m.version} is current and serving at {result.endpoint}")
         result.started = True
+        _compliance_step(layout, systemd, steps)
         return result
 
 
@@ -680,8 +790,14 @@ def _uninstall(root: Path, instance: str, *, purge: bool) -> dict[str, Any]:
             layout.unit_path.unlink()
             systemd.daemon_reload()
             removed.append(str(layout.unit_path))
+        last = Layout(root).instances() == [layout.instance]
+        removed += remove_compliance_timer(layout, systemd, last=last)
         shutil.rmtree(layout.opt, ignore_errors=True)
         removed.append(str(layout.opt))
+        if purge:
+            for report in sorted(layout.compliance_dir.glob(f"{layout.instance}.*")):
+                report.unlink()
+                removed.append(str(report))
         for p in (layout.etc, layout.state, layout.cache):
             if not p.exists():
                 continue
@@ -693,7 +809,7 @@ def _uninstall(root: Path, instance: str, *, purge: bool) -> dict[str, Any]:
         if purge and not Layout(root).instances():
             # The last instance: the service user, the uv cache and the empty trees go too.
             for p in (layout.sysusers, layout.uv_cache, layout.base, layout.etc.parent,
-                      layout.state.parent, layout.cache.parent):
+                      layout.state.parent, layout.cache.parent, layout.compliance_dir):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 elif p.exists():

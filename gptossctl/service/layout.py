@@ -3,10 +3,12 @@
     /opt/gptoss/<instance>/releases/<version>/   the bundle's files, venv/, rendered config (immutable)
     /opt/gptoss/<instance>/current -> releases/<version>   the last release proven healthy
     /etc/gptoss/<instance>/api-key                the generated API key (0600 root)
+    /etc/gptoss/<instance>/trust/                 the public keys and threshold the release was verified with
     /etc/systemd/system/gptoss@<instance>.service the rendered unit (a copy of the release's)
     /etc/sysusers.d/gptoss.conf                   the dedicated system user
     /var/lib/gptoss/<instance>, /var/cache/gptoss/<instance>   StateDirectory=, CacheDirectory=
     /var/log/gptoss/audit.jsonl                   the hash-chained audit log
+    /var/lib/gptoss-compliance/<instance>.{json,sarif,junit.xml,prom}   the daily compliance reports
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ class Layout:
     @property
     def api_key(self) -> Path:
         return self.etc / "api-key"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.etc / "trust"
+
+    @property
+    def compliance_dir(self) -> Path:
+        return self.root / "var" / "lib" / "gptoss-compliance"
 
     @property
     def unit_name(self) -> str:

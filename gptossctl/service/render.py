@@ -63,12 +63,17 @@ def render_unit(template: str, inp: UnitInputs) -> str:
         # Tensor-parallel workers share memory through System V IPC: private IPC only at TP 1.
         "private_ipc": "PrivateIPC=yes" if inp.tensor_parallel == 1 else "",
     }
+    text = fill_template(template, values)
+    lines = [ln for ln in text.splitlines() if not (ln.startswith("SupplementaryGroups=") and ln.strip() == "SupplementaryGroups=")]
+    return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
+
+
+def fill_template(template: str, values: Mapping[str, str]) -> str:
+    """Fill {{ name }} placeholders; a placeholder without a value is an error, never left in a unit."""
     unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
     if unknown:
         raise UsageError(f"unit template has unknown placeholders: {', '.join(unknown)}", code="service.bad_template")
-    text = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-    lines = [ln for ln in text.splitlines() if not (ln.startswith("SupplementaryGroups=") and ln.strip() == "SupplementaryGroups=")]
-    return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: Mapping[str, str],

@@ -45,7 +45,7 @@ def test_staged_install_lays_down_a_hardened_offline_service(cli, bundle: Path, 
     assert code == 0, doc
     d = doc["data"]
     assert (d["instance"], d["version"], d["profile"], d["staged"], d["started"]) == (INSTANCE, 5, "cpu-tiny", True, False)
-    assert [s["step"] for s in d["steps"] if s["status"] == "ok"][-1] == "switch"
+    assert [s["step"] for s in d["steps"] if s["status"] == "ok"][-2:] == ["switch", "compliance"]
     rel = root / "opt/gptoss" / INSTANCE / "releases/5"
     assert os.readlink(root / "opt/gptoss" / INSTANCE / "current") == "releases/5"
     # Enabled by the real `systemctl --root`; the user comes from sysusers.d through systemd-sysusers --root.

@@ -1,0 +1,113 @@
+"""`gptossctl compliance check` and `gptossctl support-bundle`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from gptossctl.cli.bundle import RevokedOpt, _revoked_ids
+from gptossctl.cli.output import JsonOpt, run, stdout
+from gptossctl.cli.service import InstanceOpt, RootOpt, _instance_of
+
+app = typer.Typer(no_args_is_help=True, help="Evidence that what runs is what was approved, configured as approved.")
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+
+@app.command("check")
+def check(
+    instance: str | None = InstanceOpt,
+    root: Path = RootOpt,
+    trust: list[Path] = typer.Option([], "--trust", help="Verify the installed manifest against these public keys "
+                                      "instead of the ones recorded at install (repeatable)."),
+    threshold: int = typer.Option(1, "--threshold", help="Signatures required with --trust."),
+    revoked: list[str] = RevokedOpt,
+    max_exposure: float = typer.Option(2.0, "--max-exposure", help="Highest systemd-analyze exposure that passes."),
+    expiry_warning: str = typer.Option("30d", "--expiry-warning", help="Warn when the bundle expires sooner."),
+    junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML here (CI test reporters)."),
+    sarif: Path | None = typer.Option(None, "--sarif", help="Also write SARIF 2.1.0 here (code-scanning tools)."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the JSON report here."),
+    textfile: Path | None = typer.Option(None, "--textfile", help="Also write a Prometheus textfile here "
+                                         "(node_exporter --collector.textfile.directory)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check the installed instance against its signed bundle and its approved configuration: file drift,
+    signatures, expiry, unit and config, exposure, offline and telemetry settings, bind address, API key,
+    permissions, licence, SBOM and the audit chain. Each check names its NIST SP 800-53 controls.
+
+    Exit 0 when no check fails (warnings allowed), 1 when one does, 2 usage, 3 not readable (run as root).
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        import json
+        from datetime import timedelta
+
+        from gptossctl.bundle.keys import load_public_key
+        from gptossctl.bundle.verify import TrustPolicy
+        from gptossctl.durations import parse_duration
+        from gptossctl.service.compliance import (
+            ComplianceOptions,
+            run_checks,
+            to_junit,
+            to_sarif,
+            to_textfile,
+            write_atomic,
+        )
+
+        policy = (TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
+                              revoked=_revoked_ids(revoked)) if trust else None)
+        opts = ComplianceOptions(policy=policy, max_exposure=max_exposure,
+                                 expiry_warning=timedelta(seconds=parse_duration(expiry_warning)))
+        r = run_checks(root, _instance_of(root, instance), opts)
+        if report:
+            write_atomic(report, (json.dumps(r.to_dict(), indent=1) + "\n").encode())
+        if sarif:
+            write_atomic(sarif, (json.dumps(to_sarif(r), indent=1) + "\n").encode())
+        if junit:
+            write_atomic(junit, to_junit(r))
+        if textfile:
+            to_textfile(r, textfile)
+        return r
+
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        t = Table("check", "result", "severity", "controls", "evidence", box=None)
+        for c in r.checks:
+            st = _STYLE[c.status]
+            t.add_row(c.id, f"[{st}]{c.status}[/{st}]", c.rule.severity, ",".join(c.rule.controls),
+                      escape(c.evidence[0] if c.evidence else ""))
+        stdout.print(t)
+        for c in r.checks:
+            if c.status != "pass":
+                stdout.print(f"[{_STYLE[c.status]}]{c.id}[/{_STYLE[c.status]}]: " + escape("; ".join(c.evidence[:4])))
+                stdout.print(f"  [dim]fix:[/dim] {escape(c.to_dict(r.instance)['remediation'])}")
+        n = r.counts
+        stdout.print(f"{r.instance} release {r.release}: {n['pass']} passed, {n['warn']} warnings, {n['fail']} failed")
+
+    run(action, as_json=as_json, render=render, exit_code=lambda r: 0 if r.ok else 1)
+
+
+def support_bundle(
+    instance: str | None = InstanceOpt,
+    root: Path = RootOpt,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Archive to write (default "
+                                       "gptoss-support-INSTANCE-TIME.tar.gz here), mode 0600."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Collect the unit, redacted configuration, journal tail, hardware inventory, status, compliance report
+    and audit log into one archive for support. Every API key is removed; the archive is searched for them
+    before it is written. Exit 0 written, 1 a secret survived redaction (nothing written)."""
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.service.support import write_support_bundle
+
+        return write_support_bundle(root, _instance_of(root, instance), output)
+
+    def render(r: Any) -> None:
+        stdout.print(f"[green]written[/green] {r.path} ({len(r.members)} files, "
+                     f"{r.redacted} secret(s) redacted): safe to send")
+
+    run(action, as_json=as_json, render=render)

@@ -1,0 +1,179 @@
+"""`gptossctl support-bundle`: what a support engineer needs, in one archive, with every secret removed.
+
+Collected: the units and drop-ins, release.json, vllm.yaml, service.env (values of secret-named variables
+redacted), the signed manifest, the trust policy, the journal tails, the hardware inventory, the
+installed packages, `status`, the compliance report, the audit log and its verification. Every API key
+of every instance is removed wherever it appears (a key echoed into the journal too). Before the archive
+is kept, it is read back and searched for each secret; if one is found, nothing is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import re
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptossctl import __version__
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.errors import CheckFailed, GptossctlError, UsageError
+from gptossctl.service.layout import Layout, check_instance
+
+REDACTED = "[REDACTED]"
+_ASSIGNMENT = re.compile(r"(?im)^(\s*(?:export\s+)?[A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)[A-Z0-9_]*"
+                         r"\s*[=:]\s*)\S.*$")
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+
+
+@dataclass
+class Redactor:
+    secrets: set[str] = field(default_factory=set)
+
+    def add_key_files(self, root: Path) -> None:
+        """Every instance's API key, and any key-like value in any release's environment file."""
+        from gptossctl.service.compliance import SECRET_NAME, parse_env
+
+        for key_file in (root / "etc" / "gptoss").glob("*/api-key"):
+            try:
+                value = key_file.read_text().strip()
+            except OSError:
+                continue
+            if value:
+                self.secrets.add(value)
+        for env_file in (root / "opt" / "gptoss").glob("*/releases/*/service.env"):
+            try:
+                env = parse_env(env_file.read_text())
+            except OSError:
+                continue
+            self.secrets.update(v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 8)
+
+    def __call__(self, text: str) -> str:
+        for s in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(s, REDACTED)
+        text = _ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
+        return _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+
+    def leaks(self, data: bytes) -> bool:
+        return any(s.encode() in data for s in self.secrets)
+
+
+@dataclass(frozen=True)
+class SupportBundle:
+    path: Path
+    members: list[str]
+    redacted: int  # distinct secrets removed wherever they appeared
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": str(self.path), "members": self.members, "secrets_redacted": self.redacted}
+
+
+def _safe(what: Callable[[], Any]) -> Any:
+    """A support bundle collects what it can: a part that fails says why instead of stopping the rest."""
+    try:
+        return what()
+    except GptossctlError as exc:
+        return {"error": exc.code, "message": exc.message}
+    except Exception as exc:  # noqa: BLE001 - anything: report it inside the archive
+        return {"error": type(exc).__name__, "message": str(exc)}
+
+
+def _text(p: Path) -> str | None:
+    try:
+        return p.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def collect(root: Path, instance: str) -> dict[str, str]:
+    """Archive member name -> text, before redaction."""
+    import shutil
+    import subprocess
+
+    from gptossctl.service import audit, compliance
+    from gptossctl.service.install import CONFIG, ENV_FILE, RELEASE_JSON, status
+    from gptossctl.service.releases import current_version
+
+    layout = Layout(root, check_instance(instance))
+    if not layout.opt.is_dir() and not layout.unit_path.exists():
+        raise UsageError(f"instance {instance} is not installed under {root}", code="support.not_installed",
+                         hint="see 'gptossctl status' for the installed instances")
+    systemd = Systemd(None if not layout.staged else layout.root)
+    out: dict[str, str] = {}
+    out["about.json"] = json.dumps({"gptossctl": __version__, "instance": instance, "root": str(root),
+                                    "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    "host": platform.node(), "kernel": platform.release(),
+                                    "python": platform.python_version()}, indent=1)
+    for p in [layout.unit_path, *(layout.unit_dir / n for n in ("gptoss-compliance@.service", "gptoss-compliance@.timer"))]:
+        if (t := _text(p)) is not None:
+            out[f"units/{p.name}"] = t
+    for p in compliance.dropins(layout):
+        out[f"units/dropins/{p.parent.name}/{p.name}"] = _text(p) or ""
+    cur = current_version(layout)
+    if cur is not None:
+        rel = layout.release(cur)
+        for name in (RELEASE_JSON, CONFIG, ENV_FILE, "manifest.json"):
+            if (t := _text(rel / name)) is not None:
+                out[f"release/{name}"] = t
+        dists = compliance.installed_dists(rel / "venv")
+        out["release/packages.txt"] = "".join(f"{n}=={v}\n" for n, v in sorted(dists.items())) or \
+            "(no environment built from the bundle: --vllm-python)\n"
+    if (t := _text(layout.trust_dir / "policy.json")) is not None:
+        out["trust/policy.json"] = t
+    out["status.json"] = json.dumps(_safe(lambda: status(root, instance)), indent=1, default=str)
+    out["compliance.json"] = json.dumps(_safe(lambda: compliance.run_checks(root, instance).to_dict()), indent=1,
+                                        default=str)
+    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify(layout.log_dir).to_dict()), indent=1)
+    if (t := _text(layout.log_dir / audit.LOG)) is not None:
+        out["audit/audit.jsonl"] = t
+    out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)
+    if systemd.live:
+        out["journal/service.txt"] = systemd.journal_tail(layout.unit_name, 500)
+        out["journal/compliance.txt"] = systemd.journal_tail(f"gptoss-compliance@{instance}.service", 100)
+    exe = shutil.which("systemd-analyze")
+    if exe:
+        res = subprocess.run([exe, "security", "--offline=true", *([f"--root={root}"] if layout.staged else []),
+                              layout.unit_name], capture_output=True, text=True, timeout=120)
+        out["systemd-analyze-security.txt"] = res.stdout + res.stderr
+    return out
+
+
+def _hardware() -> dict[str, Any]:
+    from gptossctl.hardware.probes import probe_live
+
+    return probe_live(gpu_required=False).to_dict()
+
+
+def write_support_bundle(root: Path, instance: str, output: Path | None = None) -> SupportBundle:
+    redact = Redactor()
+    redact.add_key_files(root)
+    parts = collect(root, instance)
+    if output is None:
+        output = Path(f"gptoss-support-{instance}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
+    buf = io.BytesIO()
+    prefix = output.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in sorted(parts.items()):
+            data = redact(text).encode()
+            info = tarfile.TarInfo(f"{prefix}/{name}")
+            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    blob = buf.getvalue()
+    # Read back what would be handed over: not one secret may be in it, compressed or not.
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        plain = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
+    if redact.leaks(plain) or redact.leaks(blob):
+        raise CheckFailed("a secret survived redaction; no archive was written", code="support.leak",
+                          hint="report this as a bug in gptossctl")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    os.chmod(output, 0o600)
+    return SupportBundle(output, sorted(parts), len(redact.secrets))
