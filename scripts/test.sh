@@ -10,6 +10,8 @@ need=()
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The SARIF output is validated by Microsoft's SARIF multitool, installed from npm by the tests (cached).
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -128,10 +128,29 @@ def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, b
          "API key 0600, vLLM bound to 127.0.0.1")
     if shutil.which("systemd-analyze") is None:
         step("unit graded", True, "systemd-analyze is not installed here: not graded (the test suite grades it)")
-        return
-    res = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", r.unit],
-                         capture_output=True, text=True)
-    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", res.stdout)
-    step("unit graded", bool(m) and float(m.group(1)) <= 2.0,  # type: ignore[union-attr]
-         f"systemd-analyze security: exposure {m.group(1)} {m.group(2)} (at most 2.0 required)" if m
-         else f"systemd-analyze gave no score: {(res.stderr or res.stdout).strip()[:200]}")
+    else:
+        res = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", r.unit],
+                             capture_output=True, text=True)
+        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", res.stdout)
+        step("unit graded", bool(m) and float(m.group(1)) <= 2.0,  # type: ignore[union-attr]
+             f"systemd-analyze security: exposure {m.group(1)} {m.group(2)} (at most 2.0 required)" if m
+             else f"systemd-analyze gave no score: {(res.stderr or res.stdout).strip()[:200]}")
+    _compliance(root, r.instance, r.release, step)
+
+
+def _compliance(root: Path, instance: str, release: Path, step: Callable[[str, bool, str], None]) -> None:
+    """The installed tree passes the compliance check; one flipped weight bit is then caught as drift."""
+    from gptossctl.service.compliance import run_checks
+
+    report = run_checks(root, instance)
+    n = report.counts
+    warned = "; ".join(f"{c.id}: {c.evidence[-1]}" for c in report.checks if c.status == "warn")
+    step("compliance check", report.ok, f"{n['pass']} passed, {n['fail']} failed, {n['warn']} warnings"
+         + (f" ({warned})" if warned else ""))
+    (weights,) = (release / "payload" / "model").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    failed = [c.id for c in run_checks(root, instance).checks if c.status == "fail"]
+    step("drift caught", failed == ["drift.payload"], f"one weight bit flipped after install: "
+         f"{', '.join(failed) or 'nothing'} failed")

