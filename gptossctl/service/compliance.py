@@ -285,10 +285,12 @@ def check_signatures(ctx: _Ctx) -> CheckResult:
             evidence.append(f"signed manifest {digest[:16]}… is the one installed")
     except (GptossctlError, OSError) as exc:
         bad.append(f"{ENVELOPE}: {getattr(exc, 'message', exc)}")
+    m = ctx.manifest
+    if m is None:
+        bad.append("the signed manifest is unreadable")
     if bad:
         return CheckResult("bundle.signatures", "fail", _cap(bad),
                            (ctx.live(ctx.release / ENVELOPE), ctx.live(ctx.release / MANIFEST)))
-    m = ctx.manifest
     return CheckResult("bundle.signatures", "pass", (*evidence, f"{m.name} v{m.version}: signatures meet the "
                                                     "threshold under the trusted keys"),
                        (ctx.live(ctx.release / ENVELOPE),))

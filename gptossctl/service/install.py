@@ -473,7 +473,8 @@ def install(req: InstallRequest, *, on_step: Step | None = None,
     """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
     steps = _Steps(on_step)
     command = ["install", str(req.bundle), f"--profile={req.profile}", f"--port={req.port}"] + \
-        ([f"--instance={req.instance}"] if req.instance else []) + (["--allow-downgrade"] if req.allow_downgrade else [])
+        ([f"--instance={req.instance}"] if req.instance else []) + (["--allow-downgrade"] if req.allow_downgrade else []) + \
+        (["--repair"] if req.repair else [])
     digest = _bundle_digest(req.bundle)
     try:
         result = _install(req, steps, progress, on_total)

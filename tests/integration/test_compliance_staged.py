@@ -338,6 +338,8 @@ def test_repair_restores_a_drifted_release(cli, tree: Path, installed: Path, key
     assert code == 0, _failed(doc)
     assert _key(tree) == key  # the instance keeps its key
     assert not list((tree / "opt/gptoss" / INSTANCE / "releases").glob(".*"))  # the drifted copy is gone
+    last = json.loads((tree / "var/log/gptoss/audit.jsonl").read_text().splitlines()[-1])
+    assert "--repair" in last["command"] and last["result"] == "ok"  # the repair is on the record
 
 
 def test_install_lays_down_the_daily_timer_and_uninstall_removes_it(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]

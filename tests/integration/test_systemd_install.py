@@ -81,7 +81,7 @@ def _pack(work: Path, name: str, model: Path, key: KeyPair, version: int, profil
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> Iterator[Container]:
     work = tmp_path_factory.mktemp("container")
-    model = make_trained_llama(work / "model", seconds=5, max_positions=2048)
+    model = make_trained_llama(work / "model", max_positions=2048)
     for name in ("LICENSE", "USAGE_POLICY"):
         (model / name).write_text(f"{name} of the test model\n")
     (work / "cpu-tiny-broken.yaml").write_text(BROKEN)
