@@ -10,10 +10,11 @@ from rich.markup import escape
 
 from gptossctl.cli.bundle import RevokedOpt, _revoked_ids
 from gptossctl.cli.output import JsonOpt, run, stdout
-from gptossctl.cli.service import InstanceOpt, RootOpt, _instance_of
+from gptossctl.cli.service import InstanceOpt, _instance_of
 
 app = typer.Typer(no_args_is_help=True, help="Evidence that what runs is what was approved, configured as approved.")
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
+RootOpt = typer.Option(Path("/"), "--root", help="Look at a staged tree (install --root) instead of this host.")
 
 
 @app.command("check")
