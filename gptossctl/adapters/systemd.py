@@ -6,12 +6,20 @@ With a staging root (`--root DIR`) only what works offline on a tree is done (`s
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from gptossctl.errors import EnvironmentNotReady, ServiceUnavailable
+
+
+@dataclass(frozen=True)
+class Exposure:
+    score: float | None  # None: systemd-analyze printed no score (output says why)
+    label: str
+    output: str
 
 
 @dataclass(frozen=True)
@@ -87,3 +95,15 @@ class Systemd:
         """Create the service user from its sysusers.d file (systemd's own way; idempotent)."""
         args = [f"--root={self.root}"] if self.root is not None else []
         self._run("systemd-sysusers", *args, str(conf))
+
+    def security(self, unit: str) -> Exposure | None:
+        """`systemd-analyze security --offline=true` of the unit as it is on disk (drop-ins included; in the
+        staging tree when staged). None where systemd-analyze is not installed."""
+        exe = shutil.which("systemd-analyze")
+        if exe is None:
+            return None
+        root = [f"--root={self.root}"] if self.root is not None else []
+        res = subprocess.run([exe, "security", "--offline=true", *root, unit], capture_output=True, text=True,
+                             timeout=120)
+        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", res.stdout)
+        return Exposure(float(m.group(1)) if m else None, m.group(2) if m else "", res.stdout + res.stderr)

@@ -48,14 +48,8 @@ def check(
         from gptossctl.bundle.keys import load_public_key
         from gptossctl.bundle.verify import TrustPolicy
         from gptossctl.durations import parse_duration
-        from gptossctl.service.compliance import (
-            ComplianceOptions,
-            run_checks,
-            to_junit,
-            to_sarif,
-            to_textfile,
-            write_atomic,
-        )
+        from gptossctl.service.compliance import ComplianceOptions, run_checks, to_junit, to_sarif, to_textfile
+        from gptossctl.service.install import atomic_write
 
         policy = (TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
                               revoked=_revoked_ids(revoked)) if trust else None)
@@ -63,11 +57,11 @@ def check(
                                  expiry_warning=timedelta(seconds=parse_duration(expiry_warning)))
         r = run_checks(root, _instance_of(root, instance), opts)
         if report:
-            write_atomic(report, (json.dumps(r.to_dict(), indent=1) + "\n").encode())
+            atomic_write(report, json.dumps(r.to_dict(), indent=1) + "\n")
         if sarif:
-            write_atomic(sarif, (json.dumps(to_sarif(r), indent=1) + "\n").encode())
+            atomic_write(sarif, json.dumps(to_sarif(r), indent=1) + "\n")
         if junit:
-            write_atomic(junit, to_junit(r))
+            atomic_write(junit, to_junit(r))
         if textfile:
             to_textfile(r, textfile)
         return r

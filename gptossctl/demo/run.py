@@ -111,8 +111,6 @@ def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> Demo
 
 def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, bool, str], None]) -> None:
     """Install into a staging tree (no systemd is booted here) and grade the unit it enabled."""
-    import re
-    import subprocess
     import sys
 
     from gptossctl.service.install import InstallRequest, install
@@ -126,15 +124,15 @@ def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, b
     step("install (staged)", r.version is not None and not r.started,
          f"release {r.version} with profile {r.profile} into {root}; {r.unit} enabled with systemctl --root, "
          "API key 0600, vLLM bound to 127.0.0.1")
-    if shutil.which("systemd-analyze") is None:
+    from gptossctl.adapters.systemd import Systemd
+
+    graded = Systemd(root).security(r.unit)
+    if graded is None:
         step("unit graded", True, "systemd-analyze is not installed here: not graded (the test suite grades it)")
     else:
-        res = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", r.unit],
-                             capture_output=True, text=True)
-        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", res.stdout)
-        step("unit graded", bool(m) and float(m.group(1)) <= 2.0,  # type: ignore[union-attr]
-             f"systemd-analyze security: exposure {m.group(1)} {m.group(2)} (at most 2.0 required)" if m
-             else f"systemd-analyze gave no score: {(res.stderr or res.stdout).strip()[:200]}")
+        step("unit graded", graded.score is not None and graded.score <= 2.0,
+             f"systemd-analyze security: exposure {graded.score} {graded.label} (at most 2.0 required)"
+             if graded.score is not None else f"systemd-analyze gave no score: {graded.output.strip()[:200]}")
     _compliance(root, r.instance, r.release, step)
 
 

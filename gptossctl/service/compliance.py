@@ -180,6 +180,11 @@ class _Ctx:
     rendered: dict[str, str] | None = None
     render_error: str | None = None
     active: bool = False
+    env_text: str | None = None  # service.env, read once
+
+    @property
+    def env(self) -> dict[str, str] | None:
+        return None if self.env_text is None else parse_env(self.env_text)
 
     def live(self, p: Path) -> str:
         return str(self.layout.live_path(p))
@@ -240,7 +245,7 @@ def _verify(ctx: _Ctx) -> None:
     else:
         ctx.policy_note = "trust given on the command line"
     try:
-        vb = verify_bundle(ctx.release, policy, on_total=None)
+        vb = verify_bundle(ctx.release, policy)
         ctx.manifest = vb.manifest
     except CheckFailed as exc:
         ctx.verify_findings = list(exc.findings)
@@ -252,9 +257,6 @@ def _verify(ctx: _Ctx) -> None:
         ctx.verify_findings = [Finding("bundle.unreadable", ctx.live(ctx.release), exc.message)]
     if policy is None:
         ctx.verify_findings.append(Finding("signature.no_trust", "trust", ctx.policy_note))
-
-
-_RELEASE_OWN = {"venv", "vllm.yaml", "service.env", "unit.service", "release.json", "venv-manifest.json"}
 
 
 def _is_signature(f: Finding) -> bool:
@@ -311,8 +313,12 @@ def check_expiry(ctx: _Ctx) -> CheckResult:
 
 
 def check_payload(ctx: _Ctx) -> CheckResult:
+    from gptossctl.service.environment import LISTING, VENV
+    from gptossctl.service.install import CONFIG, ENV_FILE, RELEASE_JSON, UNIT_COPY
+
+    release_own = {VENV, LISTING, CONFIG, ENV_FILE, UNIT_COPY, RELEASE_JSON}  # what install adds beside the bundle
     drift = [f for f in ctx.verify_findings if not (_is_signature(f) or _is_date(f))
-             and not (f.code == "bundle.extra_file" and f.subject in _RELEASE_OWN)]
+             and not (f.code == "bundle.extra_file" and f.subject in release_own)]
     if drift:
         return CheckResult("drift.payload", "fail",
                            _cap([f"{f.code.split('.')[-1]}: {f.subject}: {f.message}" for f in drift]),
@@ -401,9 +407,10 @@ def check_unit(ctx: _Ctx) -> CheckResult:
     if installed != expected:
         bad += [f"{ctx.live(unit_path)} differs from the unit rendered from the signed template:"]
         bad += _diff(expected, installed, "unit")
-    copy = _read(ctx.release / "unit.service")
-    if copy != expected:
-        bad.append(f"{ctx.live(ctx.release / 'unit.service')} differs from the approved rendering")
+    from gptossctl.service.install import UNIT_COPY
+
+    if _read(ctx.release / UNIT_COPY) != expected:
+        bad.append(f"{ctx.live(ctx.release / UNIT_COPY)} differs from the approved rendering")
     extra = dropins(ctx.layout)
     if extra:
         bad += [f"drop-in {ctx.live(p)} changes the unit" for p in extra]
@@ -433,11 +440,10 @@ def check_release_files(ctx: _Ctx) -> CheckResult:
     elif config != ctx.rendered["config"]:
         bad += [f"{CONFIG} differs from the signed profile's rendering:", *_diff(ctx.rendered["config"], config,
                                                                                  CONFIG)]
-    env_text = _read(ctx.release / ENV_FILE)
-    if env_text is None:
+    if ctx.env_text is None:
         bad.append(f"{ENV_FILE} is missing or unreadable")
-    elif env_text != ctx.rendered["env"]:
-        want, got = parse_env(ctx.rendered["env"]), parse_env(env_text)
+    elif ctx.env_text != ctx.rendered["env"]:
+        want, got = parse_env(ctx.rendered["env"]), ctx.env or {}
         changed = [f"{ENV_FILE}: {k}: approved {_shown(k, want.get(k))}, found {_shown(k, got.get(k))}"
                    for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
         bad += changed or [f"{ENV_FILE}: comments or layout differ from the approved rendering"]
@@ -448,32 +454,17 @@ def check_release_files(ctx: _Ctx) -> CheckResult:
 
 
 def check_exposure(ctx: _Ctx) -> CheckResult:
-    import shutil
-    import subprocess
-
     locs = (ctx.live(ctx.layout.unit_path),)
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
+    graded = ctx.systemd.security(ctx.layout.unit_name)
+    if graded is None:
         return CheckResult("config.exposure", "warn", ("systemd-analyze is not installed: the unit was not graded",),
                            locs)
-    root = [f"--root={ctx.layout.root}"] if ctx.layout.staged else []
-    res = subprocess.run([exe, "security", "--offline=true", *root, ctx.layout.unit_name],
-                         capture_output=True, text=True, timeout=120)
-    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", res.stdout)
-    if not m:
-        return CheckResult("config.exposure", "fail", (f"systemd-analyze gave no score: "
-                                                       f"{(res.stderr or res.stdout).strip()[:300]}",), locs)
-    score = float(m.group(1))
-    status = "pass" if score <= ctx.opts.max_exposure else "fail"
-    return CheckResult("config.exposure", status, (f"exposure {score} {m.group(2)} (threshold "
+    if graded.score is None:
+        return CheckResult("config.exposure", "fail", (f"systemd-analyze gave no score: {graded.output.strip()[:300]}",),
+                           locs)
+    status = "pass" if graded.score <= ctx.opts.max_exposure else "fail"
+    return CheckResult("config.exposure", status, (f"exposure {graded.score} {graded.label} (threshold "
                                                    f"{ctx.opts.max_exposure})",), locs)
-
-
-def _env(ctx: _Ctx) -> dict[str, str] | None:
-    from gptossctl.service.install import ENV_FILE
-
-    text = _read(ctx.release / ENV_FILE)
-    return None if text is None else parse_env(text)
 
 
 def _unit_lines(ctx: _Ctx) -> list[str]:
@@ -484,7 +475,7 @@ def _unit_lines(ctx: _Ctx) -> list[str]:
 def _expect_env(ctx: _Ctx, rule: str, want: dict[str, str], extra: list[str], forbidden: tuple[str, ...] = ()) -> CheckResult:
     from gptossctl.service.install import ENV_FILE
 
-    env = _env(ctx)
+    env = ctx.env
     locs = (ctx.live(ctx.release / ENV_FILE),)
     if env is None:
         return CheckResult(rule, "fail", (f"{ENV_FILE} is missing or unreadable",), locs)
@@ -571,7 +562,7 @@ def check_api_key(ctx: _Ctx) -> CheckResult:
     from gptossctl.service.install import ENV_FILE
 
     locs = (ctx.live(ctx.release / ENV_FILE), ctx.live(ctx.layout.api_key))
-    env = _env(ctx) or {}
+    env = ctx.env or {}
     bad = []
     if ctx.api_key is None:
         bad.append(f"{ctx.live(ctx.layout.api_key)} is missing or unreadable")
@@ -795,7 +786,7 @@ CHECKS: tuple[Callable[[_Ctx], CheckResult], ...] = (
 
 
 def run_checks(root: Path, instance: str, opts: ComplianceOptions = ComplianceOptions()) -> ComplianceReport:
-    from gptossctl.service.install import read_release
+    from gptossctl.service.install import ENV_FILE, read_release
     from gptossctl.service.releases import current_version
 
     layout = Layout(root, check_instance(instance))
@@ -822,6 +813,7 @@ def run_checks(root: Path, instance: str, opts: ComplianceOptions = ComplianceOp
                                                                  f"{rec.get('installed_at')}",),
                                      (ctx.live(ctx.release),)))
     ctx.active = systemd.live and systemd.active_state(layout.unit_name) == "active"
+    ctx.env_text = _read(ctx.release / ENV_FILE)
     _verify(ctx)
     _rerender(ctx)
     report.checks += [check(ctx) for check in CHECKS]
@@ -829,14 +821,6 @@ def run_checks(root: Path, instance: str, opts: ComplianceOptions = ComplianceOp
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def to_junit(report: ComplianceReport) -> bytes:

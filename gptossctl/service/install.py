@@ -38,6 +38,7 @@ from gptossctl.service.render import LOOPBACK
 RELEASE_JSON = "release.json"
 CONFIG = "vllm.yaml"
 ENV_FILE = "service.env"
+UNIT_COPY = "unit.service"  # the release's own copy of the unit it was rendered with
 SYSUSERS = f'u {SERVICE_USER} - "gpt-oss vLLM service" /var/lib/gptoss /usr/sbin/nologin\n'
 Step = Callable[[str, str], None]  # (step, message): progress for people
 
@@ -143,12 +144,12 @@ def endpoint_of(rec: dict[str, Any]) -> str:
     return f"http://{rec.get('host', LOOPBACK)}:{rec.get('port', 8000)}"
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
     os.chmod(tmp, mode)  # the umask must not loosen or tighten what we mean
@@ -203,7 +204,7 @@ def ensure_api_key(layout: Layout) -> str:
         os.chmod(layout.api_key, 0o600)  # converge: a loosened mode is put back on every install
         return read_api_key(layout.api_key)
     key = secrets.token_urlsafe(32)
-    _atomic_write(layout.api_key, key + "\n", 0o600)
+    atomic_write(layout.api_key, key + "\n", 0o600)
     return key
 
 
@@ -218,8 +219,8 @@ def save_trust(layout: Layout, policy: TrustPolicy) -> None:
         old.unlink()
     for k in policy.trusted:
         pem = k.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        _atomic_write(trust / f"{k.keyid}.pub", pem.decode(), 0o644)
-    _atomic_write(trust / "policy.json", json.dumps({"threshold": policy.threshold, "revoked": sorted(policy.revoked),
+        atomic_write(trust / f"{k.keyid}.pub", pem.decode(), 0o644)
+    atomic_write(trust / "policy.json", json.dumps({"threshold": policy.threshold, "revoked": sorted(policy.revoked),
                                                     "keys": sorted(k.keyid for k in policy.trusted)}) + "\n", 0o644)
 
 
@@ -241,13 +242,13 @@ COMPLIANCE_UNITS = ("gptoss-compliance@.service", "gptoss-compliance@.timer")
 
 
 def _compliance_step(layout: Layout, systemd: Systemd, steps: _Steps) -> None:
-    timer = f"gptoss-compliance@{layout.instance}.timer"
+    timer = layout.compliance_timer
     with steps("compliance", f"daily compliance check ({timer})") as d:
         install_compliance_timer(layout, systemd)
         d.append(f"{timer} enabled: reports in {layout.live_path(layout.compliance_dir)}")
 
 
-def install_compliance_timer(layout: Layout, systemd: Systemd, python: Path | None = None) -> None:
+def install_compliance_timer(layout: Layout, systemd: Systemd) -> None:
     """The timer and oneshot service that run `compliance check` daily for this instance, writing the JSON,
     SARIF and JUnit reports and a Prometheus textfile. They run the gptossctl that installed them."""
     import sys
@@ -255,16 +256,15 @@ def install_compliance_timer(layout: Layout, systemd: Systemd, python: Path | No
     from gptossctl.resources import data_dir
     from gptossctl.service.render import fill_template
 
-    python = python or Path(sys.executable)
     for name in COMPLIANCE_UNITS:
-        text = fill_template((data_dir("systemd") / name).read_text(), {"python": str(python)})
-        _atomic_write(layout.unit_dir / name, text, 0o644)
+        text = fill_template((data_dir("systemd") / name).read_text(), {"python": sys.executable})
+        atomic_write(layout.unit_dir / name, text, 0o644)
     systemd.daemon_reload()
-    systemd.enable(f"gptoss-compliance@{layout.instance}.timer", now=systemd.live)
+    systemd.enable(layout.compliance_timer, now=systemd.live)
 
 
 def remove_compliance_timer(layout: Layout, systemd: Systemd, *, last: bool) -> list[str]:
-    timer = f"gptoss-compliance@{layout.instance}.timer"
+    timer = layout.compliance_timer
     removed = []
     if systemd.live:
         systemd.stop(timer)
@@ -377,13 +377,13 @@ def _render_release(req: InstallRequest, bundle: VerifiedBundle, layout: Layout,
 
 
 def _write_release_files(release: Path, rendered: dict[str, str], record: dict[str, Any]) -> None:
-    _atomic_write(release / CONFIG, rendered["config"], 0o644)
-    _atomic_write(release / ENV_FILE, rendered["env"], 0o600)  # holds the key: root only
-    _atomic_write(release / "unit.service", rendered["unit"], 0o644)
+    atomic_write(release / CONFIG, rendered["config"], 0o644)
+    atomic_write(release / ENV_FILE, rendered["env"], 0o600)  # holds the key: root only
+    atomic_write(release / UNIT_COPY, rendered["unit"], 0o644)
     record = {**record, "rendered": {CONFIG: sha256_text(rendered["config"]),
                                      ENV_FILE: sha256_text(rendered["env"]),
-                                     "unit.service": sha256_text(rendered["unit"])}}
-    _atomic_write(release / RELEASE_JSON, json.dumps(record, indent=2) + "\n", 0o644)
+                                     UNIT_COPY: sha256_text(rendered["unit"])}}
+    atomic_write(release / RELEASE_JSON, json.dumps(record, indent=2) + "\n", 0o644)
 
 
 # ---------------------------------------------------------------- activation
@@ -424,7 +424,7 @@ def run_install_smoke(url: str, api_key: str, model: str) -> dict[str, Any]:
 
 
 def _install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
-    _atomic_write(layout.unit_path, (release / "unit.service").read_text(), 0o644)
+    atomic_write(layout.unit_path, (release / UNIT_COPY).read_text(), 0o644)
     systemd.daemon_reload()
     systemd.enable(layout.unit_name)
 
@@ -606,7 +606,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                     built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
                     if not layout.staged:  # a broken environment is caught before the service is touched
                         check_imports(built)
-                    _atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
+                    atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
                     python_live = release_live / "venv" / "bin" / "python"
                     d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"
                              + ("" if layout.staged else "; vLLM imports"))
@@ -639,7 +639,7 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
                          + (" (repaired: unpacked again from the bundle)" if aside is not None else ""))
 
         with steps("user", f"system user {SERVICE_USER} (sysusers.d)") as d:
-            _atomic_write(layout.sysusers, SYSUSERS, 0o644)
+            atomic_write(layout.sysusers, SYSUSERS, 0o644)
             systemd.sysusers(layout.sysusers)
             d.append(f"{SERVICE_USER} present")
 

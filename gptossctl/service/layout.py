@@ -80,6 +80,15 @@ class Layout:
         return f"gptoss@{self.instance}.service"
 
     @property
+    def compliance_unit(self) -> str:
+        """The compliance check's oneshot service, started daily by `compliance_timer`."""
+        return f"gptoss-compliance@{self.instance}.service"
+
+    @property
+    def compliance_timer(self) -> str:
+        return f"gptoss-compliance@{self.instance}.timer"
+
+    @property
     def unit_dir(self) -> Path:
         return self.root / "etc" / "systemd" / "system"
 

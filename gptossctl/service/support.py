@@ -93,9 +93,6 @@ def _text(p: Path) -> str | None:
 
 def collect(root: Path, instance: str) -> dict[str, str]:
     """Archive member name -> text, before redaction."""
-    import shutil
-    import subprocess
-
     from gptossctl.service import audit, compliance
     from gptossctl.service.install import CONFIG, ENV_FILE, RELEASE_JSON, status
     from gptossctl.service.releases import current_version
@@ -135,12 +132,10 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)
     if systemd.live:
         out["journal/service.txt"] = systemd.journal_tail(layout.unit_name, 500)
-        out["journal/compliance.txt"] = systemd.journal_tail(f"gptoss-compliance@{instance}.service", 100)
-    exe = shutil.which("systemd-analyze")
-    if exe:
-        res = subprocess.run([exe, "security", "--offline=true", *([f"--root={root}"] if layout.staged else []),
-                              layout.unit_name], capture_output=True, text=True, timeout=120)
-        out["systemd-analyze-security.txt"] = res.stdout + res.stderr
+        out["journal/compliance.txt"] = systemd.journal_tail(layout.compliance_unit, 100)
+    graded = systemd.security(layout.unit_name)
+    if graded is not None:
+        out["systemd-analyze-security.txt"] = graded.output
     return out
 
 
