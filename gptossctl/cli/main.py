@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
+from typing import Any, TextIO
 
 import typer
 
 from gptossctl import __version__
 from gptossctl.cli import bundle, compliance, demo, hw, keys, probe, profiles, service
 from gptossctl.cli.output import document, emit_json, state
+from gptossctl.errors import GptossctlError, UsageError
 
 app = typer.Typer(
     name="gptossctl",
@@ -48,34 +52,49 @@ def _root(
     state.debug = debug
 
 
-def _click():  # type: ignore[no-untyped-def]
-    # typer >= 0.22 vendors click as typer._click; older releases depend on click itself.
-    try:
-        from typer import _click as click  # type: ignore[attr-defined]
-    except ImportError:
-        import click  # type: ignore[no-redef]
-    return click
+class _StderrTee:
+    """stderr as people see it, also kept for the `--json` document of a usage error: click prints usage
+    errors itself (documented standalone behaviour) and exits 2 before any command runs."""
+
+    def __init__(self, real: TextIO) -> None:
+        self.real = real
+        self.kept = io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.kept.write(text)
+        return self.real.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding: the real stream's
+        return getattr(self.real, name)
+
+
+def _usage_message(text: str) -> str:
+    errors = [ln.split("Error:", 1)[1].strip() for ln in text.splitlines() if "Error:" in ln]
+    return errors[-1] if errors else "the command line is incomplete or wrong"
 
 
 def main() -> None:
-    click = _click()
+    """The console script: typer in standalone mode (usage errors exit 2 with usage text), one JSON document
+    with --json whatever happens, and exit 70 only for a bug of ours."""
+    as_json = "--json" in sys.argv[1:]
+    tee = _StderrTee(sys.stderr) if as_json else None
     try:
-        rv = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp:
-        # Help was printed for a bare group: that is usage, not success.
-        sys.exit(2)
-    except click.UsageError as exc:
-        # Usage errors get the same JSON document as every other failure when --json was asked for.
-        if "--json" in sys.argv:
-            from gptossctl.errors import UsageError
-
-            emit_json(document(status="error", exit_code=2, error=UsageError(exc.format_message())))
+        with contextlib.redirect_stderr(tee) if tee is not None else contextlib.nullcontext():  # type: ignore[arg-type]
+            app(prog_name="gptossctl")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 2 and tee is not None and not state.emitted:
+            message = _usage_message(tee.kept.getvalue())
+            emit_json(document(status="error", exit_code=2, error=UsageError(
+                message, code="usage", hint="see the usage above, or run the command with --help")))
+        sys.exit(code)
+    except Exception as exc:  # noqa: BLE001 - outside any command (parsing, callbacks): still a bug of ours
+        if state.debug:
+            raise
+        bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",
+                             hint="rerun with --debug and report the traceback")
+        if as_json:
+            emit_json(document(status="error", exit_code=70, error=bug))
         else:
-            exc.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.stderr.write("aborted\n")
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+            sys.stderr.write(f"error (internal): {bug.message}\nnext: {bug.hint}\n")
+        sys.exit(70)

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gptossctl.errors import Finding, GptossctlError
+from gptossctl.errors import Finding, GptossctlError, UsageError
 
 RESULT_SCHEMA = "gptossctl.result/1"
 stderr = Console(stderr=True, highlight=False)
@@ -26,6 +26,7 @@ stdout = Console(highlight=False, soft_wrap=True)
 
 class _State:
     debug = False
+    emitted = False  # a result document is on stdout: main() must not print a second one
 
 
 state = _State()
@@ -54,6 +55,7 @@ def document(*, status: str, exit_code: int, data: dict[str, Any] | None = None,
 
 
 def emit_json(doc: dict[str, Any]) -> None:
+    state.emitted = True
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
 
@@ -99,6 +101,9 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
+    except typer.Abort:  # a prompt answered with Ctrl-C or end of input
+        fail(UsageError("not confirmed", code="usage.not_confirmed",
+                        hint="pass --yes to confirm without a prompt"), as_json=as_json)
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         if state.debug:
             stderr.print_exception()
