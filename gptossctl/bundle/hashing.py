@@ -152,7 +152,7 @@ def copy_and_hash(
         return _copy_small(src, dst, progress)
     whole = hashlib.sha256()
     shard_digests: list[str] = []
-    shard_state: list[hashlib._Hash] = [hashlib.sha256()]  # mutable cell for the shard thread
+    shard_state = [hashlib.sha256()]  # mutable cell for the shard thread
     shard_fill = [0]
     sharded = shard_count(size, shard_size) > 0
 

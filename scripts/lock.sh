@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Regenerate requirements.lock from pyproject.toml (all extras used by setup.sh), for every platform and
+# Python the project supports, with hashes. Commit the result; scripts/setup.sh installs exactly that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
+  --no-header -q -o requirements.lock "$@"
