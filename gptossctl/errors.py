@@ -30,6 +30,8 @@ class Finding:
 class GptossctlError(Exception):
     exit_code: ClassVar[int] = 70
     code: ClassVar[str] = "internal"
+    # Said when a raise site has nothing more specific: every refusal tells the user what to do next.
+    default_hint: ClassVar[str] = "rerun with --debug and report the traceback"
 
     def __init__(
         self,
@@ -42,7 +44,7 @@ class GptossctlError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = hint or self.default_hint
         self.findings: Sequence[Finding] = tuple(sorted(findings))
         self.data = data or {}
         if code is not None:
@@ -55,6 +57,7 @@ class UsageError(GptossctlError):
 
     exit_code = 2
     code = "usage"
+    default_hint = "correct the command line or the file it names; the command's --help says what it takes"
 
 
 class CheckFailed(GptossctlError):
@@ -62,6 +65,7 @@ class CheckFailed(GptossctlError):
 
     exit_code = 1
     code = "check_failed"
+    default_hint = "each finding says what was wrong; fix it (or use a clean copy) and run the command again"
 
 
 class EnvironmentNotReady(GptossctlError):
@@ -69,6 +73,7 @@ class EnvironmentNotReady(GptossctlError):
 
     exit_code = 3
     code = "environment_not_ready"
+    default_hint = "run on the host the check is for, as a user allowed to read what it needs (often root)"
 
 
 class ServiceUnavailable(GptossctlError):
@@ -76,8 +81,10 @@ class ServiceUnavailable(GptossctlError):
 
     exit_code = 4
     code = "external_failure"
+    default_hint = "check that the service or tool named is running and reachable, then run the command again"
 
 
 class Interrupted(GptossctlError):
     exit_code = 130
     code = "interrupted"
+    default_hint = "run the same command again: interrupted work is resumed or started over, never half-kept"

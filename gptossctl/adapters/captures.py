@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from gptossctl.errors import UsageError
+from gptossctl.fsutil import decode_text, parse_json, read_bytes
 from gptossctl.hardware.inventory import Gpu, Inventory, MigSlice, infer_compute_capability
 
-_MIB = re.compile(r"^\s*(\d+)\s*(MiB)?\s*$")
+_MIB = re.compile(r"\s*([0-9]{1,9})\s*(MiB)?\s*")  # matched whole; 9 digits: up to ~950 TiB, any real GPU
+MAX_GPU_MIB = 16 << 20  # 16 TiB: a capture claiming more is damaged or made up
+MAX_GPUS = 4096
+CAPTURE_LIMIT = 64 << 20
 _NA = {"", "n/a", "[n/a]", "not found", "[not supported]", "not supported", "none"}
 NVIDIA_CSV_HINT = ("capture with: nvidia-smi --query-gpu=index,name,memory.total,memory.free,compute_cap,"
                    "driver_version,mig.mode.current,persistence_mode,pci.bus_id,uuid --format=csv")
@@ -28,10 +31,8 @@ ROCM_HINT = "capture with: rocm-smi --showproductname --showmeminfo vram --json 
 
 
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError as exc:
-        raise UsageError(f"cannot read capture {path}: {exc.strerror}", code="hw.capture_unreadable") from exc
+    data = read_bytes(path, what="capture", code="hw.capture_unreadable", limit=CAPTURE_LIMIT)
+    return decode_text(data, path=path, what="capture", code="hw.capture_invalid")
 
 
 def _invalid(path: Path, why: str, hint: str) -> UsageError:
@@ -47,8 +48,13 @@ def _value(text: str | None) -> str | None:
 
 def _mib(text: str | None) -> int | None:
     v = _value(text)
-    m = _MIB.match(v) if v else None
-    return int(m.group(1)) if m else None
+    m = _MIB.fullmatch(v) if v else None
+    return int(m.group(1)) if m and 0 < int(m.group(1)) <= MAX_GPU_MIB else None
+
+
+def _index(text: str | None, default: int) -> int:
+    v = _value(text) or ""
+    return int(v) if v.isdigit() and len(v) <= 4 else default
 
 
 def _on_off(text: str | None) -> bool | None:
@@ -87,7 +93,7 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
         if total is None:
             notes.append(f"GPU {i} ({name}) reports no memory size")
         gpus.append(Gpu(
-            index=int(_value(g.findtext("minor_number")) or i) if (_value(g.findtext("minor_number")) or "").isdigit() else i,
+            index=_index(g.findtext("minor_number"), i),
             vendor="nvidia", name=name, memory_total_mib=total,
             memory_free_mib=_mib(g.findtext("fb_memory_usage/free")),
             compute_capability=cc, cc_inferred=cc is not None,
@@ -102,8 +108,13 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
 
 
 def parse_nvidia_smi_csv(path: Path) -> Inventory:
-    rows = list(csv.reader(io.StringIO(_read(path))))
+    try:
+        rows = list(csv.reader(io.StringIO(_read(path))))
+    except csv.Error as exc:
+        raise _invalid(path, f"not CSV ({exc})", NVIDIA_CSV_HINT) from None
     rows = [r for r in rows if any(c.strip() for c in r)]
+    if len(rows) > MAX_GPUS + 1:
+        raise _invalid(path, f"{len(rows) - 1} GPU lines: more than any host has", NVIDIA_CSV_HINT)
     if len(rows) < 2:
         raise _invalid(path, "needs a header line and one line per GPU", NVIDIA_CSV_HINT)
     # "memory.total [MiB]" -> "memory.total": units in the header are optional (nounits).
@@ -121,11 +132,10 @@ def parse_nvidia_smi_csv(path: Path) -> Inventory:
     for n, row in enumerate(rows[1:]):
         name = _value(cell(row, "name")) or "unknown GPU"
         cc_text = _value(cell(row, "compute_cap"))
-        m = re.match(r"^(\d+)\.(\d+)$", cc_text or "")
+        m = re.fullmatch(r"([0-9]{1,2})\.([0-9]{1,2})", cc_text or "")
         cc = (int(m.group(1)), int(m.group(2))) if m else infer_compute_capability(name)
-        idx = _value(cell(row, "index"))
         gpus.append(Gpu(
-            index=int(idx) if idx and idx.isdigit() else n, vendor="nvidia", name=name,
+            index=_index(cell(row, "index"), n), vendor="nvidia", name=name[:200],
             memory_total_mib=_mib(cell(row, "memory.total")), memory_free_mib=_mib(cell(row, "memory.free")),
             compute_capability=cc, cc_inferred=m is None and cc is not None,
             mig_enabled=_on_off(cell(row, "mig.mode.current")),
@@ -148,9 +158,9 @@ _GFX_ALIASES = {"gfx9010": "gfx90a", "gfx90010": "gfx90a", "gfx9402": "gfx942", 
                 "gfx11001": "gfx1101", "gfx11000": "gfx1100"}
 
 
-def _gfx(raw: str | None, name: str) -> str | None:
-    if raw:
-        raw = raw.strip().lower()
+def _gfx(raw: object, name: str) -> str | None:
+    if isinstance(raw, str) and raw.strip():
+        raw = raw.strip().lower()[:32]
         return _GFX_ALIASES.get(raw, raw)
     for pattern, gfx in _GFX_BY_NAME:
         if re.search(pattern, name, re.IGNORECASE):
@@ -158,8 +168,12 @@ def _gfx(raw: str | None, name: str) -> str | None:
     return None
 
 
-def _amd_name(card: dict[str, str]) -> str:
-    lower = {k.lower(): v for k, v in card.items()}
+def _text_of(v: object) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _amd_name(card: dict[str, object]) -> str:
+    lower = {k.lower(): _text_of(v) for k, v in card.items()}
     for key in ("card series", "device name", "card sku", "card model", "device id"):
         v = _value(lower.get(key))
         if v and not re.match(r"^0x[0-9a-f]+$", v, re.IGNORECASE):  # ROCm 4.3 put the vendor id here
@@ -167,15 +181,16 @@ def _amd_name(card: dict[str, str]) -> str:
     return _value(lower.get("device id")) or "unknown AMD GPU"
 
 
-def _amd_vram_mib(card: dict[str, str], *, used: bool = False) -> int | None:
+def _amd_vram_mib(card: dict[str, object], *, used: bool = False) -> int | None:
     prefix = "vram total used memory" if used else "vram total memory"
     for key, value in card.items():
         k = key.lower()
         if k.startswith(prefix):
-            v = _value(value)
-            if v is None or not v.isdigit():
+            v = _value(_text_of(value))
+            if v is None or not v.isdigit() or len(v) > 20:
                 return None
-            return int(v) if "(mib)" in k else int(v) // (1 << 20)  # Hygon DCUs report MiB
+            mib = int(v) if "(mib)" in k else int(v) // (1 << 20)  # Hygon DCUs report MiB
+            return mib if mib <= MAX_GPU_MIB else None
     return None
 
 
@@ -183,19 +198,21 @@ def parse_rocm_smi_json(path: Path) -> Inventory:
     doc = _load_json(path, ROCM_HINT)
     if "gpu_data" in doc:
         return parse_amd_smi_json(path, doc)
-    cards = sorted(((k, v) for k, v in doc.items() if re.match(r"^card\d+$", k) and isinstance(v, dict)),
+    cards = sorted(((k, v) for k, v in doc.items() if re.fullmatch(r"card[0-9]{1,4}", k) and isinstance(v, dict)),
                    key=lambda kv: int(kv[0][4:]))
     if not cards:
-        raise _invalid(path, "no card entries", ROCM_HINT)
+        raise _invalid(path, "no card entries (objects named card0, card1, ...)", ROCM_HINT)
     gpus = []
+    if len(cards) > MAX_GPUS:
+        raise _invalid(path, f"{len(cards)} cards: more than any host has", ROCM_HINT)
     for key, card in cards:
         vram = _amd_vram_mib(card)
         if vram is None:
             raise _invalid(path, f"{key} has no VRAM total (a capture made with -a has none)", ROCM_HINT)
         name = _amd_name(card)
-        lower = {k.lower(): v for k, v in card.items()}
+        lower = {k.lower(): _text_of(v) for k, v in card.items()}
         used = _amd_vram_mib(card, used=True)
-        gpus.append(Gpu(index=int(key[4:]), vendor="amd", name=name, memory_total_mib=vram,
+        gpus.append(Gpu(index=_index(key[4:], 0), vendor="amd", name=name[:200], memory_total_mib=vram,
                         memory_free_mib=vram - used if used is not None else None,
                         gfx=_gfx(_value(lower.get("gfx version")), name)))
     return Inventory(f"rocm-smi-json:{path.name}", tuple(gpus))
@@ -207,25 +224,35 @@ def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Invento
     if not isinstance(data, list) or not data:
         raise _invalid(path, "no gpu_data list", "capture with: amd-smi static --json")
     gpus = []
+    hint = "capture with: amd-smi static --json"
+    if len(data) > MAX_GPUS:
+        raise _invalid(path, f"{len(data)} GPUs: more than any host has", hint)
     for n, g in enumerate(data):
-        asic = g.get("asic", {}) if isinstance(g, dict) else {}
-        size = (g.get("vram") or {}).get("size") or {}
-        value, unit = size.get("value"), str(size.get("unit", "")).upper()
-        if not isinstance(value, int):
-            raise _invalid(path, f"GPU {n} has no vram.size", "capture with: amd-smi static --json")
+        if not isinstance(g, dict):
+            raise _invalid(path, f"gpu_data[{n}] is a {type(g).__name__}, not an object", hint)
+        asic = g.get("asic") if isinstance(g.get("asic"), dict) else {}
+        vram = g.get("vram") if isinstance(g.get("vram"), dict) else {}
+        size = vram.get("size") if isinstance(vram.get("size"), dict) else {}
+        value, unit = size.get("value"), str(size.get("unit", "")).upper()[:8]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_GPU_MIB:
+            raise _invalid(path, f"GPU {n} has no plausible vram.size", hint)
         # amd-smi writes "MB" for mebibytes (an MI210's 64 GiB shows as 65520 MB).
         mib = value * 1024 if unit == "GB" else value
-        name = str(asic.get("market_name") or "unknown AMD GPU")
-        gpus.append(Gpu(index=int(g.get("gpu", n)), vendor="amd", name=name, memory_total_mib=mib,
+        if mib > MAX_GPU_MIB:
+            raise _invalid(path, f"GPU {n} reports {mib} MiB: not a real GPU", hint)
+        name = str(asic.get("market_name") or "unknown AMD GPU")[:200]
+        idx = g.get("gpu", n)
+        gpus.append(Gpu(index=idx if isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < MAX_GPUS
+                        else n, vendor="amd", name=name, memory_total_mib=mib,
                         gfx=_gfx(asic.get("target_graphics_version"), name)))
     return Inventory(f"amd-smi-json:{path.name}", tuple(gpus))
 
 
 def _load_json(path: Path, hint: str) -> dict[str, Any]:
     try:
-        doc = json.loads(_read(path))
-    except json.JSONDecodeError as exc:
-        raise _invalid(path, f"not JSON ({exc.msg} at line {exc.lineno})", hint) from None
+        doc = parse_json(_read(path), where=path.name, what="capture", code="hw.capture_invalid")
+    except UsageError as exc:
+        raise _invalid(path, exc.message.split(": ", 1)[-1] if ": " in exc.message else exc.message, hint) from None
     if not isinstance(doc, dict):
         raise _invalid(path, "top level is not an object", hint)
     return doc

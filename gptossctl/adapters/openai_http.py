@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptossctl.errors import ServiceUnavailable, UsageError
+from gptossctl.fsutil import read_text
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,7 @@ class Endpoint:
 
 def read_api_key(path: Path) -> str:
     """A key file holds the key alone, or an env file with VLLM_API_KEY=... (what install writes)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read API key file {path}: {exc.strerror}", code="probe.key_unreadable") from exc
+    text = read_text(path, what="API key file", code="probe.key_unreadable", limit=64 << 10)
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("VLLM_API_KEY="):
@@ -79,7 +77,7 @@ class Client:
         t = time.perf_counter()
         try:
             r = self._http.request(method, path, json=body, headers=self.endpoint.headers(key=key))
-        except self._httpx.TransportError as exc:
+        except (self._httpx.HTTPError, self._httpx.InvalidURL) as exc:
             raise ServiceUnavailable(f"cannot reach {self.endpoint.url}{path}: {exc.__class__.__name__}",
                                      code="probe.unreachable",
                                      hint="is the service running? systemctl status gptoss@INSTANCE") from None
@@ -100,9 +98,10 @@ class Client:
                     ev = parse_sse_line(line, time.perf_counter())
                     if ev is not None:
                         events.append(ev)
-        except self._httpx.TransportError as exc:
+        except (self._httpx.HTTPError, self._httpx.InvalidURL) as exc:
             raise ServiceUnavailable(f"stream from {self.endpoint.url}{path} failed: {exc.__class__.__name__}",
-                                     code="probe.unreachable") from None
+                                     code="probe.unreachable",
+                                     hint="is the service running? systemctl status gptoss@INSTANCE") from None
         return 200, events
 
 

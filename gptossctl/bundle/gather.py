@@ -107,7 +107,8 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
 
             src = spec_dir / name
             if not src.is_file():
-                raise UsageError(f"profile file {src} does not exist", code="pack.unknown_profile")
+                raise UsageError(f"profile file {src} does not exist", code="pack.unknown_profile",
+                                 hint="site profiles are .yaml files next to the recipe, named relative to it")
             name = load_profile(src).name  # validated now, not on the air-gapped side
         else:
             src = data_dir("profiles") / f"{name}.yaml"
@@ -119,7 +120,8 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
     for name in spec.units:
         src = data_dir("systemd") / name
         if not src.is_file():
-            raise UsageError(f"unit template {name!r} is not shipped with gptossctl", code="pack.unknown_unit")
+            raise UsageError(f"unit template {name!r} is not shipped with gptossctl", code="pack.unknown_unit",
+                             hint="use gptoss@.service (see the systemd/ folder of gptossctl)")
         g.items.append((src, f"systemd/{name}", "units", src.stat().st_size))
     if spec.profiles:
         g.components.setdefault("profiles", {})["names"] = names

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,11 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptossctl.errors import EnvironmentNotReady, UsageError
+from gptossctl.fsutil import read_bytes
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PASSPHRASE_ENV = "GPTOSSCTL_KEY_PASSPHRASE"
+KEY_FILE_LIMIT = 64 << 10  # a PEM key is a few hundred bytes
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PassphraseSource = Callable[[str], bytes | None]
 
 
@@ -81,9 +85,17 @@ def generate_key(out_dir: Path, name: str, *, passphrase: bytes | None) -> Gener
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    if not name or "/" in name or name.startswith("."):
-        raise UsageError(f"key name {name!r} is not a plain file name", hint="use letters, digits, - and _")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not _KEY_NAME.fullmatch(name):
+        raise UsageError(f"key name {name!r} is not a plain file name", code="key.bad_name",
+                         hint="use letters, digits, '.', '-' and '_' (at most 64), starting with a letter or digit")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a directory", code="key.bad_out",
+                         hint="give a directory for NAME.key and NAME.pub (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out_dir}: {exc.strerror}", code="key.bad_out",
+                         hint="give a directory you can write") from None
     private = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
@@ -108,13 +120,10 @@ def load_public_key(path: Path) -> PublicKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read public key {path}: {exc.strerror}", code="key.unreadable") from exc
+    data = read_bytes(path, what="public key", code="key.unreadable", limit=KEY_FILE_LIMIT)
     try:
         key = serialization.load_pem_public_key(data)
-    except ValueError:
+    except (ValueError, TypeError):
         # A trust anchor must be a public key: say so rather than guess at a private key file.
         raise UsageError(
             f"{path} is not a PEM public key",
@@ -122,7 +131,8 @@ def load_public_key(path: Path) -> PublicKey:
             hint="pass the .pub file written by 'gptossctl keys generate'",
         ) from None
     if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(f"{path} is not an Ed25519 public key", code="key.invalid")
+        raise UsageError(f"{path} is not an Ed25519 public key", code="key.invalid",
+                         hint="gptossctl signs with Ed25519: make keys with 'gptossctl keys generate'")
     return PublicKey(keyid_of(key), key, str(path))
 
 
@@ -141,11 +151,8 @@ def load_signing_key(path: Path, *, passphrase: PassphraseSource = env_or_prompt
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read signing key {path}: {exc.strerror}", code="key.unreadable") from exc
+    data = read_bytes(path, what="signing key", code="key.unreadable", limit=KEY_FILE_LIMIT)
+    st = path.stat()
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(
             f"signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
@@ -167,15 +174,17 @@ def load_signing_key(path: Path, *, passphrase: PassphraseSource = env_or_prompt
         raise UsageError(
             f"cannot load signing key {path}: wrong passphrase or not a PEM private key",
             code="key.invalid",
+            hint=f"check {PASSPHRASE_ENV} (or the passphrase typed), and that --key names the .key file, not the .pub",
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{path} is not an Ed25519 private key", code="key.invalid")
+        raise UsageError(f"{path} is not an Ed25519 private key", code="key.invalid",
+                         hint="gptossctl signs with Ed25519: make keys with 'gptossctl keys generate'")
     return SigningKey(keyid_of(key.public_key()), key, str(path))
 
 
 def load_key_any(path: Path) -> PublicKey:
     """A public key from a .pub file, for `keys show` (which must work on either half)."""
-    data = path.read_bytes() if path.exists() else b""
+    data = read_bytes(path, what="key file", code="key.unreadable", limit=KEY_FILE_LIMIT)
     if b"PRIVATE KEY" in data:
         return _public_of_private(path)
     return load_public_key(path)

@@ -165,26 +165,36 @@ def pack_bundle(
 ) -> PackResult:
     if not keys:
         raise UsageError("no signing key given", code="pack.no_key", hint="pass --key FILE.key (repeatable)")
-    if out.exists():
-        raise UsageError(f"{out} already exists", code="pack.exists",
-                         hint="choose a new --out; a bundle is never overwritten in place")
+    check_out(out, sources=_source_dirs(spec, spec_dir, model_dir, wheelhouse))
     now = now or datetime.now(UTC)
     lifetime = parse_duration(expires_in or spec.expires_in)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     # Downloads land in scratch, on the output's disk unless told otherwise: /tmp never fills.
     owned_scratch = scratch is None
     scratch = scratch or out.with_name(out.name + ".scratch")
-    planned, gathered = plan_pack(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse)
-    (partial / PAYLOAD).mkdir(parents=True, exist_ok=True)
+    fresh = not partial.exists()  # a refusal before any byte is copied leaves no trace of a fresh pack
+    try:
+        (partial / PAYLOAD).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {partial}: {exc.strerror}", code="pack.bad_out",
+                         hint="give --out in an existing directory you can write") from None
     journal_path = partial / JOURNAL
     journal = open(journal_path, "a")
     try:
+        # Locked before anything is planned or fetched: a second pack to the same --out copies no byte.
         fcntl.flock(journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         journal.close()
         raise EnvironmentNotReady(f"another pack is writing {partial}", code="pack.locked",
                                   hint="wait for it to finish, or stop it and run again to resume") from None
     try:
+        try:
+            planned, gathered = plan_pack(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse)
+        except BaseException:
+            if fresh:
+                journal.close()
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
         done = _read_journal(journal_path)
         todo = [pf for pf in planned if not _reusable(done.get(pf.dest), pf, partial / PAYLOAD / pf.dest)]
         need = sum(pf.size for pf in todo)
@@ -240,6 +250,30 @@ def pack_bundle(
         if not journal.closed:
             journal.close()
     return PackResult(out, manifest, len(todo), len(planned) - len(todo), need, tuple(k.keyid for k in keys))
+
+
+def _source_dirs(spec: BundleSpec, spec_dir: Path, model_dir: Path | None, wheelhouse: Path | None) -> list[Path]:
+    dirs = [model_dir, wheelhouse]
+    if spec.model.source.dir:
+        dirs.append(spec_dir / spec.model.source.dir)
+    if spec.model.source.hf_cache:
+        dirs.append(spec_dir / spec.model.source.hf_cache)
+    if spec.wheels.dir:
+        dirs.append(spec_dir / spec.wheels.dir)
+    return [d for d in dirs if d is not None]
+
+
+def check_out(out: Path, *, sources: Sequence[Path]) -> None:
+    """The output is new, not a link, and outside every source (a bundle inside its model would pack itself)."""
+    if out.is_symlink() or out.exists():
+        kind = "a link" if out.is_symlink() else "a directory" if out.is_dir() else "a file"
+        raise UsageError(f"{out} already exists ({kind})", code="pack.exists",
+                         hint="choose a new --out; a bundle is never overwritten in place")
+    where = out.absolute().resolve()
+    for src in sources:
+        if where.is_relative_to(src.absolute().resolve()):
+            raise UsageError(f"--out {out} is inside the source {src}", code="pack.out_inside_source",
+                             hint="write the bundle outside the model directory and the wheelhouse")
 
 
 def _result_of(rec: dict[str, Any]) -> CopyResult:

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptossctl.adapters import hf_hub
 from gptossctl.bundle.spec import ModelSpec
-from gptossctl.errors import CheckFailed, Finding, ServiceUnavailable, UsageError
+from gptossctl.errors import CheckFailed, Finding, UsageError
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,46 @@ def check_selection(selected: Sequence[str], spec: ModelSpec, where: str) -> Non
                           findings=findings, hint="check the repository, the revision and the recipe's include patterns")
 
 
-def _local_files(root: Path, spec: ModelSpec) -> tuple[ModelFile, ...]:
-    names = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for n in filenames:
-            p = Path(dirpath) / n
-            names[p.relative_to(root).as_posix()] = p
+def walk_model_dir(root: Path, *, boundary: Path | None = None) -> dict[str, Path]:
+    """Every file under root by its path relative to root, never leaving `boundary` (default: root).
+
+    Directory links inside the boundary are followed once; a directory reached twice is a loop (or an alias)
+    and is refused, as is any link whose target lies outside the boundary: a link to a root-only file must not
+    end up world-readable in a bundle.
+    """
+    fence = (boundary or root).resolve()
+    files: dict[str, Path] = {}
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        directory, rel = stack.pop()
+        real = directory.resolve()
+        st = real.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            raise UsageError(f"{directory} is reached twice through links: a loop or an alias in the model directory",
+                             code="pack.link_loop", hint="remove the directory link; pack a plain copy of the model")
+        seen.add((st.st_dev, st.st_ino))
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            path, name = Path(entry.path), f"{rel}{entry.name}"
+            if entry.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(fence):
+                    raise UsageError(f"{path} is a link to {target}, outside {fence}", code="pack.link_escapes",
+                                     hint="copy the file into the model directory (as a regular file) or remove the "
+                                          "link; a bundle never follows links out of its source")
+                if target.is_dir():
+                    stack.append((path, name + "/"))
+                elif target.is_file():
+                    files[name] = path
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((path, name + "/"))
+            elif entry.is_file(follow_symlinks=False):
+                files[name] = path
+    return files
+
+
+def _local_files(root: Path, spec: ModelSpec, *, boundary: Path | None = None) -> tuple[ModelFile, ...]:
+    names = walk_model_dir(root, boundary=boundary)
     selected = select_files(names, spec.include, spec.exclude)
     check_selection(selected, spec, str(root))
     return tuple(ModelFile(rel, names[rel].stat().st_size, names[rel]) for rel in selected)
@@ -74,59 +108,32 @@ def from_directory(root: Path, spec: ModelSpec) -> ModelSource:
 
 
 def from_hf_cache(cache: Path, spec: ModelSpec) -> ModelSource:
-    """Resolve the revision inside a Hugging Face cache (refs/<branch> -> snapshots/<commit>), offline."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
+    """Resolve the revision inside a Hugging Face cache (refs/<branch> -> snapshots/<commit>), offline. The
+    snapshot's links point into the repository's blobs/: that folder is the fence."""
     if not cache.is_dir():
-        raise UsageError(f"Hugging Face cache {cache} does not exist", code="pack.source_missing")
-    try:
-        snapshot = Path(snapshot_download(spec.repo, revision=spec.revision, cache_dir=cache,
-                                          local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, ValueError) as exc:
-        raise CheckFailed(f"{spec.repo}@{spec.revision} is not in the cache {cache}", code="pack.revision_not_found",
-                          hint="download it on the connected side first (hf download REPO --revision REV), "
-                               f"or fix the revision ({exc.__class__.__name__})") from None
-    return ModelSource("hf_cache", spec.repo, spec.revision, snapshot.name, _local_files(snapshot, spec))
+        raise UsageError(f"Hugging Face cache {cache} does not exist", code="pack.source_missing",
+                         hint="give the cache directory (HF_HUB_CACHE), holding models--ORG--NAME folders")
+    snapshot = hf_hub.cached_snapshot(cache, spec.repo, spec.revision)
+    return ModelSource("hf_cache", spec.repo, spec.revision, snapshot.name,
+                       _local_files(snapshot, spec, boundary=snapshot.parent.parent))
 
 
 def from_hub(spec: ModelSpec) -> ModelSource:
     """List the repository at the revision (sizes included) without downloading anything."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        info = HfApi().model_info(spec.repo, revision=spec.revision, files_metadata=True)
-    except RevisionNotFoundError:
-        raise CheckFailed(f"revision {spec.revision!r} does not exist in {spec.repo}", code="pack.revision_not_found",
-                          hint="use a branch, tag or full commit hash that exists on the Hub") from None
-    except RepositoryNotFoundError:
-        raise CheckFailed(f"repository {spec.repo!r} not found (or it is gated and no token is set)",
-                          code="pack.repo_not_found", hint="check the name; for gated repos set HF_TOKEN") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise ServiceUnavailable(f"cannot reach the Hugging Face Hub: {exc}", code="pack.hub_unreachable",
-                                 hint="check the connection, or pack from a local directory or HF cache") from None
-    sizes = {s.rfilename: s.size for s in info.siblings or []}
-    selected = select_files(sizes, spec.include, spec.exclude)
-    check_selection(selected, spec, f"{spec.repo}@{info.sha}")
-    return ModelSource("hub", spec.repo, spec.revision, info.sha,
-                       tuple(ModelFile(n, sizes[n], None) for n in selected))
+    listing = hf_hub.list_repo(spec.repo, spec.revision)
+    selected = select_files(listing.sizes, spec.include, spec.exclude)
+    check_selection(selected, spec, f"{spec.repo}@{listing.commit}")
+    return ModelSource("hub", spec.repo, spec.revision, listing.commit,
+                       tuple(ModelFile(n, listing.sizes[n], None) for n in selected))
 
 
 def download(source: ModelSource, cache: Path) -> ModelSource:
     """Fetch Hub files into a scratch Hugging Face cache, at the resolved commit. A dropped download
     resumes (huggingface_hub keeps `.incomplete` files), and files already there are not fetched again."""
-    if source.kind != "hub":
+    if source.kind != "hub" or source.commit is None:
         return source
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
-
     files = []
     for f in source.files:
-        try:
-            path = Path(hf_hub_download(source.repo, f.rel, revision=source.commit, cache_dir=cache))
-        except (HfHubHTTPError, OSError) as exc:
-            raise ServiceUnavailable(f"download of {f.rel} failed: {exc}", code="pack.download_failed",
-                                     hint="run the same pack again: finished files are kept and it resumes") from None
+        path = hf_hub.download(source.repo, f.rel, source.commit, cache)
         files.append(ModelFile(f.rel, path.stat().st_size, path))
     return ModelSource(source.kind, source.repo, source.requested_revision, source.commit, tuple(files))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gptossctl.durations import DURATION_RE, parse_duration
-from gptossctl.errors import UsageError
+from gptossctl.durations import parse_duration
+from gptossctl.yamldoc import load_model, yaml_line
 
 __all__ = ["BundleSpec", "load_spec", "parse_duration", "yaml_line"]
 
@@ -135,59 +135,36 @@ class BundleSpec(_Strict):
     @field_validator("expires_in")
     @classmethod
     def _duration(cls, v: str) -> str:
-        if not DURATION_RE.match(v):
-            raise ValueError("must look like 90d, 12h, 30m or 2w")
+        from gptossctl.errors import UsageError
+
+        try:
+            parse_duration(v)
+        except UsageError:
+            raise ValueError("must be a positive duration like 90d, 12h, 30m or 2w, of at most 100 years") from None
+        return v
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if name.endswith((".yaml", ".yml")):
+                if "\x00" in name or name.startswith("/") or ".." in Path(name).parts:
+                    raise ValueError(f"site profile {name!r} must be a path inside the recipe's directory")
+            elif not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", name):
+                raise ValueError(f"{name!r} is neither a shipped profile name nor a .yaml file next to the recipe")
+        return v
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9@._-]{0,63}\.(service|timer)", name):
+                raise ValueError(f"{name!r} is not a unit template name such as gptoss@.service")
         return v
 
 
 def load_spec(path: Path) -> tuple[BundleSpec, Path]:
     """Load and validate a recipe; returns it and the directory relative paths start from."""
-    import yaml
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read recipe {path}: {exc.strerror}", code="spec.unreadable") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})",
-                         code="spec.invalid") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: a recipe is a YAML mapping", code="spec.invalid")
-    try:
-        return BundleSpec.model_validate(doc), path.parent
-    except ValidationError as exc:
-        raise UsageError(
-            f"{path}: {len(exc.errors())} problem(s) in the recipe",
-            code="spec.invalid",
-            hint="; ".join(
-                f"line {yaml_line(text, e['loc']) or '?'}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                for e in exc.errors()
-            ) + f" (schema: schemas/bundle-spec.schema.json)",
-        ) from None
-
-
-def yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the node at `loc` (keys and list indexes), or of its nearest parent."""
-    import yaml
-
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = node.start_mark.line + 1 if node else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == part), None)
-            if match is None:
-                break
-            line, node = match[0].start_mark.line + 1, match[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
+    spec, _text = load_model(path, BundleSpec, what="recipe", code="spec.invalid",
+                             schema="schemas/bundle-spec.schema.json")
+    return spec, path.parent

@@ -61,6 +61,8 @@ class VerifiedBundle:
     manifest: Manifest = field(repr=False)
     signers: tuple[str, ...]
     bytes_hashed: int
+    # The envelope as verified (payload and signatures): later steps use this copy, never the file again.
+    envelope: Envelope | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.manifest
@@ -317,7 +319,7 @@ def _verify_started(root: Path, policy: TrustPolicy | None, envelope: Envelope, 
         raise CheckFailed(f"bundle verification failed with {len(findings)} finding(s)",
                           code="bundle.verify_failed", findings=findings,
                           hint="do not install this bundle; see each finding")
-    return VerifiedBundle(root, manifest, tuple(signers), hashed)
+    return VerifiedBundle(root, manifest, tuple(signers), hashed, envelope)
 
 
 def _manifest_copy_findings(root: Path, payload: bytes) -> list[Finding]:

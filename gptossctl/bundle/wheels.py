@@ -16,7 +16,11 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 from gptossctl.bundle.spec import TargetSpec
-from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, ServiceUnavailable
+
+_NETWORK = re.compile(r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution|"
+                      r"Network is unreachable|Connection refused|Max retries exceeded|ConnectTimeout|ReadTimeout|"
+                      r"Could not fetch URL|SSLError")
 
 # Permissive licences need no action; anything else is listed for a person to review.
 _PERMISSIVE = re.compile(
@@ -93,6 +97,12 @@ def download(requirements: Sequence[str], target: TargetSpec, dest: Path, *,
         res = subprocess.run([*cmd, *requirements], capture_output=True, text=True, timeout=3600, env=env)
     except FileNotFoundError:
         raise EnvironmentNotReady("pip is not available to download wheels", code="pack.no_pip") from None
+    if res.returncode != 0 and _NETWORK.search(res.stderr):
+        hosts = sorted(set(re.findall(r"host='([^']+)'", res.stderr))) or ["the package index"]
+        raise ServiceUnavailable(f"cannot reach {', '.join(hosts)} to download wheels for the target",
+                                 code="pack.index_unreachable",
+                                 hint="check the connection (or PIP_INDEX_URL for a local mirror), or pack from a "
+                                      "wheelhouse: wheels.dir in the recipe or --wheelhouse DIR")
     if res.returncode != 0:
         missing = re.findall(r"No matching distribution found for (\S+)", res.stderr)
         conflict = "ResolutionImpossible" in res.stderr or "conflicting dependencies" in res.stderr

@@ -7,13 +7,11 @@ from typing import Any
 
 import typer
 
-from gptossctl.cli.output import JsonOpt, progress_bar, run, stderr, stdout
+from gptossctl.cli.options import (JsonOpt, MinVersionOpt, RevokedOpt, ThresholdOpt, TrustOpt, VersionOpt,
+                                   WorkersOpt, trust_policy)
+from gptossctl.cli.output import progress_bar, run, stderr, stdout
 
 app = typer.Typer(no_args_is_help=True, help="Pack, sign, verify and inspect signed bundles.")
-
-TrustOpt = typer.Option([], "--trust", help="Trusted public key (.pub); repeat for several.")
-ThresholdOpt = typer.Option(1, "--threshold", help="Distinct trusted signatures required (k of n).")
-RevokedOpt = typer.Option([], "--revoked", help="Revoked key: a key id or a .pub file; repeatable.")
 
 
 def _human_size(n: int) -> str:
@@ -37,12 +35,12 @@ def pack(
     key: list[Path] = typer.Option([], "--key", help="Signing key (.key); repeat for k-of-n."),
     model_dir: Path | None = typer.Option(None, "--model-dir", help="Model directory (overrides the recipe)."),
     wheelhouse: Path | None = typer.Option(None, "--wheelhouse", help="Wheel directory (overrides the recipe)."),
-    version: int | None = typer.Option(None, "--version", min=1, help="Bundle version (default: UTC YYYYMMDDHHMM)."),
+    version: VersionOpt = None,
     expires_in: str | None = typer.Option(None, "--expires-in", help="Validity such as 90d (default: recipe's)."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Parallel copies (default: all cores)."),
+    workers: WorkersOpt = None,
     scratch: Path | None = typer.Option(None, "--scratch", help="Download area (default: OUT.scratch, same disk)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be fetched and the disk needed."),
-    as_json: bool = JsonOpt,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pack a signed bundle from a recipe; run again after an interruption to resume.
 
@@ -87,7 +85,7 @@ def pack(
 def sign(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
     key: Path = typer.Option(..., "--key", help="Signing key (.key) of the co-signer."),
-    as_json: bool = JsonOpt,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add a co-signature after re-hashing every file. Exit 1 if the files do not match the manifest."""
 
@@ -100,26 +98,16 @@ def sign(
         f"signed {r.path} with {r.keyid}; {len(r.signers)} signature(s) now"))
 
 
-def _revoked_ids(values: list[str]) -> frozenset[str]:
-    from gptossctl.bundle.keys import load_public_key
-
-    ids = set()
-    for v in values:
-        p = Path(v)
-        ids.add(load_public_key(p).keyid if p.exists() else v.lower())
-    return frozenset(ids)
-
-
 @app.command("verify")
 def verify(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    trust: list[Path] = TrustOpt,
-    threshold: int = ThresholdOpt,
-    revoked: list[str] = RevokedOpt,
+    trust: TrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    revoked: RevokedOpt = [],  # noqa: B006
     clock_skew: str = typer.Option("5m", "--clock-skew", help="Allowance for clock drift, e.g. 5m, 1h."),
-    min_version: int | None = typer.Option(None, "--min-version", help="Refuse bundle versions below this."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Hashing threads (default: all cores)."),
-    as_json: bool = JsonOpt,
+    min_version: MinVersionOpt = None,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Verify signatures, expiry and every byte of a bundle, offline.
 
@@ -127,15 +115,10 @@ def verify(
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from datetime import timedelta
+        from gptossctl.bundle.verify import verify_bundle
 
-        from gptossctl.bundle.keys import load_public_key
-        from gptossctl.durations import parse_duration
-        from gptossctl.bundle.verify import TrustPolicy, verify_bundle
-
-        policy = TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
-                             revoked=_revoked_ids(revoked),
-                             clock_skew=timedelta(seconds=parse_duration(clock_skew)), min_version=min_version)
+        policy = trust_policy(trust, threshold=threshold, revoked=revoked, clock_skew=clock_skew,
+                              min_version=min_version)
         with progress_bar("verifying") as (total, advance):
             return verify_bundle(bundle, policy, workers=workers, progress=advance, on_total=total)
 
@@ -146,7 +129,7 @@ def verify(
 
 
 @app.command("inspect")
-def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_json: bool = JsonOpt) -> None:
+def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_json: JsonOpt = False) -> None:
     """Show what a bundle holds, its signers and expiry, without re-hashing (this is not verification)."""
 
     def render(r: Any) -> None:

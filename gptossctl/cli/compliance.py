@@ -8,31 +8,31 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.bundle import RevokedOpt, _revoked_ids
-from gptossctl.cli.output import JsonOpt, run, stdout
-from gptossctl.cli.service import InstanceOpt, _instance_of
+from gptossctl.cli.options import (ExposureOpt, ForceOpt, InstanceOpt, JsonOpt, RevokedOpt, RootOpt, ThresholdOpt,
+                                   trust_policy)
+from gptossctl.cli.output import run, stdout
+from gptossctl.service.layout import pick_instance
 
 app = typer.Typer(no_args_is_help=True, help="Evidence that what runs is what was approved, configured as approved.")
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
-RootOpt = typer.Option(Path("/"), "--root", help="Look at a staged tree (install --root) instead of this host.")
 
 
 @app.command("check")
 def check(
-    instance: str | None = InstanceOpt,
-    root: Path = RootOpt,
+    instance: InstanceOpt = None,
+    root: RootOpt = Path("/"),
     trust: list[Path] = typer.Option([], "--trust", help="Verify the installed manifest against these public keys "
                                       "instead of the ones recorded at install (repeatable)."),
-    threshold: int = typer.Option(1, "--threshold", help="Signatures required with --trust."),
-    revoked: list[str] = RevokedOpt,
-    max_exposure: float = typer.Option(2.0, "--max-exposure", help="Highest systemd-analyze exposure that passes."),
+    threshold: ThresholdOpt = 1,
+    revoked: RevokedOpt = [],  # noqa: B006 - typer copies list defaults
+    max_exposure: ExposureOpt = 2.0,
     expiry_warning: str = typer.Option("30d", "--expiry-warning", help="Warn when the bundle expires sooner."),
     junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML here (CI test reporters)."),
     sarif: Path | None = typer.Option(None, "--sarif", help="Also write SARIF 2.1.0 here (code-scanning tools)."),
     report: Path | None = typer.Option(None, "--report", help="Also write the JSON report here."),
     textfile: Path | None = typer.Option(None, "--textfile", help="Also write a Prometheus textfile here "
                                          "(node_exporter --collector.textfile.directory)."),
-    as_json: bool = JsonOpt,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check the installed instance against its signed bundle and its approved configuration: file drift,
     signatures, expiry, unit and config, exposure, offline and telemetry settings, bind address, API key,
@@ -45,17 +45,17 @@ def check(
         import json
         from datetime import timedelta
 
-        from gptossctl.bundle.keys import load_public_key
-        from gptossctl.bundle.verify import TrustPolicy
         from gptossctl.durations import parse_duration
         from gptossctl.service.compliance import ComplianceOptions, run_checks, to_junit, to_sarif, to_textfile
-        from gptossctl.service.install import atomic_write
+        from gptossctl.fsutil import atomic_write, check_output_file
 
-        policy = (TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
-                              revoked=_revoked_ids(revoked)) if trust else None)
+        for path, what in ((report, "--report"), (sarif, "--sarif"), (junit, "--junit"), (textfile, "--textfile")):
+            if path is not None:
+                check_output_file(path, what=what)
+        policy = trust_policy(trust, threshold=threshold, revoked=revoked) if trust else None
         opts = ComplianceOptions(policy=policy, max_exposure=max_exposure,
                                  expiry_warning=timedelta(seconds=parse_duration(expiry_warning)))
-        r = run_checks(root, _instance_of(root, instance), opts)
+        r = run_checks(root, pick_instance(root, instance), opts)
         if report:
             atomic_write(report, json.dumps(r.to_dict(), indent=1) + "\n")
         if sarif:
@@ -86,11 +86,13 @@ def check(
 
 
 def support_bundle(
-    instance: str | None = InstanceOpt,
-    root: Path = RootOpt,
+    instance: InstanceOpt = None,
+    root: RootOpt = Path("/"),
     output: Path | None = typer.Option(None, "--output", "-o", help="Archive to write (default "
-                                       "gptoss-support-INSTANCE-TIME.tar.gz here), mode 0600."),
-    as_json: bool = JsonOpt,
+                                       "gptoss-support-INSTANCE-TIME.tar.gz here), mode 0600; never an "
+                                       "existing path unless --force, never through a link."),
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Collect the unit, redacted configuration, journal tail, hardware inventory, status, compliance report
     and audit log into one archive for support. Every API key is removed; the archive is searched for them
@@ -99,7 +101,7 @@ def support_bundle(
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.service.support import write_support_bundle
 
-        return write_support_bundle(root, _instance_of(root, instance), output)
+        return write_support_bundle(root, pick_instance(root, instance), output, force=force)
 
     def render(r: Any) -> None:
         stdout.print(f"[green]written[/green] {r.path} ({len(r.members)} files, "

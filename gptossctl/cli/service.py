@@ -9,14 +9,13 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.bundle import RevokedOpt, ThresholdOpt, TrustOpt, _revoked_ids
 from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, XmlOpt
-from gptossctl.cli.output import JsonOpt, progress_bar, run, stderr, stdout
+from gptossctl.cli.options import (InstanceOpt, JsonOpt, PortOpt, RevokedOpt, RootOpt, ThresholdOpt, TrustOpt,
+                                   YesOpt, trust_policy)
+from gptossctl.cli.output import progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
+from gptossctl.service.layout import pick_instance
 
-RootOpt = typer.Option(Path("/"), "--root", help="Stage into this tree: units enabled with systemctl --root, "
-                       "nothing started.")
-InstanceOpt = typer.Option(None, "--instance", help="Instance name (default: the model's served name).")
 TimeoutOpt = typer.Option("30m", "--health-timeout", help="How long vLLM may take to answer /health, e.g. 20m.")
 _STYLE = {"ok": "green", "failed": "red", "skipped": "dim"}
 
@@ -41,29 +40,16 @@ def _confirm(yes: bool, as_json: bool, what: str) -> None:
         raise UsageError("not confirmed", code="install.not_confirmed")
 
 
-def _instance_of(root: Path, instance: str | None) -> str:
-    from gptossctl.service.layout import Layout
-
-    if instance:
-        return instance
-    found = Layout(root).instances()
-    if len(found) != 1:
-        raise UsageError(f"{'no instance is' if not found else 'several instances are'} installed under {root}"
-                         + (f": {', '.join(found)}" if found else ""), code="service.which_instance",
-                         hint="name one with --instance")
-    return found[0]
-
-
 def install(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    trust: list[Path] = TrustOpt,
-    threshold: int = ThresholdOpt,
-    revoked: list[str] = RevokedOpt,
+    trust: TrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    revoked: RevokedOpt = [],  # noqa: B006
     profile: str = typer.Option("auto", "--profile", help="auto (the best that fits) or a profile in the bundle."),
-    instance: str | None = InstanceOpt,
-    root: Path = RootOpt,
+    instance: InstanceOpt = None,
+    root: RootOpt = Path("/"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address vLLM binds (loopback only; see README)."),
-    port: int = typer.Option(8000, "--port", help="Port vLLM listens on."),
+    port: PortOpt = 8000,
     no_start: bool = typer.Option(False, "--no-start", help="Install and enable, do not start."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test after /health (not advised)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Verify and preflight, then print the plan; change nothing."),
@@ -75,8 +61,8 @@ def install(
     vllm_python: Path | None = typer.Option(None, "--vllm-python", help="Use this environment's Python instead of "
                                             "building one (bundles without wheels)."),
     xml: Path | None = XmlOpt, csv: Path | None = CsvOpt, rocm: Path | None = RocmOpt, amd: Path | None = AmdOpt,
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
-    as_json: bool = JsonOpt,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Verify, preflight, unpack a side-by-side release, build its environment offline, render the hardened
     unit, start, wait for /health, smoke test, then switch `current`; roll back by itself on failure.
@@ -86,15 +72,12 @@ def install(
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.bundle.keys import load_public_key
-        from gptossctl.bundle.verify import TrustPolicy
         from gptossctl.durations import parse_duration
         from gptossctl.hardware.assess import Captures
         from gptossctl.service.install import InstallRequest
         from gptossctl.service.install import install as do_install
 
-        policy = TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
-                             revoked=_revoked_ids(revoked))
+        policy = trust_policy(trust, threshold=threshold, revoked=revoked)
         staged = root.resolve() != Path("/")
         if not staged and not dry_run:
             _confirm(yes, as_json, f"install {bundle}")
@@ -120,30 +103,21 @@ def install(
     run(action, as_json=as_json, render=render)
 
 
-class _Rows(list):  # type: ignore[type-arg]
-    def to_dict(self) -> dict[str, Any]:
-        return {"instances": list(self)}
-
-
-def status(instance: str | None = InstanceOpt, root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
+def status(instance: InstanceOpt = None, root: RootOpt = Path("/"), as_json: JsonOpt = False) -> None:
     """Unit state, health, version, profile and endpoint of each instance.
 
     Exit 0 when every instance is active, healthy and its unit runs the current release; 1 otherwise.
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.service.install import status as do_status
+        from gptossctl.service.install import status_report
 
-        return _Rows(do_status(root, instance))
+        return status_report(root, instance)
 
-    def healthy(rows: list[dict[str, Any]]) -> int:
-        ok = all((r["state"] in ("active", "staged")) and r["consistent"] and r["health"] in (200, None)
-                 and (r["state"] != "active" or r["health"] == 200) for r in rows)
-        return 0 if rows and ok else 1
-
-    def render(rows) -> None:  # type: ignore[no-untyped-def]
+    def render(report) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
 
+        rows = report.rows
         t = Table("instance", "state", "health", "version", "profile", "endpoint", "releases", box=None)
         for r in rows:
             t.add_row(r["instance"], r["state"], str(r["health"] or "-"), str(r["version"] or "-"),
@@ -153,13 +127,13 @@ def status(instance: str | None = InstanceOpt, root: Path = RootOpt, as_json: bo
                              "an install was interrupted; run it again, or 'gptossctl rollback'[/yellow]")
         stdout.print(t if rows else "no instance installed")
 
-    run(action, as_json=as_json, render=render, exit_code=healthy)
+    run(action, as_json=as_json, render=render, exit_code=lambda r: 0 if r.ok else 1)
 
 
-def rollback(instance: str | None = InstanceOpt, root: Path = RootOpt,
-             to: int | None = typer.Option(None, "--to", help="Release version (default: the one before current)."),
-             health_timeout: str = TimeoutOpt, yes: bool = typer.Option(False, "--yes", "-y"),
-             as_json: bool = JsonOpt) -> None:
+def rollback(instance: InstanceOpt = None, root: RootOpt = Path("/"),
+             to: int | None = typer.Option(None, "--to", min=1, max=10**15,
+                                           help="Release version (default: the one before current)."),
+             health_timeout: str = TimeoutOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Put an earlier release (still on disk) back in service, proven healthy before `current` moves."""
 
     def action():  # type: ignore[no-untyped-def]
@@ -168,7 +142,7 @@ def rollback(instance: str | None = InstanceOpt, root: Path = RootOpt,
 
         if root.resolve() == Path("/"):
             _confirm(yes, as_json, "roll back")
-        return do_rollback(root, _instance_of(root, instance), to=to,
+        return do_rollback(root, pick_instance(root, instance), to=to,
                            health_timeout=float(parse_duration(health_timeout)))
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
@@ -183,10 +157,10 @@ class _Dict(dict):  # type: ignore[type-arg]
         return dict(self)
 
 
-def uninstall(instance: str | None = InstanceOpt, root: Path = RootOpt,
+def uninstall(instance: InstanceOpt = None, root: RootOpt = Path("/"),
               purge: bool = typer.Option(False, "--purge", help="Also remove the API key, state, caches and, with "
                                          "the last instance, the service user."),
-              yes: bool = typer.Option(False, "--yes", "-y"), as_json: bool = JsonOpt) -> None:
+              yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Stop, disable and remove an instance and its releases. Without --purge the API key (/etc/gptoss),
     state and cache directories are kept."""
 
@@ -195,7 +169,7 @@ def uninstall(instance: str | None = InstanceOpt, root: Path = RootOpt,
 
         if root.resolve() == Path("/"):
             _confirm(yes, as_json, "uninstall")
-        return _Dict(do_uninstall(root, _instance_of(root, instance), purge=purge))
+        return _Dict(do_uninstall(root, pick_instance(root, instance), purge=purge))
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
         for p in r["removed"]:
@@ -210,14 +184,15 @@ audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log o
 
 
 @audit_app.command("verify")
-def audit_verify(root: Path = RootOpt, as_json: bool = JsonOpt) -> None:
+def audit_verify(root: RootOpt = Path("/"), as_json: JsonOpt = False) -> None:
     """Check the audit log's hash chain. Exit 1 naming the first edited, deleted or cut entry."""
 
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.service.audit import verify
         from gptossctl.service.layout import Layout
 
-        return verify(Layout(root).log_dir)
+        layout = Layout(root)
+        return verify(layout.log_dir, anchor=layout.audit_anchor)
 
     run(action, as_json=as_json, render=lambda r: stdout.print(
         f"[green]intact[/green]: {r.entries} entries in {r.path}" + (f", head {r.head[:16]}…" if r.head else "")))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptossctl.errors import CheckFailed, GptossctlError
+from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,23 @@ class DemoResult:
         return {"out": str(self.out), "ok": self.ok, "steps": [s.to_dict() for s in self.steps]}
 
 
+MARKER = ".gptossctl-demo"  # in every directory the demo made: the only kind it will ever replace
+
+
+def prepare_out(out: Path) -> None:
+    """Start from an empty `out`: a directory an earlier demo made is replaced, anything else is refused."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {out} is not a directory", code="demo.bad_out",
+                         hint="give a new directory (or one an earlier demo made) for the demo's files")
+    if out.exists():
+        if not (out / MARKER).is_file() and any(out.iterdir()):
+            raise UsageError(f"--out {out} holds files the demo did not make; it replaces only its own directories",
+                             code="demo.foreign_out", hint="give a new directory, e.g. --out demo-out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by gptossctl demo: replaced by the next run\n")
+
+
 def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> DemoResult:
     from gptossctl.bundle.keys import generate_key, load_public_key, load_signing_key
     from gptossctl.bundle.pack import pack_bundle
@@ -46,9 +63,7 @@ def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> Demo
     from gptossctl.demo.tinymodel import write_tiny_model
     from gptossctl.resources import data_dir
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_out(out)
     result = DemoResult(out)
 
     def step(name: str, ok: bool, detail: str) -> None:

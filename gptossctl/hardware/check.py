@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from gptossctl.errors import Finding
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.profiles import Profile
 from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need, model_key
@@ -99,6 +100,18 @@ class HardwareReport:
     @property
     def reason(self) -> str:
         return "; ".join(f"{m.model}: {m.reason}" for m in self.models)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """When nothing fits: every failed check with its remedy, and why each profile does not fit."""
+        if self.ok:
+            return []
+        out = [Finding(f"hw.{c.id}", c.subject, c.message, hint=c.remedy)
+               for m in self.models for c in m.checks if c.status == "fail"]
+        out += [Finding("hw.profile_does_not_fit", f"{m.model}/{f.profile.name}", "; ".join(f.reasons),
+                        hint="see 'gptossctl profiles list' for every profile and what it needs")
+                for m in self.models for f in m.fits if not f.fits]
+        return out or [Finding("hw.no_profile", "host", self.reason, hint="review the checks above")]
 
     def to_dict(self) -> dict[str, Any]:
         return {"inventory": self.inventory.to_dict(), "requirements": self.requirements.__dict__,

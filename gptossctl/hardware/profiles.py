@@ -15,15 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gptossctl.errors import UsageError
 from gptossctl.resources import data_dir
+from gptossctl.secretnames import is_secret_name
+from gptossctl.yamldoc import load_model, parse_yaml, validate
 
 PROFILE_SCHEMA = "gptossctl.profile/1"
 ModelName = Literal["gpt-oss-20b", "gpt-oss-120b", "tiny"]
 # The installer owns these: the model path, where to listen, and the key (never in argv).
 _RESERVED_FLAGS = {"model", "host", "port", "api-key", "served-model-name", "config"}
+# The installer owns these (service.env): a profile may neither set nor loosen them.
+INSTALLER_ENV = frozenset({"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS",
+                           "DO_NOT_TRACK", "VLLM_API_KEY", "TIKTOKEN_ENCODINGS_BASE", "HOME", "HF_HOME",
+                           "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE"})
+# Variables that make the dynamic loader or Python run code of someone's choosing.
+_LOADER_ENV = re.compile(r"LD_\w+|PYTHON(PATH|HOME|STARTUP|INSPECT|USERBASE|EXECUTABLE|SAFEPATH|BREAKPOINT|"
+                         r"WARNINGS|PLATLIBDIR)|PATH|BASH_ENV|ENV|GCONV_PATH|MALLOC_\w+|GLIBC_TUNABLES|IFS|"
+                         r"NODE_OPTIONS|PERL5?LIB|RUBYLIB|TORCH_\w*EXTENSIONS\w*|TRITON_LIBCUDA_PATH", re.I)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Gone in vLLM 0.33 (flags --attention-backend and --moe-backend replaced them).
-_REMOVED_ENV = re.compile(r"^(VLLM_ATTENTION_BACKEND|VLLM_USE_TRTLLM_.*|VLLM_MXFP4_USE_MARLIN|"
-                          r"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8)$")
-_FLAG = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_REMOVED_ENV = re.compile(r"VLLM_ATTENTION_BACKEND|VLLM_USE_TRTLLM_.*|VLLM_MXFP4_USE_MARLIN|"
+                          r"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8")
+_FLAG = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 Scalar = str | int | float | bool
 
 
@@ -80,11 +91,13 @@ class VllmSpec(_Strict):
     @field_validator("flags")
     @classmethod
     def _flags(cls, v: dict[str, Scalar]) -> dict[str, Scalar]:
-        for k in v:
-            if not _FLAG.match(k):
+        for k, value in v.items():
+            if not _FLAG.fullmatch(k):
                 raise ValueError(f"flag {k!r}: write the long flag name without dashes in front, e.g. max-model-len")
             if k in _RESERVED_FLAGS:
                 raise ValueError(f"flag {k!r} is set by the installer, not by a profile")
+            if isinstance(value, str) and (len(value) > 4096 or any(ord(c) < 0x20 for c in value)):
+                raise ValueError(f"flag {k!r}: the value has control characters or is too long")
         if "max-model-len" not in v or "gpu-memory-utilization" not in v:
             raise ValueError("flags must set max-model-len and gpu-memory-utilization: the memory check needs them")
         util = v["gpu-memory-utilization"]
@@ -95,11 +108,21 @@ class VllmSpec(_Strict):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if _REMOVED_ENV.match(k):
+        for k, value in v.items():
+            if not _ENV_NAME.fullmatch(k):
+                raise ValueError(f"{k!r} is not an environment variable name")
+            if _REMOVED_ENV.fullmatch(k):
                 raise ValueError(f"{k} was removed in vLLM 0.33: use the --attention-backend or --moe-backend flag")
-            if "KEY" in k or "TOKEN" in k or "SECRET" in k:
-                raise ValueError(f"{k}: secrets never live in a profile")
+            if k.upper() in INSTALLER_ENV:
+                raise ValueError(f"{k} is set by the installer (offline, telemetry, key, cache paths): a profile "
+                                 "can neither set nor loosen it")
+            if _LOADER_ENV.fullmatch(k):
+                raise ValueError(f"{k} changes what code the loader or Python runs: never from a profile")
+            if is_secret_name(k):
+                raise ValueError(f"{k}: secrets never live in a profile (its name says key, token, secret, "
+                                 "password or credential)")
+            if any(ord(c) < 0x20 for c in value) or '"' in value or len(value) > 4096:
+                raise ValueError(f"{k}: the value has a quote, control characters or is too long")
         return v
 
 
@@ -142,24 +165,23 @@ class Profile(_Strict):
 
 
 def load_profile(path: Path) -> Profile:
-    import yaml
+    profile, _text = load_model(path, Profile, what="profile", code="profile.invalid",
+                                schema="schemas/profile.schema.json")
+    return _named_as_file(profile, path)
 
-    from gptossctl.bundle.spec import yaml_line
 
-    text = path.read_text()
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({exc})", code="profile.invalid") from None
-    try:
-        profile = Profile.model_validate(doc)
-    except ValidationError as exc:
-        raise UsageError(
-            f"{path}: {len(exc.errors())} problem(s) in the profile", code="profile.invalid",
-            hint="; ".join(f"line {yaml_line(text, e['loc']) or '?'}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                           for e in exc.errors()) + " (schema: schemas/profile.schema.json)") from None
+def profile_from_text(text: str, path: Path) -> Profile:
+    """A profile from text already read (and verified) elsewhere; `path` names it in messages."""
+    doc = parse_yaml(text, where=str(path), what="profile", code="profile.invalid")
+    profile = validate(Profile, doc, text=text, where=str(path), what="profile", code="profile.invalid",
+                       schema="schemas/profile.schema.json")
+    return _named_as_file(profile, path)
+
+
+def _named_as_file(profile: Profile, path: Path) -> Profile:
     if profile.name != path.stem:
-        raise UsageError(f"{path}: name {profile.name!r} must equal the file name", code="profile.invalid")
+        raise UsageError(f"{path}: name {profile.name!r} must equal the file name", code="profile.invalid",
+                         hint=f"rename the file to {profile.name}.yaml or set name: {path.stem}")
     return profile
 
 

@@ -1,9 +1,14 @@
-"""The audit log: one JSON line per command that changed the system, hash-chained.
+"""The audit log: one JSON line per command that changed the system (refusals too), hash-chained.
 
 Each entry carries `prev` (the previous entry's hash) and `hash` (SHA-256 of the entry's canonical JSON
-without `hash`), so editing or deleting an entry breaks the chain at that point. A separate head file
-records the last sequence number and hash, so cutting entries off the end is caught too. (Someone who
-can rewrite both files as root can forge a new chain: ship the log to a remote collector for that.)
+without `hash`), so editing or deleting an entry breaks the chain at that point. Two records of the newest
+entry guard the end of the chain: the head file beside the log, and an anchor kept elsewhere
+(/var/lib/gptossctl/audit.anchor), so cutting entries off the end, or deleting the log together with its
+head, is detected. Lines that are not entries (binary, torn, not JSON objects) are findings, never crashes.
+
+What this does not stop: someone who is root can rewrite the log, the head and the anchor together and
+forge a consistent new chain. Ship each line to a remote collector (journald forwarding, syslog) as it is
+written: the collector's copy is what such an attacker cannot reach.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from gptossctl.errors import CheckFailed, Finding
+from gptossctl.fsutil import atomic_write
 
 GENESIS = "0" * 64
 LOG = "audit.jsonl"
 HEAD = "audit.head"
+ANCHOR_SCHEMA = "gptossctl.audit-anchor/1"
+MAX_LINE = 1 << 20
 
 
 def _digest(entry: dict[str, Any]) -> str:
@@ -39,35 +47,57 @@ def _user() -> str:
     return f"{name} (via sudo from {sudo})" if sudo and sudo != name else name
 
 
+def _entry(line: bytes) -> dict[str, Any] | None:
+    """One log line as an entry, or None when it is not one (any damage)."""
+    if len(line) > MAX_LINE:
+        return None
+    try:
+        doc = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("seq"), int) or not isinstance(doc.get("hash"), str):
+        return None
+    return doc
+
+
+def _last(lines: list[bytes]) -> tuple[int, str]:
+    """(seq, hash) to chain the next entry from: the last line, even a damaged one (its raw digest), so an
+    append never fails and never hides the damage."""
+    for raw in reversed(lines):
+        if not raw.strip():
+            continue
+        entry = _entry(raw)
+        if entry is not None:
+            return int(entry["seq"]), str(entry["hash"])
+        return sum(1 for ln in lines if ln.strip()), hashlib.sha256(raw).hexdigest()
+    return 0, GENESIS
+
+
 def append(log_dir: Path, *, command: list[str], result: str, instance: str | None = None,
-           bundle_digest: str | None = None, detail: str | None = None) -> dict[str, Any]:
+           bundle_digest: str | None = None, detail: str | None = None, anchor: Path | None = None) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(log_dir, 0o750)
     path = log_dir / LOG
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
-    with os.fdopen(fd, "r+") as f:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         f.seek(0)
-        last = None
-        for line in f:
-            if line.strip():
-                last = line
-        prev = json.loads(last) if last else None
+        seq, prev = _last(f.read().split(b"\n"))
         entry: dict[str, Any] = {
-            "seq": (prev["seq"] + 1) if prev else 1,
+            "seq": seq + 1,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "user": _user(), "command": command, "instance": instance, "bundle_sha256": bundle_digest,
-            "result": result, "detail": detail, "prev": prev["hash"] if prev else GENESIS,
+            "result": result, "detail": detail, "prev": prev,
         }
         entry["hash"] = _digest(entry)
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.write((json.dumps(entry, sort_keys=True) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
-        head = log_dir / HEAD
-        tmp = log_dir / f".{HEAD}.tmp"
-        tmp.write_text(f"{entry['seq']} {entry['hash']}\n")
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, head)
+        head = f"{entry['seq']} {entry['hash']}\n"
+        atomic_write(log_dir / HEAD, head, 0o640)
+        if anchor is not None:
+            atomic_write(anchor, json.dumps({"schema": ANCHOR_SCHEMA, "seq": entry["seq"], "hash": entry["hash"],
+                                             "log": str(path)}) + "\n", 0o640)
     return entry
 
 
@@ -81,37 +111,67 @@ class AuditReport:
         return {"path": str(self.path), "entries": self.entries, "head": self.head, "intact": True}
 
 
-def verify(log_dir: Path) -> AuditReport:
-    """Walk the chain; CheckFailed naming the first broken entry (line number) and why."""
-    path = log_dir / LOG
-    if not path.exists():
-        return AuditReport(path, 0, None)
+def _read_anchor(anchor: Path | None) -> tuple[int, str] | None:
+    if anchor is None or not anchor.is_file():
+        return None
+    entry = _entry(anchor.read_bytes()[:MAX_LINE])
+    return (int(entry["seq"]), str(entry["hash"])) if entry else (-1, "unreadable")
+
+
+def _walk(lines: list[bytes], where: Path) -> tuple[list[Finding], dict[int, str], int, str, int]:
+    """Check the chain line by line: findings, seq -> hash of every good entry, last seq and hash, count."""
     findings: list[Finding] = []
+    seen: dict[int, str] = {}
     prev_hash, seq, count = GENESIS, 0, 0
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
-        where = f"{path}:{n}"
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            findings.append(Finding("audit.unreadable", where, "not a JSON line"))
-            break
-        if entry.get("hash") != _digest(entry):
-            findings.append(Finding("audit.entry_modified", where, f"entry {entry.get('seq')} does not match its hash"))
-        if entry.get("prev") != prev_hash or entry.get("seq") != seq + 1:
-            findings.append(Finding("audit.chain_broken", where, f"entry {entry.get('seq')} does not follow entry "
-                                    f"{seq}: an entry before it was deleted, inserted or edited"))
-        prev_hash, seq, count = entry.get("hash", ""), int(entry.get("seq", seq + 1)), count + 1
-        if findings:
-            break
+        at = f"{where}:{n}"
+        entry = _entry(raw)
+        if entry is None:
+            findings.append(Finding("audit.unreadable", at, "not an audit entry (damaged, binary or not a JSON "
+                                    "object with seq and hash)"))
+            prev_hash, seq, count = hashlib.sha256(raw).hexdigest(), seq + 1, count + 1
+            continue
+        if entry["hash"] != _digest(entry):
+            findings.append(Finding("audit.entry_modified", at, f"entry {entry['seq']} does not match its hash"))
+        if entry.get("prev") != prev_hash or entry["seq"] != seq + 1:
+            findings.append(Finding("audit.chain_broken", at, f"entry {entry['seq']} does not follow entry {seq}: "
+                                    "an entry before it was deleted, inserted or edited"))
+        seen[entry["seq"]] = entry["hash"]
+        prev_hash, seq, count = entry["hash"], entry["seq"], count + 1
+    return findings, seen, seq, prev_hash, count
+
+
+def verify(log_dir: Path, *, anchor: Path | None = None) -> AuditReport:
+    """Walk the chain; CheckFailed naming every broken, unreadable or missing part and why."""
+    path = log_dir / LOG
+    anchored = _read_anchor(anchor)
+    if not path.exists():
+        if anchored is not None:
+            raise CheckFailed("the audit log is gone", code="audit.tampered", findings=[Finding(
+                "audit.missing", str(path), f"the log is missing, but the anchor {anchor} records entry {anchored[0]}:"
+                " the log was deleted")], hint="restore the log from your log collector's copy and investigate")
+        return AuditReport(path, 0, None)
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise CheckFailed(f"the audit log cannot be read: {exc.strerror}", code="audit.unreadable",
+                          hint="run as root; the log is 0640 root") from None
+    findings, seen, seq, last_hash, count = _walk(lines, path)
     head = log_dir / HEAD
-    if not findings and head.exists():
-        want_seq, _, want_hash = head.read_text().strip().partition(" ")
-        if (str(seq), prev_hash) != (want_seq, want_hash):
-            findings.append(Finding("audit.truncated", str(path), f"the log ends at entry {seq}, the head file "
-                                    f"records entry {want_seq}: entries were cut from the end"))
+    if head.exists():
+        want_seq, _, want_hash = head.read_bytes()[:200].decode("ascii", "replace").strip().partition(" ")
+        if (str(seq), last_hash) != (want_seq, want_hash):
+            findings.append(Finding("audit.truncated", str(path), f"the log ends at entry {seq}, the head file records "
+                                    f"entry {want_seq}: entries were cut from the end or the head was replaced"))
+    elif count:
+        findings.append(Finding("audit.head_missing", str(head), "the head file is missing: the end of the log cannot "
+                                "be checked against it"))
+    if anchored is not None and seen.get(anchored[0]) != anchored[1]:
+        findings.append(Finding("audit.truncated", str(path), f"the anchor {anchor} records entry {anchored[0]}, which "
+                                "the log no longer holds as written: entries were cut or the log was replaced"))
     if findings:
         raise CheckFailed("the audit log was tampered with", code="audit.tampered", findings=findings,
                           hint="keep this copy as evidence; compare with the copy your log collector holds")
-    return AuditReport(path, count, prev_hash)
+    return AuditReport(path, count, last_hash)

@@ -26,11 +26,11 @@ from gptossctl import __version__
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.verify import TrustPolicy
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
+from gptossctl.secretnames import SECRET_NAME
 from gptossctl.service.layout import SERVICE_USER, Layout, check_instance
 
 REPORT_SCHEMA = "gptossctl.compliance/1"
 LOOPBACKS = ("127.0.0.1", "::1", "localhost")
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.I)
 _MAX_EVIDENCE = 12
 
 
@@ -746,10 +746,10 @@ def check_audit(ctx: _Ctx) -> CheckResult:
         return CheckResult("audit.chain", "fail", (f"{ctx.live(log)} is missing, yet an instance is installed: "
                                                    "the log was removed",), locs)
     try:
-        r = audit.verify(ctx.layout.log_dir)
+        r = audit.verify(ctx.layout.log_dir, anchor=ctx.layout.audit_anchor)
     except CheckFailed as exc:
         return CheckResult("audit.chain", "fail", _cap([f"{f.subject}: {f.message}" for f in exc.findings]), locs)
-    return CheckResult("audit.chain", "pass", (f"{r.entries} entries, chain and head intact",), locs)
+    return CheckResult("audit.chain", "pass", (f"{r.entries} entries, chain, head and anchor intact",), locs)
 
 
 def check_running(ctx: _Ctx) -> CheckResult:

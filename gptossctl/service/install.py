@@ -29,6 +29,7 @@ from gptossctl import __version__
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
+from gptossctl.fsutil import atomic_write, decode_text, load_json, read_bytes
 from gptossctl.hardware.assess import Captures
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.service.layout import SERVICE_USER, Layout, check_instance
@@ -89,6 +90,7 @@ class InstallResult:
     dry_run: bool = False
     steps: list[StepRecord] = field(default_factory=list)
     smoke: dict[str, Any] | None = None
+    bundle_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "version": self.version, "previous": self.previous,
@@ -133,27 +135,27 @@ def default_instance(manifest: Any) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", served_name(manifest).lower()).strip("-")[:48] or "default"
 
 
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "version": int, "port": int, "host": str, "profile": str, "instance": str, "served_name": str,
+    "gpus": list, "tensor_parallel": int, "python": str, "manifest_sha256": str}
+
+
 def read_release(release: Path) -> dict[str, Any]:
+    """A release's record, or {} when it is missing, damaged or of the wrong shape (then it is no release)."""
     try:
-        return json.loads((release / RELEASE_JSON).read_text())
-    except (OSError, ValueError):
+        doc = json.loads((release / RELEASE_JSON).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
+    if not isinstance(doc, dict):
+        return {}
+    for key, kind in _RECORD_TYPES.items():
+        if key in doc and (not isinstance(doc[key], kind) or isinstance(doc[key], bool)):
+            return {}
+    return doc
 
 
 def endpoint_of(rec: dict[str, Any]) -> str:
     return f"http://{rec.get('host', LOOPBACK)}:{rec.get('port', 8000)}"
-
-
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)  # the umask must not loosen or tighten what we mean
-    os.replace(tmp, path)
 
 
 def sha256_text(text: str) -> str:
@@ -194,18 +196,39 @@ def install_lock(layout: Layout) -> Iterator[None]:
         os.close(fd)
 
 
-def ensure_api_key(layout: Layout) -> str:
-    """Generated once per instance, kept across upgrades and rollbacks (0600 root)."""
+def current_api_key(layout: Layout) -> str | None:
+    """The instance's committed API key, or None before its first successful install."""
     from gptossctl.adapters.openai_http import read_api_key
 
+    return read_api_key(layout.api_key) if layout.api_key.is_file() else None
+
+
+def release_api_key(release: Path) -> str | None:
+    """The key a release's service.env was rendered with (a release left by an earlier, failed attempt)."""
+    try:
+        text = (release / ENV_FILE).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("VLLM_API_KEY="):
+            return line.split("=", 1)[1].strip() or None
+    return None
+
+
+def choose_api_key(layout: Layout, release: Path) -> str:
+    """Generated once per instance and kept across upgrades and rollbacks; written to /etc/gptoss (0600 root)
+    only when an install succeeds (`commit_state`), so a refused first install leaves no key behind."""
+    return current_api_key(layout) or release_api_key(release) or secrets.token_urlsafe(32)
+
+
+def commit_state(layout: Layout, api_key: str, policy: TrustPolicy) -> None:
+    """The records of the running release, written only once the release is proven and current."""
     layout.etc.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.etc, 0o700)
-    if layout.api_key.is_file():
-        os.chmod(layout.api_key, 0o600)  # converge: a loosened mode is put back on every install
-        return read_api_key(layout.api_key)
-    key = secrets.token_urlsafe(32)
-    atomic_write(layout.api_key, key + "\n", 0o600)
-    return key
+    if current_api_key(layout) != api_key:
+        atomic_write(layout.api_key, api_key + "\n", 0o600)
+    os.chmod(layout.api_key, 0o600)  # converge: a loosened mode is put back on every successful install
+    save_trust(layout, policy)
 
 
 def save_trust(layout: Layout, policy: TrustPolicy) -> None:
@@ -213,27 +236,39 @@ def save_trust(layout: Layout, policy: TrustPolicy) -> None:
     manifest against the same trust (an auditor can still pass their own with --trust)."""
     from cryptography.hazmat.primitives import serialization
 
-    trust = layout.trust_dir
-    trust.mkdir(parents=True, exist_ok=True)
-    for old in trust.glob("*.pub"):
-        old.unlink()
+    # Built beside the old set and swapped in with one rename: a crash leaves the old trust or the new one.
+    new = layout.etc / ".trust.new"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
     for k in policy.trusted:
         pem = k.key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        atomic_write(trust / f"{k.keyid}.pub", pem.decode(), 0o644)
-    atomic_write(trust / "policy.json", json.dumps({"threshold": policy.threshold, "revoked": sorted(policy.revoked),
-                                                    "keys": sorted(k.keyid for k in policy.trusted)}) + "\n", 0o644)
+        atomic_write(new / f"{k.keyid}.pub", pem.decode(), 0o644)
+    atomic_write(new / "policy.json", json.dumps({"threshold": policy.threshold, "revoked": sorted(policy.revoked),
+                                                  "keys": sorted(k.keyid for k in policy.trusted)}) + "\n", 0o644)
+    old = layout.etc / ".trust.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if layout.trust_dir.exists():
+        os.rename(layout.trust_dir, old)
+    os.rename(new, layout.trust_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_trust(layout: Layout) -> TrustPolicy | None:
     """The trust recorded at install, or None when there is none (an install by an older gptossctl)."""
     from gptossctl.bundle.keys import load_public_key
 
-    try:
-        doc = json.loads((layout.trust_dir / "policy.json").read_text())
-    except (OSError, ValueError):
+    path = layout.trust_dir / "policy.json"
+    if not path.exists():
         return None
+    doc = load_json(path, what="recorded trust policy", code="install.trust_unreadable")
+    threshold, revoked = doc.get("threshold", 1), doc.get("revoked", [])
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or not isinstance(revoked, list) \
+            or not all(isinstance(r, str) for r in revoked):
+        raise UsageError(f"{path} has wrong types (threshold must be a number, revoked a list of key ids)",
+                         code="install.trust_unreadable",
+                         hint="reinstall the bundle with the approved keys (gptossctl install BUNDLE --trust KEY.pub)")
     keys = tuple(load_public_key(p) for p in sorted(layout.trust_dir.glob("*.pub")))
-    return TrustPolicy(keys, threshold=int(doc.get("threshold", 1)), revoked=frozenset(doc.get("revoked", ())))
+    return TrustPolicy(keys, threshold=threshold, revoked=frozenset(revoked))
 
 
 # ---------------------------------------------------------------- the daily compliance timer
@@ -280,12 +315,26 @@ def remove_compliance_timer(layout: Layout, systemd: Systemd, *, last: bool) -> 
 # ---------------------------------------------------------------- preflight
 
 
-def _load_bundle_profiles(bundle: VerifiedBundle) -> list[Any]:
-    from gptossctl.hardware.profiles import load_profile, load_profiles
+def verified_profiles(bundle: VerifiedBundle) -> list[Any]:
+    """The bundle's own (signed) profiles, each read once and checked against its signed digest before it is
+    parsed: a profile swapped after verification is refused, never used. A bundle with none falls back to
+    gptossctl's shipped profiles."""
+    from gptossctl.hardware.profiles import load_profiles, profile_from_text
 
-    shipped = sorted((bundle.root / "payload" / "profiles").glob("*.yaml"))
-    # The bundle's own (signed) profiles decide; a bundle with none falls back to gptossctl's.
-    return [load_profile(p) for p in shipped] if shipped else load_profiles()
+    entries = [f for f in bundle.manifest.files if f.component == "profiles"]
+    if not entries:
+        return load_profiles()
+    out = []
+    for f in entries:
+        path = bundle.root / "payload" / f.path
+        data = read_bytes(path, what="profile", code="install.bundle_changed", limit=max(f.size, 1))
+        if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
+            raise CheckFailed(f"{path} changed after the bundle was verified", code="install.bundle_changed",
+                              findings=[Finding("bundle.digest_mismatch", f"payload/{f.path}",
+                                                "changed between verification and use")],
+                              hint="protect the bundle from writers (read-only media) and install again")
+        out.append(profile_from_text(decode_text(data, path=path, what="profile"), path))
+    return out
 
 
 def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> ProfileFit:
@@ -300,7 +349,7 @@ def preflight(req: InstallRequest, bundle: VerifiedBundle, layout: Layout) -> Pr
     if inventory is None:
         probe_at = layout.base if layout.base.exists() else layout.root
         inventory = probe_live(host_paths=[probe_at], gpu_required=model != "tiny")
-    profiles = _load_bundle_profiles(bundle)
+    profiles = verified_profiles(bundle)
     if req.profile != "auto":
         profiles = [p for p in profiles if p.name == req.profile]
         if not profiles:
@@ -370,8 +419,9 @@ def render_release(template: str, profile: Any, layout: Layout, release_live: Pa
 
 
 def _render_release(req: InstallRequest, bundle: VerifiedBundle, layout: Layout, fit: ProfileFit,
-                    release_live: Path, python_live: Path, api_key: str) -> dict[str, str]:
-    return render_release(unit_template(bundle.root), fit.profile, layout, release_live, python_live, api_key,
+                    release_dir: Path, release_live: Path, python_live: Path, api_key: str) -> dict[str, str]:
+    # The template comes from the release's own copy, hashed as it landed: never the bundle directory again.
+    return render_release(unit_template(release_dir), fit.profile, layout, release_live, python_live, api_key,
                           port=req.port, gpus=tuple(fit.gpus), tensor_parallel=fit.tensor_parallel or 1,
                           served=served_name(bundle.manifest))
 
@@ -430,7 +480,7 @@ def _install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
 
 
 def _start_and_prove(layout: Layout, systemd: Systemd, release: Path, timeout: float, smoke: bool,
-                     steps: _Steps) -> dict[str, Any] | None:
+                     steps: _Steps, api_key: str | None = None) -> dict[str, Any] | None:
     rec = read_release(release)
     url = endpoint_of(rec)
     with steps("start", f"restarting {layout.unit_name}") as d:
@@ -442,7 +492,7 @@ def _start_and_prove(layout: Layout, systemd: Systemd, release: Path, timeout: f
         steps.skip("smoke", "--no-smoke")
         return None
     with steps("smoke", "smoke test: health, models, chat, stream, key enforced") as d:
-        out = run_install_smoke(url, ensure_api_key(layout), rec.get("served_name", ""))
+        out = run_install_smoke(url, api_key or release_api_key(release) or "", rec.get("served_name", ""))
         d.append(f"{sum(c['status'] == 'pass' for c in out['checks'])} checks passed")
     return out
 
@@ -475,47 +525,51 @@ def install(req: InstallRequest, *, on_step: Step | None = None,
     command = ["install", str(req.bundle), f"--profile={req.profile}", f"--port={req.port}"] + \
         ([f"--instance={req.instance}"] if req.instance else []) + (["--allow-downgrade"] if req.allow_downgrade else []) + \
         (["--repair"] if req.repair else [])
-    digest = _bundle_digest(req.bundle)
     try:
         result = _install(req, steps, progress, on_total)
     except GptossctlError as exc:
         exc.data.setdefault("steps", [r.to_dict() for r in steps.records])
         if not req.dry_run:
-            _audit(req.root, command, f"failed: {exc.code}", exc.data.get("instance", req.instance), digest,
-                   exc.message)
+            _audit(req.root, command, f"failed: {exc.code}", exc.data.get("instance", req.instance),
+                   exc.data.get("bundle_sha256"), exc.message, exc)
         raise
     if not req.dry_run:
-        _audit(req.root, command, "ok" if result.changed else "unchanged", result.instance, digest,
+        _audit(req.root, command, "ok" if result.changed else "unchanged", result.instance, result.bundle_sha256,
                f"release {result.version} ({result.profile})" + (", started" if result.started else ""))
     return result
 
 
-def _bundle_digest(bundle: Path) -> str | None:
-    try:
-        return hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
-    except OSError:
-        return None
+def verified_digest(bundle: VerifiedBundle) -> str:
+    """SHA-256 of the signed manifest as verified (byte-identical to the bundle's manifest.json)."""
+    assert bundle.envelope is not None
+    return hashlib.sha256(bundle.envelope.payload).hexdigest()
 
 
 def _audit(root: Path, command: list[str], result: str, instance: str | None, digest: str | None,
-           detail: str | None) -> None:
+           detail: str | None, failure: GptossctlError | None = None) -> None:
+    """Record the change (or the refusal). A log that cannot be written (a read-only or foreign --root) must
+    not hide the outcome: the refusal is reported as it is, with a finding that it went unrecorded."""
     from gptossctl.service import audit
 
-    audit.append(Layout(root).log_dir, command=command, result=result, instance=instance, bundle_digest=digest,
-                 detail=detail)
+    layout = Layout(root)
+    try:
+        audit.append(layout.log_dir, command=command, result=result, instance=instance, bundle_digest=digest,
+                     detail=detail, anchor=layout.audit_anchor)
+    except (OSError, GptossctlError) as exc:
+        why = exc.message if isinstance(exc, GptossctlError) else (exc.strerror or str(exc))
+        if failure is None:
+            raise EnvironmentNotReady(f"the change was made but could not be recorded in {layout.log_dir}: {why}",
+                                      code="audit.unwritable", hint="make the log directory writable and check "
+                                      "'gptossctl audit verify'") from None
+        failure.findings = (*failure.findings, Finding("audit.unrecorded", str(layout.log_dir),
+                                                        f"this refusal could not be recorded: {why}"))
 
 
 def _install(req: InstallRequest, steps: _Steps, progress: Callable[[int], None] | None,
              on_total: Callable[[int], None] | None) -> InstallResult:
     from gptossctl.bundle.verify import verify_bundle
 
-    if req.host not in (LOOPBACK, "localhost", "::1"):
-        raise UsageError(
-            f"refusing to bind vLLM to {req.host}: vLLM's API key guards /v1 only, and /invocations "
-            "(and other routes) answer anyone who can reach the port",
-            code="install.exposed_bind",
-            hint="keep the default 127.0.0.1 and publish it through a TLS reverse proxy that allows only "
-                 "/v1/* and /health and terminates TLS (see README, 'Serving beyond this host')")
+    validate_request(req)
     with steps("verify", f"verifying {req.bundle} (signatures, expiry, every byte)") as d:
         bundle = verify_bundle(req.bundle, req.policy, progress=progress, on_total=on_total)
         d.append(f"{bundle.manifest.name} v{bundle.manifest.version}: {len(bundle.manifest.files)} files, "
@@ -526,7 +580,40 @@ def _install(req: InstallRequest, steps: _Steps, progress: Callable[[int], None]
         return _install_verified(req, steps, bundle, layout)
     except GptossctlError as exc:
         exc.data.setdefault("instance", layout.instance)
+        exc.data.setdefault("bundle_sha256", verified_digest(bundle))
         raise
+
+
+def validate_request(req: InstallRequest) -> None:
+    """Everything that can be judged from the request alone, before any file is read or written."""
+    if req.host not in (LOOPBACK, "localhost", "::1"):
+        raise UsageError(
+            f"refusing to bind vLLM to {req.host}: vLLM's API key guards /v1 only, and /invocations "
+            "(and other routes) answer anyone who can reach the port",
+            code="install.exposed_bind",
+            hint="keep the default 127.0.0.1 and publish it through a TLS reverse proxy that allows only "
+                 "/v1/* and /health and terminates TLS (see README, 'Serving beyond this host')")
+    if not 1024 <= req.port <= 65535:
+        raise UsageError(f"port {req.port} is outside 1024-65535", code="service.bad_port",
+                         hint="choose an unprivileged port that nothing else on this host uses, e.g. 8000")
+    if req.instance is not None:
+        check_instance(req.instance)
+    if req.root.exists() and not req.root.is_dir():
+        raise UsageError(f"--root {req.root} is not a directory", code="install.bad_root",
+                         hint="give a directory to stage into (it is created if missing)")
+    if req.vllm_python is not None and not _on_target(req.root, req.vllm_python).is_file():
+        raise UsageError(f"--vllm-python {req.vllm_python} is not a file"
+                         + (f" under {req.root} or on this host" if req.root != Path("/") else ""),
+                         code="install.no_vllm_python",
+                         hint="give the python of an environment that has vLLM installed (…/bin/python)")
+    if not req.dry_run:
+        _check_writable(Layout(req.root))
+
+
+def _on_target(root: Path, path: Path) -> Path:
+    """A path as the target sees it: under a staging root when it exists there, else on this host."""
+    staged = root / path.relative_to("/") if path.is_absolute() else path
+    return staged if staged.exists() else path
 
 
 def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle, layout: Layout) -> InstallResult:
@@ -552,7 +639,8 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
             d.append(check_host_libraries(fit.profile.match.vendor))
     release = layout.release(m.version)
     result = InstallResult(layout.instance, m.version, previous, fit.profile.name, f"http://{req.host}:{req.port}",
-                           layout.unit_name, release, layout.staged, False, dry_run=req.dry_run, steps=steps.records)
+                           layout.unit_name, release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
+                           bundle_sha256=verified_digest(bundle))
     if req.dry_run:
         for name, what in (("unpack", f"copy {m.total_size / 2**30:.2f} GiB into {release}"),
                            ("environment", "uv venv from the bundle's wheels, offline" if req.vllm_python is None
@@ -566,118 +654,139 @@ def _install_verified(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle
         return result
 
     with install_lock(layout):
-        existing = read_release(release)  # {} unless a whole release is there
-        aside = None
-        if req.repair and release.is_dir():
-            # Unpack again from the signed bundle: the drifted copy is set aside (the running vLLM keeps its
-            # open files) and put back only if the fresh unpack fails.
-            aside = layout.releases / f".{m.version}.replaced"
-            shutil.rmtree(aside, ignore_errors=True)
-            os.rename(release, aside)
-            existing = {}
-        if previous == m.version and live_start and existing and \
-                systemd.active_state(layout.unit_name) == "active" and _matches(existing, req, fit):
-            steps.skip("unpack", f"release {m.version} is current, active and configured as asked")
-            result.changed, result.started = False, True
-            return result
-        api_key = ensure_api_key(layout)
-        save_trust(layout, req.policy)
-        release_live = layout.live_path(release)
-        record = {"version": m.version, "bundle": m.name, "instance": layout.instance, "profile": fit.profile.name,
-                  "tensor_parallel": fit.tensor_parallel or 1, "gpus": list(fit.gpus), "host": req.host,
-                  "port": req.port, "served_name": served_name(m), "installed_at": datetime.now(UTC).isoformat(),
-                  "manifest_sha256": _bundle_digest(bundle.root),
-                  "signers": list(bundle.signers), "expires": m.expires.isoformat(), "rendered_by": __version__}
-
-        def finish(tmp: Path) -> None:
-            with steps("environment", "building the Python environment offline") as d:
-                if req.vllm_python is not None:
-                    python_live = req.vllm_python
-                    d.append(f"using the site's environment {python_live} (not from the bundle)")
-                else:
-                    from gptossctl.service.environment import (
-                        LISTING,
-                        build_env,
-                        check_imports,
-                        listing,
-                        wheels_in,
-                    )
-
-                    built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
-                    if not layout.staged:  # a broken environment is caught before the service is touched
-                        check_imports(built)
-                    atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
-                    python_live = release_live / "venv" / "bin" / "python"
-                    d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"
-                             + ("" if layout.staged else "; vLLM imports"))
-            with steps("render", "rendering unit, vLLM config and environment file") as d:
-                rendered = _render_release(req, bundle, layout, fit, release_live, python_live, api_key)
-                _write_release_files(tmp, rendered, {**record, "python": str(python_live),
-                                                     "external_env": req.vllm_python is not None})
-                d.append(f"profile {fit.profile.name}, bound to {req.host}:{req.port}")
-
-        with steps("unpack", f"unpacking into {release} (hashes re-checked)") as d:
-            if existing:
-                d.append(f"release {m.version} already unpacked: reused")
-                if not _matches(existing, req, fit):  # same bundle, new port or profile: re-render in place
-                    rendered = _render_release(req, bundle, layout, fit, release_live, Path(existing["python"]),
-                                               api_key)
-                    _write_release_files(release, rendered, {**record, "python": existing["python"],
-                                                             "external_env": existing.get("external_env", False)})
-                    d.append(f"release {m.version} reused, configuration re-rendered")
-            else:
-                shutil.rmtree(release, ignore_errors=True)  # a directory without release.json is not a release
-                try:
-                    unpack_release(bundle, layout, finish=finish)
-                except BaseException:
-                    if aside is not None and not release.exists():
-                        os.rename(aside, release)
-                    raise
-                if aside is not None:
-                    shutil.rmtree(aside, ignore_errors=True)
-                d.append(f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB into {release}"
-                         + (" (repaired: unpacked again from the bundle)" if aside is not None else ""))
-
-        with steps("user", f"system user {SERVICE_USER} (sysusers.d)") as d:
-            atomic_write(layout.sysusers, SYSUSERS, 0o644)
-            systemd.sysusers(layout.sysusers)
-            d.append(f"{SERVICE_USER} present")
-
-        if not live_start:
-            with steps("unit", f"installing and enabling {layout.unit_name}") as d:
-                _install_unit(layout, systemd, release)
-                d.append(f"{layout.unit_path} enabled" + (" in the staged tree" if layout.staged else ""))
-            with steps("switch", f"current -> releases/{m.version}") as d:
-                switch_current(layout, m.version)
-                d.append(f"current is release {m.version}; not started ({'staged' if layout.staged else '--no-start'})")
-            _compliance_step(layout, systemd, steps)
-            return result
-
         try:
-            with steps("unit", f"installing {layout.unit_name} for release {m.version}") as d:
-                _install_unit(layout, systemd, release)
-                d.append(f"{layout.unit_path} -> release {m.version}")
-            result.smoke = _start_and_prove(layout, systemd, release, req.health_timeout, req.smoke, steps)
-        except GptossctlError as exc:
-            journal = systemd.journal_tail(layout.unit_name, 30)
-            outcome = _restore(layout, systemd, previous, req.health_timeout, steps)
-            findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)]
-            if journal:
-                findings.append(Finding("install.journal", layout.unit_name, journal[-3000:]))
-            raise CheckFailed(f"release {m.version} did not come up: {exc.message}; {outcome}",
-                              code=exc.code if exc.code.startswith("install.") else "install.failed",
-                              findings=findings, hint=exc.hint or "see the journal tail in the findings") from None
+            return _apply(req, steps, bundle, layout, fit, result, systemd, previous)
+        except BaseException:
+            _forget_failed_first_install(layout, previous)
+            raise
+
+
+def _forget_failed_first_install(layout: Layout, previous: int | None) -> None:
+    """A first install that did not succeed leaves no instance behind (no phantom in `status`); an upgrade
+    that failed keeps its unpacked release for a quick retry while the previous release serves."""
+    if previous is None and current_version(layout) is None:
+        shutil.rmtree(layout.opt, ignore_errors=True)
+
+
+def _apply(req: InstallRequest, steps: _Steps, bundle: VerifiedBundle, layout: Layout, fit: ProfileFit,
+           result: InstallResult, systemd: Systemd, previous: int | None) -> InstallResult:
+    m = bundle.manifest
+    release = layout.release(m.version)
+    live_start = req.start and not layout.staged
+    existing = read_release(release)  # {} unless a whole release is there
+    aside = None
+    if req.repair and release.is_dir():
+        # Unpack again from the signed bundle: the drifted copy is set aside (the running vLLM keeps its
+        # open files) and put back only if the fresh unpack fails.
+        aside = layout.releases / f".{m.version}.replaced"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(release, aside)
+        existing = {}
+    api_key = choose_api_key(layout, release)
+    if previous == m.version and live_start and existing and \
+            systemd.active_state(layout.unit_name) == "active" and _matches(existing, req, fit, release, api_key):
+        steps.skip("unpack", f"release {m.version} is current, active and configured as asked")
+        commit_state(layout, api_key, req.policy)
+        result.changed, result.started = False, True
+        return result
+    release_live = layout.live_path(release)
+    record = {"version": m.version, "bundle": m.name, "instance": layout.instance, "profile": fit.profile.name,
+              "tensor_parallel": fit.tensor_parallel or 1, "gpus": list(fit.gpus), "host": req.host,
+              "port": req.port, "served_name": served_name(m), "installed_at": datetime.now(UTC).isoformat(),
+              "manifest_sha256": verified_digest(bundle),
+              "signers": list(bundle.signers), "expires": m.expires.isoformat(), "rendered_by": __version__}
+
+    def finish(tmp: Path) -> None:
+        with steps("environment", "building the Python environment offline") as d:
+            if req.vllm_python is not None:
+                python_live = req.vllm_python
+                d.append(f"using the site's environment {python_live} (not from the bundle)")
+            else:
+                from gptossctl.service.environment import (
+                    LISTING,
+                    build_env,
+                    check_imports,
+                    listing,
+                    wheels_in,
+                )
+
+                built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
+                if not layout.staged:  # a broken environment is caught before the service is touched
+                    check_imports(built)
+                atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
+                python_live = release_live / "venv" / "bin" / "python"
+                d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"
+                         + ("" if layout.staged else "; vLLM imports"))
+        with steps("render", "rendering unit, vLLM config and environment file") as d:
+            rendered = _render_release(req, bundle, layout, fit, tmp, release_live, python_live, api_key)
+            _write_release_files(tmp, rendered, {**record, "python": str(python_live),
+                                                 "external_env": req.vllm_python is not None})
+            d.append(f"profile {fit.profile.name}, bound to {req.host}:{req.port}")
+
+    with steps("unpack", f"unpacking into {release} (hashes re-checked)") as d:
+        if existing:
+            d.append(f"release {m.version} already unpacked: reused")
+            if not _matches(existing, req, fit, release, api_key):  # new port, profile or key: re-render
+                rendered = _render_release(req, bundle, layout, fit, release, release_live,
+                                           Path(existing["python"]), api_key)
+                _write_release_files(release, rendered, {**record, "python": existing["python"],
+                                                         "external_env": existing.get("external_env", False)})
+                d.append(f"release {m.version} reused, configuration re-rendered")
+        else:
+            shutil.rmtree(release, ignore_errors=True)  # a directory without release.json is not a release
+            try:
+                unpack_release(bundle, layout, finish=finish)
+            except BaseException:
+                if aside is not None and not release.exists():
+                    os.rename(aside, release)
+                raise
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+            d.append(f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB into {release}"
+                     + (" (repaired: unpacked again from the bundle)" if aside is not None else ""))
+
+    with steps("user", f"system user {SERVICE_USER} (sysusers.d)") as d:
+        atomic_write(layout.sysusers, SYSUSERS, 0o644)
+        systemd.sysusers(layout.sysusers)
+        d.append(f"{SERVICE_USER} present")
+
+    if not live_start:
+        with steps("unit", f"installing and enabling {layout.unit_name}") as d:
+            _install_unit(layout, systemd, release)
+            d.append(f"{layout.unit_path} enabled" + (" in the staged tree" if layout.staged else ""))
         with steps("switch", f"current -> releases/{m.version}") as d:
             switch_current(layout, m.version)
-            d.append(f"release {m.version} is current and serving at {result.endpoint}")
-        result.started = True
+            commit_state(layout, api_key, req.policy)
+            d.append(f"current is release {m.version}; not started ({'staged' if layout.staged else '--no-start'})")
         _compliance_step(layout, systemd, steps)
         return result
 
+    try:
+        with steps("unit", f"installing {layout.unit_name} for release {m.version}") as d:
+            _install_unit(layout, systemd, release)
+            d.append(f"{layout.unit_path} -> release {m.version}")
+        result.smoke = _start_and_prove(layout, systemd, release, req.health_timeout, req.smoke, steps, api_key)
+    except GptossctlError as exc:
+        journal = systemd.journal_tail(layout.unit_name, 30)
+        outcome = _restore(layout, systemd, previous, req.health_timeout, steps)
+        findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)]
+        if journal:
+            findings.append(Finding("install.journal", layout.unit_name, journal[-3000:]))
+        raise CheckFailed(f"release {m.version} did not come up: {exc.message}; {outcome}",
+                          code=exc.code if exc.code.startswith("install.") else "install.failed",
+                          findings=findings, hint=exc.hint or "see the journal tail in the findings") from None
+    with steps("switch", f"current -> releases/{m.version}") as d:
+        switch_current(layout, m.version)
+        commit_state(layout, api_key, req.policy)
+        d.append(f"release {m.version} is current and serving at {result.endpoint}")
+    result.started = True
+    _compliance_step(layout, systemd, steps)
+    return result
 
-def _matches(rec: dict[str, Any], req: InstallRequest, fit: ProfileFit) -> bool:
+
+def _matches(rec: dict[str, Any], req: InstallRequest, fit: ProfileFit, release: Path, api_key: str) -> bool:
     return (rec.get("profile"), rec.get("port"), rec.get("host"), rec.get("gpus")) == \
-        (fit.profile.name, req.port, req.host, list(fit.gpus))
+        (fit.profile.name, req.port, req.host, list(fit.gpus)) and release_api_key(release) == api_key
 
 
 # ---------------------------------------------------------------- status, rollback, uninstall
@@ -704,8 +813,42 @@ def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str
         out.append({"instance": name, "unit": layout.unit_name, "state": state, "health": health,
                     "version": cur, "profile": rec.get("profile"), "endpoint": endpoint_of(rec) if rec else None,
                     "installed": installed_versions(layout), "unit_release": unit_release,
-                    "consistent": unit_release == cur, "expires": rec.get("expires")})
+                    "consistent": unit_release == cur and (cur is None or bool(rec)), "expires": rec.get("expires"),
+                    "record": "ok" if rec else ("missing" if cur is None else "unreadable")})
     return out
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    root: Path
+    rows: list[dict[str, Any]]
+
+    @staticmethod
+    def healthy(r: dict[str, Any]) -> bool:
+        return (r["state"] in ("active", "staged") and r["consistent"] and r["health"] in (200, None)
+                and (r["state"] != "active" or r["health"] == 200))
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(self.healthy(r) for r in self.rows)
+
+    @property
+    def findings(self) -> list[Finding]:
+        if not self.rows:
+            return [Finding("status.none", str(self.root), "no instance is installed",
+                            hint="install one: gptossctl install BUNDLE --trust KEY.pub")]
+        return [Finding("status.unhealthy", r["instance"], f"{r['unit']} is {r['state']}, /health "
+                        f"{r['health'] or '-'}, unit release {r['unit_release']}, current {r['version']}, "
+                        f"release record {r['record']}",
+                        hint=f"journalctl -u {r['unit']}; run the install again to converge, or gptossctl rollback")
+                for r in self.rows if not self.healthy(r)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instances": self.rows, "ok": self.ok}
+
+
+def status_report(root: Path = Path("/"), instance: str | None = None) -> StatusReport:
+    return StatusReport(root, status(root, instance))
 
 
 def _unit_release(layout: Layout) -> int | None:

@@ -7,7 +7,8 @@
     /etc/systemd/system/gptoss@<instance>.service the rendered unit (a copy of the release's)
     /etc/sysusers.d/gptoss.conf                   the dedicated system user
     /var/lib/gptoss/<instance>, /var/cache/gptoss/<instance>   StateDirectory=, CacheDirectory=
-    /var/log/gptoss/audit.jsonl                   the hash-chained audit log
+    /var/log/gptoss/audit.jsonl                   the hash-chained audit log (and audit.head)
+    /var/lib/gptossctl/audit.anchor               the log's newest entry, kept apart from it
     /var/lib/gptoss-compliance/<instance>.{json,sarif,junit.xml,prom}   the daily compliance reports
 """
 
@@ -19,12 +20,12 @@ from pathlib import Path
 
 from gptossctl.errors import UsageError
 
-INSTANCE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+INSTANCE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")  # matched whole: "x\n" is not an instance name
 SERVICE_USER = "gptoss"
 
 
 def check_instance(name: str) -> str:
-    if not INSTANCE_RE.match(name):
+    if not INSTANCE_RE.fullmatch(name):
         raise UsageError(f"instance name {name!r} is not valid", code="install.bad_instance",
                          hint="use lowercase letters, digits and '-', at most 48 characters")
     return name
@@ -116,6 +117,12 @@ class Layout:
     def log_dir(self) -> Path:
         return self.root / "var" / "log" / "gptoss"
 
+    @property
+    def audit_anchor(self) -> Path:
+        """The audit log's newest (seq, hash), kept apart from the log: deleting the log and its head together
+        is still caught."""
+        return self.root / "var" / "lib" / "gptossctl" / "audit.anchor"
+
     def release(self, version: int) -> Path:
         return self.releases / str(version)
 
@@ -126,4 +133,20 @@ class Layout:
     def instances(self) -> list[str]:
         if not self.base.is_dir():
             return []
-        return sorted(p.name for p in self.base.iterdir() if p.is_dir() and INSTANCE_RE.match(p.name))
+        try:
+            return sorted(p.name for p in self.base.iterdir() if p.is_dir() and INSTANCE_RE.fullmatch(p.name))
+        except OSError:  # a --root that is not a tree gptossctl made: no instance in it
+            return []
+
+
+def pick_instance(root: Path, instance: str | None) -> str:
+    """The instance a command acts on: the one named, or the only one installed under root."""
+    if instance:
+        return check_instance(instance)
+    found = Layout(root).instances()
+    if len(found) != 1:
+        raise UsageError(f"{'no instance is' if not found else 'several instances are'} installed under {root}"
+                         + (f": {', '.join(found)}" if found else ""), code="service.which_instance",
+                         hint="name one with --instance" if found else "install one first: gptossctl install "
+                              "BUNDLE --trust KEY.pub")
+    return found[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gptossctl.bundle.hashing import copy_and_hash
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST, PAYLOAD, SUMS
+from gptossctl.bundle.manifest import sha256sums_text
 from gptossctl.bundle.verify import VerifiedBundle
 from gptossctl.errors import CheckFailed, Finding
 from gptossctl.service.layout import Layout
@@ -39,9 +40,12 @@ def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MAR
                           f"{free / 2**30:.2f} GiB free", code="install.insufficient_disk",
                           hint="free space, or remove old releases once the current one is healthy")
     try:
-        for name in (MANIFEST, ENVELOPE, SUMS):
-            tmp.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(bundle.root / name, tmp / name)
+        # The signed files come from what verification held in memory, never from the bundle directory again.
+        assert bundle.envelope is not None, "unpack takes a bundle that verify_bundle returned"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, data in ((MANIFEST, bundle.envelope.payload), (ENVELOPE, bundle.envelope.to_json()),
+                           (SUMS, sha256sums_text(m.files))):
+            (tmp / name).write_bytes(data)
         findings = []
         for f in m.files:
             src, dst = bundle.root / PAYLOAD / f.path, tmp / PAYLOAD / f.path

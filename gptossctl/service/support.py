@@ -24,35 +24,43 @@ from typing import Any
 from gptossctl import __version__
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
+from gptossctl.fsutil import atomic_write, new_output
+from gptossctl.service import compliance
 from gptossctl.service.layout import Layout, check_instance
 
 REDACTED = "[REDACTED]"
-_ASSIGNMENT = re.compile(r"(?im)^(\s*(?:export\s+)?[A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)[A-Z0-9_]*"
-                         r"\s*[=:]\s*)\S.*$")
+# NAME=value or NAME: value wherever it sits (env files, Environment= lines with several quoted assignments,
+# YAML, journal lines), for any variable named like a secret, in any case.
+_ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)[A-Z0-9_.-]*"
+                         r"[\"']?\s*[=:]\s*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_MIN_SECRET = 6  # shorter values would redact ordinary words everywhere; they are caught by name instead
 
 
 @dataclass
 class Redactor:
     secrets: set[str] = field(default_factory=set)
 
-    def add_key_files(self, root: Path) -> None:
-        """Every instance's API key, and any key-like value in any release's environment file."""
-        from gptossctl.service.compliance import SECRET_NAME, parse_env
-
+    def add_key_files(self, root: Path, units: list[Path]) -> None:
+        """Every value that is a secret, wherever gptossctl keeps one or a site may have put one: each instance's
+        API key, and the value of every variable named like a secret in the releases' environment files, the
+        units and their drop-ins (Environment= lines, quoted or not) and the EnvironmentFile= files they name."""
         for key_file in (root / "etc" / "gptoss").glob("*/api-key"):
-            try:
-                value = key_file.read_text().strip()
-            except OSError:
-                continue
-            if value:
-                self.secrets.add(value)
-        for env_file in (root / "opt" / "gptoss").glob("*/releases/*/service.env"):
-            try:
-                env = parse_env(env_file.read_text())
-            except OSError:
-                continue
-            self.secrets.update(v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= 8)
+            self.add(_text(key_file) or "")
+        texts = [_text(p) or "" for p in (root / "opt" / "gptoss").glob("*/releases/*/service.env")]
+        for unit in units:
+            body = _text(unit) or ""
+            texts.append(body)
+            for ref in re.findall(r"(?m)^\s*EnvironmentFile=-?(\S+)", body):
+                texts.append(_text(root / ref.lstrip("/")) or "")
+        for text in texts:
+            for m in _ASSIGNMENT.finditer(text):
+                self.add(m.group(2).strip("\"'"))
+
+    def add(self, value: str) -> None:
+        value = value.strip()
+        if len(value) >= _MIN_SECRET:
+            self.secrets.add(value)
 
     def __call__(self, text: str) -> str:
         for s in sorted(self.secrets, key=len, reverse=True):
@@ -93,7 +101,7 @@ def _text(p: Path) -> str | None:
 
 def collect(root: Path, instance: str) -> dict[str, str]:
     """Archive member name -> text, before redaction."""
-    from gptossctl.service import audit, compliance
+    from gptossctl.service import audit
     from gptossctl.service.install import CONFIG, ENV_FILE, RELEASE_JSON, status
     from gptossctl.service.releases import current_version
 
@@ -126,7 +134,7 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     out["status.json"] = json.dumps(_safe(lambda: status(root, instance)), indent=1, default=str)
     out["compliance.json"] = json.dumps(_safe(lambda: compliance.run_checks(root, instance).to_dict()), indent=1,
                                         default=str)
-    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify(layout.log_dir).to_dict()), indent=1)
+    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify(layout.log_dir, anchor=layout.audit_anchor).to_dict()), indent=1)
     if (t := _text(layout.log_dir / audit.LOG)) is not None:
         out["audit/audit.jsonl"] = t
     out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)
@@ -145,12 +153,15 @@ def _hardware() -> dict[str, Any]:
     return probe_live(gpu_required=False).to_dict()
 
 
-def write_support_bundle(root: Path, instance: str, output: Path | None = None) -> SupportBundle:
-    redact = Redactor()
-    redact.add_key_files(root)
-    parts = collect(root, instance)
+def write_support_bundle(root: Path, instance: str, output: Path | None = None, *,
+                         force: bool = False) -> SupportBundle:
     if output is None:
         output = Path(f"gptoss-support-{instance}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.tar.gz")
+    new_output(output, force=force, what="support bundle")  # refused before anything is collected
+    layout = Layout(root, check_instance(instance))
+    redact = Redactor()
+    redact.add_key_files(root, [layout.unit_path, *compliance.dropins(layout)])
+    parts = collect(root, instance)
     buf = io.BytesIO()
     prefix = output.name.removesuffix(".tar.gz").removesuffix(".tgz")
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -166,9 +177,6 @@ def write_support_bundle(root: Path, instance: str, output: Path | None = None) 
     if redact.leaks(plain) or redact.leaks(blob):
         raise CheckFailed("a secret survived redaction; no archive was written", code="support.leak",
                           hint="report this as a bug in gptossctl")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.chmod(output, 0o600)
+    new_output(output, force=force, what="support bundle")  # again: nothing may have appeared meanwhile
+    atomic_write(output, blob, 0o600)  # a new file renamed into place: never written through a link
     return SupportBundle(output, sorted(parts), len(redact.secrets))

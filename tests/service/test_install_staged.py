@@ -148,8 +148,9 @@ def test_downgrade_refused_unless_asked_then_rollback_and_uninstall(cli, tiny_mo
     code, doc = cli("uninstall", "--root", str(root), "--purge")
     assert code == 0
     left = [str(p.relative_to(root)) for p in root.rglob("*") if "gptoss" in str(p.relative_to(root))]
-    # Only the audit log stays: it records the uninstall itself.
-    assert sorted(left) == ["var/log/gptoss", "var/log/gptoss/audit.head", "var/log/gptoss/audit.jsonl"], left
+    # Only the audit log (and its anchor) stays: it records the uninstall itself.
+    assert sorted(left) == ["var/lib/gptossctl", "var/lib/gptossctl/audit.anchor", "var/log/gptoss",
+                            "var/log/gptoss/audit.head", "var/log/gptoss/audit.jsonl"], left
     code, doc = cli("audit", "verify", "--root", str(root))
     assert code == 0 and doc["data"]["entries"] == 8
     assert _audit_results(root) == ["ok", "failed: install.downgrade", "ok", "ok", "failed: rollback.no_release",

@@ -1,0 +1,230 @@
+"""Files as a careful installer handles them: inputs read once with limits and refused cleanly when they are
+not what they claim to be, outputs written whole or not at all (fsync, atomic rename, no link followed), and
+one lock for changes to a host.
+
+Every refusal is a gptossctl error that names the path and says what to give instead; nothing here lets an
+OSError, UnicodeDecodeError or RecursionError from a hostile file reach the user as a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gptossctl.errors import EnvironmentNotReady, ServiceUnavailable, UsageError
+
+TEXT_LIMIT = 16 << 20  # recipes, profiles, captures, suites, reports: far below this
+JSON_DEPTH = 64  # deeper than any document gptossctl reads or writes
+
+
+def read_bytes(path: Path, *, what: str, code: str = "input.unreadable", limit: int = TEXT_LIMIT) -> bytes:
+    """The bytes of one regular file, at most `limit` of them (links are followed: a sysadmin may point at one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist", code=code, hint=f"give the path of an existing {what}") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a directory", code=code, hint=f"give the path of the {what} file") from None
+    except PermissionError:
+        raise EnvironmentNotReady(f"{what} {path} is not readable by this user", code=code,
+                                  hint="run as a user that may read it (root for files under /etc/gptoss)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot open {what} {path}: {exc.strerror}", code=code,
+                         hint=f"give the path of a readable {what}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{what} {path} is a directory", code=code, hint=f"give the path of the {what} file")
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{what} {path} is not a regular file (a device, FIFO or socket)", code=code,
+                             hint=f"give the path of a regular {what} file")
+        if st.st_size > limit:
+            raise UsageError(f"{what} {path} is {st.st_size} bytes, more than the {limit} a {what} can be",
+                             code=code, hint=f"check that {path} is the {what} you meant")
+        chunks, total = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > limit:
+                raise UsageError(f"{what} {path} grew past {limit} bytes while being read", code=code,
+                                 hint=f"check that {path} is the {what} you meant")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}", code=code,
+                         hint=f"give the path of a readable {what}") from None
+    finally:
+        os.close(fd)
+
+
+def decode_text(data: bytes, *, path: Path | str, what: str, code: str = "input.not_text") -> str:
+    """UTF-8 text without NUL bytes, or a refusal that says the file is binary."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {exc.start}): a binary or damaged file",
+                         code=code, hint=f"give the {what} itself, not an archive or a binary file") from None
+    if "\x00" in text:
+        raise UsageError(f"{what} {path} contains NUL bytes: a binary or damaged file", code=code,
+                         hint=f"give the {what} itself, not an archive or a binary file")
+    return text
+
+
+def read_text(path: Path, *, what: str, code: str = "input.unreadable", limit: int = TEXT_LIMIT) -> str:
+    return decode_text(read_bytes(path, what=what, code=code, limit=limit), path=path, what=what, code=code)
+
+
+def parse_json(text: str | bytes, *, where: str, what: str, code: str = "input.invalid_json",
+               max_depth: int = JSON_DEPTH) -> Any:
+    """json.loads with the nesting bounded (a 100,000-deep array is an attack, not a document)."""
+    raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in raw:  # cheap pre-scan: refuse before the recursive parser can blow the stack
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise UsageError(f"{what} {where} nests deeper than {max_depth} levels", code=code,
+                                 hint=f"give a {what} written by the tool that makes it; this one is damaged or hostile")
+        elif ch in "]}":
+            depth -= 1
+        deepest = max(deepest, depth)
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
+        raise UsageError(f"{what} {where} is not valid JSON ({detail})", code=code,
+                         hint=f"give the {what} as written by the tool that makes it") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_json(path: Path, *, what: str, code: str = "input.invalid_json", limit: int = TEXT_LIMIT,
+              expect: type | tuple[type, ...] = dict) -> Any:
+    doc = parse_json(read_text(path, what=what, code=code, limit=limit), where=str(path), what=what, code=code)
+    if not isinstance(doc, expect):
+        kinds = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
+        raise UsageError(f"{what} {path} holds a JSON {type(doc).__name__}, not a {kinds}", code=code,
+                         hint=f"give the {what} as written by the tool that makes it")
+    return doc
+
+
+# ---------------------------------------------------------------- writing
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, *, replace_link: bool = True) -> None:
+    """Write a whole file or nothing: a temporary file beside it, fsync, rename over, fsync the directory.
+
+    The rename replaces a symbolic link at `path` itself rather than writing through it (never following a
+    link planted where an output goes).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not replace_link and path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link", code="output.is_link",
+                         hint="give a path that is not a link; gptossctl never writes through one")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # the umask must not loosen or tighten what we mean
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: Path, exc: OSError) -> Exception:
+    if exc.errno == errno.ENOSPC:
+        return ServiceUnavailable(f"disk full while writing {path}", code="output.disk_full",
+                                  hint="free space and run the command again; nothing half-written was kept")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return EnvironmentNotReady(f"cannot write {path}: {exc.strerror}", code="output.not_writable",
+                                   hint="run as a user that may write there (root for system paths), or choose "
+                                        "another path")
+    return UsageError(f"cannot write {path}: {exc.strerror}", code="output.unwritable",
+                      hint="give a path in an existing, writable directory")
+
+
+def new_output(path: Path, *, force: bool, what: str) -> None:
+    """Refuse an output path that exists (unless force) or is a link, before any work is done."""
+    if path.is_symlink():
+        raise UsageError(f"{what} {path} is a symbolic link", code="output.is_link",
+                         hint="give a path that is not a link; gptossctl never writes through one")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory", code="output.is_directory",
+                         hint=f"give a file name for the {what}")
+    if path.exists() and not force:
+        raise UsageError(f"{what} {path} already exists", code="output.exists",
+                         hint="choose a new path, or pass --force to replace it")
+    if not path.parent.is_dir():
+        raise UsageError(f"the directory of {what} {path} does not exist", code="output.no_directory",
+                         hint=f"create {path.parent} first, or give another path")
+
+
+def check_output_file(path: Path, *, what: str) -> Path:
+    """An output that is rewritten on every run (reports, textfiles): it may exist, but not as a directory."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory", code="output.is_directory",
+                         hint=f"give a file name for the {what}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path} lies under {parent}, which is a file", code="output.no_directory",
+                         hint=f"give a path for the {what} in a directory")
+    return path
+
+
+@contextmanager
+def exclusive_lock(path: Path, *, busy: str, hint: str) -> Iterator[None]:
+    """One holder at a time (flock on `path`, released when the process ends, even by SIGKILL)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(busy, code="lock.busy", hint=hint) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def existing_dir(path: Path, *, what: str, code: str = "usage.not_a_directory") -> Path:
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist", code=code, hint=f"give an existing {what}")
+    if not path.is_dir():
+        raise UsageError(f"{what} {path} is not a directory", code=code, hint=f"give the {what}, a directory")
+    return path

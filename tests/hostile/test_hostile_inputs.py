@@ -1,0 +1,545 @@
+"""Hostile input, through the installed console script: every command, fed wrong, missing, binary, huge, deep,
+overflowing and malicious input, must refuse cleanly.
+
+For every case: exit 1, 2, 3 or 4 (never 70, never a crash), no traceback, exactly one JSON document whose
+error says what to do next, and no state changed by the refusal (the staged install, the bundle, the output
+paths are compared byte for byte before and after; only the audit log may grow, by design).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PASSPHRASE, KeyPair
+
+pytestmark = pytest.mark.integration
+GPTOSSCTL = Path(sys.executable).with_name("gptossctl")
+REPO = Path(__file__).resolve().parents[2]
+AUDIT = ("var/log/gptoss", "var/lib/gptossctl")  # the audit trail records refusals too, by design
+
+
+@dataclass
+class World:
+    base: Path
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def fmt(self, arg: str) -> str:
+        return arg.format(**self.paths)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the socket goes: nothing listens there
+
+
+def _write(p: Path, data: bytes | str) -> str:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, packed: Path, tiny_model: Path,
+          keys: dict[str, KeyPair]) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("hostile")
+    w = World(base)
+    p = w.paths
+    rnd = bytes((i * 7919 + 13) % 256 for i in range(1 << 16))  # deterministic binary garbage
+    p["garbage"] = _write(base / "garbage.bin", rnd)
+    p["empty"] = _write(base / "empty", b"")
+    p["deepjson"] = _write(base / "deep.json", "[" * 200_000 + "]" * 200_000)
+    p["deepyaml"] = _write(base / "deep.yaml", "[" * 50_000 + "]" * 50_000)
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    p["laughs"] = _write(base / "laughs.yaml", laughs)
+    p["huge"] = _write(base / "huge.txt", b"x" * (64 << 20))
+    p["listjson"] = _write(base / "list.json", "[1, 2, 3]")
+    p["strjson"] = _write(base / "str.json", '"just a string"')
+    p["numjson"] = _write(base / "num.json", "1e999999")
+    p["rocm_wrong"] = _write(base / "rocm.json", json.dumps({"card0": ["not", "a", "dict"], "card1": 5}))
+    p["rocm_types"] = _write(base / "rocm2.json", json.dumps({"card0": {"VRAM Total Memory (B)": {"x": 1},
+                                                                       "Card series": ["MI300X"]}}))
+    p["amd_wrong"] = _write(base / "amd.json", json.dumps({"gpu_data": [1, "x", None, {"vram": "big"}]}))
+    p["amd_types"] = _write(base / "amd2.json", json.dumps({"gpu_data": [{"asic": "x", "vram": {"size": {
+        "value": 10**400, "unit": "GB"}}}]}))
+    p["csv_wrong"] = _write(base / "q.csv", "name, memory.total [MiB]\n" + "A100, 99999999999999999999999999 MiB\n")
+    p["csv_cols"] = _write(base / "q2.csv", "name,memory.total\n" + ",".join(["x"] * 5000) + "\n")
+    p["xml_deep"] = _write(base / "deep.xml", "<nvidia_smi_log>" + "<a>" * 100_000 + "</a>" * 100_000
+                           + "</nvidia_smi_log>")
+    p["xml_gpu_text"] = _write(base / "g.xml", "<nvidia_smi_log><gpu><minor_number>99999999999999999999999"
+                               "</minor_number><fb_memory_usage><total>1 MiB</total></fb_memory_usage></gpu>"
+                               "</nvidia_smi_log>")
+    p["newline_name"] = str(base / "bad\nname")
+    p["bundle"] = str(base / "bundle")
+    shutil.copytree(packed, base / "bundle", symlinks=True)
+    p["model"] = str(tiny_model)
+    p["recipe"] = str(REPO / "bundles" / "tiny-demo.yaml")
+    p["pub"], p["key"] = str(keys["alice"].public), str(keys["alice"].private)
+    p["bobpub"] = str(keys["bob"].public)
+    p["dir"] = str(base)
+    p["missing"] = str(base / "does-not-exist")
+    p["port"] = str(_closed_port())
+    # A staged install to run the service commands against (each refusal must leave it as it was).
+    root = base / "root"
+    r = subprocess.run([str(GPTOSSCTL), "install", p["bundle"], "--trust", p["pub"], "--root", str(root),
+                        "--vllm-python", sys.executable, "--json"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    p["root"] = str(root)
+    p["apikey"] = str(root / "etc/gptoss/tiny-gpt-oss/api-key")
+    p["release"] = str(root / "opt/gptoss/tiny-gpt-oss/releases/5")
+    yield w
+
+
+def _state(path: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry under path (not following links): mode, size and content digest; the audit log aside."""
+    if not path.exists() and not path.is_symlink():
+        return {}
+    if path.is_file() or path.is_symlink():
+        st = path.lstat()
+        return {"": (st.st_mode, st.st_size, _digest(path))}
+    out = {}
+    for dirpath, dirs, files in os.walk(path):
+        for name in dirs + files:
+            q = Path(dirpath) / name
+            rel = str(q.relative_to(path))
+            if rel.startswith(AUDIT):
+                continue
+            st = q.lstat()
+            out[rel] = (st.st_mode, st.st_size, _digest(q) if q.is_file() and not q.is_symlink() else "")
+    return out
+
+
+def _digest(p: Path) -> str:
+    if p.is_symlink():
+        return "-> " + os.readlink(p)
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    expect: frozenset[int] = frozenset({1, 2, 3, 4})
+    env: tuple[tuple[str, str], ...] = ()
+    watch: tuple[str, ...] = ()  # world paths that a refusal must leave untouched
+    setup: Callable[[World, Path], dict[str, str]] | None = None  # extra placeholders, made in the case's tmp
+
+
+def C(id: str, *argv: str, expect: int | set[int] | None = None, env: dict[str, str] | None = None,
+      watch: tuple[str, ...] = (), setup: Callable[[World, Path], dict[str, str]] | None = None) -> Case:
+    exp = frozenset({1, 2, 3, 4}) if expect is None else frozenset({expect} if isinstance(expect, int) else expect)
+    return Case(id, argv, exp, tuple((env or {}).items()), watch, setup)
+
+
+# ---------------------------------------------------------------- set-ups that make broken state
+
+
+def _root_copy(w: World, tmp: Path) -> Path:
+    dst = tmp / "root"
+    shutil.copytree(w.paths["root"], dst, symlinks=True)
+    return dst
+
+
+def _release_json(doc: str) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root = _root_copy(w, tmp)
+        (root / "opt/gptoss/tiny-gpt-oss/releases/5/release.json").write_text(doc)
+        return {"root2": str(root)}
+    return make
+
+
+def _trust_policy(doc: str) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root = _root_copy(w, tmp)
+        (root / "etc/gptoss/tiny-gpt-oss/trust/policy.json").write_text(doc)
+        return {"root2": str(root)}
+    return make
+
+
+def _audit_lines(text: str | bytes) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root = _root_copy(w, tmp)
+        log = root / "var/log/gptoss/audit.jsonl"
+        log.write_bytes((text.encode() if isinstance(text, str) else text))
+        return {"root2": str(root)}
+    return make
+
+
+def _audit_cut(w: World, tmp: Path) -> dict[str, str]:
+    root = _root_copy(w, tmp)
+    (root / "var/log/gptoss/audit.jsonl").unlink()
+    (root / "var/log/gptoss/audit.head").unlink()
+    return {"root2": str(root)}
+
+
+def _root_is_file(w: World, tmp: Path) -> dict[str, str]:
+    return {"rootfile": _write(tmp / "rootfile", "not a directory\n")}
+
+
+def _readonly_root(w: World, tmp: Path) -> dict[str, str]:
+    ro = tmp / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    return {"ro": str(ro)}
+
+
+def _bundle_variant(change: Callable[[Path], None]) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        b = tmp / "b"
+        shutil.copytree(w.paths["bundle"], b, symlinks=True)
+        change(b)
+        return {"b": str(b)}
+    return make
+
+
+def _recipe(text: str, files: dict[str, str] | None = None) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        for name, body in (files or {}).items():
+            _write(tmp / name, body)
+        return {"r": _write(tmp / "recipe.yaml", text), "t": str(tmp)}
+    return make
+
+
+PROFILE = (REPO / "profiles" / "cpu-tiny.yaml").read_text()
+RECIPE = (REPO / "bundles" / "tiny-demo.yaml").read_text()
+SITE = RECIPE.replace("  - cpu-tiny\n", "  - ./site.yaml\n")
+
+
+def _site_profile(edit: Callable[[str], str]) -> Callable[[World, Path], dict[str, str]]:
+    return _recipe(SITE, {"site.yaml": edit(PROFILE.replace("name: cpu-tiny", "name: site"))})
+
+
+def _model_with_link(target: str) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        m = tmp / "model"
+        shutil.copytree(w.paths["model"], m)
+        (m / "tokenizer.json").unlink()
+        (m / "tokenizer.json").symlink_to(target)
+        return {"m": str(m)}
+    return make
+
+
+def _model_with_loop(w: World, tmp: Path) -> dict[str, str]:
+    m = tmp / "model"
+    shutil.copytree(w.paths["model"], m)
+    (m / "loop").symlink_to("..")
+    (m / "sub").mkdir()
+    (m / "sub" / "up").symlink_to("../sub")
+    return {"m": str(m)}
+
+
+def _secret_file(w: World, tmp: Path) -> dict[str, str]:
+    s = tmp / "root-only"
+    s.write_text("secret\n")
+    s.chmod(0o600)
+    return {"secret": str(s)}
+
+
+def _existing(w: World, tmp: Path) -> dict[str, str]:
+    f = tmp / "existing.tar.gz"
+    f.write_text("keep me\n")
+    link = tmp / "link.tar.gz"
+    link.symlink_to(tmp / "elsewhere.tar.gz")
+    return {"existing": str(f), "link": str(link), "t": str(tmp)}
+
+
+def _demo_target(w: World, tmp: Path) -> dict[str, str]:
+    d = tmp / "precious"
+    d.mkdir()
+    (d / "thesis.tex").write_text("years of work\n")
+    return {"precious": str(d)}
+
+
+def _suite(text: str) -> Callable[[World, Path], dict[str, str]]:
+    return lambda w, tmp: {"s": _write(tmp / "suite.yaml", text)}
+
+
+def _baseline(text: str) -> Callable[[World, Path], dict[str, str]]:
+    return lambda w, tmp: {"bl": _write(tmp / "baseline.json", text)}
+
+
+SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
+P = ("{pub}",)
+ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------ keys
+    C("keys-generate-name-newline", "keys", "generate", "--out", "{dir}/k1", "--name", "ops\n", env=ENV_PASS,
+      expect=2),
+    C("keys-generate-name-traversal", "keys", "generate", "--out", "{dir}/k2", "--name", "../../etc/x",
+      env=ENV_PASS, expect=2),
+    C("keys-generate-name-huge", "keys", "generate", "--out", "{dir}/k3", "--name", "k" * 5000, env=ENV_PASS,
+      expect=2),
+    C("keys-generate-out-is-file", "keys", "generate", "--out", "{garbage}", "--name", "ops", env=ENV_PASS,
+      expect=2),
+    C("keys-show-binary", "keys", "show", "{garbage}", expect=2),
+    C("keys-show-missing", "keys", "show", "{missing}", expect=2),
+    C("keys-show-directory", "keys", "show", "{dir}", expect=2),
+    C("keys-show-huge", "keys", "show", "{huge}", expect=2),
+    # ------------------------------------------------------------ bundle verify / inspect / sign
+    C("verify-no-trust", "bundle", "verify", "{bundle}", expect=2),
+    C("verify-bundle-is-file", "bundle", "verify", "{garbage}", "--trust", *P, expect=2),
+    C("verify-bundle-missing", "bundle", "verify", "{missing}", "--trust", *P, expect=2),
+    C("verify-trust-binary", "bundle", "verify", "{bundle}", "--trust", "{garbage}", expect=2),
+    C("verify-trust-private-key", "bundle", "verify", "{bundle}", "--trust", "{key}", expect=2),
+    C("verify-trust-directory", "bundle", "verify", "{bundle}", "--trust", "{dir}", expect=2),
+    C("verify-threshold-huge", "bundle", "verify", "{bundle}", "--trust", *P, "--threshold", "99999999999999999999",
+      expect=2),
+    C("verify-threshold-negative", "bundle", "verify", "{bundle}", "--trust", *P, "--threshold", "-1", expect=2),
+    C("verify-clock-skew-overflow", "bundle", "verify", "{bundle}", "--trust", *P, "--clock-skew",
+      "99999999999999999999d", expect=2),
+    C("verify-clock-skew-garbage", "bundle", "verify", "{bundle}", "--trust", *P, "--clock-skew", "5 minutes",
+      expect=2),
+    C("verify-workers-huge", "bundle", "verify", "{bundle}", "--trust", *P, "--workers", "100000000", expect=2),
+    C("verify-revoked-typo", "bundle", "verify", "{bundle}", "--trust", *P, "--revoked", "{dir}/alcie.pub", expect=2),
+    C("verify-revoked-garbage-file", "bundle", "verify", "{bundle}", "--trust", *P, "--revoked", "{garbage}",
+      expect=2),
+    C("verify-min-version-huge", "bundle", "verify", "{bundle}", "--trust", *P, "--min-version",
+      "99999999999999999999999", expect={1, 2}),
+    C("verify-envelope-binary", "bundle", "verify", "{b}", "--trust", *P, expect=1,
+      setup=_bundle_variant(lambda b: (b / "manifest.dsse.json").write_bytes(os.urandom(4096)))),
+    C("verify-envelope-deep", "bundle", "verify", "{b}", "--trust", *P, expect=1,
+      setup=_bundle_variant(lambda b: (b / "manifest.dsse.json").write_text("[" * 100_000 + "]" * 100_000))),
+    C("verify-envelope-dir", "bundle", "verify", "{b}", "--trust", *P, expect=1,
+      setup=_bundle_variant(lambda b: ((b / "manifest.dsse.json").unlink(), (b / "manifest.dsse.json").mkdir()))),
+    C("verify-payload-is-file", "bundle", "verify", "{b}", "--trust", *P, expect=1,
+      setup=_bundle_variant(lambda b: (shutil.rmtree(b / "payload"), (b / "payload").write_text("x")))),
+    C("inspect-file", "bundle", "inspect", "{garbage}", expect=2),
+    C("inspect-envelope-binary", "bundle", "inspect", "{b}", expect=1,
+      setup=_bundle_variant(lambda b: (b / "manifest.dsse.json").write_bytes(os.urandom(512)))),
+    C("sign-key-binary", "bundle", "sign", "{bundle}", "--key", "{garbage}", env=ENV_PASS, expect=2,
+      watch=("bundle",)),
+    C("sign-key-is-public", "bundle", "sign", "{bundle}", "--key", "{pub}", env=ENV_PASS, expect=2,
+      watch=("bundle",)),
+    C("sign-wrong-passphrase", "bundle", "sign", "{bundle}", "--key", "{key}",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "wrong"}, expect=2, watch=("bundle",)),
+    C("sign-no-passphrase", "bundle", "sign", "{bundle}", "--key", "{key}", env={"GPTOSSCTL_KEY_PASSPHRASE": ""},
+      expect=3, watch=("bundle",)),
+    # ------------------------------------------------------------ bundle pack
+    C("pack-recipe-binary", "bundle", "pack", "{garbage}", "--out", "{dir}/p1", "--key", "{key}", env=ENV_PASS,
+      expect=2),
+    C("pack-recipe-empty", "bundle", "pack", "{empty}", "--out", "{dir}/p2", "--key", "{key}", env=ENV_PASS,
+      expect=2),
+    C("pack-recipe-deep", "bundle", "pack", "{deepyaml}", "--out", "{dir}/p3", "--key", "{key}", env=ENV_PASS,
+      expect=2),
+    C("pack-recipe-laughs", "bundle", "pack", "{laughs}", "--out", "{dir}/p4", "--key", "{key}", env=ENV_PASS,
+      expect=2),
+    C("pack-recipe-huge", "bundle", "pack", "{huge}", "--out", "{dir}/p5", "--key", "{key}", env=ENV_PASS,
+      expect=2),
+    C("pack-recipe-directory", "bundle", "pack", "{dir}", "--out", "{dir}/p6", "--key", "{key}", env=ENV_PASS,
+      expect=2),
+    C("pack-recipe-name-newline", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, setup=_recipe(RECIPE.replace("name: tiny-demo", 'name: "tiny-demo\\n"'))),
+    C("pack-recipe-expires-overflow", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, setup=_recipe(RECIPE.replace("expires_in: 90d",
+                                                                     "expires_in: 999999999999999999d"))),
+    C("pack-expires-in-overflow", "bundle", "pack", "{recipe}", "--out", "{dir}/p7", "--key", "{key}", "--model-dir",
+      "{model}", "--expires-in", "99999999999999999999w", env=ENV_PASS, expect=2),
+    C("pack-version-overflow", "bundle", "pack", "{recipe}", "--out", "{dir}/p8", "--key", "{key}", "--model-dir",
+      "{model}", "--version", "99999999999999999999999999", env=ENV_PASS, expect=2),
+    C("pack-workers-huge", "bundle", "pack", "{recipe}", "--out", "{dir}/p9", "--key", "{key}", "--model-dir",
+      "{model}", "--workers", "1000000000", env=ENV_PASS, expect=2),
+    C("pack-out-exists", "bundle", "pack", "{recipe}", "--out", "{bundle}", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, watch=("bundle",)),
+    C("pack-out-is-file", "bundle", "pack", "{recipe}", "--out", "{garbage}", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, watch=("garbage",)),
+    C("pack-out-inside-model", "bundle", "pack", "{recipe}", "--out", "{m}/out", "--key", "{key}", "--model-dir",
+      "{m}", env=ENV_PASS, expect=2, setup=lambda w, t: {"m": shutil.copytree(w.paths["model"], t / "m").as_posix()}),
+    C("pack-model-dir-missing", "bundle", "pack", "{recipe}", "--out", "{dir}/p10", "--key", "{key}", "--model-dir",
+      "{missing}", env=ENV_PASS, expect=2),
+    C("pack-model-link-escapes", "bundle", "pack", "{recipe}", "--out", "{dir}/p11", "--key", "{key}",
+      "--model-dir", "{m}", env=ENV_PASS, expect={1, 2}, setup=_model_with_link("/etc/shadow")),
+    C("pack-model-link-loop", "bundle", "pack", "{recipe}", "--out", "{dir}/p12", "--key", "{key}", "--model-dir",
+      "{m}", env=ENV_PASS, expect={1, 2}, setup=_model_with_loop),
+    C("pack-key-missing", "bundle", "pack", "{recipe}", "--out", "{dir}/p13", "--key", "{missing}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2),
+    C("pack-no-key", "bundle", "pack", "{recipe}", "--out", "{dir}/p14", "--model-dir", "{model}", expect=2),
+    C("pack-hub-unreachable", "bundle", "pack", "{recipe}", "--out", "{dir}/p15", "--key", "{key}", env={
+        **ENV_PASS, "HF_ENDPOINT": "http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0"}, expect=4),
+    C("pack-hub-offline-mode", "bundle", "pack", "{recipe}", "--out", "{dir}/p16", "--key", "{key}",
+      env={**ENV_PASS, "HF_HUB_OFFLINE": "1"}, expect={2, 4}),
+    C("pack-site-profile-turns-offline-off", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+      "--model-dir", "{model}", env=ENV_PASS, expect=2, setup=_site_profile(
+          lambda t: t.replace('VLLM_CPU_KVCACHE_SPACE: "1"', 'VLLM_CPU_KVCACHE_SPACE: "1"\n    HF_HUB_OFFLINE: "0"'))),
+    C("pack-site-profile-ld-preload", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+      "--model-dir", "{model}", env=ENV_PASS, expect=2, setup=_site_profile(
+          lambda t: t.replace('VLLM_CPU_KVCACHE_SPACE: "1"', 'VLLM_CPU_KVCACHE_SPACE: "1"\n    LD_PRELOAD: /tmp/x.so'))),
+    C("pack-site-profile-lowercase-secret", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+      "--model-dir", "{model}", env=ENV_PASS, expect=2, setup=_site_profile(
+          lambda t: t.replace('VLLM_CPU_KVCACHE_SPACE: "1"', 'VLLM_CPU_KVCACHE_SPACE: "1"\n    my_api_key: x'))),
+    C("pack-site-profile-binary", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, setup=_recipe(SITE, {"site.yaml": "\x00\xff\xfe binary"})),
+    C("pack-site-profile-traversal", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, setup=_recipe(RECIPE.replace("  - cpu-tiny\n", "  - ../../../etc/passwd\n"))),
+    C("pack-unknown-unit-traversal", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
+      "{model}", env=ENV_PASS, expect=2, setup=_recipe(RECIPE.replace("gptoss@.service", "../../../../etc/shadow"))),
+    # ------------------------------------------------------------ hardware
+    C("hw-xml-binary", "hw", "check", "--nvidia-smi-xml", "{garbage}", expect=2),
+    C("hw-xml-deep", "hw", "check", "--nvidia-smi-xml", "{xml_deep}", expect={1, 2}),
+    C("hw-xml-huge-number", "hw", "check", "--nvidia-smi-xml", "{xml_gpu_text}", expect={1, 2}),
+    C("hw-xml-directory", "hw", "check", "--nvidia-smi-xml", "{dir}", expect=2),
+    C("hw-csv-binary", "hw", "check", "--nvidia-smi-csv", "{garbage}", expect=2),
+    C("hw-csv-overflow", "hw", "check", "--nvidia-smi-csv", "{csv_wrong}", expect={1, 2}),
+    C("hw-csv-columns", "hw", "check", "--nvidia-smi-csv", "{csv_cols}", expect={1, 2}),
+    C("hw-rocm-deep", "hw", "check", "--rocm-smi-json", "{deepjson}", expect=2),
+    C("hw-rocm-list", "hw", "check", "--rocm-smi-json", "{listjson}", expect=2),
+    C("hw-rocm-wrong-types", "hw", "check", "--rocm-smi-json", "{rocm_wrong}", expect=2),
+    C("hw-rocm-wrong-types-2", "hw", "check", "--rocm-smi-json", "{rocm_types}", expect=2),
+    C("hw-rocm-number", "hw", "check", "--rocm-smi-json", "{numjson}", expect=2),
+    C("hw-amd-wrong-types", "hw", "check", "--amd-smi-json", "{amd_wrong}", expect=2),
+    C("hw-amd-overflow", "hw", "check", "--amd-smi-json", "{amd_types}", expect={1, 2}),
+    C("hw-amd-string", "hw", "check", "--amd-smi-json", "{strjson}", expect=2),
+    C("hw-two-captures", "hw", "check", "--nvidia-smi-xml", "{garbage}", "--rocm-smi-json", "{garbage}", expect=2),
+    C("hw-unknown-model", "hw", "check", "--model", "gpt-5\n", expect=2),
+    C("hw-bundle-is-file", "hw", "check", "--bundle", "{garbage}", expect=2),
+    C("hw-bundle-envelope-binary", "hw", "check", "--bundle", "{b}", expect={1, 2},
+      setup=_bundle_variant(lambda b: (b / "manifest.dsse.json").write_bytes(os.urandom(512)))),
+    C("profiles-list-prefix-file", "profiles", "list", "--model", "tiny", "--prefix", "{garbage}/x", expect={0, 1, 2, 3}),
+    # ------------------------------------------------------------ install
+    C("install-port-zero", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--port", "0", "--vllm-python",
+      sys.executable, expect=2, watch=("root", "bundle")),
+    C("install-port-overflow", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--port",
+      "99999999999999999999", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-port-change-refused-keeps-trust", "install", "{bundle}", "--trust", "{bobpub}", "--trust", *P,
+      "--root", "{root}", "--port", "80", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-untrusted", "install", "{bundle}", "--trust", "{bobpub}", "--root", "{root}", "--vllm-python",
+      sys.executable, expect=1, watch=("root",)),
+    C("install-instance-newline", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance", "x\n",
+      "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-instance-traversal", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "../../etc", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-host-public", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--host", "0.0.0.0",
+      "--vllm-python", sys.executable, expect={1, 2}, watch=("root",)),
+    C("install-health-timeout-overflow", "install", "{bundle}", "--trust", *P, "--root", "{root}",
+      "--health-timeout", "99999999999999999999d", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-root-is-file", "install", "{bundle}", "--trust", *P, "--root", "{rootfile}", "--vllm-python",
+      sys.executable, expect={2, 3}, setup=_root_is_file),
+    C("install-root-readonly", "install", "{bundle}", "--trust", *P, "--root", "{ro}", "--vllm-python",
+      sys.executable, expect=3, setup=_readonly_root),
+    C("install-bundle-is-file", "install", "{garbage}", "--trust", *P, "--root", "{root}", expect=2, watch=("root",)),
+    C("install-unknown-profile", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--profile",
+      "hopper-120b\n", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-capture-binary", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--nvidia-smi-xml",
+      "{garbage}", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-vllm-python-missing", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance", "fresh",
+      "--vllm-python", "{missing}", expect=2, watch=("root",)),
+    C("install-python-is-garbage", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance", "fresh",
+      "--python", "{garbage}", expect={1, 2, 3}, watch=("root",)),
+    C("install-live-without-yes", "install", "{bundle}", "--trust", *P, expect={2, 3}),
+    # ------------------------------------------------------------ status / rollback / uninstall / audit
+    C("status-root-file", "status", "--root", "{rootfile}", expect={1, 2}, setup=_root_is_file),
+    C("status-release-json-list", "status", "--root", "{root2}", expect=1, setup=_release_json("[1, 2]")),
+    C("status-release-json-binary", "status", "--root", "{root2}", expect=1, setup=_release_json("\x00\xff")),
+    C("status-instance-newline", "status", "--root", "{root}", "--instance", "tiny-gpt-oss\n", expect=2,
+      watch=("root",)),
+    C("rollback-nothing", "rollback", "--root", "{root}", expect=1, watch=("root",)),
+    C("rollback-to-garbage", "rollback", "--root", "{root}", "--to", "99999999999999999999999", expect={1, 2},
+      watch=("root",)),
+    C("rollback-release-json-deep", "rollback", "--root", "{root2}", "--to", "5", expect={1, 2},
+      setup=_release_json("[" * 100_000 + "]" * 100_000)),
+    C("uninstall-unknown-instance", "uninstall", "--root", "{root}", "--instance", "nope", expect=1, watch=("root",)),
+    C("uninstall-root-file", "uninstall", "--root", "{rootfile}", "--instance", "x", expect={1, 2},
+      setup=_root_is_file),
+    C("audit-garbage-lines", "audit", "verify", "--root", "{root2}", expect=1,
+      setup=_audit_lines('{"seq": 1}\n[1,2]\n"x"\n\x00\xff\nnull\n')),
+    C("audit-binary", "audit", "verify", "--root", "{root2}", expect=1, setup=_audit_lines(os.urandom(2048))),
+    C("audit-deep", "audit", "verify", "--root", "{root2}", expect=1, setup=_audit_lines("[" * 100_000)),
+    C("audit-log-and-head-deleted", "audit", "verify", "--root", "{root2}", expect=1, setup=_audit_cut),
+    # ------------------------------------------------------------ compliance / support bundle
+    C("compliance-release-json-list", "compliance", "check", "--root", "{root2}", expect=1,
+      setup=_release_json("[]")),
+    C("compliance-release-json-types", "compliance", "check", "--root", "{root2}", expect=1,
+      setup=_release_json('{"version": "five", "port": "x", "host": ["a"], "gpus": 7}')),
+    C("compliance-policy-wrong-types", "compliance", "check", "--root", "{root2}", expect=1,
+      setup=_trust_policy('{"threshold": "two", "revoked": 5}')),
+    C("compliance-policy-binary", "compliance", "check", "--root", "{root2}", expect=1,
+      setup=_trust_policy("\x00\xff")),
+    C("compliance-audit-cut", "compliance", "check", "--root", "{root2}", expect=1, setup=_audit_cut),
+    C("compliance-sarif-is-directory", "compliance", "check", "--root", "{root}", "--sarif", "{dir}", expect=2),
+    C("compliance-expiry-overflow", "compliance", "check", "--root", "{root}", "--expiry-warning",
+      "99999999999999999999d", expect=2),
+    C("compliance-max-exposure-nan", "compliance", "check", "--root", "{root}", "--max-exposure", "nan", expect=2),
+    C("support-bundle-output-exists", "support-bundle", "--root", "{root}", "-o", "{existing}", expect=2,
+      watch=("root",), setup=_existing),
+    C("support-bundle-output-link", "support-bundle", "--root", "{root}", "-o", "{link}", expect=2,
+      watch=("root",), setup=_existing),
+    C("support-bundle-output-dir", "support-bundle", "--root", "{root}", "-o", "{dir}", expect=2, watch=("root",)),
+    C("support-bundle-root-file", "support-bundle", "--root", "{rootfile}", expect={1, 2}, setup=_root_is_file),
+    # ------------------------------------------------------------ smoke / canary
+    C("smoke-unreachable", "smoke", "--url", "http://127.0.0.1:{port}", expect=4),
+    C("smoke-url-garbage", "smoke", "--url", "not a url", expect=2),
+    C("smoke-url-scheme", "smoke", "--url", "ftp://127.0.0.1/", expect=2),
+    C("smoke-url-malformed", "smoke", "--url", "http://[::1", expect=2),
+    C("smoke-key-binary", "smoke", "--url", "http://127.0.0.1:{port}", "--api-key-file", "{garbage}", expect=2),
+    C("smoke-key-missing", "smoke", "--url", "http://127.0.0.1:{port}", "--api-key-file", "{missing}", expect=2),
+    C("smoke-key-empty", "smoke", "--url", "http://127.0.0.1:{port}", "--api-key-file", "{empty}", expect=2),
+    C("canary-unreachable", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "demo", expect=4),
+    C("canary-suite-binary", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{garbage}", expect=2),
+    C("canary-suite-laughs", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{laughs}", expect=2),
+    C("canary-suite-deep", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{deepyaml}", expect=2),
+    C("canary-suite-redos", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
+      setup=_suite(SUITE_HEAD + '      - {id: c, prompt: p, checks: [{regex: "(a+)+$"}]}\n')),
+    C("canary-suite-bad-schema", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
+      setup=_suite(SUITE_HEAD + '      - {id: c, prompt: p, checks: [{json_schema: {type: 12}}]}\n')),
+    C("canary-suite-remote-ref", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
+      setup=_suite(SUITE_HEAD + '      - {id: c, prompt: p, checks: [{json_schema: {"$ref": "http://127.0.0.1:9/x"}}]}\n')),
+    C("canary-baseline-binary", "canary", "run", "--url", "http://127.0.0.1:{port}", "--baseline", "{garbage}",
+      expect=2),
+    C("canary-baseline-list", "canary", "run", "--url", "http://127.0.0.1:{port}", "--baseline", "{listjson}",
+      expect=2),
+    C("canary-baseline-deep", "canary", "run", "--url", "http://127.0.0.1:{port}", "--baseline", "{deepjson}",
+      expect=2),
+    C("canary-baseline-wrong-types", "canary", "run", "--url", "http://127.0.0.1:{port}", "--baseline", "{bl}",
+      expect=2, setup=_baseline('{"schema": "gptossctl.canary-report/1", "latency_ms": "fast", "safety": 3}')),
+    C("canary-concurrency-huge", "canary", "run", "--url", "http://127.0.0.1:{port}", "--concurrency",
+      "99999999999999999999", expect=2),
+    C("canary-out-is-file", "canary", "run", "--url", "http://127.0.0.1:{port}", "--out", "{garbage}", expect={2, 4},
+      watch=("garbage",)),
+    # ------------------------------------------------------------ demo
+    C("demo-out-foreign-directory", "demo", "--out", "{precious}", expect=2, setup=_demo_target),
+    C("demo-out-is-file", "demo", "--out", "{garbage}", expect=2, watch=("garbage",)),
+]
+
+
+def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **env}
+    return subprocess.run([str(GPTOSSCTL), *argv, "--json"], capture_output=True, text=True, timeout=300,
+                          env=full, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input_is_refused_cleanly(case: Case, world: World, tmp_path: Path) -> None:
+    extra = case.setup(world, tmp_path) if case.setup else {}
+    w = World(world.base, {**world.paths, **extra})
+    try:
+        before = {name: _state(Path(w.paths[name])) for name in case.watch}
+        r = _run([w.fmt(a) for a in case.argv], {k: w.fmt(v) for k, v in case.env})
+        assert "Traceback" not in r.stderr, r.stderr[-3000:]
+        doc = json.loads(r.stdout)  # exactly one document
+        err = doc.get("error") or {}
+        assert r.returncode in case.expect, f"exit {r.returncode}: {err.get('code')}: {err.get('message', '')[:300]}"
+        assert doc["schema"] == "gptossctl.result/1" and doc["exit_code"] == r.returncode
+        if r.returncode and err:  # refused: the error says what and what to do
+            assert err.get("code") and err.get("message") and err.get("hint"), f"no next step said: {err}"
+            assert "internal error" not in err["message"], doc
+        elif r.returncode:  # checked and failed: every finding says what to do
+            assert doc["findings"] and all(f.get("hint") for f in doc["findings"]), f"no next step said: {doc}"
+        for name in case.watch:
+            after = _state(Path(w.paths[name]))
+            changed = sorted(k for k in set(after) | set(before[name]) if after.get(k) != before[name].get(k))
+            assert not changed, f"{name} changed by a refused command: {changed[:10]}"
+    finally:
+        if "ro" in extra:
+            subprocess.run(["umount", extra["ro"]], check=False)
