@@ -327,7 +327,7 @@ def verified_profiles(bundle: VerifiedBundle) -> list[Any]:
     out = []
     for f in entries:
         path = bundle.root / "payload" / f.path
-        data = read_bytes(path, what="profile", code="install.bundle_changed", limit=max(f.size, 1))
+        data = read_bytes(path, what="profile", code="install.bundle_changed", limit=max(f.size + 1, 4 << 20))
         if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
             raise CheckFailed(f"{path} changed after the bundle was verified", code="install.bundle_changed",
                               findings=[Finding("bundle.digest_mismatch", f"payload/{f.path}",

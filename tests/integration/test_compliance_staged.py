@@ -398,6 +398,43 @@ def test_support_bundle_redacts_every_secret(cli, tree: Path, tmp_path: Path) ->
     assert (_rel(tree) / "service.env").stat().st_mode & 0o777 == 0o600
 
 
+def test_support_bundle_redacts_secrets_wherever_a_value_can_sit(cli, tree: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    secrets = {"quoted": "q-Secr3t-value-1", "unquoted": "u-Secr3t-value-2", "lower": "l-Secr3t-value-3",
+               "single": "s-Secr3t-value-4", "envfile": "e-Secr3t-value-5", "colon": "c-Secr3t-value-6"}
+    d = tree / f"etc/systemd/system/gptoss@{INSTANCE}.service.d"
+    d.mkdir()
+    (d / "site.conf").write_text(
+        "[Service]\n"
+        'Environment="HTTP_PROXY=http://proxy:3128" "SITE_TOKEN=%s"\n' % secrets["quoted"] +
+        "Environment=DB_PASSWORD=%s OTHER=visible\n" % secrets["unquoted"] +
+        "Environment='my_api_key=%s' api_secret=%s\n" % (secrets["single"], secrets["lower"]) +
+        "EnvironmentFile=-/etc/site/secrets.env\n" +
+        "# config: credential: %s\n" % secrets["colon"])
+    (tree / "etc/site").mkdir()
+    (tree / "etc/site/secrets.env").write_text("Vault_Credential=%s\n" % secrets["envfile"])
+    out = tmp_path / "support.tar.gz"
+    code, doc = cli("support-bundle", "--root", str(tree), "--instance", INSTANCE, "-o", str(out))
+    assert code == 0, doc
+    raw = out.read_bytes()
+    with tarfile.open(out) as tar:
+        plain = b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
+    for name, value in secrets.items():
+        assert value.encode() not in plain and value.encode() not in raw, name
+    assert b"HTTP_PROXY=http://proxy:3128" in plain and b"OTHER=visible" in plain
+    assert doc["data"]["secrets_redacted"] >= 5
+    # An existing output is never overwritten without --force, and a link is never followed.
+    code, doc = cli("support-bundle", "--root", str(tree), "--instance", INSTANCE, "-o", str(out))
+    assert code == 2 and doc["error"]["code"] == "output.exists" and out.read_bytes() == raw
+    link = tmp_path / "link.tar.gz"
+    link.symlink_to(tmp_path / "victim")
+    (tmp_path / "victim").write_text("keep\n")
+    code, doc = cli("support-bundle", "--root", str(tree), "--instance", INSTANCE, "-o", str(link), "--force")
+    assert code == 2 and doc["error"]["code"] == "output.is_link"
+    assert (tmp_path / "victim").read_text() == "keep\n" and link.is_symlink()
+    code, doc = cli("support-bundle", "--root", str(tree), "--instance", INSTANCE, "-o", str(out), "--force")
+    assert code == 0 and out.read_bytes() != raw and out.stat().st_mode & 0o777 == 0o600
+
+
 def test_compliance_on_a_missing_instance_is_a_usage_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "opt/gptoss/other").mkdir(parents=True)
     code, doc = cli("compliance", "check", "--root", str(tmp_path), "--instance", "absent")

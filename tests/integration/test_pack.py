@@ -117,3 +117,56 @@ def test_inspect_reads_without_hashing(cli, bundle: Path, keys: dict[str, KeyPai
     d = doc["data"]
     assert d["name"] == "tiny-demo" and d["version"] == 5 and d["verified"] is False
     assert d["signers"] == [keys["alice"].keyid] and set(d["components"]) == {"model", "profiles", "units", "sbom"}
+
+
+def _pack(cli, keys: dict[str, KeyPair], model: Path, out: Path):  # type: ignore[no-untyped-def]
+    return cli("bundle", "pack", RECIPE, "--out", str(out), "--key", str(keys["alice"].private), "--model-dir",
+               str(model), env={"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()})
+
+
+def test_pack_refuses_links_that_leave_the_model_directory(cli, keys: dict[str, KeyPair], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = write_tiny_model(tmp_path / "model")
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("not for the bundle\n")
+    secret.chmod(0o600)
+    (model / "tokenizer.json").unlink()
+    (model / "tokenizer.json").symlink_to(secret)
+    code, doc = _pack(cli, keys, model, tmp_path / "out")
+    assert code == 2 and doc["error"]["code"] == "pack.link_escapes", doc
+    assert str(model / "tokenizer.json") in doc["error"]["message"] and str(secret) in doc["error"]["message"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_pack_follows_links_inside_the_model_directory_and_detects_loops(cli, keys: dict[str, KeyPair],  # type: ignore[no-untyped-def]
+                                                                        tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "model")
+    (model / "store").mkdir()
+    (model / "config.json").rename(model / "store" / "config.json")
+    (model / "config.json").symlink_to("store/config.json")  # a link that stays inside: fine
+    code, doc = _pack(cli, keys, model, tmp_path / "ok")
+    assert code == 0, doc
+    assert not (tmp_path / "ok/payload/model/config.json").is_symlink()
+    (model / "store" / "again").symlink_to("..")  # a directory reached twice: a loop
+    code, doc = _pack(cli, keys, model, tmp_path / "loop")
+    assert code == 2 and doc["error"]["code"] == "pack.link_loop", doc
+
+
+def test_a_second_pack_to_the_same_out_copies_no_byte(cli, keys: dict[str, KeyPair], tiny_model: Path,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "b"
+    partial = tmp_path / "b.partial"
+    (partial / "payload").mkdir(parents=True)
+    with open(partial / ".gptossctl-pack.jsonl", "a") as held:  # a first pack holds its journal's lock
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        code, doc = _pack(cli, keys, tiny_model, out)
+    assert code == 3 and doc["error"]["code"] == "pack.locked", doc
+    assert list((partial / "payload").iterdir()) == [] and not out.exists()
+
+
+def test_pack_refuses_an_output_inside_its_source(cli, keys: dict[str, KeyPair], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = write_tiny_model(tmp_path / "model")
+    code, doc = _pack(cli, keys, model, model / "bundle")
+    assert code == 2 and doc["error"]["code"] == "pack.out_inside_source"
+    assert not (model / "bundle.partial").exists()
