@@ -13,7 +13,7 @@ from typing import Any
 
 
 def generate() -> dict[str, dict[str, Any]]:
-    from gptossctl.bundle.spec import BundleSpec
+    from gptossctl.pack.spec import BundleSpec
     from gptossctl.hardware.profiles import Profile
 
     out = {}

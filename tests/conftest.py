@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gptossctl.bundle.keys import SigningKey, generate_key, load_public_key, load_signing_key
-from gptossctl.bundle.pack import pack_bundle
-from gptossctl.bundle.spec import load_spec
+from gptossctl.pack.pack import pack_bundle
+from gptossctl.pack.spec import load_spec
 from gptossctl.demo.tinymodel import write_tiny_model
 from gptossctl.resources import data_dir
 

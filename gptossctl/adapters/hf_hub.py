@@ -32,8 +32,13 @@ def endpoint_host() -> str:
 
 def _failure(exc: BaseException, what: str) -> Exception:
     """Map huggingface_hub's and httpx's errors onto ours."""
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if isinstance(exc, OfflineModeIsEnabled):
         return UsageError(f"{what}: HF_HUB_OFFLINE is set, so the Hub is not asked", code="pack.hub_offline",

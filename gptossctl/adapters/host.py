@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from gptossctl.hardware.inventory import HostFacts
@@ -44,3 +44,16 @@ def probe_host(paths: Iterable[Path] = ()) -> HostFacts:
     free = {str(p): f for p in paths if (f := _free(p)) is not None}
     return HostFacts(arch=platform.machine(), glibc=_glibc(), python=platform.python_version(),
                      ram_total_mib=_ram_mib(), disk_free_bytes=free)
+
+
+def missing_libraries(names: Sequence[str]) -> list[str]:
+    """The shared libraries of `names` that the dynamic loader cannot load on this host."""
+    import ctypes
+
+    missing = []
+    for lib in names:
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            missing.append(lib)
+    return missing

@@ -155,3 +155,26 @@ def iter_text_deltas(events: list[StreamEvent]) -> Iterator[tuple[float, str]]:
                 choice.get("text") or ""
             if text:
                 yield ev.t, text
+
+
+def health(url: str, *, timeout: float = 5.0) -> int | str:
+    """GET {url}/health: the HTTP status, or the name of the error when nothing answered."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).status_code
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return type(exc).__name__
+
+
+def key_enforced(url: str, api_key: str, *, timeout: float = 10.0) -> tuple[int, int] | str:
+    """GET /v1/models without and with the key: (status without, status with), or the error's name."""
+    import httpx
+
+    try:
+        anon = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout).status_code
+        keyed = httpx.get(f"{url.rstrip('/')}/v1/models", timeout=timeout,
+                          headers={"Authorization": f"Bearer {api_key}"}).status_code
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return type(exc).__name__
+    return anon, keyed

@@ -107,3 +107,9 @@ class Systemd:
                              timeout=120)
         m = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", res.stdout)
         return Exposure(float(m.group(1)) if m else None, m.group(2) if m else "", res.stdout + res.stderr)
+
+
+def delete_user(name: str) -> bool:
+    """Remove a system user (the service user, on the last purge); True when it existed and was removed."""
+    exe = shutil.which("userdel")
+    return exe is not None and subprocess.run([exe, name], capture_output=True, timeout=60).returncode == 0

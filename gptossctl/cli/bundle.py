@@ -49,8 +49,8 @@ def pack(
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.bundle.pack import dry_run_pack, pack_bundle
-        from gptossctl.bundle.spec import load_spec
+        from gptossctl.pack.pack import dry_run_pack, pack_bundle
+        from gptossctl.pack.spec import load_spec
 
         recipe, spec_dir = load_spec(spec)
         if dry_run:
@@ -62,7 +62,7 @@ def pack(
                                progress=advance, on_total=total)
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
-        from gptossctl.bundle.pack import PackPlan
+        from gptossctl.pack.pack import PackPlan
 
         if isinstance(r, PackPlan):
             d = r.to_dict()

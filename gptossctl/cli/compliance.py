@@ -11,7 +11,7 @@ from rich.markup import escape
 from gptossctl.cli.options import (ExposureOpt, ForceOpt, InstanceOpt, JsonOpt, RevokedOpt, RootOpt, ThresholdOpt,
                                    trust_policy)
 from gptossctl.cli.output import run, stdout
-from gptossctl.service.layout import pick_instance
+from gptossctl.install.layout import pick_instance
 
 app = typer.Typer(no_args_is_help=True, help="Evidence that what runs is what was approved, configured as approved.")
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
@@ -46,7 +46,9 @@ def check(
         from datetime import timedelta
 
         from gptossctl.durations import parse_duration
-        from gptossctl.service.compliance import ComplianceOptions, run_checks, to_junit, to_sarif, to_textfile
+        from gptossctl.compliance.checks import run_checks
+        from gptossctl.compliance.evidence import ComplianceOptions
+        from gptossctl.compliance.outputs import to_junit, to_sarif, to_textfile
         from gptossctl.fsutil import atomic_write, check_output_file
 
         for path, what in ((report, "--report"), (sarif, "--sarif"), (junit, "--junit"), (textfile, "--textfile")):
@@ -99,7 +101,7 @@ def support_bundle(
     before it is written. Exit 0 written, 1 a secret survived redaction (nothing written)."""
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.service.support import write_support_bundle
+        from gptossctl.compliance.support import write_support_bundle
 
         return write_support_bundle(root, pick_instance(root, instance), output, force=force)
 

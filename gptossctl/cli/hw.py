@@ -24,7 +24,8 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 def assess_from_cli(model: str | None, bundle: Path | None, xml: Path | None, csv: Path | None,
                     rocm: Path | None, amd: Path | None, prefix: Path | None) -> Any:
-    from gptossctl.hardware.assess import Captures, assess
+    from gptossctl.adapters.gpus import Captures
+    from gptossctl.install.preflight import assess
 
     return assess(model=model, bundle=bundle, captures=Captures(xml, csv, rocm, amd),
                   disk_paths=[prefix] if prefix else None)

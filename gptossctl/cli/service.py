@@ -14,7 +14,7 @@ from gptossctl.cli.options import (InstanceOpt, JsonOpt, PortOpt, RevokedOpt, Ro
                                    YesOpt, trust_policy)
 from gptossctl.cli.output import progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
-from gptossctl.service.layout import pick_instance
+from gptossctl.install.layout import pick_instance
 
 TimeoutOpt = typer.Option("30m", "--health-timeout", help="How long vLLM may take to answer /health, e.g. 20m.")
 _STYLE = {"ok": "green", "failed": "red", "skipped": "dim"}
@@ -73,9 +73,9 @@ def install(
 
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.durations import parse_duration
-        from gptossctl.hardware.assess import Captures
-        from gptossctl.service.install import InstallRequest
-        from gptossctl.service.install import install as do_install
+        from gptossctl.adapters.gpus import Captures
+        from gptossctl.install.lifecycle import InstallRequest
+        from gptossctl.install.lifecycle import install as do_install
 
         policy = trust_policy(trust, threshold=threshold, revoked=revoked)
         staged = root.resolve() != Path("/")
@@ -110,7 +110,7 @@ def status(instance: InstanceOpt = None, root: RootOpt = Path("/"), as_json: Jso
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.service.install import status_report
+        from gptossctl.install.operations import status_report
 
         return status_report(root, instance)
 
@@ -138,7 +138,7 @@ def rollback(instance: InstanceOpt = None, root: RootOpt = Path("/"),
 
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.durations import parse_duration
-        from gptossctl.service.install import rollback as do_rollback
+        from gptossctl.install.operations import rollback as do_rollback
 
         if root.resolve() == Path("/"):
             _confirm(yes, as_json, "roll back")
@@ -152,11 +152,6 @@ def rollback(instance: InstanceOpt = None, root: RootOpt = Path("/"),
     run(action, as_json=as_json, render=render)
 
 
-class _Dict(dict):  # type: ignore[type-arg]
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self)
-
-
 def uninstall(instance: InstanceOpt = None, root: RootOpt = Path("/"),
               purge: bool = typer.Option(False, "--purge", help="Also remove the API key, state, caches and, with "
                                          "the last instance, the service user."),
@@ -165,16 +160,16 @@ def uninstall(instance: InstanceOpt = None, root: RootOpt = Path("/"),
     state and cache directories are kept."""
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.service.install import uninstall as do_uninstall
+        from gptossctl.install.operations import uninstall as do_uninstall
 
         if root.resolve() == Path("/"):
             _confirm(yes, as_json, "uninstall")
-        return _Dict(do_uninstall(root, pick_instance(root, instance), purge=purge))
+        return do_uninstall(root, pick_instance(root, instance), purge=purge)
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
-        for p in r["removed"]:
+        for p in r.removed:
             stdout.print(f"removed {p}")
-        for p in r["kept"]:
+        for p in r.kept:
             stdout.print(f"kept    {p} (--purge removes it)")
 
     run(action, as_json=as_json, render=render)
@@ -188,8 +183,8 @@ def audit_verify(root: RootOpt = Path("/"), as_json: JsonOpt = False) -> None:
     """Check the audit log's hash chain. Exit 1 naming the first edited, deleted or cut entry."""
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.service.audit import verify
-        from gptossctl.service.layout import Layout
+        from gptossctl.install.audit import verify
+        from gptossctl.install.layout import Layout
 
         layout = Layout(root)
         return verify(layout.log_dir, anchor=layout.audit_anchor)

@@ -56,9 +56,9 @@ def prepare_out(out: Path) -> None:
 
 def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> DemoResult:
     from gptossctl.bundle.keys import generate_key, load_public_key, load_signing_key
-    from gptossctl.bundle.pack import pack_bundle
+    from gptossctl.pack.pack import pack_bundle
     from gptossctl.bundle.sign import cosign_bundle
-    from gptossctl.bundle.spec import load_spec
+    from gptossctl.pack.spec import load_spec
     from gptossctl.bundle.verify import TrustPolicy, verify_bundle
     from gptossctl.demo.tinymodel import write_tiny_model
     from gptossctl.resources import data_dir
@@ -111,7 +111,7 @@ def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> Demo
         codes = sorted({f.code for f in exc.findings})
         step("tampered bundle refused", codes == ["bundle.digest_mismatch"], f"exit 1 with {', '.join(codes)}")
 
-    from gptossctl.hardware.assess import assess
+    from gptossctl.install.preflight import assess
 
     try:
         report = assess(model="tiny", bundle=bundle, disk_paths=[out])
@@ -128,7 +128,7 @@ def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, b
     """Install into a staging tree (no systemd is booted here) and grade the unit it enabled."""
     import sys
 
-    from gptossctl.service.install import InstallRequest, install
+    from gptossctl.install.lifecycle import InstallRequest, install
 
     root = out / "root"
     try:
@@ -153,7 +153,7 @@ def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, b
 
 def _compliance(root: Path, instance: str, release: Path, step: Callable[[str, bool, str], None]) -> None:
     """The installed tree passes the compliance check; one flipped weight bit is then caught as drift."""
-    from gptossctl.service.compliance import run_checks
+    from gptossctl.compliance.checks import run_checks
 
     report = run_checks(root, instance)
     n = report.counts

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from gptossctl.adapters.captures import parse_nvidia_smi_csv
-from gptossctl.hardware.assess import Captures, assess
+from gptossctl.adapters.gpus import Captures
+from gptossctl.install.preflight import assess
 from gptossctl.hardware.check import Requirements, check_models, required_driver
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.profiles import load_profiles

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gptossctl.bundle.assets import fetch_vocab
-from gptossctl.bundle.sources import select_files
-from gptossctl.bundle.spec import DEFAULT_MODEL_EXCLUDE, DEFAULT_MODEL_INCLUDE
+from gptossctl.pack.assets import fetch_vocab
+from gptossctl.pack.sources import select_files
+from gptossctl.pack.spec import DEFAULT_MODEL_EXCLUDE, DEFAULT_MODEL_INCLUDE
 from gptossctl.errors import CheckFailed
 from tests.conftest import FIXTURES, PASSPHRASE, KeyPair
 from tests.integration.conftest import build_wheel, make_hf_cache
@@ -178,8 +178,8 @@ def test_vllm_older_than_gpt_oss_support_is_refused(cli, tmp_path: Path, keys) -
 
 
 def test_gptossctl_builds_its_own_wheel_offline(tmp_path: Path) -> None:
-    from gptossctl.bundle.gather import _self_wheel
-    from gptossctl.bundle.wheels import read_wheel
+    from gptossctl.pack.gather import _self_wheel
+    from gptossctl.pack.wheels import read_wheel
 
     w = read_wheel(_self_wheel(tmp_path))
     assert w.name == "gptossctl" and any(r.startswith("cryptography") for r in w.requires)

@@ -15,7 +15,7 @@ import pytest
 from gptossctl.bundle.verify import TrustPolicy
 from gptossctl.bundle.keys import load_public_key
 from gptossctl.errors import CheckFailed
-from gptossctl.service.install import InstallRequest, install
+from gptossctl.install.lifecycle import InstallRequest, install
 from tests.conftest import KeyPair, pack
 
 pytestmark = pytest.mark.integration

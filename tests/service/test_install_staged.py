@@ -226,7 +226,7 @@ def test_the_audit_log_records_every_change_and_catches_tampering(cli, tiny_mode
 
 def test_a_missing_host_library_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
     from gptossctl.errors import CheckFailed
-    from gptossctl.service import install as inst
+    from gptossctl.install import preflight as inst
 
     assert "libnuma.so.1 present" == inst.check_host_libraries("cpu")  # this host has it (CI too)
     monkeypatch.setitem(inst.HOST_LIBRARIES, "cpu", (("libgptoss-absent.so.9", "gptoss-absent-pkg"),))

@@ -12,8 +12,9 @@ import pytest
 from gptossctl.bundle.keys import load_public_key
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
 from gptossctl.errors import CheckFailed
-from gptossctl.service.layout import Layout
-from gptossctl.service.releases import current_version, installed_versions, switch_current, unpack_release
+from gptossctl.install.layout import Layout
+from gptossctl.install.release import current_version, installed_versions, switch_current
+from gptossctl.install.unpack import unpack_release
 from tests.conftest import KeyPair
 
 pytestmark = pytest.mark.integration

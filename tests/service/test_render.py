@@ -15,7 +15,7 @@ import yaml
 from gptossctl.errors import UsageError
 from gptossctl.hardware.profiles import load_profiles
 from gptossctl.resources import data_dir
-from gptossctl.service.render import UnitInputs, render_env, render_unit, render_vllm_config
+from gptossctl.install.render import UnitInputs, render_env, render_unit, render_vllm_config
 
 TEMPLATE = (data_dir("systemd") / "gptoss@.service").read_text()
 SHAPES = {

@@ -27,7 +27,8 @@ def test_help_does_not_import_heavy_libraries() -> None:
 
 
 def test_domain_packages_never_import_the_cli_stack() -> None:
-    loaded = _modules_after("import gptossctl.bundle.verify, gptossctl.bundle.pack, gptossctl.bundle.sign, "
-                            "gptossctl.hardware.assess, gptossctl.probe.canary.run, gptossctl.probe.smoke, "
-                            "gptossctl.service.render, gptossctl.service.releases")
+    loaded = _modules_after("import gptossctl.bundle.verify, gptossctl.pack.pack, gptossctl.bundle.sign, "
+                            "gptossctl.install.preflight, gptossctl.probe.canary.run, gptossctl.probe.smoke, "
+                            "gptossctl.install.lifecycle, gptossctl.compliance.checks, gptossctl.compliance.support, "
+                            "gptossctl.pack.pack, gptossctl.demo.run")
     assert "typer" not in loaded and "rich" not in loaded

@@ -1,4 +1,5 @@
-"""Render the hardened unit, the 0600 environment file and the `vllm serve --config` file. Pure functions.
+"""Render the hardened unit, the 0600 environment file and the `vllm serve --config` file. Pure functions
+(but `unit_template`, which reads a release's own verified copy of the template).
 
 vLLM always binds the loopback address: its API key guards /v1 only (/invocations answers without
 one), so anything exposed beyond the host goes through an allowlisting TLS proxy, never to vLLM itself.
@@ -10,12 +11,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gptossctl.errors import UsageError
+from gptossctl.install.layout import Layout
+from gptossctl.install.release import CONFIG, ENV_FILE, LOOPBACK
+from gptossctl.resources import data_dir
+
+if TYPE_CHECKING:
+    from gptossctl.hardware.profiles import Profile
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-LOOPBACK = "127.0.0.1"
 # What must never leave the host and what must never be fetched at run time (REFERENCE.md).
 OFFLINE_ENV: Mapping[str, str] = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -112,3 +118,26 @@ def render_vllm_config(profile_config: Mapping[str, Any], *, model_dir: Path, se
     doc = {"model": str(model_dir), "served-model-name": served_name, "host": LOOPBACK, "port": port,
            **profile_config}
     return yaml.safe_dump(doc, sort_keys=False)
+
+
+def unit_template(release: Path) -> str:
+    """The unit template a release was rendered from: the bundle's own (signed), else gptossctl's."""
+    shipped = release / "payload" / "systemd" / "gptoss@.service"
+    return (shipped if shipped.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
+
+def render_release(template: str, profile: Profile, layout: Layout, release_live: Path, python_live: Path,
+                   api_key: str, *, port: int, gpus: tuple[int, ...], tensor_parallel: int,
+                   served: str) -> dict[str, str]:
+    """The unit, config and environment of one release, as text, with paths as the booted host sees them.
+    Pure: `compliance check` renders again from the same recorded inputs and compares."""
+    unit = render_unit(template, UnitInputs(
+        python=python_live, env_file=release_live / ENV_FILE, config_file=release_live / CONFIG,
+        release_dir=release_live, vendor=profile.match.vendor, gpus=gpus, tensor_parallel=tensor_parallel))
+    config = render_vllm_config(profile.vllm_config(tensor_parallel=tensor_parallel),
+                                model_dir=release_live / "payload" / "model", served_name=served, port=port)
+    env = render_env(api_key=api_key, instance=layout.instance, release_dir=release_live,
+                     profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
+                     cache_dir=layout.live_path(layout.cache))
+    if gpus and profile.match.vendor == "nvidia":
+        env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}\n"
+    return {"unit": unit, "config": config, "env": env}

@@ -7,17 +7,16 @@ With `dry_run`, nothing is downloaded: the plan lists what would be fetched and 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptossctl import __version__
-from gptossctl.bundle import sources, wheels
-from gptossctl.bundle.assets import compile_caches, fetch_vocab
-from gptossctl.bundle.spec import BundleSpec
+from gptossctl.adapters import pip
 from gptossctl.errors import CheckFailed, UsageError
+from gptossctl.pack import sources, wheels
+from gptossctl.pack.assets import compile_caches, fetch_vocab
+from gptossctl.pack.spec import BundleSpec
 from gptossctl.resources import data_dir
 
 
@@ -51,14 +50,11 @@ def _self_wheel(dest: Path) -> Path:
         raise UsageError("gptossctl is not running from a source checkout, so its wheel cannot be built",
                          code="pack.no_self_wheel", hint=f"put gptossctl-{__version__}-*.whl in {dest}, or set "
                          "wheels.include_gptossctl: false")
-    dest.mkdir(parents=True, exist_ok=True)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                          "--disable-pip-version-check", "-w", str(dest), str(project)],
-                         capture_output=True, text=True)
+    pip.build_wheel(project, dest)
     built = sorted(dest.glob(f"gptossctl-{__version__}-*.whl"))
-    if res.returncode != 0 or not built:
-        raise CheckFailed("building gptossctl's own wheel failed", code="pack.self_wheel_failed",
-                          hint=(res.stderr.strip().splitlines() or ["pip wheel failed"])[-1][:300])
+    if not built:
+        raise CheckFailed("building gptossctl's own wheel made no wheel", code="pack.self_wheel_failed",
+                          hint=f"build it by hand (pip wheel {project}) to see why")
     return built[-1]
 
 
@@ -177,7 +173,7 @@ def _gather_wheels(spec: BundleSpec, spec_dir: Path, scratch: Path, house: Path 
                               code="pack.flashinfer_mismatch", findings=findings,
                               hint=f"use flashinfer-cubin and flashinfer-jit-cache {pin} (vllm download-kernels)")
         g.wheels += [(k, "kernels") for k in kernels]
-    from gptossctl.bundle.sbom import license_summary
+    from gptossctl.pack.sbom import license_summary
 
     g.components["wheels"] = {"vllm": spec.vllm.version, "python": spec.target.python,
                               "platform": spec.target.platform, "arch": spec.target.arch,

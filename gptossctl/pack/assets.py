@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptossctl.bundle.spec import AssetsSpec
-from gptossctl.errors import CheckFailed, Finding, ServiceUnavailable, UsageError
+from gptossctl.adapters import downloads
+from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.pack.spec import AssetsSpec
 
 # Published digests (REFERENCE.md; harmony checks the same values when TIKTOKEN_ENCODINGS_BASE is set).
 VOCAB_SHA256: Mapping[str, str] = {
@@ -37,7 +38,7 @@ def fetch_vocab(names: Sequence[str], scratch: Path, *, local_dir: Path | None,
     for name in names:
         path = (local_dir / f"{name}.tiktoken") if local_dir else scratch / "tiktoken" / f"{name}.tiktoken"
         if local_dir is None and not path.exists():
-            _download(VOCAB_URL.format(name=name), path)
+            downloads.fetch(VOCAB_URL.format(name=name), path)
         if not path.is_file():
             raise UsageError(f"vocab file {path} is missing", code="pack.vocab_missing",
                              hint=f"put {name}.tiktoken in the recipe's assets.tiktoken_dir")
@@ -50,23 +51,6 @@ def fetch_vocab(names: Sequence[str], scratch: Path, *, local_dir: Path | None,
         raise CheckFailed("a vocab file is not the published one", code="pack.vocab_hash_mismatch",
                           findings=findings, hint=f"fetch it again from {VOCAB_URL.format(name='NAME')}")
     return out
-
-
-def _download(url: str, dest: Path) -> None:
-    import httpx
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with httpx.stream("GET", url, timeout=60, follow_redirects=True) as r:
-            r.raise_for_status()
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_bytes(1 << 20):
-                    f.write(chunk)
-    except httpx.HTTPError as exc:
-        raise ServiceUnavailable(f"cannot download {url}: {exc}", code="pack.download_failed",
-                                 hint="on a host without access, set assets.tiktoken_dir to local copies") from None
-    os.replace(tmp, dest)
 
 
 def compile_caches(spec: AssetsSpec, spec_dir: Path) -> tuple[list[AssetFile], list[dict[str, Any]]]:

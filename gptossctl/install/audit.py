@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gptossctl.errors import CheckFailed, Finding
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError
 from gptossctl.fsutil import atomic_write
+from gptossctl.install.layout import Layout
 
 GENESIS = "0" * 64
 LOG = "audit.jsonl"
@@ -175,3 +176,22 @@ def verify(log_dir: Path, *, anchor: Path | None = None) -> AuditReport:
         raise CheckFailed("the audit log was tampered with", code="audit.tampered", findings=findings,
                           hint="keep this copy as evidence; compare with the copy your log collector holds")
     return AuditReport(path, count, last_hash)
+
+
+def record(root: Path, command: list[str], result: str, *, instance: str | None, digest: str | None = None,
+           detail: str | None = None, failure: GptossctlError | None = None) -> None:
+    """Record a change (or a refusal) in the root's audit log and anchor. A log that cannot be written (a
+    read-only or foreign --root) must not hide the outcome: a refusal is still reported as it is, with a
+    finding that it went unrecorded; a change that went unrecorded is an error of its own."""
+    layout = Layout(root)
+    try:
+        append(layout.log_dir, command=command, result=result, instance=instance, bundle_digest=digest,
+               detail=detail, anchor=layout.audit_anchor)
+    except (OSError, GptossctlError) as exc:
+        why = exc.message if isinstance(exc, GptossctlError) else (exc.strerror or str(exc))
+        if failure is None:
+            raise EnvironmentNotReady(f"the change was made but could not be recorded in {layout.log_dir}: {why}",
+                                      code="audit.unwritable", hint="make the log directory writable and check "
+                                      "'gptossctl audit verify'") from None
+        failure.findings = (*failure.findings, Finding("audit.unrecorded", str(layout.log_dir),
+                                                        f"this refusal could not be recorded: {why}"))

@@ -5,22 +5,16 @@ FlashInfer kernel wheels whose version must equal the flashinfer-python that vLL
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
-from gptossctl.bundle.spec import TargetSpec
-from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, ServiceUnavailable
-
-_NETWORK = re.compile(r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution|"
-                      r"Network is unreachable|Connection refused|Max retries exceeded|ConnectTimeout|ReadTimeout|"
-                      r"Could not fetch URL|SSLError")
+from gptossctl.adapters import pip
+from gptossctl.errors import CheckFailed, Finding
+from gptossctl.pack.spec import TargetSpec
 
 # Permissive licences need no action; anything else is listed for a person to review.
 _PERMISSIVE = re.compile(
@@ -78,44 +72,9 @@ def platform_tags(platform: str) -> list[str]:
 
 def download(requirements: Sequence[str], target: TargetSpec, dest: Path, *,
              find_links: Sequence[Path] = (), no_index: bool = False) -> None:
-    """pip download for the target interpreter and platform; binary wheels only."""
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
-           "--python-version", target.python, "--implementation", "cp", "-d", str(dest)]
-    for tag in platform_tags(target.platform):
-        cmd += ["--platform", tag]
-    for link in find_links:
-        cmd += ["--find-links", str(link)]
-    if no_index:
-        cmd.append("--no-index")
-    env = dict(os.environ)
-    if no_index:
-        # A wheelhouse pack takes the wheelhouse and nothing else: not the find-links or extra
-        # indexes of this machine's pip configuration.
-        env["PIP_CONFIG_FILE"] = os.devnull
-    try:
-        res = subprocess.run([*cmd, *requirements], capture_output=True, text=True, timeout=3600, env=env)
-    except FileNotFoundError:
-        raise EnvironmentNotReady("pip is not available to download wheels", code="pack.no_pip") from None
-    if res.returncode != 0 and _NETWORK.search(res.stderr):
-        hosts = sorted(set(re.findall(r"host='([^']+)'", res.stderr))) or ["the package index"]
-        raise ServiceUnavailable(f"cannot reach {', '.join(hosts)} to download wheels for the target",
-                                 code="pack.index_unreachable",
-                                 hint="check the connection (or PIP_INDEX_URL for a local mirror), or pack from a "
-                                      "wheelhouse: wheels.dir in the recipe or --wheelhouse DIR")
-    if res.returncode != 0:
-        missing = re.findall(r"No matching distribution found for (\S+)", res.stderr)
-        conflict = "ResolutionImpossible" in res.stderr or "conflicting dependencies" in res.stderr
-        if missing:
-            raise CheckFailed(
-                f"no wheel for the target ({target.platform}, Python {target.python}): {', '.join(missing)}",
-                code="pack.no_wheel_for_target",
-                findings=[Finding("pack.no_wheel_for_target", m, f"no {target.platform} wheel for Python "
-                                  f"{target.python}") for m in missing],
-                hint="check the recipe's target (python, platform), or add the wheel to the wheelhouse")
-        raise CheckFailed("resolving the target's wheels failed" + (" (conflicting requirements)" if conflict else ""),
-                          code="pack.wheel_resolution_failed", hint=res.stderr.strip().splitlines()[-1][:300]
-                          if res.stderr.strip() else "run pip download by hand to see why")
+    """The requirements and their closure as wheels for the target interpreter and platform."""
+    pip.download(requirements, dest, python_version=target.python, platforms=platform_tags(target.platform),
+                 find_links=find_links, no_index=no_index)
 
 
 def flashinfer_pin(wheels: Sequence[Wheel]) -> str | None:

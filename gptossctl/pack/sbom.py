@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gptossctl import __version__
-from gptossctl.bundle.wheels import Wheel
+from gptossctl.pack.wheels import Wheel
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,19 @@ from gptossctl import __version__
 from gptossctl.bundle.dsse import PAYLOAD_TYPE, Envelope, Signature
 from gptossctl.bundle.hashing import SHARD_SIZE, CopyResult, Progress, copy_and_hash, default_workers
 from gptossctl.bundle.keys import SigningKey
-from gptossctl.bundle.layout import ENVELOPE, JOURNAL, MANIFEST, PARTIAL_SUFFIX, PAYLOAD, SUMS
-from gptossctl.bundle.layout import unsafe_path_reason
+from gptossctl.bundle.layout import (
+    ENVELOPE,
+    JOURNAL,
+    MANIFEST,
+    PARTIAL_SUFFIX,
+    PAYLOAD,
+    SUMS,
+    unsafe_path_reason,
+)
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
-from gptossctl.bundle.gather import Gathered, gather
-from gptossctl.bundle.spec import BundleSpec, parse_duration
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
+from gptossctl.pack.gather import Gathered, gather
+from gptossctl.pack.spec import BundleSpec, parse_duration
 
 _DISK_MARGIN = 64 << 20
 
@@ -292,7 +299,7 @@ def _remove_unplanned(payload: Path, keep: set[str]) -> None:
 def _write_sbom(partial: Path, spec: BundleSpec, g: Gathered, results: dict[str, CopyResult], *,
                 version: int | None, now: datetime) -> CopyResult:
     """The SBOM, from the digests computed while copying (no second read of any wheel)."""
-    from gptossctl.bundle.sbom import SbomInput, build_sbom
+    from gptossctl.pack.sbom import SbomInput, build_sbom
 
     data = build_sbom(SbomInput(
         bundle_name=spec.name, bundle_version=version or spec.version or bundle_version(now), created=now,

@@ -14,11 +14,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptossctl.errors import UsageError
+from gptossctl.errors import EnvironmentNotReady, UsageError
+from gptossctl.fsutil import exclusive_lock
 
 INSTANCE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")  # matched whole: "x\n" is not an instance name
 SERVICE_USER = "gptoss"
@@ -150,3 +154,23 @@ def pick_instance(root: Path, instance: str | None) -> str:
                          hint="name one with --instance" if found else "install one first: gptossctl install "
                               "BUNDLE --trust KEY.pub")
     return found[0]
+
+
+def check_writable(layout: Layout) -> None:
+    """The prefix, the unit directory and /etc (or the nearest directory that exists above each) are writable
+    by this user: checked before anything is written, so a refusal leaves nothing behind."""
+    for p in (layout.base, layout.unit_dir, layout.etc.parent):
+        at = p
+        while not at.exists():
+            at = at.parent
+        if not os.access(at, os.W_OK):
+            raise EnvironmentNotReady(f"{at} is not writable by this user", code="install.not_writable",
+                                      hint="run as root (sudo), or stage into a tree you own with --root DIR")
+
+
+@contextmanager
+def install_lock(layout: Layout) -> Iterator[None]:
+    """One change at a time per host: a second installer is refused, not interleaved."""
+    with exclusive_lock(layout.lock, busy=f"another gptossctl is changing {layout.base}",
+                        hint="wait for it to finish; the lock is released when that process ends"):
+        yield

@@ -22,11 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from gptossctl import __version__
+from gptossctl.adapters.gpus import probe_live
 from gptossctl.adapters.systemd import Systemd
+from gptossctl.compliance.checks import run_checks
+from gptossctl.compliance.evidence import dropins, installed_dists
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write, new_output
-from gptossctl.service import compliance
-from gptossctl.service.layout import Layout, check_instance
+from gptossctl.install import audit
+from gptossctl.install.layout import Layout, check_instance
+from gptossctl.install.operations import status
+from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, current_version
 
 REDACTED = "[REDACTED]"
 # NAME=value or NAME: value wherever it sits (env files, Environment= lines with several quoted assignments,
@@ -101,10 +106,6 @@ def _text(p: Path) -> str | None:
 
 def collect(root: Path, instance: str) -> dict[str, str]:
     """Archive member name -> text, before redaction."""
-    from gptossctl.service import audit
-    from gptossctl.service.install import CONFIG, ENV_FILE, RELEASE_JSON, status
-    from gptossctl.service.releases import current_version
-
     layout = Layout(root, check_instance(instance))
     if not layout.opt.is_dir() and not layout.unit_path.exists():
         raise UsageError(f"instance {instance} is not installed under {root}", code="support.not_installed",
@@ -118,7 +119,7 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     for p in [layout.unit_path, *(layout.unit_dir / n for n in ("gptoss-compliance@.service", "gptoss-compliance@.timer"))]:
         if (t := _text(p)) is not None:
             out[f"units/{p.name}"] = t
-    for p in compliance.dropins(layout):
+    for p in dropins(layout):
         out[f"units/dropins/{p.parent.name}/{p.name}"] = _text(p) or ""
     cur = current_version(layout)
     if cur is not None:
@@ -126,15 +127,16 @@ def collect(root: Path, instance: str) -> dict[str, str]:
         for name in (RELEASE_JSON, CONFIG, ENV_FILE, "manifest.json"):
             if (t := _text(rel / name)) is not None:
                 out[f"release/{name}"] = t
-        dists = compliance.installed_dists(rel / "venv")
+        dists = installed_dists(rel / "venv")
         out["release/packages.txt"] = "".join(f"{n}=={v}\n" for n, v in sorted(dists.items())) or \
             "(no environment built from the bundle: --vllm-python)\n"
     if (t := _text(layout.trust_dir / "policy.json")) is not None:
         out["trust/policy.json"] = t
     out["status.json"] = json.dumps(_safe(lambda: status(root, instance)), indent=1, default=str)
-    out["compliance.json"] = json.dumps(_safe(lambda: compliance.run_checks(root, instance).to_dict()), indent=1,
+    out["compliance.json"] = json.dumps(_safe(lambda: run_checks(root, instance).to_dict()), indent=1,
                                         default=str)
-    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify(layout.log_dir, anchor=layout.audit_anchor).to_dict()), indent=1)
+    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify(layout.log_dir, anchor=layout.audit_anchor)
+                                                .to_dict()), indent=1)
     if (t := _text(layout.log_dir / audit.LOG)) is not None:
         out["audit/audit.jsonl"] = t
     out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)
@@ -148,8 +150,6 @@ def collect(root: Path, instance: str) -> dict[str, str]:
 
 
 def _hardware() -> dict[str, Any]:
-    from gptossctl.hardware.probes import probe_live
-
     return probe_live(gpu_required=False).to_dict()
 
 
@@ -160,7 +160,7 @@ def write_support_bundle(root: Path, instance: str, output: Path | None = None, 
     new_output(output, force=force, what="support bundle")  # refused before anything is collected
     layout = Layout(root, check_instance(instance))
     redact = Redactor()
-    redact.add_key_files(root, [layout.unit_path, *compliance.dropins(layout)])
+    redact.add_key_files(root, [layout.unit_path, *dropins(layout)])
     parts = collect(root, instance)
     buf = io.BytesIO()
     prefix = output.name.removesuffix(".tar.gz").removesuffix(".tgz")

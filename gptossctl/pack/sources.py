@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptossctl.adapters import hf_hub
-from gptossctl.bundle.spec import ModelSpec
 from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.pack.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
-"""Side-by-side releases under /opt/gptoss: unpack a verified bundle into releases/<version>, re-checking
-every hash as the bytes land, and switch `current` atomically. A release directory exists only once it
-is complete (built as .<version>.partial, then renamed), so an interrupted unpack never looks installed,
-and running it again converges.
+"""Unpack a verified bundle into releases/<version>, re-checking every hash as the bytes land. A release
+directory exists only once it is complete (built as .<version>.partial, then renamed), so an interrupted
+unpack never looks installed, and running it again converges.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from gptossctl.bundle.layout import ENVELOPE, MANIFEST, PAYLOAD, SUMS
 from gptossctl.bundle.manifest import sha256sums_text
 from gptossctl.bundle.verify import VerifiedBundle
 from gptossctl.errors import CheckFailed, Finding
-from gptossctl.service.layout import Layout
+from gptossctl.install.layout import Layout
 
 _MARGIN = 64 << 20
 
@@ -81,26 +80,3 @@ def _readable(tree: Path) -> None:
         os.chmod(d, 0o755)
         for f in files:
             os.chmod(os.path.join(d, f), 0o644)
-
-
-def current_version(layout: Layout) -> int | None:
-    try:
-        return int(os.readlink(layout.current).rstrip("/").rsplit("/", 1)[-1])
-    except (OSError, ValueError):
-        return None
-
-
-def switch_current(layout: Layout, version: int) -> None:
-    """Point `current` at releases/<version> atomically (rename over the old link)."""
-    if not layout.release(version).is_dir():
-        raise CheckFailed(f"release {version} is not installed", code="install.no_release")
-    tmp = layout.opt / ".current.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(Path("releases") / str(version))
-    os.replace(tmp, layout.current)
-
-
-def installed_versions(layout: Layout) -> list[int]:
-    if not layout.releases.is_dir():
-        return []
-    return sorted(int(p.name) for p in layout.releases.iterdir() if p.is_dir() and p.name.isdigit())

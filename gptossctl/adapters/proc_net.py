@@ -1,0 +1,27 @@
+"""The kernel's own view of TCP listeners (/proc/net/tcp and tcp6): what really listens, whatever the
+configuration says."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+
+def listeners(port: int) -> list[str]:
+    """Addresses with a listening TCP socket on `port` in this network namespace (/proc/net/tcp{,6})."""
+    out = []
+    for name, width in (("tcp", 8), ("tcp6", 32)):
+        try:
+            rows = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            addr, _, hexport = cols[1].partition(":")
+            if cols[3] != "0A" or int(hexport, 16) != port or len(addr) != width:
+                continue
+            raw = bytes.fromhex(addr)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            out.append(str(ipaddress.ip_address(raw)))
+    return out

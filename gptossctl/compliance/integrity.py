@@ -1,0 +1,92 @@
+"""Is the installed release the signed one, byte for byte, and still valid? Signatures, expiry, payload
+drift, drift of the environment install built."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from gptossctl.bundle.dsse import parse_envelope
+from gptossctl.bundle.layout import ENVELOPE, MANIFEST
+from gptossctl.compliance.evidence import MAX_EVIDENCE, Evidence, cap, is_date, is_signature, read_text, shown
+from gptossctl.compliance.result import CheckResult
+from gptossctl.errors import GptossctlError
+from gptossctl.install.environment import LISTING, VENV, compare_listing
+from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, UNIT_COPY
+
+
+def check_signatures(ev: Evidence) -> CheckResult:
+    bad = [f"{f.subject}: {f.message}" for f in ev.verify_findings if is_signature(f)]
+    evidence = [ev.policy_note]
+    try:
+        payload = parse_envelope((ev.release / ENVELOPE).read_bytes()).payload
+        digest = hashlib.sha256(payload).hexdigest()
+        recorded = ev.rec.manifest_sha256
+        if recorded and digest != recorded:
+            bad.append(f"the release's signed manifest ({digest[:16]}…) is not the one installed "
+                       f"({str(recorded)[:16]}…): it was replaced")
+        else:
+            evidence.append(f"signed manifest {digest[:16]}… is the one installed")
+    except (GptossctlError, OSError) as exc:
+        bad.append(f"{ENVELOPE}: {getattr(exc, 'message', exc)}")
+    m = ev.manifest
+    if m is None:
+        bad.append("the signed manifest is unreadable")
+    if bad:
+        return CheckResult("bundle.signatures", "fail", cap(bad),
+                           (ev.live(ev.release / ENVELOPE), ev.live(ev.release / MANIFEST)))
+    return CheckResult("bundle.signatures", "pass", (*evidence, f"{m.name} v{m.version}: signatures meet the "
+                                                    "threshold under the trusted keys"),
+                       (ev.live(ev.release / ENVELOPE),))
+
+
+def check_expiry(ev: Evidence) -> CheckResult:
+    m = ev.manifest
+    if m is None:
+        return CheckResult("bundle.expiry", "fail", ("the signed manifest is unreadable",))
+    left = m.expires - ev.now
+    when = f"expires {m.expires.isoformat(timespec='seconds')}"
+    if any(is_date(f) for f in ev.verify_findings) or left <= timedelta(0):
+        return CheckResult("bundle.expiry", "fail", (f"{when}: expired {-left.days} day(s) ago",))
+    if left < ev.opts.expiry_warning:
+        return CheckResult("bundle.expiry", "warn", (f"{when}: {left.days} day(s) left, under the "
+                                                     f"{ev.opts.expiry_warning.days}-day warning",))
+    return CheckResult("bundle.expiry", "pass", (f"{when}: {left.days} day(s) left",))
+
+
+def check_payload(ev: Evidence) -> CheckResult:
+    release_own = {VENV, LISTING, CONFIG, ENV_FILE, UNIT_COPY, RELEASE_JSON}  # what install adds beside the bundle
+    drift = [f for f in ev.verify_findings if not (is_signature(f) or is_date(f))
+             and not (f.code == "bundle.extra_file" and f.subject in release_own)]
+    if drift:
+        return CheckResult("drift.payload", "fail",
+                           cap([f"{f.code.split('.')[-1]}: {f.subject}: {f.message}" for f in drift]),
+                           tuple(sorted({ev.live(ev.release / f.subject) for f in drift}))[:MAX_EVIDENCE])
+    if ev.manifest is None:
+        return CheckResult("drift.payload", "fail", ("the signed manifest is unreadable",))
+    m = ev.manifest
+    return CheckResult("drift.payload", "pass", (f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB re-hashed: "
+                                                 "all match the signed manifest; nothing missing or added",),
+                       (ev.live(ev.release / "payload"),))
+
+
+def check_environment(ev: Evidence) -> CheckResult:
+    if ev.rec.external_env:
+        return CheckResult("drift.environment", "warn", (f"the service runs the site's environment "
+                                                         f"{ev.rec.python} (--vllm-python), not one built "
+                                                         "from the bundle: its files are the site's to track",))
+    venv = ev.release / "venv"
+    try:
+        recorded = json.loads((ev.release / LISTING).read_text())
+    except (OSError, ValueError):
+        return CheckResult("drift.environment", "fail", (f"{LISTING} is missing or unreadable: the environment "
+                                                         "cannot be compared with what install built",),
+                           (ev.live(ev.release / LISTING),))
+    diffs = compare_listing(venv, recorded)
+    if diffs:
+        return CheckResult("drift.environment", "fail", cap([f"{k}: venv/{p}: {d}" for k, p, d in diffs]),
+                           tuple(ev.live(venv / p) for _k, p, _d in diffs[:MAX_EVIDENCE]))
+    n = len(recorded.get("files", {}))
+    return CheckResult("drift.environment", "pass", (f"{n} files of {ev.live(venv)} match what install built",),
+                       (ev.live(venv),))

@@ -1,0 +1,90 @@
+"""The report in the formats auditors and schedulers consume: JSON (to_dict), JUnit, SARIF 2.1.0 and a
+Prometheus textfile for node_exporter."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from gptossctl import __version__
+from gptossctl.compliance.result import ComplianceReport
+from gptossctl.compliance.rules import RULES
+from gptossctl.probe.junit import Case, junit_xml
+
+
+def to_junit(report: ComplianceReport) -> bytes:
+    cases = [Case(f"{c.id}: {c.rule.title}", "fail" if c.status == "fail" else "pass",
+                  ("WARN: " if c.status == "warn" else "") + "\n".join(c.evidence)
+                  + ("" if c.status == "pass" else f"\nremediation: {c.to_dict(report.instance)['remediation']}"
+                     f"\ncontrols: {', '.join(c.rule.controls)}"),
+                  classname=f"gptossctl.compliance.{report.instance}") for c in report.checks]
+    return junit_xml(f"gptossctl compliance {report.instance}", cases)
+
+
+_LEVEL = {"high": "error", "medium": "error", "low": "warning"}
+
+
+def to_sarif(report: ComplianceReport) -> dict[str, Any]:
+    """SARIF 2.1.0: one rule per check, one result per check (kind pass or fail), controls as tags."""
+    index = {r.id: i for i, r in enumerate(RULES)}
+    rules = [{
+        "id": r.id,
+        "name": "".join(w.capitalize() for w in re.split(r"[._]", r.id)),
+        "shortDescription": {"text": f"{r.title}."},
+        "fullDescription": {"text": f"{r.title}. Supports NIST SP 800-53 {', '.join(r.controls)}."},
+        "help": {"text": f"{r.remediation.replace('INSTANCE', report.instance)}."},
+        "defaultConfiguration": {"level": _LEVEL[r.severity]},
+        "properties": {"tags": ["compliance", *(f"NIST-800-53/{c}" for c in r.controls)],
+                       "severity": r.severity},
+    } for r in RULES]
+    results = []
+    for c in report.checks:
+        res: dict[str, Any] = {"ruleId": c.id, "ruleIndex": index[c.id],
+                               "message": {"text": " ".join(e.rstrip(".") + "." for e in c.evidence) or c.rule.title}}
+        if c.status == "pass":
+            res.update(kind="pass", level="none")
+        else:
+            res.update(kind="fail", level="warning" if c.status == "warn" else _LEVEL[c.rule.severity])
+        if c.locations:
+            res["locations"] = [{"physicalLocation": {"artifactLocation": {"uri": Path(p).as_uri()}}}
+                                for p in c.locations if p.startswith("/")]
+        res["properties"] = {"status": c.status, "controls": list(c.rule.controls)}
+        results.append(res)
+    return {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "gptossctl", "version": __version__, "semanticVersion": __version__,
+                                "rules": rules}},
+            "automationDetails": {"id": f"gptossctl-compliance/{report.instance}/"},
+            "invocations": [{"executionSuccessful": True,
+                             "endTimeUtc": report.generated.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}],
+            "results": results,
+            "properties": {"instance": report.instance, "release": report.release, "ok": report.ok},
+        }],
+    }
+
+
+def to_textfile(report: ComplianceReport, path: Path) -> None:
+    """Prometheus node_exporter textfile (written atomically, as the collector requires)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    reg = CollectorRegistry()
+    status = Gauge("gptoss_compliance_check_status", "Compliance check result: 0 pass, 1 warn, 2 fail",
+                   ["instance", "check", "severity"], registry=reg)
+    for c in report.checks:
+        status.labels(report.instance, c.id, c.rule.severity).set({"pass": 0, "warn": 1, "fail": 2}[c.status])
+    failed = Gauge("gptoss_compliance_failed_checks", "Checks that failed", ["instance"], registry=reg)
+    failed.labels(report.instance).set(report.counts["fail"])
+    ok = Gauge("gptoss_compliance_ok", "1 when no check failed", ["instance"], registry=reg)
+    ok.labels(report.instance).set(1 if report.ok else 0)
+    release = Gauge("gptoss_compliance_release", "The release version checked", ["instance"], registry=reg)
+    release.labels(report.instance).set(report.release or 0)
+    last = Gauge("gptoss_compliance_last_run_timestamp_seconds", "When the check ran", ["instance"], registry=reg)
+    last.labels(report.instance).set(report.generated.timestamp())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), reg)
+    os.chmod(path, 0o644)

@@ -1,0 +1,90 @@
+"""Putting a release in service and proving it: install its unit, restart, wait for /health (failing fast
+when vLLM exits), run the smoke test; and, when that fails, putting the previous release back and proving it
+healthy again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from gptossctl.adapters.openai_http import Endpoint, health
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.errors import CheckFailed, GptossctlError
+from gptossctl.fsutil import atomic_write
+from gptossctl.install.layout import Layout
+from gptossctl.install.release import UNIT_COPY, read_release, switch_current
+from gptossctl.install.steps import Steps
+from gptossctl.install.trust import release_api_key
+from gptossctl.probe.smoke import SmokeOptions, run_smoke
+
+
+def install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
+    """The release's rendered unit becomes the instance's unit (an atomic replace), enabled."""
+    atomic_write(layout.unit_path, (release / UNIT_COPY).read_text(), 0o644)
+    systemd.daemon_reload()
+    systemd.enable(layout.unit_name)
+
+
+def wait_healthy(systemd: Systemd, unit: str, url: str, timeout: float, *, poll: float = 2.0) -> str:
+    """Wait for GET /health = 200. Fail fast when the unit fails or restarts (vLLM exited)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        props = systemd.show(unit, "ActiveState", "SubState", "NRestarts", "Result")
+        if props.get("ActiveState") == "failed" or int(props.get("NRestarts") or 0) > 0:
+            raise CheckFailed(f"{unit} exited before it was healthy ({props.get('Result', '?')})",
+                              code="install.start_failed", hint="the journal tail below says why")
+        answer = health(url)
+        if answer == 200:
+            return f"/health 200 after {timeout - (deadline - time.monotonic()):.0f}s"
+        last = f"/health {answer}" if isinstance(answer, int) else answer
+        time.sleep(poll)
+    raise CheckFailed(f"{unit} not healthy within {timeout:.0f}s ({last})", code="install.health_timeout",
+                      hint="a large model can need longer: raise --health-timeout; see the journal tail")
+
+
+def run_install_smoke(url: str, api_key: str, model: str) -> dict[str, Any]:
+    report = run_smoke(Endpoint(url, api_key, timeout=120.0), SmokeOptions(model=model))
+    if not report.ok:
+        raise CheckFailed("the smoke test failed on the new release", code="install.smoke_failed",
+                          findings=report.findings, hint="see the smoke checks in the report")
+    return report.to_dict()
+
+
+def start_and_prove(layout: Layout, systemd: Systemd, release: Path, timeout: float, *, smoke: bool,
+                    steps: Steps, api_key: str | None = None) -> dict[str, Any] | None:
+    rec = read_release(release)
+    if rec is None:
+        raise CheckFailed(f"{release} has no readable release record", code="install.no_release",
+                          hint="install the bundle again")
+    with steps("start", f"restarting {layout.unit_name}") as d:
+        systemd.restart(layout.unit_name)
+        d.append(f"{layout.unit_name} restarted on release {rec.version}")
+    with steps("health", f"waiting for {rec.endpoint}/health (up to {timeout:.0f}s)") as d:
+        d.append(wait_healthy(systemd, layout.unit_name, rec.endpoint, timeout))
+    if not smoke:
+        steps.skip("smoke", "--no-smoke")
+        return None
+    with steps("smoke", "smoke test: health, models, chat, stream, key enforced") as d:
+        out = run_install_smoke(rec.endpoint, api_key or release_api_key(release) or "", rec.served_name)
+        d.append(f"{sum(c['status'] == 'pass' for c in out['checks'])} checks passed")
+    return out
+
+
+def restore(layout: Layout, systemd: Systemd, previous: int | None, timeout: float, steps: Steps) -> str:
+    """Put the previous release back in service; say what happened."""
+    if previous is None or not layout.release(previous).is_dir():
+        systemd.stop(layout.unit_name)
+        systemd.disable(layout.unit_name)
+        layout.unit_path.unlink(missing_ok=True)
+        systemd.daemon_reload()
+        return "no previous release: the unit was stopped and removed"
+    try:
+        with steps("rollback", f"restoring release {previous}"):
+            install_unit(layout, systemd, layout.release(previous))
+        start_and_prove(layout, systemd, layout.release(previous), timeout, smoke=False, steps=steps)
+        switch_current(layout, previous)
+        return f"release {previous} restored and healthy"
+    except GptossctlError as exc:
+        return f"restoring release {previous} failed too: {exc.message}"

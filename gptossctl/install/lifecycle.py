@@ -1,0 +1,412 @@
+"""`gptossctl install`: one command on the air-gapped host, and either a healthy hardened service or the
+previous state untouched with a clear reason.
+
+The named steps, in an order chosen for what a failure leaves behind:
+  (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, preflight on the bundle's
+  own profiles, host libraries  (4) unpack into releases/.N.partial, re-hashing every byte, build the offline
+  environment and render unit, config and environment file from the verified copy; rename: a whole release
+  (5) the service user  (6) the unit  (7) restart, /health, smoke  (8) switch `current` and commit the
+  records (trust, API key): only now is it "installed"  (9) the daily compliance timer.
+A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
+nothing that serves. Running the same command again after an interruption converges: finished releases are
+reused, partial ones discarded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gptossctl import __version__
+from gptossctl.adapters.gpus import Captures
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
+from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
+from gptossctl.fsutil import atomic_write
+from gptossctl.hardware.check import ProfileFit
+from gptossctl.install import audit
+from gptossctl.install.activate import install_unit, restore, start_and_prove
+from gptossctl.install.environment import LISTING, build_env, check_imports, listing, wheels_in
+from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, check_writable, install_lock
+from gptossctl.install.preflight import check_host_libraries, preflight
+from gptossctl.install.release import (
+    CONFIG,
+    DEFAULT_PORT,
+    ENV_FILE,
+    LOOPBACK,
+    UNIT_COPY,
+    ReleaseRecord,
+    current_version,
+    default_instance,
+    read_release,
+    served_name,
+    switch_current,
+    write_release,
+)
+from gptossctl.install.render import render_release, unit_template
+from gptossctl.install.steps import StepCallback, StepRecord, Steps
+from gptossctl.install.timer import install_compliance_timer
+from gptossctl.install.trust import choose_api_key, commit_state, release_api_key
+from gptossctl.install.unpack import unpack_release
+
+SYSUSERS = f'u {SERVICE_USER} - "gpt-oss vLLM service" /var/lib/gptoss /usr/sbin/nologin\n'
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    bundle: Path
+    policy: TrustPolicy
+    instance: str | None = None
+    profile: str = "auto"
+    root: Path = Path("/")
+    host: str = LOOPBACK
+    port: int = DEFAULT_PORT
+    start: bool = True
+    dry_run: bool = False
+    allow_downgrade: bool = False
+    health_timeout: float = 1800.0
+    captures: Captures = Captures()
+    python: Path = Path("/usr/bin/python3")  # the interpreter the release's venv is built on
+    vllm_python: Path | None = None  # an environment the site maintains, for bundles without wheels
+    smoke: bool = True
+    repair: bool = False  # unpack the release again even if it is there (drift found by compliance check)
+
+    def command(self) -> list[str]:
+        """The request as the audit log records it (no secrets: keys come from files, never flags)."""
+        return ["install", str(self.bundle), f"--profile={self.profile}", f"--port={self.port}"] + \
+            ([f"--instance={self.instance}"] if self.instance else []) + \
+            (["--allow-downgrade"] if self.allow_downgrade else []) + (["--repair"] if self.repair else [])
+
+
+@dataclass
+class InstallResult:
+    instance: str
+    version: int
+    previous: int | None
+    profile: str
+    endpoint: str
+    unit: str
+    release: Path
+    staged: bool
+    started: bool
+    changed: bool = True
+    dry_run: bool = False
+    steps: list[StepRecord] = field(default_factory=list)
+    smoke: dict[str, Any] | None = None
+    bundle_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instance": self.instance, "version": self.version, "previous": self.previous,
+                "profile": self.profile, "endpoint": self.endpoint, "unit": self.unit, "release": str(self.release),
+                "staged": self.staged, "started": self.started, "changed": self.changed, "dry_run": self.dry_run,
+                "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the host is changed."""
+
+    req: InstallRequest
+    bundle: VerifiedBundle
+    layout: Layout
+    systemd: Systemd
+    fit: ProfileFit
+    previous: int | None
+
+    @property
+    def version(self) -> int:
+        return self.bundle.manifest.version
+
+    @property
+    def release(self) -> Path:
+        return self.layout.release(self.version)
+
+    @property
+    def live_start(self) -> bool:
+        return self.req.start and not self.layout.staged
+
+
+def install(req: InstallRequest, *, on_step: StepCallback | None = None, progress: Progress | None = None,
+            on_total: Progress | None = None) -> InstallResult:
+    """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
+    steps = Steps(on_step)
+    try:
+        result = _install(req, steps, progress, on_total)
+    except GptossctlError as exc:
+        exc.data.setdefault("steps", steps.to_dicts())
+        if not req.dry_run:
+            audit.record(req.root, req.command(), f"failed: {exc.code}", instance=exc.data.get("instance", req.instance),
+                         digest=exc.data.get("bundle_sha256"), detail=exc.message, failure=exc)
+        raise
+    if not req.dry_run:
+        audit.record(req.root, req.command(), "ok" if result.changed else "unchanged", instance=result.instance,
+                     digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
+                     + (", started" if result.started else ""))
+    return result
+
+
+def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> InstallResult:
+    validate_request(req)  # (1)
+    bundle = verify(req, steps, progress, on_total)  # (2)
+    layout = Layout(req.root, check_instance(req.instance or default_instance(bundle.manifest)))
+    try:
+        plan = make_plan(req, steps, bundle, layout)  # (3)
+        result = _result(plan, steps)
+        if req.dry_run:
+            return dry_run(plan, steps, result)
+        with install_lock(layout):
+            try:
+                return apply(plan, steps, result)  # (4)-(9)
+            except BaseException:
+                _forget_failed_first_install(layout, plan.previous)
+                raise
+    except GptossctlError as exc:
+        exc.data.setdefault("instance", layout.instance)
+        exc.data.setdefault("bundle_sha256", verified_digest(bundle))
+        raise
+
+
+def validate_request(req: InstallRequest) -> None:
+    """(1) Everything that can be judged from the request alone, before any file is read or written."""
+    if req.host not in (LOOPBACK, "localhost", "::1"):
+        raise UsageError(
+            f"refusing to bind vLLM to {req.host}: vLLM's API key guards /v1 only, and /invocations "
+            "(and other routes) answer anyone who can reach the port",
+            code="install.exposed_bind",
+            hint="keep the default 127.0.0.1 and publish it through a TLS reverse proxy that allows only "
+                 "/v1/* and /health and terminates TLS (see README, 'Serving beyond this host')")
+    if not 1024 <= req.port <= 65535:
+        raise UsageError(f"port {req.port} is outside 1024-65535", code="service.bad_port",
+                         hint="choose an unprivileged port that nothing else on this host uses, e.g. 8000")
+    if req.instance is not None:
+        check_instance(req.instance)
+    if req.root.exists() and not req.root.is_dir():
+        raise UsageError(f"--root {req.root} is not a directory", code="install.bad_root",
+                         hint="give a directory to stage into (it is created if missing)")
+    if req.vllm_python is not None and not _on_target(req.root, req.vllm_python).is_file():
+        raise UsageError(f"--vllm-python {req.vllm_python} is not a file"
+                         + (f" under {req.root} or on this host" if req.root != Path("/") else ""),
+                         code="install.no_vllm_python",
+                         hint="give the python of an environment that has vLLM installed (.../bin/python)")
+    if not req.dry_run:
+        check_writable(Layout(req.root))
+
+
+def _on_target(root: Path, path: Path) -> Path:
+    """A path as the target sees it: under a staging root when it exists there, else on this host."""
+    staged = root / path.relative_to("/") if path.is_absolute() else path
+    return staged if staged.exists() else path
+
+
+def verify(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> VerifiedBundle:
+    """(2) Signatures, expiry and every byte, once: later steps use this verified copy, never the directory."""
+    with steps("verify", f"verifying {req.bundle} (signatures, expiry, every byte)") as d:
+        bundle = verify_bundle(req.bundle, req.policy, progress=progress, on_total=on_total)
+        d.append(f"{bundle.manifest.name} v{bundle.manifest.version}: {len(bundle.manifest.files)} files, "
+                 f"{len(bundle.signers)} trusted signature(s)")
+    return bundle
+
+
+def verified_digest(bundle: VerifiedBundle) -> str:
+    """SHA-256 of the signed manifest as verified (byte-identical to the bundle's manifest.json)."""
+    assert bundle.envelope is not None
+    return hashlib.sha256(bundle.envelope.payload).hexdigest()
+
+
+def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout: Layout) -> Plan:
+    """(3) Downgrade, preflight on the bundle's own signed profiles, host libraries: nothing written yet."""
+    m = bundle.manifest
+    systemd = Systemd(None if not layout.staged else layout.root)
+    if req.start and not layout.staged and not req.dry_run:
+        systemd.require_running()
+    previous = current_version(layout)
+    with steps("version", "checking for a downgrade") as d:
+        if previous is not None and m.version < previous and not req.allow_downgrade:
+            raise CheckFailed(f"bundle version {m.version} is older than the installed {previous}",
+                              code="install.downgrade", hint="install a newer bundle, use 'gptossctl rollback' "
+                              "to go back to a release still on disk, or pass --allow-downgrade on purpose")
+        d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
+    with steps("preflight", "hardware, profile and disk") as d:
+        fit = preflight(bundle, layout, profile=req.profile, captures=req.captures)
+        d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
+                 + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus else ""))
+    if not layout.staged:
+        with steps("libraries", "host libraries the profile's vLLM loads") as d:
+            d.append(check_host_libraries(fit.profile.match.vendor))
+    return Plan(req, bundle, layout, systemd, fit, previous)
+
+
+def _result(plan: Plan, steps: Steps) -> InstallResult:
+    req, layout = plan.req, plan.layout
+    return InstallResult(layout.instance, plan.version, plan.previous, plan.fit.profile.name,
+                         f"http://{req.host}:{req.port}", layout.unit_name, plan.release, layout.staged, False,
+                         dry_run=req.dry_run, steps=steps.records, bundle_sha256=verified_digest(plan.bundle))
+
+
+def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
+    layout, release, m = plan.layout, plan.release, plan.bundle.manifest
+    for name, what in (("unpack", f"copy {m.total_size / 2**30:.2f} GiB into {release}"),
+                       ("environment", "uv venv from the bundle's wheels, offline" if plan.req.vllm_python is None
+                        else f"use {plan.req.vllm_python}"),
+                       ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"),
+                       ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if plan.live_start
+                        else "enable only (staged or --no-start)"),
+                       ("switch", f"{layout.current} -> releases/{plan.version}")):
+        steps.skip(name, f"dry run: would {what}")
+    result.changed = False
+    return result
+
+
+def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
+    """(4)-(9), under the host's install lock."""
+    layout, systemd = plan.layout, plan.systemd
+    aside = _set_aside_for_repair(plan)
+    existing = read_release(plan.release)
+    api_key = choose_api_key(layout, plan.release)
+    if plan.previous == plan.version and plan.live_start and existing is not None and \
+            systemd.active_state(layout.unit_name) == "active" and _matches(existing, plan, api_key):
+        steps.skip("unpack", f"release {plan.version} is current, active and configured as asked")
+        commit_state(layout, api_key, plan.req.policy)
+        result.changed, result.started = False, True
+        return result
+    unpack(plan, steps, existing, api_key, aside)
+    with steps("user", f"system user {SERVICE_USER} (sysusers.d)") as d:
+        atomic_write(layout.sysusers, SYSUSERS, 0o644)
+        systemd.sysusers(layout.sysusers)
+        d.append(f"{SERVICE_USER} present")
+    if plan.live_start:
+        result.smoke = activate(plan, steps, api_key)
+        result.started = True
+    else:
+        with steps("unit", f"installing and enabling {layout.unit_name}") as d:
+            install_unit(layout, systemd, plan.release)
+            d.append(f"{layout.unit_path} enabled" + (" in the staged tree" if layout.staged else ""))
+    with steps("switch", f"current -> releases/{plan.version}") as d:
+        switch_current(layout, plan.version)
+        commit_state(layout, api_key, plan.req.policy)
+        d.append(f"release {plan.version} is current and serving at {result.endpoint}" if result.started else
+                 f"current is release {plan.version}; not started ({'staged' if layout.staged else '--no-start'})")
+    with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
+        d.append(install_compliance_timer(layout, systemd))
+    return result
+
+
+def _set_aside_for_repair(plan: Plan) -> Path | None:
+    """--repair unpacks again from the signed bundle: the drifted copy is set aside (the running vLLM keeps its
+    open files) and put back only if the fresh unpack fails."""
+    if not (plan.req.repair and plan.release.is_dir()):
+        return None
+    aside = plan.layout.releases / f".{plan.version}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(plan.release, aside)
+    return aside
+
+
+def _matches(rec: ReleaseRecord, plan: Plan, api_key: str) -> bool:
+    return (rec.profile, rec.port, rec.host, rec.gpus) == (plan.fit.profile.name, plan.req.port, plan.req.host,
+                                                           tuple(plan.fit.gpus)) \
+        and release_api_key(plan.release) == api_key
+
+
+def _record(plan: Plan, python: str, external: bool) -> ReleaseRecord:
+    m, req, fit = plan.bundle.manifest, plan.req, plan.fit
+    return ReleaseRecord(version=m.version, bundle=m.name, instance=plan.layout.instance, profile=fit.profile.name,
+                         served_name=served_name(m), manifest_sha256=verified_digest(plan.bundle), python=python,
+                         installed_at=datetime.now(UTC).isoformat(), expires=m.expires.isoformat(),
+                         rendered_by=__version__, host=req.host, port=req.port,
+                         tensor_parallel=fit.tensor_parallel or 1, gpus=tuple(fit.gpus), signers=plan.bundle.signers,
+                         external_env=external)
+
+
+def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, *, external: bool) -> None:
+    """Render unit, config and environment file from the release's own verified copy and write the record."""
+    layout = plan.layout
+    rendered = render_release(unit_template(release_dir), plan.fit.profile, layout, layout.live_path(plan.release),
+                              python_live, api_key, port=plan.req.port, gpus=tuple(plan.fit.gpus),
+                              tensor_parallel=plan.fit.tensor_parallel or 1, served=served_name(plan.bundle.manifest))
+    atomic_write(release_dir / CONFIG, rendered["config"], 0o644)
+    atomic_write(release_dir / ENV_FILE, rendered["env"], 0o600)  # holds the key: root only
+    atomic_write(release_dir / UNIT_COPY, rendered["unit"], 0o644)
+    digests = {CONFIG: rendered["config"], ENV_FILE: rendered["env"], UNIT_COPY: rendered["unit"]}
+    write_release(release_dir, replace(_record(plan, str(python_live), external), rendered={
+        k: hashlib.sha256(v.encode()).hexdigest() for k, v in digests.items()}))
+
+
+def unpack(plan: Plan, steps: Steps, existing: ReleaseRecord | None, api_key: str, aside: Path | None) -> None:
+    """(4) A whole release: unpacked and re-hashed, its environment built, its files rendered; or reused."""
+    release, m = plan.release, plan.bundle.manifest
+    with steps("unpack", f"unpacking into {release} (hashes re-checked)") as d:
+        if existing is not None:
+            d.append(f"release {m.version} already unpacked: reused")
+            if not _matches(existing, plan, api_key):  # the same bundle with a new port, profile or key
+                render_into(plan, release, Path(existing.python), api_key, external=existing.external_env)
+                d.append(f"release {m.version} reused, configuration re-rendered")
+            return
+        shutil.rmtree(release, ignore_errors=True)  # a directory without a record is not a release
+        try:
+            unpack_release(plan.bundle, plan.layout, finish=lambda tmp: _finish(plan, steps, tmp, api_key))
+        except BaseException:
+            if aside is not None and not release.exists():
+                os.rename(aside, release)
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        d.append(f"{len(m.files)} files, {m.total_size / 2**20:.1f} MiB into {release}"
+                 + (" (repaired: unpacked again from the bundle)" if aside is not None else ""))
+
+
+def _finish(plan: Plan, steps: Steps, tmp: Path, api_key: str) -> None:
+    """Inside the partial release, before it is renamed into place: environment, then rendering."""
+    req, layout = plan.req, plan.layout
+    release_live = layout.live_path(plan.release)
+    with steps("environment", "building the Python environment offline") as d:
+        if req.vllm_python is not None:
+            python_live = req.vllm_python
+            d.append(f"using the site's environment {python_live} (not from the bundle)")
+        else:
+            built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
+            if not layout.staged:  # a broken environment is caught before the service is touched
+                check_imports(built)
+            atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
+            python_live = release_live / "venv" / "bin" / "python"
+            d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"
+                     + ("" if layout.staged else "; vLLM imports"))
+    with steps("render", "rendering unit, vLLM config and environment file") as d:
+        render_into(plan, tmp, python_live, api_key, external=req.vllm_python is not None)
+        d.append(f"profile {plan.fit.profile.name}, bound to {req.host}:{req.port}")
+
+
+def activate(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] | None:
+    """(6)-(7) The new unit, restarted, healthy and smoke-tested; on any failure the previous release is put back
+    and proven healthy, and the error says both what failed and how the restore went."""
+    layout, systemd, req = plan.layout, plan.systemd, plan.req
+    try:
+        with steps("unit", f"installing {layout.unit_name} for release {plan.version}") as d:
+            install_unit(layout, systemd, plan.release)
+            d.append(f"{layout.unit_path} -> release {plan.version}")
+        return start_and_prove(layout, systemd, plan.release, req.health_timeout, smoke=req.smoke, steps=steps,
+                               api_key=api_key)
+    except GptossctlError as exc:
+        journal = systemd.journal_tail(layout.unit_name, 30)
+        outcome = restore(layout, systemd, plan.previous, req.health_timeout, steps)
+        findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)]
+        if journal:
+            findings.append(Finding("install.journal", layout.unit_name, journal[-3000:]))
+        raise CheckFailed(f"release {plan.version} did not come up: {exc.message}; {outcome}",
+                          code=exc.code if exc.code.startswith("install.") else "install.failed",
+                          findings=findings, hint=exc.hint or "see the journal tail in the findings") from None
+
+
+def _forget_failed_first_install(layout: Layout, previous: int | None) -> None:
+    """A first install that did not succeed leaves no instance behind (no phantom in `status`); an upgrade
+    that failed keeps its unpacked release for a quick retry while the previous release serves."""
+    if previous is None and current_version(layout) is None:
+        shutil.rmtree(layout.opt, ignore_errors=True)

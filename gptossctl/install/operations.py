@@ -1,0 +1,211 @@
+"""Operating installed instances: `status`, `rollback` to a release still on disk, `uninstall` (with or without
+`--purge`). Every change is recorded in the audit log, refusals too."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptossctl.adapters.openai_http import health
+from gptossctl.adapters.systemd import Systemd, delete_user
+from gptossctl.errors import CheckFailed, Finding, GptossctlError
+from gptossctl.install import audit
+from gptossctl.install.activate import install_unit, restore, start_and_prove
+from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, install_lock
+from gptossctl.install.lifecycle import InstallResult
+from gptossctl.install.release import (
+    current_version,
+    installed_versions,
+    read_release,
+    switch_current,
+    unit_release,
+)
+from gptossctl.install.steps import StepCallback, Steps
+from gptossctl.install.timer import remove_compliance_timer
+
+
+def _systemd(layout: Layout) -> Systemd:
+    return Systemd(None if not layout.staged else layout.root)
+
+
+def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str, Any]]:
+    names = [check_instance(instance)] if instance else Layout(root).instances()
+    out = []
+    for name in names:
+        layout = Layout(root, name)
+        systemd = _systemd(layout)
+        cur = current_version(layout)
+        rec = read_release(layout.release(cur)) if cur is not None else None
+        state = systemd.active_state(layout.unit_name) if layout.unit_path.exists() else "not installed"
+        answer = health(rec.endpoint) if state == "active" and rec is not None else None
+        in_unit = unit_release(layout)
+        out.append({"instance": name, "unit": layout.unit_name, "state": state, "health": answer,
+                    "version": cur, "profile": rec.profile if rec else None, "endpoint": rec.endpoint if rec else None,
+                    "installed": installed_versions(layout), "unit_release": in_unit,
+                    "consistent": in_unit == cur and (cur is None or rec is not None),
+                    "expires": rec.expires if rec else None,
+                    "record": "ok" if rec else ("missing" if cur is None else "unreadable")})
+    return out
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    root: Path
+    rows: list[dict[str, Any]]
+
+    @staticmethod
+    def healthy(r: dict[str, Any]) -> bool:
+        return (r["state"] in ("active", "staged") and r["consistent"] and r["health"] in (200, None)
+                and (r["state"] != "active" or r["health"] == 200))
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(self.healthy(r) for r in self.rows)
+
+    @property
+    def findings(self) -> list[Finding]:
+        if not self.rows:
+            return [Finding("status.none", str(self.root), "no instance is installed",
+                            hint="install one: gptossctl install BUNDLE --trust KEY.pub")]
+        return [Finding("status.unhealthy", r["instance"], f"{r['unit']} is {r['state']}, /health "
+                        f"{r['health'] or '-'}, unit release {r['unit_release']}, current {r['version']}, "
+                        f"release record {r['record']}",
+                        hint=f"journalctl -u {r['unit']}; run the install again to converge, or gptossctl rollback")
+                for r in self.rows if not self.healthy(r)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instances": self.rows, "ok": self.ok}
+
+
+def status_report(root: Path = Path("/"), instance: str | None = None) -> StatusReport:
+    return StatusReport(root, status(root, instance))
+
+
+def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout: float = 1800.0,
+             on_step: StepCallback | None = None) -> InstallResult:
+    command = ["rollback", f"--instance={instance}"] + ([f"--to={to}"] if to is not None else [])
+    try:
+        r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step)
+    except GptossctlError as exc:
+        audit.record(root, command, f"failed: {exc.code}", instance=instance, detail=exc.message, failure=exc)
+        raise
+    rec = read_release(r.release)
+    audit.record(root, command, "ok", instance=instance, digest=rec.manifest_sha256 if rec else None,
+                 detail=f"release {r.previous} -> {r.version}")
+    return r
+
+
+def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: float,
+              on_step: StepCallback | None) -> InstallResult:
+    layout = Layout(root, check_instance(instance))
+    systemd = _systemd(layout)
+    cur = current_version(layout)
+    older = [v for v in installed_versions(layout) if cur is None or v < cur]
+    target = to if to is not None else (older[-1] if older else None)
+    rec = read_release(layout.release(target)) if target is not None else None
+    if target is None or rec is None:
+        raise CheckFailed(f"no release to roll back to (installed: {installed_versions(layout) or 'none'})",
+                          code="rollback.no_release", hint="install the bundle you want instead")
+    steps = Steps(on_step)
+    result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint, layout.unit_name,
+                           layout.release(target), layout.staged, False, steps=steps.records)
+    with install_lock(layout):
+        with steps("unit", f"installing the unit of release {target}"):
+            install_unit(layout, systemd, layout.release(target))
+        if layout.staged:
+            switch_current(layout, target)
+            return result
+        try:
+            start_and_prove(layout, systemd, layout.release(target), health_timeout, smoke=False, steps=steps)
+        except GptossctlError as exc:
+            outcome = restore(layout, systemd, cur, health_timeout, steps)
+            raise CheckFailed(f"release {target} did not come up: {exc.message}; {outcome}", code="rollback.failed",
+                              findings=[*exc.findings, Finding("install.journal", layout.unit_name,
+                                                               systemd.journal_tail(layout.unit_name, 30))],
+                              hint="the journal tail says why; the previous release keeps serving") from None
+        switch_current(layout, target)
+        result.started = True
+        return result
+
+
+@dataclass(frozen=True)
+class Uninstalled:
+    instance: str
+    removed: list[str]
+    kept: list[str]
+    purged: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instance": self.instance, "removed": self.removed, "kept": self.kept, "purged": self.purged}
+
+
+def uninstall(root: Path, instance: str, *, purge: bool = False) -> Uninstalled:
+    """Stop, disable and remove the instance. Keeps the API key, state, caches and audit log unless
+    purge; a purge of the last instance also removes the service user. The audit log is never removed:
+    it records the uninstall too."""
+    command = ["uninstall", f"--instance={instance}"] + (["--purge"] if purge else [])
+    try:
+        out = _uninstall(root, instance, purge=purge)
+    except GptossctlError as exc:
+        audit.record(root, command, f"failed: {exc.code}", instance=instance, detail=exc.message, failure=exc)
+        raise
+    audit.record(root, command, "ok", instance=instance,
+                 detail=f"removed {len(out.removed)} paths, kept {len(out.kept)}")
+    return out
+
+
+def _uninstall(root: Path, instance: str, *, purge: bool) -> Uninstalled:
+    layout = Layout(root, check_instance(instance))
+    systemd = _systemd(layout)
+    if not layout.opt.exists() and not layout.unit_path.exists():
+        raise CheckFailed(f"instance {instance} is not installed under {root}", code="uninstall.not_installed",
+                          hint="see 'gptossctl status' for the installed instances")
+    removed: list[str] = []
+    kept: list[str] = []
+    with install_lock(layout):
+        removed += _remove_unit(layout, systemd)
+        removed += remove_compliance_timer(layout, systemd, last=Layout(root).instances() == [layout.instance])
+        shutil.rmtree(layout.opt, ignore_errors=True)
+        removed.append(str(layout.opt))
+        if purge:
+            for report in sorted(layout.compliance_dir.glob(f"{layout.instance}.*")):
+                report.unlink()
+                removed.append(str(report))
+        for p in (layout.etc, layout.state, layout.cache):
+            if p.exists():
+                if purge:
+                    shutil.rmtree(p, ignore_errors=True)
+                removed.append(str(p)) if purge else kept.append(str(p))
+        if purge and not Layout(root).instances():
+            removed += _purge_last(layout, systemd)
+    return Uninstalled(instance, removed, kept, purge)
+
+
+def _remove_unit(layout: Layout, systemd: Systemd) -> list[str]:
+    if not layout.unit_path.exists():
+        return []
+    if systemd.live:
+        systemd.stop(layout.unit_name)
+    systemd.disable(layout.unit_name)
+    layout.unit_path.unlink()
+    systemd.daemon_reload()
+    return [str(layout.unit_path)]
+
+
+def _purge_last(layout: Layout, systemd: Systemd) -> list[str]:
+    """The last instance purged: the service user, the uv cache and the empty trees go too."""
+    removed = []
+    for p in (layout.sysusers, layout.uv_cache, layout.base, layout.etc.parent, layout.state.parent,
+              layout.cache.parent, layout.compliance_dir):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+        else:
+            continue
+        removed.append(str(p))
+    if systemd.live and delete_user(SERVICE_USER):
+        removed.append(f"user {SERVICE_USER}")
+    return removed

@@ -1,0 +1,153 @@
+"""A release on disk and its typed record.
+
+`releases/<version>/release.json` says how the release was installed (profile, port, GPUs, interpreter, the
+signed manifest's digest, the digests of what was rendered). It is written once, validated before it is
+written, read in one place (`read_release`), and carries a schema version. A record that is missing, damaged
+or of the wrong shape reads as None: that directory is not a release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gptossctl.errors import CheckFailed
+from gptossctl.fsutil import atomic_write
+from gptossctl.install.layout import Layout
+
+RELEASE_SCHEMA = "gptossctl.release/1"
+RELEASE_JSON = "release.json"
+CONFIG = "vllm.yaml"
+ENV_FILE = "service.env"
+UNIT_COPY = "unit.service"  # the release's own copy of the unit it was rendered with
+LOOPBACK = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    version: int
+    bundle: str
+    instance: str
+    profile: str
+    served_name: str
+    manifest_sha256: str
+    python: str
+    installed_at: str = ""
+    expires: str = ""
+    rendered_by: str = ""
+    host: str = LOOPBACK
+    port: int = DEFAULT_PORT
+    tensor_parallel: int = 1
+    gpus: tuple[int, ...] = ()
+    signers: tuple[str, ...] = ()
+    external_env: bool = False
+    rendered: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of what install rendered
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gpus"], d["signers"] = list(self.gpus), list(self.signers)
+        return {"schema": RELEASE_SCHEMA, **d}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ReleaseRecord | None:
+        """The record, or None when the document is not one (wrong schema, missing fields, wrong types)."""
+        if not isinstance(doc, dict) or doc.get("schema", RELEASE_SCHEMA) != RELEASE_SCHEMA:
+            return None
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in doc:
+                continue
+            v = doc[f.name]
+            if f.name in ("gpus", "signers"):
+                want: type = int if f.name == "gpus" else str
+                if not isinstance(v, list) or not all(isinstance(x, want) and not isinstance(x, bool) for x in v):
+                    return None
+                v = tuple(v)
+            elif f.name == "rendered":
+                if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+                    return None
+            elif not _is(v, f.type):
+                return None
+            values[f.name] = v
+        try:
+            return cls(**values)
+        except TypeError:  # a required field is missing
+            return None
+
+
+def _is(value: Any, kind: object) -> bool:
+    if kind in ("int", int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in ("bool", bool):
+        return isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def read_release(release: Path) -> ReleaseRecord | None:
+    try:
+        doc = json.loads((release / RELEASE_JSON).read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return ReleaseRecord.from_dict(doc)
+
+
+def write_release(release: Path, record: ReleaseRecord) -> None:
+    assert ReleaseRecord.from_dict(record.to_dict()) == record  # what is written reads back as itself
+    atomic_write(release / RELEASE_JSON, json.dumps(record.to_dict(), indent=2) + "\n", 0o644)
+
+
+def served_name(manifest: Any) -> str:
+    model = manifest.components.get("model", {})
+    return str(model.get("name") or manifest.name).rsplit("/", 1)[-1]
+
+
+def default_instance(manifest: Any) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", served_name(manifest).lower()).strip("-")[:48] or "default"
+
+
+def current_version(layout: Layout) -> int | None:
+    try:
+        return int(os.readlink(layout.current).rstrip("/").rsplit("/", 1)[-1])
+    except (OSError, ValueError):
+        return None
+
+
+def current_record(layout: Layout) -> ReleaseRecord | None:
+    cur = current_version(layout)
+    return read_release(layout.release(cur)) if cur is not None else None
+
+
+def switch_current(layout: Layout, version: int) -> None:
+    """Point `current` at releases/<version> atomically (rename over the old link)."""
+    if not layout.release(version).is_dir():
+        raise CheckFailed(f"release {version} is not installed", code="install.no_release",
+                          hint="install the bundle of that version first")
+    tmp = layout.opt / ".current.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("releases") / str(version))
+    os.replace(tmp, layout.current)
+
+
+def installed_versions(layout: Layout) -> list[int]:
+    try:
+        return sorted(int(p.name) for p in layout.releases.iterdir() if p.is_dir() and p.name.isdigit())
+    except OSError:
+        return []
+
+
+def unit_release(layout: Layout) -> int | None:
+    """The release the installed unit points at (WorkingDirectory=.../releases/N)."""
+    try:
+        m = re.search(r"^WorkingDirectory=.*/releases/(\d+)\s*$", layout.unit_path.read_text(), re.M)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(m.group(1)) if m else None

@@ -1,0 +1,38 @@
+"""The daily compliance timer laid down with every instance: a hardened oneshot service that runs
+`gptossctl compliance check` for the instance and writes its JSON, SARIF, JUnit and Prometheus reports."""
+
+from __future__ import annotations
+
+import sys
+
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.fsutil import atomic_write
+from gptossctl.install.layout import Layout
+from gptossctl.install.render import fill_template
+from gptossctl.resources import data_dir
+
+COMPLIANCE_UNITS = ("gptoss-compliance@.service", "gptoss-compliance@.timer")
+
+
+def install_compliance_timer(layout: Layout, systemd: Systemd) -> str:
+    """Lay down and enable the timer; it runs the gptossctl that installed it. Returns what was done."""
+    for name in COMPLIANCE_UNITS:
+        text = fill_template((data_dir("systemd") / name).read_text(), {"python": sys.executable})
+        atomic_write(layout.unit_dir / name, text, 0o644)
+    systemd.daemon_reload()
+    systemd.enable(layout.compliance_timer, now=systemd.live)
+    return f"{layout.compliance_timer} enabled: reports in {layout.live_path(layout.compliance_dir)}"
+
+
+def remove_compliance_timer(layout: Layout, systemd: Systemd, *, last: bool) -> list[str]:
+    timer = layout.compliance_timer
+    removed = []
+    if systemd.live:
+        systemd.stop(timer)
+    systemd.disable(timer)
+    if last:
+        for name in COMPLIANCE_UNITS:
+            if (layout.unit_dir / name).exists():
+                (layout.unit_dir / name).unlink()
+                removed.append(str(layout.unit_dir / name))
+    return removed
