@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gptossctl.hardware.profiles import Profile
+from gptossctl.pack.spec import BundleSpec
+
 
 def generate() -> dict[str, dict[str, Any]]:
-    from gptossctl.pack.spec import BundleSpec
-    from gptossctl.hardware.profiles import Profile
-
     out = {}
     for name, model, title in (("bundle-spec", BundleSpec, "gptossctl bundle recipe"),
                                ("profile", Profile, "gptossctl hardware profile")):

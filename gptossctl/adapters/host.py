@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import shutil
@@ -48,8 +49,6 @@ def probe_host(paths: Iterable[Path] = ()) -> HostFacts:
 
 def missing_libraries(names: Sequence[str]) -> list[str]:
     """The shared libraries of `names` that the dynamic loader cannot load on this host."""
-    import ctypes
-
     missing = []
     for lib in names:
         try:

@@ -6,6 +6,7 @@ GPTOSSCTL_KEY_PASSPHRASE or a prompt, never from argv (argv is world-readable in
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import re
@@ -141,8 +142,6 @@ def env_or_prompt_passphrase(prompt: str) -> bytes | None:
     if value:
         return value.encode()
     if os.isatty(0):
-        import getpass
-
         return getpass.getpass(prompt).encode() or None
     return None
 

@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.bundle.keys import generate_key, load_public_key, load_signing_key
+from gptossctl.bundle.sign import cosign_bundle
+from gptossctl.bundle.verify import TrustPolicy, verify_bundle
+from gptossctl.compliance.checks import run_checks
+from gptossctl.demo.tinymodel import write_tiny_model
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
+from gptossctl.install.lifecycle import InstallRequest, install
+from gptossctl.install.preflight import assess
+from gptossctl.pack.pack import pack_bundle
+from gptossctl.pack.spec import load_spec
+from gptossctl.resources import data_dir
 
 
 @dataclass(frozen=True)
@@ -55,14 +67,6 @@ def prepare_out(out: Path) -> None:
 
 
 def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> DemoResult:
-    from gptossctl.bundle.keys import generate_key, load_public_key, load_signing_key
-    from gptossctl.pack.pack import pack_bundle
-    from gptossctl.bundle.sign import cosign_bundle
-    from gptossctl.pack.spec import load_spec
-    from gptossctl.bundle.verify import TrustPolicy, verify_bundle
-    from gptossctl.demo.tinymodel import write_tiny_model
-    from gptossctl.resources import data_dir
-
     prepare_out(out)
     result = DemoResult(out)
 
@@ -111,8 +115,6 @@ def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> Demo
         codes = sorted({f.code for f in exc.findings})
         step("tampered bundle refused", codes == ["bundle.digest_mismatch"], f"exit 1 with {', '.join(codes)}")
 
-    from gptossctl.install.preflight import assess
-
     try:
         report = assess(model="tiny", bundle=bundle, disk_paths=[out])
         m = report.models[0]
@@ -126,10 +128,6 @@ def run_demo(out: Path, *, log: Callable[[str], None] = lambda _m: None) -> Demo
 
 def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, bool, str], None]) -> None:
     """Install into a staging tree (no systemd is booted here) and grade the unit it enabled."""
-    import sys
-
-    from gptossctl.install.lifecycle import InstallRequest, install
-
     root = out / "root"
     try:
         r = install(InstallRequest(bundle=bundle, policy=policy, root=root, vllm_python=Path(sys.executable)))
@@ -139,8 +137,6 @@ def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, b
     step("install (staged)", r.version is not None and not r.started,
          f"release {r.version} with profile {r.profile} into {root}; {r.unit} enabled with systemctl --root, "
          "API key 0600, vLLM bound to 127.0.0.1")
-    from gptossctl.adapters.systemd import Systemd
-
     graded = Systemd(root).security(r.unit)
     if graded is None:
         step("unit graded", True, "systemd-analyze is not installed here: not graded (the test suite grades it)")
@@ -153,8 +149,6 @@ def _staged_install(out: Path, bundle: Path, policy: Any, step: Callable[[str, b
 
 def _compliance(root: Path, instance: str, release: Path, step: Callable[[str, bool, str], None]) -> None:
     """The installed tree passes the compliance check; one flipped weight bit is then caught as drift."""
-    from gptossctl.compliance.checks import run_checks
-
     report = run_checks(root, instance)
     n = report.counts
     warned = "; ".join(f"{c.id}: {c.evidence[-1]}" for c in report.checks if c.status == "warn")

@@ -7,6 +7,7 @@ With `dry_run`, nothing is downloaded: the plan lists what would be fetched and 
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 from gptossctl import __version__
 from gptossctl.adapters import pip
 from gptossctl.errors import CheckFailed, UsageError
+from gptossctl.hardware.profiles import load_profile
 from gptossctl.pack import sources, wheels
 from gptossctl.pack.assets import compile_caches, fetch_vocab
+from gptossctl.pack.sbom import license_summary
 from gptossctl.pack.spec import BundleSpec
 from gptossctl.resources import data_dir
 
@@ -99,8 +102,6 @@ def gather(spec: BundleSpec, spec_dir: Path, scratch: Path, *, model_dir: Path |
     names = []
     for name in spec.profiles:
         if name.endswith((".yaml", ".yml")):  # a site's own profile, next to the recipe
-            from gptossctl.hardware.profiles import load_profile
-
             src = spec_dir / name
             if not src.is_file():
                 raise UsageError(f"profile file {src} does not exist", code="pack.unknown_profile",
@@ -173,8 +174,6 @@ def _gather_wheels(spec: BundleSpec, spec_dir: Path, scratch: Path, house: Path 
                               code="pack.flashinfer_mismatch", findings=findings,
                               hint=f"use flashinfer-cubin and flashinfer-jit-cache {pin} (vllm download-kernels)")
         g.wheels += [(k, "kernels") for k in kernels]
-    from gptossctl.pack.sbom import license_summary
-
     g.components["wheels"] = {"vllm": spec.vllm.version, "python": spec.target.python,
                               "platform": spec.target.platform, "arch": spec.target.arch,
                               "cuda": cuda or spec.target.cuda, "count": len(got),
@@ -184,8 +183,6 @@ def _gather_wheels(spec: BundleSpec, spec_dir: Path, scratch: Path, house: Path 
 
 
 def _ensure_disk(where: Path, need: int) -> None:
-    import shutil
-
     where.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(where).free
     if need + (64 << 20) > free:

@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gptossctl import __version__
 from gptossctl.bundle.dsse import PAYLOAD_TYPE, Envelope, Signature
@@ -36,6 +37,7 @@ from gptossctl.bundle.layout import (
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
 from gptossctl.pack.gather import Gathered, gather
+from gptossctl.pack.sbom import SbomInput, build_sbom
 from gptossctl.pack.spec import BundleSpec, parse_duration
 
 _DISK_MARGIN = 64 << 20
@@ -169,7 +171,10 @@ def pack_bundle(
     scratch: Path | None = None,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
+    shard_size: int = SHARD_SIZE,
 ) -> PackResult:
+    """(1) check the output (2) lock OUT.partial (3) gather and plan (4) resume: skip files the journal says are
+    done (5) copy-and-hash the rest in parallel (6) SBOM, manifest, signatures (7) rename OUT.partial to OUT."""
     if not keys:
         raise UsageError("no signing key given", code="pack.no_key", hint="pass --key FILE.key (repeatable)")
     check_out(out, sources=_source_dirs(spec, spec_dir, model_dir, wheelhouse))
@@ -177,86 +182,107 @@ def pack_bundle(
     lifetime = parse_duration(expires_in or spec.expires_in)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     # Downloads land in scratch, on the output's disk unless told otherwise: /tmp never fills.
-    owned_scratch = scratch is None
+    own_scratch = scratch is None
     scratch = scratch or out.with_name(out.name + ".scratch")
-    fresh = not partial.exists()  # a refusal before any byte is copied leaves no trace of a fresh pack
+    with _locked_partial(partial) as journal:
+        planned, gathered = plan_pack(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse)
+        done = _read_journal(partial / JOURNAL)
+        todo = [pf for pf in planned if not _reusable(done.get(pf.dest), pf, partial / PAYLOAD / pf.dest)]
+        need = sum(pf.size for pf in todo)
+        _check_disk(partial, need)
+        _remove_unplanned(partial / PAYLOAD, {pf.dest for pf in planned})
+        if on_total:
+            on_total(need)
+        results = {dest: _result_of(done[dest]) for dest in done if dest not in {pf.dest for pf in todo}}
+        _copy_all(todo, partial, journal, results, workers=workers, progress=progress, shard_size=shard_size)
+        manifest = _seal(spec, partial, planned, gathered, results, keys, version=version, now=now,
+                         lifetime=lifetime, shard_size=shard_size)
+    (partial / JOURNAL).unlink()
+    _fsync_tree(partial)
+    os.rename(partial, out)  # the bundle appears complete, or not at all
+    if own_scratch:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return PackResult(out, manifest, len(todo), len(planned) - len(todo), need, tuple(k.keyid for k in keys))
+
+
+@contextmanager
+def _locked_partial(partial: Path) -> Iterator[IO[str]]:
+    """OUT.partial with its journal, locked before anything is planned or fetched (a second pack to the same
+    --out copies no byte). A fresh one that fails before its first byte is copied is removed again."""
+    fresh = not partial.exists()
     try:
         (partial / PAYLOAD).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {partial}: {exc.strerror}", code="pack.bad_out",
                          hint="give --out in an existing directory you can write") from None
-    journal_path = partial / JOURNAL
-    journal = open(journal_path, "a")
+    journal = open(partial / JOURNAL, "a")
     try:
-        # Locked before anything is planned or fetched: a second pack to the same --out copies no byte.
         fcntl.flock(journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         journal.close()
         raise EnvironmentNotReady(f"another pack is writing {partial}", code="pack.locked",
                                   hint="wait for it to finish, or stop it and run again to resume") from None
     try:
-        try:
-            planned, gathered = plan_pack(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse)
-        except BaseException:
-            if fresh:
-                journal.close()
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
-        done = _read_journal(journal_path)
-        todo = [pf for pf in planned if not _reusable(done.get(pf.dest), pf, partial / PAYLOAD / pf.dest)]
-        need = sum(pf.size for pf in todo)
-        free = shutil.disk_usage(partial).free
-        if need + _DISK_MARGIN > free:
-            raise CheckFailed(
-                f"not enough disk at {partial}: {need / 2**30:.2f} GiB to write, {free / 2**30:.2f} GiB free",
-                code="pack.insufficient_disk", hint="free space or choose another --out on a larger disk")
-        _remove_unplanned(partial / PAYLOAD, {pf.dest for pf in planned})
-        if on_total:
-            on_total(need)
-        results = {dest: _result_of(done[dest]) for dest in done if dest not in {pf.dest for pf in todo}}
-        lock = threading.Lock()
-
-        def one(pf: PlannedFile) -> None:
-            dst = partial / PAYLOAD / pf.dest
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            res = copy_and_hash(pf.src, dst, progress=progress or (lambda _n: None))
-            if res.size != pf.size:
-                raise CheckFailed(f"{pf.src} changed size while being packed", code="pack.source_changed",
-                                  hint="pack from a source that nothing is writing to")
-            rec = {"dest": pf.dest, "src_size": pf.size, "src_mtime_ns": pf.mtime_ns,
-                   "dst_mtime_ns": dst.stat().st_mtime_ns, "size": res.size, "sha256": res.sha256,
-                   "shards": list(res.shards)}
-            with lock:
-                results[pf.dest] = res
-                journal.write(json.dumps(rec) + "\n")
-                journal.flush()
-
-        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-            for fut in [pool.submit(one, pf) for pf in sorted(todo, key=lambda p: -p.size)]:
-                fut.result()
-        sbom = _write_sbom(partial, spec, gathered, results, version=version, now=now)
-        results["sbom/bom.cdx.json"] = sbom
-        planned_all = [*planned, PlannedFile(partial / PAYLOAD / "sbom/bom.cdx.json", "sbom/bom.cdx.json", "sbom",
-                                             sbom.size, 0)]
-        manifest = _build_manifest(spec, planned_all, results, gathered.components, version=version, now=now,
-                                   lifetime=lifetime)
-        (partial / SUMS).write_bytes(sha256sums_text(manifest.files))
-        payload = manifest.to_json_bytes()
-        (partial / MANIFEST).write_bytes(payload)
-        envelope = Envelope(payload, PAYLOAD_TYPE, ())
-        for key in keys:
-            envelope = envelope.with_signature(Signature(key.keyid, key.sign(envelope.signed_message())))
-        (partial / ENVELOPE).write_bytes(envelope.to_json())
+        yield journal
+    except BaseException:
         journal.close()
-        journal_path.unlink()
-        _fsync_tree(partial)
-        os.rename(partial, out)  # the bundle appears complete, or not at all
-        if owned_scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+        if fresh and not any(p.is_file() for p in (partial / PAYLOAD).rglob("*")):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     finally:
-        if not journal.closed:
-            journal.close()
-    return PackResult(out, manifest, len(todo), len(planned) - len(todo), need, tuple(k.keyid for k in keys))
+        journal.close()
+
+
+def _check_disk(partial: Path, need: int) -> None:
+    free = shutil.disk_usage(partial).free
+    if need + _DISK_MARGIN > free:
+        raise CheckFailed(f"not enough disk at {partial}: {need / 2**30:.2f} GiB to write, {free / 2**30:.2f} GiB free",
+                          code="pack.insufficient_disk", hint="free space or choose another --out on a larger disk")
+
+
+def _copy_all(todo: Sequence[PlannedFile], partial: Path, journal: IO[str], results: dict[str, CopyResult], *,
+              workers: int | None, progress: Progress | None, shard_size: int) -> None:
+    """Copy and hash every file not done yet, in parallel, journalling each as it completes."""
+    lock = threading.Lock()
+
+    def one(pf: PlannedFile) -> None:
+        dst = partial / PAYLOAD / pf.dest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        res = copy_and_hash(pf.src, dst, shard_size=shard_size, progress=progress or (lambda _n: None))
+        if res.size != pf.size:
+            raise CheckFailed(f"{pf.src} changed size while being packed", code="pack.source_changed",
+                              hint="pack from a source that nothing is writing to")
+        rec = {"dest": pf.dest, "src_size": pf.size, "src_mtime_ns": pf.mtime_ns,
+               "dst_mtime_ns": dst.stat().st_mtime_ns, "size": res.size, "sha256": res.sha256,
+               "shards": list(res.shards)}
+        with lock:
+            results[pf.dest] = res
+            journal.write(json.dumps(rec) + "\n")
+            journal.flush()
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for fut in [pool.submit(one, pf) for pf in sorted(todo, key=lambda p: -p.size)]:
+            fut.result()
+
+
+def _seal(spec: BundleSpec, partial: Path, planned: Sequence[PlannedFile], gathered: Gathered,
+          results: dict[str, CopyResult], keys: Sequence[SigningKey], *, version: int | None, now: datetime,
+          lifetime: int, shard_size: int) -> Manifest:
+    """The SBOM, the manifest over every file, SHA256SUMS, and one signature per key."""
+    sbom = _write_sbom(partial, spec, gathered, results, version=version, now=now)
+    results["sbom/bom.cdx.json"] = sbom
+    planned_all = [*planned, PlannedFile(partial / PAYLOAD / "sbom/bom.cdx.json", "sbom/bom.cdx.json", "sbom",
+                                         sbom.size, 0)]
+    manifest = _build_manifest(spec, planned_all, results, gathered.components, version=version, now=now,
+                               lifetime=lifetime, shard_size=shard_size)
+    (partial / SUMS).write_bytes(sha256sums_text(manifest.files))
+    payload = manifest.to_json_bytes()
+    (partial / MANIFEST).write_bytes(payload)
+    envelope = Envelope(payload, PAYLOAD_TYPE, ())
+    for key in keys:
+        envelope = envelope.with_signature(Signature(key.keyid, key.sign(envelope.signed_message())))
+    (partial / ENVELOPE).write_bytes(envelope.to_json())
+    return manifest
 
 
 def _source_dirs(spec: BundleSpec, spec_dir: Path, model_dir: Path | None, wheelhouse: Path | None) -> list[Path]:
@@ -299,8 +325,6 @@ def _remove_unplanned(payload: Path, keep: set[str]) -> None:
 def _write_sbom(partial: Path, spec: BundleSpec, g: Gathered, results: dict[str, CopyResult], *,
                 version: int | None, now: datetime) -> CopyResult:
     """The SBOM, from the digests computed while copying (no second read of any wheel)."""
-    from gptossctl.pack.sbom import SbomInput, build_sbom
-
     data = build_sbom(SbomInput(
         bundle_name=spec.name, bundle_version=version or spec.version or bundle_version(now), created=now,
         model_repo=spec.model.repo, model_revision=str(g.components["model"]["revision"]),
@@ -321,6 +345,7 @@ def _build_manifest(
     version: int | None,
     now: datetime,
     lifetime: int,
+    shard_size: int = SHARD_SIZE,
 ) -> Manifest:
     entries = []
     for pf in sorted(planned, key=lambda p: p.dest):
@@ -343,7 +368,7 @@ def _build_manifest(
         created=created,
         expires=created + timedelta(seconds=lifetime),
         min_gptossctl_version=__version__,
-        shard_size=SHARD_SIZE,
+        shard_size=shard_size,
         components=components,
         sha256sums=hashlib.sha256(sha256sums_text(entries)).hexdigest(),
         files=tuple(entries),

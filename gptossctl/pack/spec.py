@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptossctl.durations import parse_duration
+from gptossctl.errors import UsageError
 from gptossctl.yamldoc import load_model, yaml_line
 
 __all__ = ["BundleSpec", "load_spec", "parse_duration", "yaml_line"]
@@ -135,8 +136,6 @@ class BundleSpec(_Strict):
     @field_validator("expires_in")
     @classmethod
     def _duration(cls, v: str) -> str:
-        from gptossctl.errors import UsageError
-
         try:
             parse_duration(v)
         except UsageError:
