@@ -162,6 +162,7 @@ def pack_bundle(
     scratch: Path | None = None,
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
+    shard_size: int = SHARD_SIZE,
 ) -> PackResult:
     if not keys:
         raise UsageError("no signing key given", code="pack.no_key", hint="pass --key FILE.key (repeatable)")
@@ -202,7 +203,7 @@ def pack_bundle(
         def one(pf: PlannedFile) -> None:
             dst = partial / PAYLOAD / pf.dest
             dst.parent.mkdir(parents=True, exist_ok=True)
-            res = copy_and_hash(pf.src, dst, progress=progress or (lambda _n: None))
+            res = copy_and_hash(pf.src, dst, shard_size=shard_size, progress=progress or (lambda _n: None))
             if res.size != pf.size:
                 raise CheckFailed(f"{pf.src} changed size while being packed", code="pack.source_changed",
                                   hint="pack from a source that nothing is writing to")
@@ -222,7 +223,7 @@ def pack_bundle(
         planned_all = [*planned, PlannedFile(partial / PAYLOAD / "sbom/bom.cdx.json", "sbom/bom.cdx.json", "sbom",
                                              sbom.size, 0)]
         manifest = _build_manifest(spec, planned_all, results, gathered.components, version=version, now=now,
-                                   lifetime=lifetime)
+                                   lifetime=lifetime, shard_size=shard_size)
         (partial / SUMS).write_bytes(sha256sums_text(manifest.files))
         payload = manifest.to_json_bytes()
         (partial / MANIFEST).write_bytes(payload)
@@ -280,6 +281,7 @@ def _build_manifest(
     version: int | None,
     now: datetime,
     lifetime: int,
+    shard_size: int = SHARD_SIZE,
 ) -> Manifest:
     entries = []
     for pf in sorted(planned, key=lambda p: p.dest):
@@ -302,7 +304,7 @@ def _build_manifest(
         created=created,
         expires=created + timedelta(seconds=lifetime),
         min_gptossctl_version=__version__,
-        shard_size=SHARD_SIZE,
+        shard_size=shard_size,
         components=components,
         sha256sums=hashlib.sha256(sha256sums_text(entries)).hexdigest(),
         files=tuple(entries),
