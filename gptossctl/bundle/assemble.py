@@ -28,6 +28,7 @@ from gptossctl.bundle.transfer import (
     remove_strays,
     run_transfer,
     sync_dir,
+    write_error,
     write_small,
 )
 from gptossctl.errors import CheckFailed, Finding, UsageError
@@ -51,7 +52,7 @@ def assemble_bundle(
     envelope_json: bytes,
     manifest: Manifest,
     sources: Mapping[PieceKey, Sequence[Source]],
-    opts: TransferOptions,
+    opts: TransferOptions | None,
     *,
     describe: Callable[[list[Failure]], list[Finding]],
     verb: str,
@@ -78,6 +79,15 @@ def assemble_bundle(
                           code=f"{verb}.incomplete", findings=describe(list(report.failures)),
                           hint="bring an intact copy of what is named and run the same command again: "
                                "verified pieces are kept in " + str(work))
+    try:
+        _finish(work, out, envelope_json, manifest, sums)
+    except OSError as exc:
+        raise write_error(exc, work) from None
+    return Assembled(out, report)
+
+
+def _finish(work: Path, out: Path, envelope_json: bytes, manifest: Manifest, sums: bytes) -> None:
+    """Every piece is in: exact sizes, the signed top-level files, flushed, then the rename."""
     finish_files(work, {f"{PAYLOAD}/{f.path}": f.size for f in manifest.files})
     write_small(work / MANIFEST, _payload_of(envelope_json))
     write_small(work / ENVELOPE, envelope_json)
@@ -88,7 +98,6 @@ def assemble_bundle(
     sync_dir(work)
     work.rename(out)  # the bundle appears complete, or not at all
     sync_dir(out.parent)
-    return Assembled(out, report)
 
 
 def _payload_of(envelope_json: bytes) -> bytes:

@@ -31,6 +31,7 @@ from gptossctl.bundle.transfer import (
     finish_files,
     run_transfer,
     sync_dir,
+    write_error,
 )
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
@@ -57,7 +58,7 @@ class Copied:
 
 
 def copy_bundle(src: Path, dst: Path, *, policy: TrustPolicy | None = None,
-                opts: TransferOptions = TransferOptions()) -> Copied:
+                opts: TransferOptions | None = None) -> Copied:
     """Copy a bundle, a part set or a delta from src to dst, verifying as it writes; resumable."""
     if not src.exists():
         raise UsageError(f"{src} does not exist", code="copy.not_found")
@@ -66,7 +67,7 @@ def copy_bundle(src: Path, dst: Path, *, policy: TrustPolicy | None = None,
     return _copy_parts(src, dst, policy, opts)
 
 
-def _copy_whole(src: Path, dst: Path, policy: TrustPolicy | None, opts: TransferOptions) -> Copied:
+def _copy_whole(src: Path, dst: Path, policy: TrustPolicy | None, opts: TransferOptions | None) -> Copied:
     envelope = read_envelope(src)
     checked = check_envelope(envelope, policy)
     if checked.findings:
@@ -85,7 +86,7 @@ def _source_failures(failures: list[Failure]) -> list[Finding]:
             for f in failures]
 
 
-def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: TransferOptions) -> Copied:
+def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: TransferOptions | None) -> Copied:
     ps = collect_parts([src], policy)
     if ps.checked.findings:
         raise CheckFailed("the parts' signed manifest does not pass", code="copy.untrusted",
@@ -94,23 +95,18 @@ def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: Transfer
         raise UsageError(f"{dst} is not a directory", code="copy.bad_destination",
                          hint="parts are copied into a directory (it may already hold other parts)")
     work = dst / INCOMING
-    work.mkdir(parents=True, exist_ok=True)
     todo, there = _parts_to_copy(ps.parts, dst)
     pieces = {p.key: p for p in manifest_pieces(ps.checked.manifest)}
     jobs = [job for part in todo for job in _part_jobs(part, pieces)]
     report = run_transfer(work, jobs, opts)
     failed = {f.job.dst for f in report.failures}
-    copied = []
-    for part in todo:
-        name = part.header.entry.name
-        if name in failed:
-            continue
-        finish_files(work, {name: part.size})
-        (work / name).rename(dst / name)  # the part appears whole, or not at all
-        copied.append(name)
-    if (src / INDEX_NAME).is_file() and not (dst / INDEX_NAME).exists():
-        shutil.copyfile(src / INDEX_NAME, dst / INDEX_NAME)
-    sync_dir(dst)
+    try:
+        copied = _move_in(work, dst, [p for p in todo if p.header.entry.name not in failed])
+        if (src / INDEX_NAME).is_file() and not (dst / INDEX_NAME).exists():
+            shutil.copyfile(src / INDEX_NAME, dst / INDEX_NAME)
+        sync_dir(dst)
+    except OSError as exc:
+        raise write_error(exc, dst) from None
     if report.failures:
         raise CheckFailed(f"{len(failed)} part(s) could not be copied intact", code="copy.incomplete",
                           findings=part_failures(list(report.failures)),
@@ -119,6 +115,17 @@ def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: Transfer
     (work / JOURNAL_NAME).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     return Copied(src, dst, "parts", report, ps.checked.signers, tuple(copied), tuple(there), tuple(ps.findings))
+
+
+def _move_in(work: Path, dst: Path, parts: list[PartFile]) -> list[str]:
+    """Each part whose every byte is verified is renamed into dst: it appears whole, or not at all."""
+    moved = []
+    for part in parts:
+        name = part.header.entry.name
+        finish_files(work, {name: part.size})
+        (work / name).rename(dst / name)
+        moved.append(name)
+    return moved
 
 
 def _parts_to_copy(parts: list[PartFile], dst: Path) -> tuple[list[PartFile], list[str]]:

@@ -33,7 +33,14 @@ from gptossctl.bundle.parts import (
     require_trusted,
     write_parts,
 )
-from gptossctl.bundle.pieces import PieceKey, Source, base_sources, bundle_sources, manifest_digest, manifest_pieces
+from gptossctl.bundle.pieces import (
+    PieceKey,
+    Source,
+    base_sources,
+    bundle_sources,
+    manifest_digest,
+    manifest_pieces,
+)
 from gptossctl.bundle.transfer import TransferOptions
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
@@ -70,7 +77,7 @@ def _read_base(base: Path, *, needed: BundleRef | None = None) -> tuple[Envelope
 
 
 def make_delta(old: Path, new: Path, out: Path, *, part_size: int = FAT32_MAX, policy: TrustPolicy | None = None,
-               opts: TransferOptions = TransferOptions()) -> DeltaMade:
+               opts: TransferOptions | None = None) -> DeltaMade:
     """Write the delta that rebuilds NEW on a host that holds OLD."""
     old_env, old_manifest = _read_base(old)
     new_env = read_envelope(new)
@@ -101,7 +108,7 @@ def needed_base(places: Sequence[Path]) -> BundleRef | None:
 
 
 def apply_delta(places: Sequence[Path], base: Path, out: Path, *, policy: TrustPolicy | None = None,
-                opts: TransferOptions = TransferOptions()) -> Joined:
+                opts: TransferOptions | None = None) -> Joined:
     """Rebuild the new bundle at `out` from the delta parts and the base they name."""
     ps = collect_parts(places, policy)
     if ps.kind != "delta" or ps.base is None:

@@ -40,8 +40,9 @@ _local = threading.local()
 
 
 class Hasher(Protocol):
+    """Anything fed bytes in order: hashlib's objects, and the shard splitter below."""
+
     def update(self, data: Any, /) -> None: ...
-    def hexdigest(self) -> str: ...
 
 
 def _use_mmap() -> bool:
@@ -93,12 +94,12 @@ def hash_fd(fd: int, offset: int, length: int, hashers: Sequence[Hasher], progre
         if pos + n < end and hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, pos + n, min(SLICE, end - pos - n), os.POSIX_FADV_WILLNEED)
         base = pos - pos % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(fd, pos + n - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base) as m:
-            with memoryview(m) as view:
-                part = view[pos - base:]
-                for h in hashers:
-                    h.update(part)
-                part.release()
+        with (mmap.mmap(fd, pos + n - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base) as m,
+              memoryview(m) as view):
+            part = view[pos - base:]
+            for h in hashers:
+                h.update(part)
+            part.release()
         pos += n
         progress(n)
 

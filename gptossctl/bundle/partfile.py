@@ -32,8 +32,8 @@ from gptossctl.bundle.pieces import PieceKey, PieceRef, manifest_digest
 from gptossctl.errors import CheckFailed
 
 MAGIC = b"GPTOSSCTL-PART/1\n"
-PART_SCHEMA = "gptossctl.part/1"
-INDEX_SCHEMA = "gptossctl.parts/1"
+PART_SCHEMA: Literal["gptossctl.part/1"] = "gptossctl.part/1"
+INDEX_SCHEMA: Literal["gptossctl.parts/1"] = "gptossctl.parts/1"
 INDEX_NAME = "parts.json"
 ALIGN = 4096
 _LEN_DIGITS = 16

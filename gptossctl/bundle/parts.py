@@ -40,8 +40,19 @@ from gptossctl.bundle.partfile import (
     render_layout,
 )
 from gptossctl.bundle.pieces import PieceKey, PieceRef, Source, manifest_digest, manifest_pieces
-from gptossctl.bundle.transfer import JOURNAL_NAME, Failure, Job, TransferOptions, TransferReport
-from gptossctl.bundle.transfer import failure_reasons, finish_files, run_transfer, sync_dir, write_small
+from gptossctl.bundle.transfer import (
+    JOURNAL_NAME,
+    Failure,
+    Job,
+    TransferOptions,
+    TransferReport,
+    failure_reasons,
+    finish_files,
+    run_transfer,
+    sync_dir,
+    write_error,
+    write_small,
+)
 from gptossctl.bundle.verify import CheckedEnvelope, TrustPolicy, check_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
 
@@ -132,7 +143,7 @@ class PartsWritten:
 
 def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envelope, envelope_json: bytes,
                 pieces: Sequence[PieceRef], sources: dict[PieceKey, Source], *, part_size: int,
-                base: BundleRef | None, opts: TransferOptions) -> PartsWritten:
+                base: BundleRef | None, opts: TransferOptions | None) -> PartsWritten:
     """Plan, write and verify the parts of `pieces` into OUT (through OUT.partial)."""
     if out.exists():
         raise UsageError(f"{out} already exists", code=f"{kind}.exists", hint="choose a new --out directory")
@@ -140,7 +151,6 @@ def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envel
     assignment = plan_parts(pieces, part_size, header_reserve(kind, ref, base, envelope_json, pieces))
     rendered = render_layout(kind, ref, base, envelope_json, assignment)
     work = partial_of(out)
-    work.mkdir(parents=True, exist_ok=True)
     by_key = {p.key: p for p in pieces}
     jobs = []
     for entry, header in zip(rendered.layout, rendered.headers):
@@ -154,26 +164,33 @@ def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envel
                           code=f"{kind}.source_damaged", findings=[
                               Finding("bundle.digest_mismatch", f.job.label, failure_reasons(f),
                                       hint="verify the bundle and obtain an intact copy") for f in report.failures])
-    finish_files(work, {e.name: e.size for e in rendered.layout})
-    write_small(work / INDEX_NAME, index_bytes(kind, ref, base, part_size, rendered))
-    (work / JOURNAL_NAME).unlink()
-    sync_dir(work)
-    work.rename(out)
-    sync_dir(out.parent)
+    try:
+        finish_files(work, {e.name: e.size for e in rendered.layout})
+        write_small(work / INDEX_NAME, index_bytes(kind, ref, base, part_size, rendered))
+        (work / JOURNAL_NAME).unlink()
+        sync_dir(work)
+        work.rename(out)  # the parts appear together, complete, or not at all
+        sync_dir(out.parent)
+    except OSError as exc:
+        raise write_error(exc, work) from None
     return PartsWritten(out, kind, ref, base, part_size, rendered, report, checked)
 
 
 def _write_header(path: Path, header: bytes, body: int) -> None:
     """The header and its zero padding, rewritten on every run (a resumed run may find other bytes)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
-        os.pwrite(fd, header + b"\0" * (body - len(header)), 0)
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            os.pwrite(fd, header + b"\0" * (body - len(header)), 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(exc, path) from None
 
 
 def split_bundle(bundle: Path, out: Path, *, part_size: int = FAT32_MAX, policy: TrustPolicy | None = None,
-                 opts: TransferOptions = TransferOptions()) -> PartsWritten:
+                 opts: TransferOptions | None = None) -> PartsWritten:
     """Split a bundle into self-describing parts of at most part_size bytes, plus parts.json."""
     from gptossctl.bundle.pieces import bundle_sources
     from gptossctl.bundle.verify import read_envelope
@@ -424,7 +441,7 @@ def part_failures(failures: list[Failure]) -> list[Finding]:
 
 
 def join_parts(places: Sequence[Path], out: Path, *, policy: TrustPolicy | None = None,
-               opts: TransferOptions = TransferOptions()) -> Joined:
+               opts: TransferOptions | None = None) -> Joined:
     """Join parts found in `places` (any order, duplicates fine) into the bundle directory `out`."""
     ps = collect_parts(places, policy)
     if ps.kind == "delta":

@@ -23,10 +23,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from gptossctl.bundle.hashing import SLICE, Progress, ShortFile, copy_verified, default_workers, open_read
-from gptossctl.bundle.hashing import open_write
+from gptossctl.bundle.hashing import (
+    SLICE,
+    Progress,
+    ShortFile,
+    copy_verified,
+    default_workers,
+    open_read,
+    open_write,
+)
 from gptossctl.bundle.pieces import Source
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Interrupted, ServiceUnavailable
 
@@ -137,16 +144,26 @@ class _Run:
 
     def journaled(self, rec: JournalRecord) -> None:
         with self.lock:
-            self.journal.write(rec.to_json() + "\n")
-            self.journal.flush()
+            try:
+                self.journal.write(rec.to_json() + "\n")
+                self.journal.flush()
+            except OSError as exc:
+                raise write_error(exc, self.work / JOURNAL_NAME) from None
 
 
-def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions = TransferOptions()) -> TransferReport:
+def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None = None) -> TransferReport:
     """Copy every job not yet journaled in `work`; return what happened. Never renames anything."""
-    work.mkdir(parents=True, exist_ok=True)
-    journal = _open_journal(work)
+    opts = opts or TransferOptions()
     try:
-        done = _read_journal(work, journal)
+        work.mkdir(parents=True, exist_ok=True)
+        journal = _open_journal(work)
+    except OSError as exc:
+        raise write_error(exc, work) from None
+    try:
+        try:
+            done = _read_journal(work, journal)
+        except OSError as exc:
+            raise write_error(exc, work / JOURNAL_NAME) from None
         todo = [j for j in jobs if j.record not in done]
         reused = sum(j.length for j in jobs if j.record in done)
         need = sum(j.length for j in todo)
@@ -164,7 +181,7 @@ def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions = Transf
 
 
 def _open_journal(work: Path) -> IO[str]:
-    journal = open(work / JOURNAL_NAME, "a+")
+    journal = open(work / JOURNAL_NAME, "a+")  # noqa: SIM115 - held (and locked) for the whole run
     try:
         fcntl.flock(journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -231,11 +248,11 @@ def _run_all(run: _Run, todo: list[Job], workers: int | None) -> list[Failure]:
 
 def _run_job(run: _Run, job: Job) -> Failure | None:
     dst = run.work / job.dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         fd = open_write(dst, truncate=False)
     except OSError as exc:
-        raise _write_error(exc, dst) from None
+        raise write_error(exc, dst) from None
     try:
         reasons: list[str] = []
         for src in job.sources:
@@ -260,7 +277,7 @@ def _try_source(run: _Run, job: Job, src: Source, fd: int, dst: Path) -> str | N
     except ShortFile:
         return f"{src.origin}: shorter than recorded"
     except OSError as exc:
-        raise _write_error(exc, dst) from None
+        raise write_error(exc, dst) from None
     finally:
         os.close(sfd)
     if digest != job.sha256:
@@ -268,12 +285,13 @@ def _try_source(run: _Run, job: Job, src: Source, fd: int, dst: Path) -> str | N
     try:
         os.fdatasync(fd)  # the journal may only ever claim bytes that are on the disk
     except OSError as exc:
-        raise _write_error(exc, dst) from None
+        raise write_error(exc, dst) from None
     run.journaled(job.record)
     return None
 
 
-def _write_error(exc: OSError, dst: Path) -> Exception:
+def write_error(exc: OSError, dst: Path) -> Exception:
+    """The error to raise for a failed write into dst: full disk 4, file too large 1, other I/O 4."""
     if exc.errno in _DISK_FULL:
         return ServiceUnavailable(f"the destination disk is full while writing {dst}", code="transfer.disk_full",
                                   hint="free space or choose another destination, then run the same command "
@@ -332,7 +350,3 @@ def finish_files(work: Path, sizes: dict[str, int]) -> None:
 
 def failure_reasons(failure: Failure) -> str:
     return "; ".join(failure.reasons) or "no source holds it"
-
-
-def as_dict(report: TransferReport) -> dict[str, Any]:
-    return {"bytes_copied": report.copied_bytes, "bytes_resumed": report.reused_bytes}

@@ -131,9 +131,9 @@ def verify(
         from datetime import timedelta
 
         from gptossctl.bundle.keys import load_public_key
-        from gptossctl.durations import parse_duration
         from gptossctl.bundle.materialize import verify_source
         from gptossctl.bundle.verify import TrustPolicy
+        from gptossctl.durations import parse_duration
 
         policy = TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
                              revoked=_revoked_ids(revoked),
