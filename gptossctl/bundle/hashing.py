@@ -97,9 +97,11 @@ def hash_fd(fd: int, offset: int, length: int, hashers: Sequence[Hasher], progre
         with (mmap.mmap(fd, pos + n - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base) as m,
               memoryview(m) as view):
             part = view[pos - base:]
-            for h in hashers:
-                h.update(part)
-            part.release()
+            try:
+                for h in hashers:
+                    h.update(part)
+            finally:
+                part.release()
         pos += n
         progress(n)
 
@@ -233,10 +235,12 @@ def _write_mapped(src_fd: int, src_off: int, dst_fd: int, dst_off: int, length: 
     with mmap.mmap(src_fd, src_off + length - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ,
                    offset=base) as m, memoryview(m) as view:
         data = view[src_off - base:]
-        written = 0
-        while written < length:
-            written += os.pwrite(dst_fd, data[written:], dst_off + written)
-        data.release()
+        try:
+            written = 0
+            while written < length:
+                written += os.pwrite(dst_fd, data[written:], dst_off + written)
+        finally:
+            data.release()  # before the map closes, or a write error would turn into a BufferError
     return length
 
 

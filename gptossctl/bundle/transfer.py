@@ -154,6 +154,8 @@ class _Run:
 def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None = None) -> TransferReport:
     """Copy every job not yet journaled in `work`; return what happened. Never renames anything."""
     opts = opts or TransferOptions()
+    if not work.exists():  # refuse a disk that is too small before anything is created on it
+        _check_space(_existing_ancestor(work), sum(j.length for j in jobs), opts.margin)
     try:
         work.mkdir(parents=True, exist_ok=True)
         journal = _open_journal(work)
@@ -212,6 +214,13 @@ def _size(path: Path) -> int:
         return path.lstat().st_size
     except OSError:
         return -1
+
+
+def _existing_ancestor(path: Path) -> Path:
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    return probe
 
 
 def _check_space(work: Path, need: int, margin: int) -> None:
