@@ -3,15 +3,19 @@
 Flow: the caller plans jobs (a destination range, the signed digest it must have, the sources that
 may hold its bytes) -> lock the work directory and read its journal (ranges already verified) ->
 check the free space for the rest -> copy each remaining range inside the kernel and hash what
-landed (hashing.copy_verified), on every core -> fdatasync, then journal it -> report the bytes
-copied and reused, and every piece that no source could supply. A source that fails (short, damaged,
-unreadable) is skipped for the next one. The caller renames the work directory (or each file) into
-place only when nothing is left, so a destination never looks complete before it is; killed at any
-moment (Ctrl-C, SIGKILL, a full or pulled disk), the next run copies only what is not journaled.
+landed (hashing.copy_verified), on every core -> every second or two (and at the end) flush the
+filesystem, then journal what was verified before the flush -> report the bytes copied and reused,
+and every piece that no source could supply. A source that fails (short, damaged, unreadable) is
+skipped for the next one. The caller renames the work directory (or each file) into place only when
+nothing is left, so a destination never looks complete before it is; killed at any moment (Ctrl-C,
+SIGKILL, a full or pulled disk), the next run copies only what is not journaled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import json
@@ -35,12 +39,15 @@ from gptossctl.bundle.hashing import (
     open_write,
 )
 from gptossctl.bundle.pieces import Source
-from gptossctl.errors import CheckFailed, EnvironmentNotReady, Interrupted, ServiceUnavailable
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, GptossctlError, Interrupted, ServiceUnavailable
 
 JOURNAL_NAME = ".gptossctl-transfer.jsonl"
+CHECKPOINT_BYTES = 1 << 30
+CHECKPOINT_SECONDS = 2.0
 JOURNAL_SCHEMA = "gptossctl.transfer-journal/1"
 _MARGIN = 16 << 20
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
 
 
 @dataclass(frozen=True)
@@ -127,13 +134,22 @@ class _Stop(Exception):
 
 @dataclass
 class _Run:
+    """One run's shared state. Verified ranges are journaled in checkpoints: one syncfs of the work
+    directory's filesystem puts every range verified since the last checkpoint on the disk, then their
+    records are appended; the journal never claims bytes a pulled disk or a power cut could lose, and
+    there is one flush per checkpoint, not one per file (a wheelhouse has hundreds)."""
+
     work: Path
     journal: IO[str]
     progress: Progress
     limiter: _Limiter | None
     slice_size: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    flushing: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    pending: list[JournalRecord] = field(default_factory=list)
+    pending_bytes: int = 0
+    last_checkpoint: float = field(default_factory=time.monotonic)
 
     def advance(self, n: int) -> None:
         if self.stop.is_set():
@@ -142,13 +158,34 @@ class _Run:
             self.limiter.take(n)
         self.progress(n)
 
-    def journaled(self, rec: JournalRecord) -> None:
+    def verified(self, rec: JournalRecord) -> None:
         with self.lock:
-            try:
-                self.journal.write(rec.to_json() + "\n")
+            self.pending.append(rec)
+            self.pending_bytes += rec.length
+            due = (self.pending_bytes >= CHECKPOINT_BYTES
+                   or time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS)
+        if due:
+            self.checkpoint(wait=False)
+
+    def checkpoint(self, *, wait: bool) -> None:
+        """Flush the filesystem, then journal what was verified before the flush began."""
+        if not self.flushing.acquire(blocking=wait):
+            return  # another worker is checkpointing; these records go with the next one
+        try:
+            with self.lock:
+                records, self.pending, self.pending_bytes = self.pending, [], 0
+                self.last_checkpoint = time.monotonic()
+            if not records:
+                return
+            syncfs(self.work)
+            with self.lock:
+                for rec in records:
+                    self.journal.write(rec.to_json() + "\n")
                 self.journal.flush()
-            except OSError as exc:
-                raise write_error(exc, self.work / JOURNAL_NAME) from None
+        except OSError as exc:
+            raise write_error(exc, self.work / JOURNAL_NAME) from None
+        finally:
+            self.flushing.release()
 
 
 def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None = None) -> TransferReport:
@@ -243,8 +280,10 @@ def _run_all(run: _Run, todo: list[Job], workers: int | None) -> list[Failure]:
             failure = fut.result()
             if failure is not None:
                 failures.append(failure)
+        run.checkpoint(wait=True)  # everything verified is on the disk before anything is renamed
     except KeyboardInterrupt:
         run.stop.set()
+        _keep_what_is_verified(run)
         raise Interrupted("interrupted: verified pieces are kept", code="transfer.interrupted",
                           hint="run the same command again to resume") from None
     except BaseException:
@@ -253,6 +292,12 @@ def _run_all(run: _Run, todo: list[Job], workers: int | None) -> list[Failure]:
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return failures
+
+
+def _keep_what_is_verified(run: _Run) -> None:
+    """On Ctrl-C: let the pieces in flight stop, then journal what was verified (best effort)."""
+    with contextlib.suppress(GptossctlError):  # interrupted anyway: what is not journaled is copied again
+        run.checkpoint(wait=True)
 
 
 def _run_job(run: _Run, job: Job) -> Failure | None:
@@ -291,11 +336,7 @@ def _try_source(run: _Run, job: Job, src: Source, fd: int, dst: Path) -> str | N
         os.close(sfd)
     if digest != job.sha256:
         return f"{src.origin}: SHA-256 differs from the signed manifest"
-    try:
-        os.fdatasync(fd)  # the journal may only ever claim bytes that are on the disk
-    except OSError as exc:
-        raise write_error(exc, dst) from None
-    run.journaled(job.record)
+    run.verified(job.record)
     return None
 
 
@@ -314,6 +355,19 @@ def write_error(exc: OSError, dst: Path) -> Exception:
                               code="transfer.io_failed",
                               hint="check the media (was a disk pulled?), then run the same command again "
                                    "to resume")
+
+
+def syncfs(path: Path) -> None:
+    """Flush the filesystem holding path (one journal commit for every file written there)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        if _LIBC is None or not hasattr(_LIBC, "syncfs"):
+            os.sync()
+        elif _LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
 
 
 def sync_dir(path: Path) -> None:
