@@ -195,6 +195,8 @@ def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None =
         _check_space(_existing_ancestor(work), sum(j.length for j in jobs), opts.margin)
     try:
         work.mkdir(parents=True, exist_ok=True)
+        for d in sorted({(work / j.dst).parent for j in jobs}):
+            d.mkdir(parents=True, exist_ok=True)  # once here, not once per piece
         journal = _open_journal(work)
     except OSError as exc:
         raise write_error(exc, work) from None
@@ -303,7 +305,6 @@ def _keep_what_is_verified(run: _Run) -> None:
 def _run_job(run: _Run, job: Job) -> Failure | None:
     dst = run.work / job.dst
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
         fd = open_write(dst, truncate=False)
     except OSError as exc:
         raise write_error(exc, dst) from None
