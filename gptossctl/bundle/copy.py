@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from gptossctl.errors import CheckFailed, Finding, UsageError
 
 @dataclass(frozen=True)
 class Copied:
-    src: Path
+    srcs: tuple[Path, ...]
     dst: Path
     kind: str  # "bundle" or "parts"
     report: TransferReport
@@ -49,7 +50,7 @@ class Copied:
     notes: tuple[Finding, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"src": str(self.src), "dst": str(self.dst), "kind": self.kind,
+        return {"src": [str(s) for s in self.srcs], "dst": str(self.dst), "kind": self.kind,
                 "bytes_copied": self.report.copied_bytes, "bytes_resumed": self.report.reused_bytes,
                 "parts_copied": list(self.parts_copied), "parts_already_there": list(self.parts_already_there),
                 "signers": list(self.signers),
@@ -57,14 +58,21 @@ class Copied:
                 "ignored": [f.to_dict() for f in self.notes]}
 
 
-def copy_bundle(src: Path, dst: Path, *, policy: TrustPolicy | None = None,
+def copy_bundle(src: Path | Sequence[Path], dst: Path, *, policy: TrustPolicy | None = None,
                 opts: TransferOptions | None = None) -> Copied:
-    """Copy a bundle, a part set or a delta from src to dst, verifying as it writes; resumable."""
-    if not src.exists():
-        raise UsageError(f"{src} does not exist", code="copy.not_found")
-    if src.is_dir() and (src / ENVELOPE).exists():
-        return _copy_whole(src, dst, policy, opts)
-    return _copy_parts(src, dst, policy, opts)
+    """Copy a bundle, or parts (directories or part files, a delta's too) from src to dst, verifying
+    as it writes; resumable."""
+    srcs = [src] if isinstance(src, Path) else list(src)
+    for s in srcs:
+        if not s.exists():
+            raise UsageError(f"{s} does not exist", code="copy.not_found")
+    bundles = [s for s in srcs if s.is_dir() and (s / ENVELOPE).exists()]
+    if bundles and len(srcs) > 1:
+        raise UsageError("a bundle directory is copied on its own", code="copy.mixed_sources",
+                         hint="copy one bundle at a time; several sources must be parts")
+    if bundles:
+        return _copy_whole(bundles[0], dst, policy, opts)
+    return _copy_parts(srcs, dst, policy, opts)
 
 
 def _copy_whole(src: Path, dst: Path, policy: TrustPolicy | None, opts: TransferOptions | None) -> Copied:
@@ -77,7 +85,7 @@ def _copy_whole(src: Path, dst: Path, policy: TrustPolicy | None, opts: Transfer
     sources = {k: [s] for k, s in bundle_sources(manifest, src, origin="source").items()}
     done = assemble_bundle(dst, (src / ENVELOPE).read_bytes(), manifest, sources, opts,
                            describe=_source_failures, verb="copy")
-    return Copied(src, dst, "bundle", done.report, checked.signers)
+    return Copied((src,), dst, "bundle", done.report, checked.signers)
 
 
 def _source_failures(failures: list[Failure]) -> list[Finding]:
@@ -86,8 +94,8 @@ def _source_failures(failures: list[Failure]) -> list[Finding]:
             for f in failures]
 
 
-def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: TransferOptions | None) -> Copied:
-    ps = collect_parts([src], policy)
+def _copy_parts(srcs: list[Path], dst: Path, policy: TrustPolicy | None, opts: TransferOptions | None) -> Copied:
+    ps = collect_parts(srcs, policy)
     if ps.checked.findings:
         raise CheckFailed("the parts' signed manifest does not pass", code="copy.untrusted",
                           findings=ps.checked.findings, hint="nothing was copied")
@@ -102,8 +110,9 @@ def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: Transfer
     failed = {f.job.dst for f in report.failures}
     try:
         copied = _move_in(work, dst, [p for p in todo if p.header.entry.name not in failed])
-        if (src / INDEX_NAME).is_file() and not (dst / INDEX_NAME).exists():
-            shutil.copyfile(src / INDEX_NAME, dst / INDEX_NAME)
+        for src in srcs:
+            if (src / INDEX_NAME).is_file() and not (dst / INDEX_NAME).exists():
+                shutil.copyfile(src / INDEX_NAME, dst / INDEX_NAME)
         sync_dir(dst)
     except OSError as exc:
         raise write_error(exc, dst) from None
@@ -114,7 +123,7 @@ def _copy_parts(src: Path, dst: Path, policy: TrustPolicy | None, opts: Transfer
                                "run the same command again to resume the rest")
     (work / JOURNAL_NAME).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
-    return Copied(src, dst, "parts", report, ps.checked.signers, tuple(copied), tuple(there), tuple(ps.findings))
+    return Copied(tuple(srcs), dst, "parts", report, ps.checked.signers, tuple(copied), tuple(there), tuple(ps.findings))
 
 
 def _move_in(work: Path, dst: Path, parts: list[PartFile]) -> list[str]:

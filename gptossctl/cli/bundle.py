@@ -277,7 +277,7 @@ def join(
 
 @app.command("copy")
 def copy(
-    src: Path = typer.Argument(..., help="Bundle directory, directory of parts, or delta."),
+    src: list[Path] = typer.Argument(..., help="Bundle directory, or parts: directories or .part files."),
     dst: Path = typer.Argument(..., help="Destination: a new bundle directory, or a directory collecting parts."),
     trust: list[Path] = CarryTrustOpt,
     threshold: int = ThresholdOpt,
@@ -285,7 +285,7 @@ def copy(
     workers: int | None = WorkersOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Copy a bundle or parts, hashing as it writes; interrupted, run it again to resume.
+    """Copy a bundle or parts (like cp: SRC... DST), hashing as it writes; run it again to resume.
 
     Exit 1 if the source is damaged or the disk too small (nothing complete is left), 3 if another copy
     writes there, 4 if the disk fills or fails mid-copy (run again to resume).

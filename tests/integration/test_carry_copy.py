@@ -1,6 +1,7 @@
 """`bundle copy` through the real console script: killed mid-file and resumed, interrupted with Ctrl-C, a disk
 too small, a disk that fills up mid-copy (a real tmpfs), damaged sources, parts collected from two media."""
 
+# ruff: noqa: F811 - fixtures imported from carry_bundles come back as test parameters
 from __future__ import annotations
 
 import errno
@@ -20,8 +21,8 @@ from gptossctl.bundle.keys import load_public_key
 from gptossctl.bundle.verify import TrustPolicy, verify_bundle
 from tests.conftest import KeyPair, pack
 from tests.integration.carry_bundles import (  # noqa: F401 - fixtures
-    MiB,
     Cli,
+    MiB,
     big_model,
     carry_model,
     carry_parts,
@@ -224,3 +225,14 @@ def test_a_damaged_part_is_not_copied_in(cli: Cli, carry_parts: Path, tmp_path: 
     assert not (tmp_path / "inbox" / victim.name).exists()
     assert len(part_files(tmp_path / "inbox")) == len(part_files(stick)) - 1
     os.sync()
+
+
+def test_part_files_named_one_by_one_are_copied_like_cp(cli: Cli, carry_parts: Path, tmp_path: Path) -> None:
+    files = part_files(carry_parts)
+    stick = tmp_path / "stick"
+    code, doc = cli("bundle", "copy", str(files[0]), str(files[2]), str(stick))
+    assert code == 0, doc
+    assert sorted(p.name for p in part_files(stick)) == [files[0].name, files[2].name]
+    code, doc = cli("bundle", "copy", str(carry_parts), str(files[0]), str(stick))
+    assert code == 0 and doc["data"]["parts_already_there"] == [files[0].name, files[2].name]
+    assert len(part_files(stick)) == len(files)

@@ -1,6 +1,7 @@
 """Signed deltas through the real CLI: one changed shard ships one shard, a vLLM-only upgrade ships no
 weights, the rebuilt bundle is byte-identical and verifies, a wrong or damaged base is refused and named."""
 
+# ruff: noqa: F811 - fixtures imported from carry_bundles come back as test parameters
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import PASSPHRASE, KeyPair, finding_codes
 from tests.integration.carry_bundles import (  # noqa: F401 - fixtures
@@ -123,7 +123,7 @@ def _recipe(d: Path, house: Path, kernels: Path) -> Path:
         "vllm": {"version": "0.33.0"}, "wheels": {"include_gptossctl": False, "include_uv": False, "dir": str(house)},
         "kernels": {"dir": str(kernels)}}
     path = d / "recipe.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path.write_text(json.dumps(doc))  # JSON is YAML
     return path
 
 

@@ -1,6 +1,7 @@
 """materialize(): the one function install calls for what crossed the gap. Install (staged, the real CLI)
 from parts, and from a delta whose base is the installed release; a delta without its base is refused."""
 
+# ruff: noqa: F811 - fixtures imported from carry_bundles come back as test parameters
 from __future__ import annotations
 
 import os

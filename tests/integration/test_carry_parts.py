@@ -1,6 +1,7 @@
 """Parts for removable media and data diodes, through the real CLI: split smaller than a file, each part
 verified alone, a flipped bit or a missing part named, joined from two places in any order, byte for byte."""
 
+# ruff: noqa: F811 - fixtures imported from carry_bundles come back as test parameters
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import pytest
 
 from tests.conftest import KeyPair, finding_codes
 from tests.integration.carry_bundles import (  # noqa: F401 - fixtures
-    MiB,
     Cli,
+    MiB,
     carry_model,
     carry_parts,
     carry_v5,
@@ -183,7 +184,7 @@ def test_extra_files_and_parts_of_another_bundle_are_named(cli: Cli, parts: Path
     assert code == 1
     assert sorted((f["code"], Path(f["subject"]).name) for f in doc["findings"]) == [
         ("parts.extra_file", "notes.txt"), ("parts.foreign", "stray.part")]
-    assert "v6" in [f for f in doc["findings"] if f["code"] == "parts.foreign"][0]["message"]
+    assert "v6" in next(f for f in doc["findings"] if f["code"] == "parts.foreign")["message"]
     code, doc = cli("bundle", "join", str(parts), "--out", str(tmp_path / "j"), *trust(keys))
     assert code == 0, doc  # not needed, so not fatal to the join, but named
     assert sorted(Path(f["subject"]).name for f in doc["data"]["ignored"]) == ["notes.txt", "stray.part"]
