@@ -196,6 +196,8 @@ class PartFile:
 
 def read_part(path: Path) -> PartFile:
     """Read and check a part's framing; raise NotAPart or DamagedPart (never anything else)."""
+    if path.is_symlink():
+        raise NotAPart("a symbolic link: refused, never followed")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:

@@ -151,6 +151,8 @@ def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envel
     assignment = plan_parts(pieces, part_size, header_reserve(kind, ref, base, envelope_json, pieces))
     rendered = render_layout(kind, ref, base, envelope_json, assignment)
     work = partial_of(out)
+    if work.exists():
+        remove_strays(work, {e.name for e in rendered.layout})  # an earlier, other split's leftovers
     by_key = {p.key: p for p in pieces}
     jobs = []
     for entry, header in zip(rendered.layout, rendered.headers):
@@ -259,8 +261,7 @@ def candidates(places: Sequence[Path]) -> list[Path]:
     found: list[Path] = []
     for place in places:
         if place.is_dir() and not place.is_symlink():
-            found += sorted(Path(e.path) for e in os.scandir(place)
-                            if e.name not in (INDEX_NAME, INCOMING) and not e.name.endswith(".partial"))
+            found += sorted(Path(e.path) for e in os.scandir(place) if e.name not in (INDEX_NAME, INCOMING))
         elif place.exists() or place.is_symlink():
             found.append(place)
         else:
@@ -297,7 +298,9 @@ def collect_parts(places: Sequence[Path], policy: TrustPolicy | None) -> PartSet
 
 
 def _checked_set(group: list[PartFile], policy: TrustPolicy | None, findings: list[Finding]) -> PartSet:
-    first = group[0]
+    # The same manifest, but parts split before and after a co-signature carry different envelopes:
+    # the one with the most signatures speaks for the set (each is checked against the policy).
+    first = max(group, key=lambda p: len(p.envelope.signatures))
     checked = check_envelope(first.envelope, policy)
     findings += checked.findings
     pieces = {p.key: p for p in manifest_pieces(checked.manifest)}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptossctl.bundle.layout import PAYLOAD
+from gptossctl.bundle.layout import PAYLOAD, unsafe_path_reason
 
 if TYPE_CHECKING:
     from gptossctl.bundle.dsse import Envelope
@@ -79,6 +79,8 @@ def base_sources(new: Manifest, base: Manifest, base_root: Path) -> dict[PieceKe
     a base file whose whole digest and size equal the new file's (so a new shard size still reuses it).
     """
     by_digest: dict[tuple[str, int], Source] = {}
+    safe = [f for f in base.files if unsafe_path_reason(f.path) is None]  # never read outside the base
+    base = base.model_copy(update={"files": tuple(safe)})
     for p in manifest_pieces(base):
         src = Source(base_root / PAYLOAD / p.path, p.offset, f"base {PAYLOAD}/{p.path}")
         by_digest.setdefault((p.sha256, p.length), src)
