@@ -48,6 +48,7 @@ from gptossctl.bundle.transfer import (
     TransferReport,
     failure_reasons,
     finish_files,
+    remove_strays,
     run_transfer,
     sync_dir,
     write_error,

@@ -208,3 +208,20 @@ def test_a_data_diode_receiver_knows_exactly_what_is_still_missing(cli: Cli, car
         assert missing == sorted({p.name for p in files} - received)
         assert code == (0 if not missing else 1)
         assert set(finding_codes(doc)) <= {"parts.missing"}
+
+
+def test_an_interrupted_split_resumes_and_leaves_nothing_else(cli: Cli, carry_v5: Path, keys: dict[str, KeyPair],
+                                                              tmp_path: Path) -> None:
+    """A split killed half-way is run again: its verified pieces are kept, what else is there is dropped."""
+    from gptossctl.bundle.parts import split_bundle
+    from gptossctl.bundle.transfer import JOURNAL_NAME
+
+    out = tmp_path / "p"
+    split_bundle(carry_v5, tmp_path / "first", part_size=3 * MiB)
+    (tmp_path / "first").rename(tmp_path / "p.partial")  # as a run that stopped before the rename
+    (tmp_path / "p.partial" / JOURNAL_NAME).write_text('{"schema": "gptossctl.transfer-journal/1"}\n')
+    (tmp_path / "p.partial" / "leftover.part").write_bytes(b"old")
+    code, doc = cli("bundle", "split", str(carry_v5), "--out", str(out), "--part-size", "3MiB")
+    assert code == 0, doc
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(e["name"] for e in doc["data"]["parts"]), "parts.json"])
+    assert cli("bundle", "verify", str(out), *trust(keys))[0] == 0
