@@ -235,7 +235,9 @@ def _open_journal(work: Path) -> IO[str]:
 def _read_journal(work: Path, journal: IO[str]) -> set[JournalRecord]:
     journal.seek(0)
     lines = journal.read().splitlines()
-    if not lines:
+    if not lines or _schema_of(lines[0]) != JOURNAL_SCHEMA:
+        # New, or written by another version of this format: trust none of it and start it over.
+        journal.truncate(0)
         journal.write(json.dumps({"schema": JOURNAL_SCHEMA}) + "\n")
         journal.flush()
         return set()
@@ -246,6 +248,14 @@ def _read_journal(work: Path, journal: IO[str]) -> set[JournalRecord]:
         if rec is not None and _size(work / rec.dst) >= rec.offset + rec.length:
             done.add(rec)
     return done
+
+
+def _schema_of(line: str) -> object:
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return doc.get("schema") if isinstance(doc, dict) else None
 
 
 def _size(path: Path) -> int:

@@ -159,3 +159,22 @@ def test_a_torn_journal_line_is_not_a_record() -> None:
     assert JournalRecord.from_json(rec.to_json()) == rec
     assert JournalRecord.from_json(rec.to_json()[:-5]) is None
     assert JournalRecord.from_json(json.dumps({"dst": 1, "offset": 0, "length": 1, "sha256": "x"})) is None
+
+
+def test_a_journal_of_another_format_is_not_trusted(tmp_path: Path) -> None:
+    """Only a journal with this format's schema line resumes anything; another one starts over."""
+    from gptossctl.bundle.pieces import Source
+    from gptossctl.bundle.transfer import JOURNAL_NAME, Job, run_transfer
+
+    src = tmp_path / "src"
+    src.write_bytes(b"a" * 1000)
+    job = Job("out", 0, 1000, hashlib.sha256(b"a" * 1000).hexdigest(), (Source(src, 0, "src"),), "piece")
+    work = tmp_path / "work"
+    first = run_transfer(work, [job])
+    assert (first.copied_bytes, first.reused_bytes) == (1000, 0)
+    again = run_transfer(work, [job])
+    assert (again.copied_bytes, again.reused_bytes) == (0, 1000)
+    lines = (work / JOURNAL_NAME).read_text().splitlines()
+    (work / JOURNAL_NAME).write_text("\n".join(['{"schema": "gptossctl.transfer-journal/0"}', *lines[1:]]) + "\n")
+    other = run_transfer(work, [job])
+    assert (other.copied_bytes, other.reused_bytes) == (1000, 0)
