@@ -26,7 +26,7 @@ from gptossctl.errors import CheckFailed, Finding, UsageError
 if TYPE_CHECKING:
     # Not at run time: pydantic takes a third of a second to import, and verification hashes
     # while it loads (see verify_bundle).
-    from gptossctl.bundle.manifest import Manifest
+    from gptossctl.bundle.manifest import FileEntry, Manifest
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,44 @@ def _preview_pieces(root: Path, payload: bytes, tree: _Tree) -> list[Piece]:
     return pieces
 
 
+@dataclass(frozen=True)
+class CheckedEnvelope:
+    """What steps 3-5 established about a signed manifest, before any payload byte is compared."""
+
+    manifest: Manifest = field(repr=False)
+    signers: tuple[str, ...]
+    findings: tuple[Finding, ...]
+
+
+def check_envelope(envelope: Envelope, policy: TrustPolicy | None) -> CheckedEnvelope:
+    """Steps 3-5 of verification, shared by bundles, part sets and deltas.
+
+    (3) signatures against the trust policy (skipped only when policy is None: integrity only);
+    (4) the strict parse of the signed manifest (a malformed one raises, with the signature findings);
+    (5) dates, versions, path rules and a non-empty file list.
+    """
+    from gptossctl.bundle.manifest import parse_manifest, path_findings
+
+    findings: list[Finding] = []
+    signers: list[str] = []
+    if policy is not None:
+        signers, sig_findings = check_signatures(envelope, policy)
+        findings += sig_findings
+    try:
+        manifest = parse_manifest(envelope.payload)
+    except CheckFailed as exc:
+        raise CheckFailed("bundle verification failed", code="bundle.verify_failed",
+                          findings=[*findings, *exc.findings], hint=exc.hint) from None
+    findings += path_findings(manifest)
+    if not manifest.files:
+        findings.append(Finding("manifest.empty", "files", "the manifest lists no files"))
+    now = (policy.now if policy and policy.now else None) or datetime.now(UTC)
+    skew = policy.clock_skew if policy else timedelta(minutes=5)
+    findings += check_dates(manifest, now=now, skew=skew)
+    findings += check_versions(manifest, min_version=policy.min_version if policy else None)
+    return CheckedEnvelope(manifest, tuple(signers), tuple(findings))
+
+
 def verify_bundle(
     root: Path,
     policy: TrustPolicy | None,
@@ -234,6 +272,15 @@ def verify_bundle(
 ) -> VerifiedBundle:
     """Verify signatures (unless policy is None, for integrity-only checks) and every file.
 
+    The steps, in order (each one a function below):
+      (0) the bundle is a directory;
+      (1) read the envelope: without it there is nothing to check;
+      (2) walk the tree without following anything, and start hashing what the not yet trusted
+          manifest names, so the disks are busy while steps 3-7 run;
+      (3-5) check_envelope: signatures, strict manifest, dates, versions, path rules;
+      (6) manifest.json and SHA256SUMS are the signed payload and the signed list;
+      (7) the tree holds exactly the listed files at their recorded sizes;
+      (8) every byte: file and shard digests against the manifest.
     `on_total(n)` is told the number of bytes that will be hashed, for progress bars.
     """
     if not root.is_dir():
@@ -253,28 +300,26 @@ def verify_bundle(
 
 def _verify_started(root: Path, policy: TrustPolicy | None, envelope: Envelope, tree: _Tree, run: HashRun,
                     *, workers: int | None) -> VerifiedBundle:
-    from gptossctl.bundle.manifest import parse_manifest, path_findings
-
-    findings: list[Finding] = []
-    signers: list[str] = []
-    if policy is not None:
-        signers, sig_findings = check_signatures(envelope, policy)
-        findings += sig_findings
-    try:
-        manifest = parse_manifest(envelope.payload)
-    except CheckFailed as exc:
-        raise CheckFailed("bundle verification failed", code="bundle.verify_failed",
-                          findings=[*findings, *exc.findings], hint=exc.hint) from None
-    findings += _manifest_copy_findings(root, envelope.payload)
-    findings += path_findings(manifest)
-    if not manifest.files:
-        findings.append(Finding("manifest.empty", "files", "the manifest lists no files"))
-    now = (policy.now if policy and policy.now else None) or datetime.now(UTC)
-    skew = policy.clock_skew if policy else timedelta(minutes=5)
-    findings += check_dates(manifest, now=now, skew=skew)
-    findings += check_versions(manifest, min_version=policy.min_version if policy else None)
+    checked = check_envelope(envelope, policy)
+    manifest = checked.manifest
+    findings = [*checked.findings, *_manifest_copy_findings(root, envelope.payload)]
     findings += tree.findings
     unsafe = {f.subject for f in findings if f.code == "manifest.unsafe_path"}
+    tree_findings, to_hash = check_tree(manifest, tree, unsafe)
+    findings += tree_findings
+    findings += _sums_findings(root, manifest)
+    digest_findings, hashed = check_digests(root, manifest, to_hash, run, workers=workers)
+    findings += digest_findings
+    if findings:
+        raise CheckFailed(f"bundle verification failed with {len(findings)} finding(s)",
+                          code="bundle.verify_failed", findings=findings,
+                          hint="do not install this bundle; see each finding")
+    return VerifiedBundle(root, manifest, checked.signers, hashed, envelope)
+
+
+def check_tree(manifest: Manifest, tree: _Tree, unsafe: set[str]) -> tuple[list[Finding], list[FileEntry]]:
+    """Step 7: extra, missing and resized files; returns the entries whose bytes are worth hashing."""
+    findings: list[Finding] = []
     listed = {f.path for f in manifest.files}
     for rel in sorted(set(tree.files) - listed):
         findings.append(Finding("bundle.extra_file", f"{PAYLOAD}/{rel}", "file is not in the manifest",
@@ -293,14 +338,19 @@ def _verify_started(root: Path, policy: TrustPolicy | None, envelope: Envelope, 
                                     f"{kind}: {actual} bytes, manifest says {entry.size}"))
         else:
             to_hash.append(entry)
-    findings += _sums_findings(root, manifest)
+    return findings, to_hash
 
+
+def check_digests(root: Path, manifest: Manifest, to_hash: list[FileEntry], run: HashRun, *,
+                  workers: int | None) -> tuple[list[Finding], int]:
+    """Step 8: collect the digests started in step 2 (hash what the preview missed) and compare."""
     digests = run.results()
     needed = [p for e in to_hash for p in pieces_for(root / PAYLOAD / e.path, e.path, e.size, manifest.shard_size)]
     missing = [p for p in needed if p.key not in digests]  # only if the preview could not be used
     if missing:
         digests.update(HashRun(missing, workers=workers).results())
     hashed = sum(digests[p.key].read for p in needed)
+    findings: list[Finding] = []
     for entry in to_hash:
         expected: Iterable[tuple[int, str]] = (
             enumerate(entry.shards) if entry.shards else [(-1, entry.sha256)]
@@ -315,11 +365,7 @@ def _verify_started(root: Path, policy: TrustPolicy | None, envelope: Envelope, 
                 findings.append(Finding("bundle.digest_mismatch", f"{PAYLOAD}/{entry.path}",
                                         f"SHA-256 differs from the manifest{where}",
                                         hint="the file was changed or damaged in transit: copy it again"))
-    if findings:
-        raise CheckFailed(f"bundle verification failed with {len(findings)} finding(s)",
-                          code="bundle.verify_failed", findings=findings,
-                          hint="do not install this bundle; see each finding")
-    return VerifiedBundle(root, manifest, tuple(signers), hashed, envelope)
+    return findings, hashed
 
 
 def _manifest_copy_findings(root: Path, payload: bytes) -> list[Finding]:

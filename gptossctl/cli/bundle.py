@@ -1,9 +1,9 @@
-"""`gptossctl bundle ...`: pack, sign, verify, inspect."""
+"""`gptossctl bundle ...`: pack, sign, verify, inspect; split, join, copy, delta, apply to carry them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -11,7 +11,7 @@ from gptossctl.cli.options import (JsonOpt, MinVersionOpt, RevokedOpt, Threshold
                                    WorkersOpt, trust_policy)
 from gptossctl.cli.output import progress_bar, run, stderr, stdout
 
-app = typer.Typer(no_args_is_help=True, help="Pack, sign, verify and inspect signed bundles.")
+app = typer.Typer(no_args_is_help=True, help="Pack, sign, verify and inspect signed bundles; carry them as parts, copies and deltas.")
 
 
 def _human_size(n: int) -> str:
@@ -100,7 +100,7 @@ def sign(
 
 @app.command("verify")
 def verify(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: Path = typer.Argument(..., help="Bundle directory, directory of parts, one part, or a delta."),
     trust: TrustOpt = [],  # noqa: B006 - typer copies list defaults
     threshold: ThresholdOpt = 1,
     revoked: RevokedOpt = [],  # noqa: B006
@@ -109,23 +109,21 @@ def verify(
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify signatures, expiry and every byte of a bundle, offline.
+    """Verify signatures, expiry and every byte of a bundle (or of parts or a delta), offline.
 
-    Exit 1 with every finding listed (tampering, missing or extra files, bad signatures, expiry).
+    Exit 1 with every finding listed (tampering, missing, extra or damaged files and parts, bad
+    signatures, expiry).
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.bundle.verify import verify_bundle
+        from gptossctl.bundle.materialize import verify_source
 
         policy = trust_policy(trust, threshold=threshold, revoked=revoked, clock_skew=clock_skew,
                               min_version=min_version)
         with progress_bar("verifying") as (total, advance):
-            return verify_bundle(bundle, policy, workers=workers, progress=advance, on_total=total)
+            return verify_source(bundle, policy, workers=workers, progress=advance, on_total=total)
 
-    run(action, as_json=as_json, render=lambda r: stdout.print(
-        f"[green]verified[/green] {r.root}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
-        f"{_human_size(r.bytes_hashed)} hashed, {len(r.signers)} trusted signature(s), "
-        f"expires {r.manifest.expires.isoformat()}"))
+    run(action, as_json=as_json, render=_render_verified)
 
 
 @app.command("inspect")
@@ -153,3 +151,187 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_jso
         return inspect_bundle(bundle)
 
     run(action, as_json=as_json, render=render)
+
+
+# ---- carrying bundles across the gap: split, join, copy, delta, apply (docs/bundle-format.md) ------
+
+PartSizeOpt = Annotated[str, typer.Option("--part-size", help="Largest part: fat32 (4 GiB - 1 byte), dvd, dvd-dl, "
+                                           "bd25, 4G, 700MiB, 4700MB, bytes.")]
+LimitRateOpt = Annotated[str | None, typer.Option("--limit-rate", help="At most this many bytes per second, e.g. 1M "
+                                                  "(slow links).")]
+CarryTrustOpt = Annotated[list[Path], typer.Option("--trust", help="Also check signatures with this key (.pub); "
+                                                   "repeatable. Without it: integrity against the manifest only.")]
+
+
+def _carry_policy(trust: list[Path], threshold: int) -> Any:
+    return trust_policy(trust, threshold=threshold) if trust else None
+
+
+def _carry_opts(workers: int | None, limit_rate: str | None, total: Any, advance: Any) -> Any:
+    from gptossctl.bundle.parts import parse_size
+    from gptossctl.bundle.transfer import TransferOptions
+
+    rate = parse_size(limit_rate) if limit_rate else None
+    return TransferOptions(workers=workers, progress=advance, on_total=total, limit_rate=rate)
+
+
+def _render_verified(r: Any) -> None:
+    if hasattr(r, "summary"):
+        stdout.print(f"[green]verified[/green] {r.summary()}")
+        return
+    stdout.print(
+        f"[green]verified[/green] {r.root}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
+        f"{_human_size(r.bytes_hashed)} hashed, {len(r.signers)} trusted signature(s), "
+        f"expires {r.manifest.expires.isoformat()}")
+
+
+def _render_parts(r: Any) -> None:
+    d = r.to_dict()
+    for p in d["parts"]:
+        stdout.print(f"  {p['name']}  {_human_size(p['size'])}  {p['pieces']} piece(s)")
+    what = "delta" if d["kind"] == "delta" else "split"
+    stdout.print(f"{what}: {len(d['parts'])} part(s), {_human_size(d['bytes'])} (bundle {_human_size(d['bundle_bytes'])})"
+                 f" in {r.out}; every piece verified as written; signatures {d['signatures']}")
+
+
+def _render_transfer(verb: str) -> Any:
+    def render(r: Any) -> None:
+        d = r.to_dict()
+        where = d.get("bundle") or d.get("dst")
+        stdout.print(f"{verb} {where}: {_human_size(d['bytes_copied'])} copied, {_human_size(d['bytes_resumed'])} "
+                     f"resumed, every piece verified as written; signatures {d['signatures']}")
+        for f in d.get("ignored", []):
+            stderr.print(f"[yellow]ignored[/yellow] {f['subject']}: {f['message']}")
+    return render
+
+
+@app.command("split")
+def split(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    out: Path = typer.Option(..., "--out", help="Directory for the parts (created)."),
+    part_size: PartSizeOpt = "fat32",
+    trust: CarryTrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Split a bundle into self-describing parts for removable media, each verifiable on its own.
+
+    Exit 1 if the bundle is damaged or its signatures fail, 2 if a piece is larger than the part size.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.parts import parse_size, split_bundle
+
+        with progress_bar("splitting") as (total, advance):
+            return split_bundle(bundle, out, part_size=parse_size(part_size), policy=_carry_policy(trust, threshold),
+                                opts=_carry_opts(workers, None, total, advance))
+
+    run(action, as_json=as_json, render=_render_parts)
+
+
+@app.command("join")
+def join(
+    places: list[Path] = typer.Argument(..., help="Directories (or part files) holding the parts, any order."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to create."),
+    trust: CarryTrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Join parts from one or more places into the bundle, verifying every piece; rerun to resume.
+
+    Exit 1 naming every missing or damaged part (or failed signature), 2 if OUT exists.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.parts import join_parts
+
+        with progress_bar("joining") as (total, advance):
+            return join_parts(places, out, policy=_carry_policy(trust, threshold),
+                              opts=_carry_opts(workers, None, total, advance))
+
+    run(action, as_json=as_json, render=_render_transfer("joined"))
+
+
+@app.command("copy")
+def copy(
+    src: list[Path] = typer.Argument(..., help="Bundle directory, or parts: directories or .part files."),
+    dst: Path = typer.Argument(..., help="Destination: a new bundle directory, or a directory collecting parts."),
+    trust: CarryTrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    limit_rate: LimitRateOpt = None,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a bundle or parts (like cp: SRC... DST), hashing as it writes; run it again to resume.
+
+    Exit 1 if the source is damaged or the disk too small (nothing complete is left), 3 if another copy
+    writes there, 4 if the disk fills or fails mid-copy (run again to resume).
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.copy import copy_bundle
+
+        with progress_bar("copying") as (total, advance):
+            return copy_bundle(src, dst, policy=_carry_policy(trust, threshold),
+                               opts=_carry_opts(workers, limit_rate, total, advance))
+
+    run(action, as_json=as_json, render=_render_transfer("copied"))
+
+
+@app.command("delta")
+def delta(
+    old: Path = typer.Argument(..., help="The bundle the far side already has."),
+    new: Path = typer.Argument(..., help="The new bundle."),
+    out: Path = typer.Option(..., "--out", help="Directory for the delta's parts (created)."),
+    part_size: PartSizeOpt = "fat32",
+    trust: CarryTrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a delta holding only the pieces of NEW that OLD lacks, signed by NEW's signatures.
+
+    Exit 1 if NEW is damaged or its signatures fail, 2 for the same bundle twice or an existing OUT.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.delta import make_delta
+        from gptossctl.bundle.parts import parse_size
+
+        with progress_bar("writing delta") as (total, advance):
+            return make_delta(old, new, out, part_size=parse_size(part_size), policy=_carry_policy(trust, threshold),
+                              opts=_carry_opts(workers, None, total, advance))
+
+    def render(r: Any) -> None:
+        _render_parts(r.written)
+        stdout.print(f"{r.shipped_pieces} piece(s) shipped, {r.reused_pieces} ({_human_size(r.reused_bytes)}) "
+                     f"come from the base {r.written.base.name} v{r.written.base.version}")
+
+    run(action, as_json=as_json, render=render)
+
+
+@app.command("apply")
+def apply(
+    delta_dir: Path = typer.Argument(..., metavar="DELTA", help="Directory (or part file) of the delta."),
+    base: Path = typer.Option(..., "--base", help="The bundle (or installed release) the delta was made against."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to create."),
+    trust: CarryTrustOpt = [],  # noqa: B006 - typer copies list defaults
+    threshold: ThresholdOpt = 1,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the new bundle from a delta and its base, verifying every byte; rerun to resume.
+
+    Exit 1 for the wrong base (named), a missing or damaged delta part, or a failed signature.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.bundle.delta import apply_delta
+
+        with progress_bar("applying") as (total, advance):
+            return apply_delta([delta_dir], base, out, policy=_carry_policy(trust, threshold),
+                               opts=_carry_opts(workers, None, total, advance))
+
+    run(action, as_json=as_json, render=_render_transfer("rebuilt"))
