@@ -31,12 +31,12 @@ def _loader() -> Any:
             def compose_node(self, parent: Any, index: Any) -> Any:
                 if self.check_event(yaml.AliasEvent):
                     raise yaml.MarkedYAMLError(None, None, "aliases (*name) are not allowed in gptossctl files",
-                                               self.peek_event().start_mark)
+                                               self.peek_event().start_mark)  # type: ignore[no-untyped-call]
                 self.depth += 1
                 try:
                     if self.depth > MAX_DEPTH:
                         raise yaml.MarkedYAMLError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                   self.peek_event().start_mark)
+                                                   self.peek_event().start_mark)  # type: ignore[no-untyped-call]
                     return super().compose_node(parent, index)
                 finally:
                     self.depth -= 1

@@ -15,5 +15,7 @@ command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# The code's shape first (seconds): a layering or type error fails the run before the long tests start.
+bash scripts/lint.sh
 # tests/gpu needs an NVIDIA GPU host and is run there on its own: .venv/bin/python -m pytest tests/gpu
 exec .venv/bin/python -m pytest --ignore=tests/gpu "$@"

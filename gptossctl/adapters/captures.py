@@ -142,10 +142,10 @@ def parse_nvidia_smi_csv(path: Path) -> Inventory:
             persistence_mode=_on_off(cell(row, "persistence_mode")),
             pci_bus_id=_value(cell(row, "pci.bus_id")), uuid=_value(cell(row, "uuid")),
         ))
-    drivers = {_value(cell(r, "driver_version")) for r in rows[1:]} - {None}
+    drivers = sorted(d for r in rows[1:] if (d := _value(cell(r, "driver_version"))))
     notes = ("the CSV has no MIG slice sizes: capture nvidia-smi -q -x to size MIG slices",) \
         if any(g.mig_enabled for g in gpus) else ()
-    return Inventory(f"nvidia-smi-csv:{path.name}", tuple(gpus), min(drivers) if drivers else None, None, None, notes)
+    return Inventory(f"nvidia-smi-csv:{path.name}", tuple(gpus), drivers[0] if drivers else None, None, None, notes)
 
 
 _GFX_BY_NAME = (
@@ -230,9 +230,8 @@ def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Invento
     for n, g in enumerate(data):
         if not isinstance(g, dict):
             raise _invalid(path, f"gpu_data[{n}] is a {type(g).__name__}, not an object", hint)
-        asic = g.get("asic") if isinstance(g.get("asic"), dict) else {}
-        vram = g.get("vram") if isinstance(g.get("vram"), dict) else {}
-        size = vram.get("size") if isinstance(vram.get("size"), dict) else {}
+        asic, vram = _obj(g.get("asic")), _obj(g.get("vram"))
+        size = _obj(vram.get("size"))
         value, unit = size.get("value"), str(size.get("unit", "")).upper()[:8]
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_GPU_MIB:
             raise _invalid(path, f"GPU {n} has no plausible vram.size", hint)
@@ -246,6 +245,11 @@ def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Invento
                         else n, vendor="amd", name=name, memory_total_mib=mib,
                         gfx=_gfx(asic.get("target_graphics_version"), name)))
     return Inventory(f"amd-smi-json:{path.name}", tuple(gpus))
+
+
+def _obj(value: object) -> dict[str, Any]:
+    """A JSON object, or an empty one for anything else (a capture of unknown shape is read defensively)."""
+    return value if isinstance(value, dict) else {}
 
 
 def _load_json(path: Path, hint: str) -> dict[str, Any]:

@@ -346,7 +346,7 @@ def _copy_pipelined(src_fd: int, dst_fd: int, hashers: Sequence[Hasher], progres
     total = 0
     try:
         while n := copy_range(src_fd, total, dst_fd, total, SLICE):
-            inflight.append([pool.submit(hash_fd, dst_fd, total, n, [h]) for pool, h in zip(pools, hashers)])
+            inflight.append([pool.submit(hash_fd, dst_fd, total, n, [h]) for pool, h in zip(pools, hashers, strict=False)])
             total += n
             progress(n)
             if len(inflight) > 2:

@@ -18,7 +18,7 @@ from gptossctl.bundle.hashing import shard_count
 from gptossctl.bundle.layout import unsafe_path_reason
 from gptossctl.errors import CheckFailed, Finding
 
-MANIFEST_SCHEMA = "gptossctl.manifest/1"
+MANIFEST_SCHEMA: Literal["gptossctl.manifest/1"] = "gptossctl.manifest/1"
 COMPONENTS = ("model", "wheels", "kernels", "assets", "profiles", "units", "sbom")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")

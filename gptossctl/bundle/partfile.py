@@ -143,7 +143,7 @@ def render_layout(kind: Kind, ref: BundleRef, base: BundleRef | None, envelope_j
     body = ALIGN
     while True:
         layout = tuple(_entry(names[i], body, pieces) for i, pieces in enumerate(assignment))
-        headers = tuple(_prefixed(_dump(PartHeader(schema=PART_SCHEMA, kind=kind, bundle=ref, base=base, part=i + 1,
+        headers = tuple(_prefixed(_dump(PartHeader(schema_=PART_SCHEMA, kind=kind, bundle=ref, base=base, part=i + 1,
                                                   body=body, envelope=env, layout=layout))) for i in range(n))
         need = max(len(h) for h in headers)
         if need <= body:
@@ -165,7 +165,7 @@ def _prefixed(header: bytes) -> bytes:
 
 
 def index_bytes(kind: Kind, ref: BundleRef, base: BundleRef | None, part_size: int, rendered: RenderedLayout) -> bytes:
-    idx = PartIndex(schema=INDEX_SCHEMA, kind=kind, bundle=ref, base=base, part_size=part_size,
+    idx = PartIndex(schema_=INDEX_SCHEMA, kind=kind, bundle=ref, base=base, part_size=part_size,
                     body=rendered.body, layout=rendered.layout)
     return (json.dumps(idx.model_dump(mode="json", by_alias=True), indent=1) + "\n").encode()
 

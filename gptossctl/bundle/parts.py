@@ -156,7 +156,7 @@ def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envel
         remove_strays(work, {e.name for e in rendered.layout})  # an earlier, other split's leftovers
     by_key = {p.key: p for p in pieces}
     jobs = []
-    for entry, header in zip(rendered.layout, rendered.headers):
+    for entry, header in zip(rendered.layout, rendered.headers, strict=False):
         _write_header(work / entry.name, header, rendered.body)
         for path, shard, at in entry.pieces:
             p = by_key[(path, shard)]

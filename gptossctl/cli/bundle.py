@@ -7,11 +7,20 @@ from typing import Annotated, Any
 
 import typer
 
-from gptossctl.cli.options import (JsonOpt, MinVersionOpt, RevokedOpt, ThresholdOpt, TrustOpt, VersionOpt,
-                                   WorkersOpt, trust_policy)
+from gptossctl.cli.options import (
+    JsonOpt,
+    MinVersionOpt,
+    RevokedOpt,
+    ThresholdOpt,
+    TrustOpt,
+    VersionOpt,
+    WorkersOpt,
+    trust_policy,
+)
 from gptossctl.cli.output import progress_bar, run, stderr, stdout
 
-app = typer.Typer(no_args_is_help=True, help="Pack, sign, verify and inspect signed bundles; carry them as parts, copies and deltas.")
+app = typer.Typer(no_args_is_help=True,
+                  help="Pack, sign, verify and inspect signed bundles; carry them as parts, copies and deltas.")
 
 
 def _human_size(n: int) -> str:

@@ -8,8 +8,16 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.options import (ExposureOpt, ForceOpt, InstanceOpt, JsonOpt, RevokedOpt, RootOpt, ThresholdOpt,
-                                   trust_policy)
+from gptossctl.cli.options import (
+    ExposureOpt,
+    ForceOpt,
+    InstanceOpt,
+    JsonOpt,
+    RevokedOpt,
+    RootOpt,
+    ThresholdOpt,
+    trust_policy,
+)
 from gptossctl.cli.output import run, stdout
 from gptossctl.install.layout import pick_instance
 
@@ -45,10 +53,10 @@ def check(
         import json
         from datetime import timedelta
 
-        from gptossctl.durations import parse_duration
         from gptossctl.compliance.checks import run_checks
         from gptossctl.compliance.evidence import ComplianceOptions
         from gptossctl.compliance.outputs import to_junit, to_sarif, to_textfile
+        from gptossctl.durations import parse_duration
         from gptossctl.fsutil import atomic_write, check_output_file
 
         for path, what in ((report, "--report"), (sarif, "--sarif"), (junit, "--junit"), (textfile, "--textfile")):

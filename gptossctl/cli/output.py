@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -40,7 +40,7 @@ T = TypeVar("T", bound=HasDict)
 
 
 def document(*, status: str, exit_code: int, data: dict[str, Any] | None = None,
-             findings: tuple[Finding, ...] | list[Finding] = (), error: GptossctlError | None = None) -> dict[str, Any]:
+             findings: Sequence[Finding] = (), error: GptossctlError | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "command": sys.argv[1:],
@@ -125,8 +125,7 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[tuple[Ca
     if not enabled or not stderr.is_terminal:
         yield (lambda _n: None), (lambda _n: None)
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=stderr, transient=True) as bar:

@@ -6,8 +6,18 @@ from pathlib import Path
 
 import typer
 
-from gptossctl.cli.hw import (AmdOpt, BundleOpt, CsvOpt, ModelOpt, PrefixOpt, RocmOpt, XmlOpt, assess_from_cli,
-                              render_inventory, render_profiles)
+from gptossctl.cli.hw import (
+    AmdOpt,
+    BundleOpt,
+    CsvOpt,
+    ModelOpt,
+    PrefixOpt,
+    RocmOpt,
+    XmlOpt,
+    assess_from_cli,
+    render_inventory,
+    render_profiles,
+)
 from gptossctl.cli.output import JsonOpt, run
 
 app = typer.Typer(no_args_is_help=True, help="List hardware profiles and whether they fit.")

@@ -10,8 +10,17 @@ import typer
 from rich.markup import escape
 
 from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, XmlOpt
-from gptossctl.cli.options import (InstanceOpt, JsonOpt, PortOpt, RevokedOpt, RootOpt, ThresholdOpt, TrustOpt,
-                                   YesOpt, trust_policy)
+from gptossctl.cli.options import (
+    InstanceOpt,
+    JsonOpt,
+    PortOpt,
+    RevokedOpt,
+    RootOpt,
+    ThresholdOpt,
+    TrustOpt,
+    YesOpt,
+    trust_policy,
+)
 from gptossctl.cli.output import progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
 from gptossctl.install.layout import pick_instance
@@ -41,7 +50,9 @@ def _confirm(yes: bool, as_json: bool, what: str) -> None:
 
 
 def install(
-    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    bundle: Path = typer.Argument(..., help="Bundle directory, a directory of its parts, or a delta."),
+    base: Path | None = typer.Option(None, "--base", help="For a delta: the bundle it was made against "
+                                     "(default: the installed release it names)."),
     trust: TrustOpt = [],  # noqa: B006 - typer copies list defaults
     threshold: ThresholdOpt = 1,
     revoked: RevokedOpt = [],  # noqa: B006
@@ -72,8 +83,8 @@ def install(
     """
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.durations import parse_duration
         from gptossctl.adapters.gpus import Captures
+        from gptossctl.durations import parse_duration
         from gptossctl.install.lifecycle import InstallRequest
         from gptossctl.install.lifecycle import install as do_install
 
@@ -84,7 +95,7 @@ def install(
         req = InstallRequest(bundle=bundle, policy=policy, instance=instance, profile=profile, root=root, host=host,
                              port=port, start=not no_start, dry_run=dry_run, allow_downgrade=allow_downgrade,
                              health_timeout=float(parse_duration(health_timeout)), captures=Captures(xml, csv, rocm, amd),
-                             python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair)
+                             python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair, base=base)
         with progress_bar("verifying") as (total, advance):
             return do_install(req, on_step=lambda _s, msg: stderr.print(f"[dim]-[/dim] {escape(msg)}"),
                               progress=advance, on_total=total)

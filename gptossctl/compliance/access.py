@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from gptossctl.adapters.openai_http import key_enforced
-from gptossctl.compliance.evidence import Evidence, cap, read_text, shown
+from gptossctl.compliance.evidence import Evidence, cap, read_text
 from gptossctl.compliance.result import CheckResult
 from gptossctl.install.layout import SERVICE_USER
 from gptossctl.install.release import ENV_FILE
@@ -101,9 +101,9 @@ def check_permissions(ev: Evidence) -> CheckResult:
             for name in dirs + files:
                 p = os.path.join(d, name)
                 look(p, os.lstat(p))
-    for p in singles:
-        if p.exists() or p.is_symlink():
-            look(str(p), p.lstat())
+    for single in singles:
+        if single.exists() or single.is_symlink():
+            look(str(single), single.lstat())
     if bad:
         return CheckResult("access.permissions", "fail", cap(bad), tuple(sorted({b.split(" ")[0] for b in bad}))[:12])
     return CheckResult("access.permissions", "pass", (f"{seen} paths under {ev.live(ev.layout.opt)}, "

@@ -21,7 +21,7 @@ def _diff(expected: str, actual: str, name: str) -> list[str]:
 
 def check_unit(ev: Evidence) -> CheckResult:
     unit_path = ev.layout.unit_path
-    locs = (ev.live(unit_path),)
+    locs: tuple[str, ...] = (ev.live(unit_path),)
     installed = read_text(unit_path)
     if installed is None:
         return CheckResult("config.unit", "fail", (f"{ev.live(unit_path)} is missing",), locs)
@@ -141,7 +141,7 @@ def check_bind(ev: Evidence) -> CheckResult:
         bad.append(f"vllm.yaml binds {host}, install approved {approved}")
     evidence = [f"vllm.yaml binds {host}:{ev.rec.port}"]
     if ev.systemd.live and ev.active:
-        listening = _listeners(int(ev.rec.port))
+        listening = listeners(ev.rec.port)
         outside = [a for a in listening if not (a.startswith("127.") or a == "::1")]
         if outside:
             bad.append(f"port {ev.rec.port} is listening on {', '.join(outside)}")

@@ -198,9 +198,9 @@ def installed_dists(venv: Path) -> dict[str, str]:
     from packaging.utils import canonicalize_name
 
     paths = [str(p) for p in venv.glob("lib/python*/site-packages")]
-    out = {}
+    out: dict[str, str] = {}
     for dist in distributions(path=paths):
-        name, version = dist.metadata.get("Name"), dist.version
+        name, version = dist.metadata["Name"], dist.version
         if name and version:
-            out[canonicalize_name(name)] = version
+            out[str(canonicalize_name(name))] = version
     return out

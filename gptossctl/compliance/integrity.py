@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from gptossctl.bundle.dsse import parse_envelope
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST
-from gptossctl.compliance.evidence import MAX_EVIDENCE, Evidence, cap, is_date, is_signature, read_text, shown
+from gptossctl.compliance.evidence import MAX_EVIDENCE, Evidence, cap, is_date, is_signature
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import GptossctlError
 from gptossctl.install.environment import LISTING, VENV, compare_listing
@@ -33,7 +33,7 @@ def check_signatures(ev: Evidence) -> CheckResult:
     m = ev.manifest
     if m is None:
         bad.append("the signed manifest is unreadable")
-    if bad:
+    if bad or m is None:
         return CheckResult("bundle.signatures", "fail", cap(bad),
                            (ev.live(ev.release / ENVELOPE), ev.live(ev.release / MANIFEST)))
     return CheckResult("bundle.signatures", "pass", (*evidence, f"{m.name} v{m.version}: signatures meet the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from gptossctl.adapters.openai_http import health
-from gptossctl.compliance.evidence import Evidence, cap, installed_dists, read_text, shown
+from gptossctl.compliance.evidence import Evidence, cap, installed_dists
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import CheckFailed
 from gptossctl.install import audit

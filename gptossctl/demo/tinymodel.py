@@ -162,7 +162,7 @@ def write_tiny_model(out: Path, *, seed: int = 0) -> Path:
     write_safetensors(out / "model-00000-of-00001.safetensors", tensors)
     total = sum(len(d) for _s, d in tensors.values())
     index = {"metadata": {"total_size": total},
-             "weight_map": {n: "model-00000-of-00001.safetensors" for n in tensors}}
+             "weight_map": dict.fromkeys(tensors, "model-00000-of-00001.safetensors")}
     files = {
         "config.json": _config(len(vocab)),
         "generation_config.json": {"bos_token_id": 0, "eos_token_id": [1, 2], "pad_token_id": 3,

@@ -280,8 +280,8 @@ def _eligible(profile: Profile, gpu: Gpu) -> str | None:
 
 def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requirements) -> ProfileFit:
     overhead = int(profile.sizing.overhead_gib * GIB)
-    sized = dict(context_len=profile.context_len, concurrency=profile.sizing.concurrency,
-                 kv_dtype_bytes=profile.kv_dtype_bytes, overhead_bytes=overhead)
+    sized = {"context_len": profile.context_len, "concurrency": profile.sizing.concurrency,
+                 "kv_dtype_bytes": profile.kv_dtype_bytes, "overhead_bytes": overhead}
     weights_model = model if req.weights_bytes is None else replace(model, weights_bytes=req.weights_bytes)
     warnings: list[str] = []
     if not profile.valid_for_vllm(req.vllm_version):

@@ -27,6 +27,7 @@ from typing import Any
 from gptossctl import __version__
 from gptossctl.adapters.gpus import Captures
 from gptossctl.adapters.systemd import Systemd
+from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write
@@ -45,6 +46,7 @@ from gptossctl.install.release import (
     ReleaseRecord,
     current_version,
     default_instance,
+    installed_versions,
     read_release,
     served_name,
     switch_current,
@@ -78,6 +80,7 @@ class InstallRequest:
     vllm_python: Path | None = None  # an environment the site maintains, for bundles without wheels
     smoke: bool = True
     repair: bool = False  # unpack the release again even if it is there (drift found by compliance check)
+    base: Path | None = None  # for a delta: the bundle it was made against (default: an installed release)
 
     def command(self) -> list[str]:
         """The request as the audit log records it (no secrets: keys come from files, never flags)."""
@@ -155,19 +158,23 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
 
 def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> InstallResult:
     validate_request(req)  # (1)
-    bundle = verify(req, steps, progress, on_total)  # (2)
+    rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
+    bundle = verify(rebuilt, steps, progress, on_total)  # (2)
     layout = Layout(req.root, check_instance(req.instance or default_instance(bundle.manifest)))
     try:
-        plan = make_plan(req, steps, bundle, layout)  # (3)
+        plan = make_plan(rebuilt, steps, bundle, layout)  # (3)
         result = _result(plan, steps)
         if req.dry_run:
             return dry_run(plan, steps, result)
         with install_lock(layout):
             try:
-                return apply(plan, steps, result)  # (4)-(9)
+                result = apply(plan, steps, result)  # (4)-(9)
             except BaseException:
                 _forget_failed_first_install(layout, plan.previous)
                 raise
+        if rebuilt.bundle != req.bundle:  # the release holds it now; a failure keeps it for a quick retry
+            shutil.rmtree(rebuilt.bundle, ignore_errors=True)
+        return result
     except GptossctlError as exc:
         exc.data.setdefault("instance", layout.instance)
         exc.data.setdefault("bundle_sha256", verified_digest(bundle))
@@ -198,6 +205,39 @@ def validate_request(req: InstallRequest) -> None:
                          hint="give the python of an environment that has vLLM installed (.../bin/python)")
     if not req.dry_run:
         check_writable(Layout(req.root))
+
+
+def materialized(req: InstallRequest, steps: Steps, progress: Progress | None,
+                 on_total: Progress | None) -> InstallRequest:
+    """What crossed the gap as parts or a delta becomes a whole bundle on the releases' disk first (resumable,
+    every piece checked against the signed manifest as it lands); install then verifies it as any bundle."""
+    if is_bundle(req.bundle):
+        return req
+    if req.dry_run:
+        raise UsageError(f"{req.bundle} is parts or a delta, not a bundle: a dry run changes nothing, so it "
+                         "cannot rebuild it", code="install.dry_run_parts",
+                         hint="check it with 'gptossctl bundle verify', or join it first ('gptossctl bundle join')")
+    layout = Layout(req.root)
+    base = req.base or _installed_base(layout, req.bundle)
+    with steps("materialize", f"rebuilding the bundle from {req.bundle}") as d:
+        path = materialize(req.bundle, base=base, scratch=layout.base / ".incoming", policy=req.policy,
+                           progress=progress, on_total=on_total)
+        d.append(f"{path} rebuilt" + (f" on the base {base}" if base else ""))
+    return replace(req, bundle=path)
+
+
+def _installed_base(layout: Layout, source: Path) -> Path | None:
+    """The installed release a delta was made against, if this host has it (matched by signed manifest digest)."""
+    ref = delta_base(source)
+    if ref is None:
+        return None
+    for name in layout.instances():
+        inst = Layout(layout.root, name)
+        for v in installed_versions(inst):
+            rec = read_release(inst.release(v))
+            if rec is not None and rec.manifest_sha256 == ref.manifest_sha256:
+                return inst.release(v)
+    return None
 
 
 def _on_target(root: Path, path: Path) -> Path:

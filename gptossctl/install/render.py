@@ -70,7 +70,7 @@ def render_unit(template: str, inp: UnitInputs) -> str:
         "private_ipc": "PrivateIPC=yes" if inp.tensor_parallel == 1 else "",
     }
     text = fill_template(template, values)
-    lines = [ln for ln in text.splitlines() if not (ln.startswith("SupplementaryGroups=") and ln.strip() == "SupplementaryGroups=")]
+    lines = [ln for ln in text.splitlines() if ln.strip() != "SupplementaryGroups="]
     return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
 
 

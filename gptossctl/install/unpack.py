@@ -76,7 +76,7 @@ def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MAR
 def _readable(tree: Path) -> None:
     """Bundle files are world-readable and root-owned whatever the installer's umask: the service user
     reads them, nobody but root writes them."""
-    for d, dirs, files in os.walk(tree):
+    for d, _dirs, files in os.walk(tree):
         os.chmod(d, 0o755)
         for f in files:
             os.chmod(os.path.join(d, f), 0o644)

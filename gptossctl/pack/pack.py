@@ -105,7 +105,7 @@ def plan_pack(
     """Every file the bundle will hold, gathered into local files (fetched into scratch unless dry_run)."""
     g = gather(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse, dry_run=dry_run)
     planned = []
-    for src, dest, component, size in g.items:
+    for src, dest, component, _size in g.items:
         reason = unsafe_path_reason(dest)
         if reason:
             raise UsageError(f"{src} would land at an unsafe path {dest!r} ({reason})", code="pack.unsafe_path")
@@ -362,7 +362,7 @@ def _build_manifest(
         components.setdefault(name, {}).update(meta)
     created = now.replace(microsecond=0)
     return Manifest(
-        schema=MANIFEST_SCHEMA,
+        schema_=MANIFEST_SCHEMA,
         name=spec.name,
         version=version or spec.version or bundle_version(now),
         created=created,

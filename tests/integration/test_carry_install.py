@@ -114,3 +114,20 @@ def test_materialize_names_a_missing_part(carry_parts: Path, keys: dict[str, Key
     with pytest.raises(CheckFailed) as exc:
         materialize(parts, base=None, scratch=tmp_path / "s", policy=_policy(keys))
     assert [(f.code, f.subject) for f in exc.value.findings] == [("parts.missing", gone.name)]
+
+
+def test_install_takes_parts_and_a_delta_straight_from_the_command_line(cli: Cli, carry_parts: Path,
+                                                                       delta_dir: Path, keys: dict[str, KeyPair],
+                                                                       tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    code, doc = _install(cli, carry_parts, keys, root)
+    assert code == 0, doc.get("error")
+    assert [s["step"] for s in doc["data"]["steps"]][:2] == ["materialize", "verify"]
+    # The delta's base is found among the installed releases by its signed manifest digest.
+    code, doc = _install(cli, delta_dir, keys, root)
+    assert code == 0, doc.get("error")
+    (current,) = root.glob("opt/gptoss/*/current")
+    assert os.readlink(current) == "releases/6"
+    assert not list((root / "opt/gptoss/.incoming").iterdir())  # the rebuilt bundles are gone once installed
+    code, doc = _install(cli, delta_dir, keys, tmp_path / "elsewhere")
+    assert code == 2 and doc["error"]["code"] == "delta.base_missing" and "v5" in doc["error"]["message"]

@@ -197,7 +197,7 @@ def _summarise(results: list[RequestResult], wall: float, kinds: dict[str, tuple
     t_end = [r.start + (r.e2el or 0) for r in ok]
     seconds = int(max(t_end)) + 1 if t_end else 0
     timeline = [{"second": s, "requests": 0, "output_tokens": 0} for s in range(seconds)]
-    for r, end in zip(ok, t_end):
+    for r, end in zip(ok, t_end, strict=False):
         timeline[int(end)]["requests"] += 1
         timeline[int(end)]["output_tokens"] += r.output_tokens
     return {

@@ -93,7 +93,7 @@ def builtin_dir() -> Path:
 def load_suite(name_or_path: str) -> Suite:
     import yaml
 
-    from gptossctl.pack.spec import yaml_line
+    from gptossctl.yamldoc import yaml_line
 
     path = Path(name_or_path)
     if not path.is_file():
