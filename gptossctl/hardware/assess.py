@@ -9,6 +9,7 @@ from pathlib import Path
 from gptossctl.errors import UsageError
 from gptossctl.hardware.check import HardwareReport, Requirements, check_models, requirements_from_manifest
 from gptossctl.hardware.inventory import Inventory
+from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.hardware.profiles import load_profiles
 from gptossctl.hardware.requirements import KNOWN_MODELS, model_key
 
@@ -37,7 +38,8 @@ def resolve_models(model: str | None, bundle_model: str | None) -> list[str]:
 
 
 def assess(*, model: str | None = None, bundle: Path | None = None, captures: Captures = Captures(),
-           disk_paths: Sequence[Path] | None = None, inventory: Inventory | None = None) -> HardwareReport:
+           disk_paths: Sequence[Path] | None = None, inventory: Inventory | None = None,
+           layout: LayoutRequest = LayoutRequest()) -> HardwareReport:
     req, bundle_model = Requirements(), None
     if bundle is not None:
         from gptossctl.bundle.sign import inspect_bundle
@@ -51,4 +53,4 @@ def assess(*, model: str | None = None, bundle: Path | None = None, captures: Ca
         if inventory is None:
             paths = list(disk_paths) if disk_paths is not None else [DEFAULT_PREFIX]
             inventory = probe_live(host_paths=paths, gpu_required=any(m != "tiny" for m in models))
-    return check_models(inventory, load_profiles(), models, req)
+    return check_models(inventory, load_profiles(), models, req, layout)
