@@ -9,7 +9,7 @@ from pathlib import Path
 from gptossctl.errors import UsageError
 from gptossctl.hardware.check import HardwareReport, Requirements, check_models, requirements_from_manifest
 from gptossctl.hardware.inventory import Inventory
-from gptossctl.hardware.layout import LayoutRequest
+from gptossctl.hardware.layout import NO_OVERRIDES, LayoutRequest
 from gptossctl.hardware.profiles import load_profiles
 from gptossctl.hardware.requirements import KNOWN_MODELS, model_key
 
@@ -39,7 +39,7 @@ def resolve_models(model: str | None, bundle_model: str | None) -> list[str]:
 
 def assess(*, model: str | None = None, bundle: Path | None = None, captures: Captures = Captures(),
            disk_paths: Sequence[Path] | None = None, inventory: Inventory | None = None,
-           layout: LayoutRequest = LayoutRequest()) -> HardwareReport:
+           layout: LayoutRequest = NO_OVERRIDES) -> HardwareReport:
     req, bundle_model = Requirements(), None
     if bundle is not None:
         from gptossctl.bundle.sign import inspect_bundle

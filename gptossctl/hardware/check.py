@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from gptossctl.hardware.inventory import Gpu, Inventory
-from gptossctl.hardware.layout import Device, Layout, LayoutDoesNotFit, LayoutRequest, host_layout, propose_layout
+from gptossctl.hardware.layout import (NO_OVERRIDES, Device, Layout, LayoutDoesNotFit, LayoutRequest, host_layout,
+                                      propose_layout)
 from gptossctl.hardware.profiles import Profile
 from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need, model_key
 
@@ -281,26 +282,27 @@ def _eligible(profile: Profile, gpu: Gpu) -> str | None:
 
 
 def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requirements,
-                request: LayoutRequest = LayoutRequest()) -> ProfileFit:
-    sized = {"context_len": request.max_model_len or profile.context_len,
-             "concurrency": request.concurrency or profile.sizing.concurrency,
-             "kv_dtype_bytes": profile.kv_dtype_bytes, "overhead_bytes": int(profile.sizing.overhead_gib * GIB)}
+                request: LayoutRequest = NO_OVERRIDES) -> ProfileFit:
+    sized: dict[str, Any] = {"context_len": request.max_model_len or profile.context_len,
+                             "concurrency": request.concurrency or profile.sizing.concurrency,
+                             "kv_dtype_bytes": profile.kv_dtype_bytes,
+                             "overhead_bytes": int(profile.sizing.overhead_gib * GIB)}
     weights_model = model if req.weights_bytes is None else replace(model, weights_bytes=req.weights_bytes)
     if not profile.valid_for_vllm(req.vllm_version):
         return ProfileFit(profile, False, reasons=(f"valid for vLLM {profile.vllm.versions}, the bundle has {req.vllm_version}",))
     sizes = profile.match.tensor_parallel_sizes
     if request.tensor_parallel is not None:
         if request.tensor_parallel not in sizes and profile.match.vendor != "cpu":
+            allowed = " or ".join(map(str, sizes))
             return ProfileFit(profile, False, reasons=(
-                f"--tp {request.tensor_parallel} is outside what {profile.name} allows (tensor parallel "
-                f"{' or '.join(map(str, sizes))})",))
+                f"--tp {request.tensor_parallel} is outside what {profile.name} allows (tensor parallel {allowed})",))
         sizes = (request.tensor_parallel,)
     if profile.match.vendor == "cpu":
         return _fit_host(profile, weights_model, inv, sized, request)
     return _fit_gpus(profile, weights_model, inv, sized, sizes, request)
 
 
-def _fit_host(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, int],
+def _fit_host(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, Any],
               request: LayoutRequest) -> ProfileFit:
     host = inv.host
     if host is None or host.ram_total_mib is None:
@@ -327,7 +329,7 @@ def _devices(gpus: list[Gpu]) -> list[Device]:
     return out
 
 
-def _fit_gpus(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, int], sizes: tuple[int, ...],
+def _fit_gpus(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, Any], sizes: tuple[int, ...],
               request: LayoutRequest) -> ProfileFit:
     reasons: list[str] = []
     eligible: list[tuple[Gpu, int]] = []
@@ -395,7 +397,7 @@ def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need:
 
 
 def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req: Requirements,
-                 request: LayoutRequest = LayoutRequest()) -> HardwareReport:
+                 request: LayoutRequest = NO_OVERRIDES) -> HardwareReport:
     reports = []
     for name in models:
         model = KNOWN_MODELS[name]

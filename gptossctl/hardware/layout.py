@@ -57,6 +57,9 @@ class LayoutRequest:
                 "max_model_len": self.max_model_len, "concurrency": self.concurrency}
 
 
+NO_OVERRIDES = LayoutRequest()
+
+
 @dataclass(frozen=True)
 class Device:
     """What one vLLM rank can be given: a whole GPU, or one MIG slice of it."""
@@ -94,7 +97,7 @@ class Layout:
     reason: str
     max_model_len: int
     concurrency: int  # per replica
-    request: LayoutRequest = LayoutRequest()
+    request: LayoutRequest = NO_OVERRIDES
     unused: tuple[str, ...] = ()  # GPUs (or slices) no replica uses, and why
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,10 +141,9 @@ def usable_devices(devices: Sequence[Device], *, tensor_parallel: int, need: Mem
 def _groups(usable: list[Device], tensor_parallel: int) -> tuple[list[tuple[Device, ...]], list[str]]:
     """Disjoint groups in index order: neighbouring indices share a PCIe switch or NVLink domain on
     common servers, and on NVSwitch systems every grouping is equal."""
-    slices = [d for d in usable if d.mig_device]
-    whole = [d for d in usable if d.mig_device is None]
     if tensor_parallel == 1:
-        return [(d,) for d in whole + slices], []
+        return [(d,) for d in usable], []
+    whole = [d for d in usable if d.mig_device is None]
     n = len(whole) // tensor_parallel * tensor_parallel
     groups = [tuple(whole[i:i + tensor_parallel]) for i in range(0, n, tensor_parallel)]
     return groups, [f"{d.label}: left over after groups of {tensor_parallel}" for d in whole[n:]]
@@ -149,7 +151,7 @@ def _groups(usable: list[Device], tensor_parallel: int) -> tuple[list[tuple[Devi
 
 def propose_layout(devices: Sequence[Device], *, model: str, profile: str, tensor_parallel: int,
                    need: MemoryNeed, utilization: float, max_model_len: int, concurrency: int,
-                   request: LayoutRequest = LayoutRequest(), smaller: MemoryNeed | None = None) -> Layout:
+                   request: LayoutRequest = NO_OVERRIDES, smaller: MemoryNeed | None = None) -> Layout:
     """Replicas at `tensor_parallel` on these devices (the fit chose the size: the smallest whose per-GPU
     need fits, or the one asked for). Raises LayoutDoesNotFit when the request asks for more than fits."""
     usable, unused = usable_devices(devices, tensor_parallel=tensor_parallel, need=need, utilization=utilization)
@@ -194,7 +196,7 @@ def _reason(replicas: tuple[Replica, ...], *, tensor_parallel: int, need: Memory
 
 
 def host_layout(*, model: str, profile: str, max_model_len: int, concurrency: int,
-                request: LayoutRequest = LayoutRequest()) -> Layout:
+                request: LayoutRequest = NO_OVERRIDES) -> Layout:
     """A CPU profile: one replica on the host (vLLM's CPU backend already uses every core it is given)."""
     if (request.replicas or 1) > 1 or (request.tensor_parallel or 1) > 1:
         raise LayoutDoesNotFit("a CPU profile serves one replica at tensor parallel 1 per host")
