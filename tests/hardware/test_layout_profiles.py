@@ -8,6 +8,7 @@ of busy GPUs is tested elsewhere); the verdicts follow from the profiles' own si
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,12 @@ def test_turing_is_still_refused_for_its_architecture_whatever_its_memory() -> N
     t4 = _captured("telegraf/nvidia_smi__tesla-t4.xml")
     big = replace(t4, memory_total_mib=98304)
     assert _chosen([big], "gpt-oss-20b").chosen is None and _chosen([big] * 8, "gpt-oss-120b").chosen is None
+
+
+@pytest.mark.parametrize("model", ["gpt-oss-20b", "gpt-oss-120b"])
+def test_the_shipped_recipe_carries_every_profile_of_its_model(model: str) -> None:
+    """Install decides with the bundle's own profiles: a profile left out of the recipe refuses its cards."""
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[2] / "bundles" / f"{model}.yaml").read_text())
+    assert set(recipe["profiles"]) == {p.name for p in load_profiles() if model in p.models}
