@@ -156,8 +156,8 @@ class Veth:
 
     def delete(self) -> None:
         """Always safe: deleting the namespace removes host0, and with it the peer on this machine."""
-        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
-        subprocess.run(["ip", "link", "delete", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", self.host_if], capture_output=True, check=False)
 
 
 def _free_subnets(count: int) -> list[tuple[str, str]]:
@@ -176,12 +176,12 @@ def _free_subnets(count: int) -> list[tuple[str, str]]:
 
 def _remove_stale_namespaces() -> None:
     """Namespaces that earlier runs of this module left behind (their process is gone)."""
-    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split()
     for name in names:
         parts = name.split("-")
         if name.startswith("gptoss-fleet-") and len(parts) == 4 and parts[2].isdigit() \
                 and not Path(f"/proc/{parts[2]}").exists():
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ class Fleet:
                "ANSIBLE_HOME": str(self.work / "ansible-home"), "PATH": f"{BIN}:{os.environ['PATH']}"}
         res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(self.inventory(name, host_vars)), "rollout.yml",
                               "-e", f"@{self.work / f'{name}.vars.json'}"], cwd=REPO / "ansible", env=env,
-                             capture_output=True, text=True, timeout=1800)
+                             capture_output=True, text=True, timeout=1800, check=False)
         (self.work / f"{name}.log").write_text(res.stdout + res.stderr)
         return res
 
@@ -262,7 +262,7 @@ def test_a_host_whose_install_fails_stops_the_rollout_and_runs_what_it_ran(fleet
     # The canary's install failed on the port and put release 1 back; it serves again on 8000.
     install = json.loads((fleet_hosts.reports("run2") / canary.name / "install.json").read_text())
     assert install["exit_code"] == 1, install
-    assert "already in use" in json.dumps(install).lower() or "8001" in json.dumps(install), install
+    assert "address already in use" in json.dumps(install).lower(), install  # the journal tail it carries
     row = _status(canary)
     assert (row["state"], row["health"], row["version"], row["endpoint"]) == (
         "active", 200, 1, "http://127.0.0.1:8000"), row

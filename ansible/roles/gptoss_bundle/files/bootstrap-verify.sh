@@ -35,6 +35,7 @@ HAVE=$(sha256sum "$B/SHA256SUMS" | cut -d' ' -f1)
 [ "$WANT" = "$HAVE" ] || { echo "FAIL: SHA256SUMS is not the signed list"; exit 1; }
 
 # Every wheel present is listed, no link, and each matches: uv installs from exactly these.
+[ -d "$B/payload/wheels" ] || { echo "FAIL: the bundle carries no wheels to bootstrap gptossctl from"; exit 1; }
 [ -z "$(find "$B/payload/wheels" ! -type f ! -type d)" ] || { echo "FAIL: links or special files in payload/wheels"; exit 1; }
 (cd "$B" && find payload/wheels -type f | LC_ALL=C sort) > "$W/have"
 grep '  payload/wheels/' "$B/SHA256SUMS" | cut -c 67- | LC_ALL=C sort > "$W/want"

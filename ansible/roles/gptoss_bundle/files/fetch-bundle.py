@@ -6,6 +6,7 @@ complete and matching are kept, so an interrupted pull resumes file by file. The
 SHA256SUMS is bound to the signed manifest, and both are checked (bootstrap-verify.sh, then
 `gptossctl bundle verify`) before anything from the bundle runs.
 usage: fetch-bundle.py URL DEST      prints {"fetched": N, "kept": M, "bytes": B}
+Runs on the managed host's own Python (3.6 or later): standard library only.
 """
 
 import hashlib
@@ -14,11 +15,12 @@ import os
 import sys
 import urllib.parse
 import urllib.request
+from typing import Optional
 
 CHUNK = 1 << 20
 
 
-def sha256(path):
+def sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
@@ -26,7 +28,8 @@ def sha256(path):
     return h.hexdigest()
 
 
-def fetch(url, dest, want=None):
+# Optional, not "str | None": the host may run Python 3.6 (RHEL 8), which cannot evaluate the latter.
+def fetch(url: str, dest: str, want: Optional[str] = None) -> int:  # noqa: UP045
     part = dest + ".part"
     h, n = hashlib.sha256(), 0
     with urllib.request.urlopen(url, timeout=120) as r, open(part, "wb") as f:
@@ -41,7 +44,7 @@ def fetch(url, dest, want=None):
     return n
 
 
-def main():
+def main() -> None:
     base, dest = sys.argv[1].rstrip("/") + "/", sys.argv[2]
     os.makedirs(dest, mode=0o755, exist_ok=True)
     for name in ("manifest.json", "manifest.dsse.json", "SHA256SUMS"):
