@@ -156,3 +156,128 @@ def test_bootstrap_check_refuses_what_gptossctl_must_not_be_installed_from(
         m.write_text(m.read_text().replace('"version": 3', '"version": 4'))
     res = bootstrap_verify(b, trusted)
     assert res.returncode != 0 and why in res.stdout, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------- the playbook's ordering and rescue logic
+# A unit test of the orchestration alone: ansible-playbook runs rollout.yml against hosts on this machine
+# (connection local) whose gptossctl is a stand-in that keeps a release number in a file and fails where
+# told. The bundle and the OpenSSL check are real. The real gptossctl on real hosts: test_fleet_ansible.py.
+FAKE_CLI = r'''#!{python}
+import json, pathlib, sys, time
+here = pathlib.Path(__file__).resolve().parents[1]
+state = json.loads((here / "state.json").read_text())
+args = sys.argv[1:]
+state["calls"].append([time.time(), args[0] if args[0] not in ("bundle", "hw", "compliance") else " ".join(args[:2])])
+def done(code, data=None, error=None):
+    (here / "state.json").write_text(json.dumps(state))
+    doc = {{"schema": "gptossctl.result/1", "exit_code": code, "status": "ok" if code == 0 else "failed",
+            "data": data or {{}}}}
+    if error:
+        doc["error"] = {{"code": "fake", "message": error, "hint": None}}
+    print(json.dumps(doc))
+    sys.exit(code)
+def opt(name):
+    return args[args.index(name) + 1]
+if args[:2] == ["bundle", "verify"]:
+    done(0, {{"version": state["bundle"]}})
+if args[0] == "status":
+    done(0, {{"instances": [{{"version": state["current"]}}]}})
+if args[:2] == ["hw", "check"]:
+    done(0, {{"layout": {{"replicas": 1}}, "models": []}})
+if args[0] == "install":
+    if state["fail"] == "install":
+        done(1, error="release did not come up; previous release restored")
+    state["current"] = state["bundle"]
+    done(0, {{"version": state["bundle"], "changed": True}})
+if args[0] == "smoke":
+    pathlib.Path(opt("--junit")).write_text("<testsuites/>")
+    done(1 if state["fail"] == "smoke" else 0)
+if args[:2] == ["compliance", "check"]:
+    for flag in ("--report", "--sarif", "--junit"):
+        pathlib.Path(opt(flag)).write_text("{{}}")
+    done(0)
+if args[0] == "rollback":
+    state["current"] = int(opt("--to"))
+    done(0, {{"version": state["current"]}})
+if args[0] == "uninstall":
+    state["current"] = None
+    done(0)
+done(70, error="unexpected command " + " ".join(args))
+'''
+
+
+def _logic_run(tmp_path: Path, bundle: Path, trust: Path, hosts: dict[str, dict[str, object]],
+               batch: int = 2) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
+    import json
+    import os
+
+    inv: dict[str, dict[str, object]] = {}
+    for name, start in hosts.items():
+        home = tmp_path / name
+        (home / "bin").mkdir(parents=True)
+        cli = home / "bin" / "gptossctl"
+        cli.write_text(FAKE_CLI.format(python=sys.executable))
+        cli.chmod(0o755)
+        (home / "state.json").write_text(json.dumps({"bundle": 3, "calls": [], **start}))
+        inv[name] = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                     "gptoss_cli_prefix": str(home), "gptoss_trust_dir": str(home / "trust"),
+                     "gptoss_host_reports_dir": str(home / "reports"), "gptoss_bundle_remote_dir": str(home / "b")}
+    (tmp_path / "inv.json").write_text(json.dumps({"gptoss": {"hosts": inv}}))
+    (tmp_path / "vars.json").write_text(json.dumps({
+        "gptoss_bundle_transfer": "staged", "gptoss_bundle_staged_path": str(bundle), "gptoss_trust": [str(trust)],
+        "gptoss_instance": "tiny", "gptoss_batch": batch, "gptoss_bootstrap": False, "gptoss_become": False,
+        "gptoss_reports_dir": str(tmp_path / "controller")}))
+    repo = FILES.parents[3]
+    bindir = Path(sys.executable).parent
+    res = subprocess.run([str(bindir / "ansible-playbook"), "-i", str(tmp_path / "inv.json"), "rollout.yml", "-e",
+                          f"@{tmp_path / 'vars.json'}"], cwd=repo / "ansible", capture_output=True, text=True,
+                         timeout=600, check=False,
+                         env={**os.environ, "ANSIBLE_CONFIG": str(repo / "ansible" / "ansible.cfg"),
+                              "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_NOCOLOR": "1",
+                              "PATH": f"{bindir}:{os.environ['PATH']}"})
+    states = {name: json.loads((tmp_path / name / "state.json").read_text()) for name in hosts}
+    return res, states
+
+
+def _commands(state: dict[str, object]) -> list[str]:
+    return [c[1] for c in state["calls"]]  # type: ignore[attr-defined]
+
+
+def test_playbook_rolls_out_canary_first_then_batches(wheeled: Path, keys: dict[str, KeyPair],
+                                                      tmp_path: Path) -> None:
+    res, states = _logic_run(tmp_path, wheeled, keys["alice"].public,
+                             {f"h{i}": {"current": 2, "fail": None} for i in range(4)})
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert {n: s["current"] for n, s in states.items()} == {f"h{i}": 3 for i in range(4)}
+    assert _commands(states["h0"]) == ["bundle verify", "status", "hw check", "install", "smoke", "compliance check"]
+    first = {n: s["calls"][0][0] for n, s in states.items()}  # type: ignore[index]
+    last = {n: s["calls"][-1][0] for n, s in states.items()}  # type: ignore[index]
+    assert last["h0"] < min(first["h1"], first["h2"]) and max(last["h1"], last["h2"]) < first["h3"]  # [1, 2, 1]
+    for name in states:
+        assert {p.name for p in (tmp_path / "controller" / name).iterdir()} == {
+            "bundle-verify.json", "hw-check.json", "install.json", "smoke.json", "smoke.junit.xml",
+            "compliance.json", "compliance.sarif", "compliance.junit.xml"}
+
+
+def test_a_failed_smoke_test_puts_the_host_back_and_stops_before_the_next_batch(
+        wheeled: Path, keys: dict[str, KeyPair], tmp_path: Path) -> None:
+    res, states = _logic_run(tmp_path, wheeled, keys["alice"].public, {
+        "h0": {"current": 2, "fail": None}, "h1": {"current": 2, "fail": "smoke"},
+        "h2": {"current": 2, "fail": None}, "h3": {"current": 2, "fail": None}})
+    assert res.returncode != 0 and "No further host is touched" in res.stdout
+    assert _commands(states["h1"])[-3:] == ["compliance check", "status", "rollback"]
+    assert states["h1"]["current"] == 2  # put back by the play's rescue
+    assert states["h2"]["current"] == 3 and "rollback" not in _commands(states["h2"])  # its batch finished
+    assert states["h3"]["calls"] == [] and not (tmp_path / "controller" / "h3").exists()  # never touched
+    assert (tmp_path / "controller" / "h1" / "rollback.json").is_file()
+
+
+@pytest.mark.parametrize("fail, expect", [("install", []), ("smoke", ["uninstall"])])
+def test_a_failed_first_install_on_the_canary_leaves_nothing_and_touches_no_other_host(
+        wheeled: Path, keys: dict[str, KeyPair], tmp_path: Path, fail: str, expect: list[str]) -> None:
+    res, states = _logic_run(tmp_path, wheeled, keys["alice"].public, {
+        "h0": {"current": None, "fail": fail}, "h1": {"current": None, "fail": None}})
+    assert res.returncode != 0
+    assert states["h0"]["current"] is None
+    assert [c for c in _commands(states["h0"]) if c in ("rollback", "uninstall")] == expect
+    assert states["h1"]["calls"] == []
