@@ -19,16 +19,38 @@ CsvOpt = typer.Option(None, "--nvidia-smi-csv", help="Review a target's `nvidia-
 RocmOpt = typer.Option(None, "--rocm-smi-json", help="Review `rocm-smi --showproductname --showmeminfo vram --json`.")
 AmdOpt = typer.Option(None, "--amd-smi-json", help="Review `amd-smi static --json`.")
 PrefixOpt = typer.Option(None, "--prefix", help="Where releases will live, for the disk check (default /opt/gptoss).")
+ReplicasOpt = typer.Option(None, "--replicas", help="Replicas to run on this host (default: as many as fit).")
+TpOpt = typer.Option(None, "--tp", help="Tensor-parallel size of each replica: 1, 2, 4 or 8 (default: the "
+                     "smallest that fits).")
+ContextOpt = typer.Option(None, "--max-model-len", help="Context each replica must serve (default: the profile's).")
+ConcurrencyOpt = typer.Option(None, "--concurrency", help="Sequences of that context each replica must hold at once "
+                              "(default: the profile's).")
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 
 def assess_from_cli(model: str | None, bundle: Path | None, xml: Path | None, csv: Path | None,
-                    rocm: Path | None, amd: Path | None, prefix: Path | None) -> Any:
+                    rocm: Path | None, amd: Path | None, prefix: Path | None,
+                    layout: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None)) -> Any:
+    """`layout` is (replicas, tp, max-model-len, concurrency) as given on the command line."""
     from gptossctl.adapters.gpus import Captures
+    from gptossctl.hardware.layout import LayoutRequest
     from gptossctl.install.preflight import assess
 
+    request = LayoutRequest(*layout)  # validated before anything is probed: nonsense is a usage error
     return assess(model=model, bundle=bundle, captures=Captures(xml, csv, rocm, amd),
-                  disk_paths=[prefix] if prefix else None)
+                  disk_paths=[prefix] if prefix else None, layout=request)
+
+
+def render_layout(model_report: Any) -> None:
+    layout = model_report.layout
+    if layout is None:
+        return
+    stdout.print(f"[bold]layout for {layout.model}[/bold] ({layout.profile}): {escape(layout.reason)}")
+    for r in layout.replicas:
+        where = ", ".join(map(str, r.gpus)) or "host CPU"
+        stdout.print(f"  replica {r.index}: GPU {where}" + (f" {escape(r.mig_device)}" if r.mig_device else ""))
+    for why in layout.unused:
+        stdout.print(f"  [dim]unused: {escape(why)}[/dim]")
 
 
 def render_inventory(report: Any) -> None:
@@ -69,6 +91,7 @@ def render_report(report: Any) -> None:
             t.add_row(f"[{_STYLE[c.status]}]{c.status}[/]", c.id, escape(c.subject), text)
         stdout.print(t)
         render_profiles(m)
+        render_layout(m)
         colour = "green" if m.chosen else "red"
         stdout.print(f"[{colour}]{m.model}: {escape(m.reason)}[/{colour}]\n")
 
@@ -76,10 +99,14 @@ def render_report(report: Any) -> None:
 @app.command("check")
 def check(model: str | None = ModelOpt, bundle: Path | None = BundleOpt, nvidia_smi_xml: Path | None = XmlOpt,
           nvidia_smi_csv: Path | None = CsvOpt, rocm_smi_json: Path | None = RocmOpt,
-          amd_smi_json: Path | None = AmdOpt, prefix: Path | None = PrefixOpt, as_json: bool = JsonOpt) -> None:
-    """Say which hardware profile fits this machine (or a capture) and why the others do not.
+          amd_smi_json: Path | None = AmdOpt, prefix: Path | None = PrefixOpt, replicas: int | None = ReplicasOpt,
+          tp: int | None = TpOpt, max_model_len: int | None = ContextOpt, concurrency: int | None = ConcurrencyOpt,
+          as_json: bool = JsonOpt) -> None:
+    """Say which hardware profile fits this machine (or a capture), the replica layout, and why not the others.
 
-    Exit 0 when a profile fits, 1 when none does, 3 when no probe can run here.
+    Exit 0 when a profile fits (within --replicas/--tp if given), 1 when none does, 2 for a meaningless
+    --replicas/--tp/--max-model-len/--concurrency, 3 when no probe can run here.
     """
-    run(lambda: assess_from_cli(model, bundle, nvidia_smi_xml, nvidia_smi_csv, rocm_smi_json, amd_smi_json, prefix),
+    run(lambda: assess_from_cli(model, bundle, nvidia_smi_xml, nvidia_smi_csv, rocm_smi_json, amd_smi_json, prefix,
+                                (replicas, tp, max_model_len, concurrency)),
         as_json=as_json, render=render_report, exit_code=lambda r: 0 if r.ok else 1)

@@ -3,7 +3,9 @@
 Flow: inventory (probes) -> general checks (GPUs, driver vs the bundle's CUDA line, MIG, persistence,
 host) -> for every profile of the model: eligible GPUs (vendor, compute capability or gfx, MIG) ->
 smallest tensor-parallel size whose per-GPU memory need fits the budget -> free memory at start ->
-the fitting profile with the highest priority is chosen. Each check is pass, warn or fail with a
+the replica layout on every GPU (or MIG slice) that holds a rank (hardware.layout) -> the fitting
+profile with the highest priority is chosen. Overrides (replicas, tensor parallel, context, concurrency)
+narrow what is tried: a profile fits only if it fits them. Each check is pass, warn or fail with a
 message that says what to do.
 """
 
@@ -15,6 +17,7 @@ from typing import Any, Literal
 
 from gptossctl.errors import Finding
 from gptossctl.hardware.inventory import Gpu, Inventory
+from gptossctl.hardware.layout import NO_OVERRIDES, Device, Layout, LayoutDoesNotFit, LayoutRequest, host_layout, propose_layout
 from gptossctl.hardware.profiles import Profile
 from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need, model_key
 
@@ -49,12 +52,14 @@ class ProfileFit:
     need: MemoryNeed | None = None
     reasons: tuple[str, ...] = ()  # why it does not fit (empty when it does)
     warnings: tuple[str, ...] = ()
+    layout: Layout | None = None  # the replicas this host runs with the profile (when it fits)
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile.name, "fits": self.fits, "priority": self.profile.priority,
                 "tensor_parallel": self.tensor_parallel, "gpus": list(self.gpus),
                 "memory": self.need.to_dict() if self.need else None, "reasons": list(self.reasons),
-                "warnings": list(self.warnings), "performance": self.profile.performance}
+                "warnings": list(self.warnings), "performance": self.profile.performance,
+                "layout": self.layout.to_dict() if self.layout else None}
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,15 @@ class ModelReport:
     chosen: ProfileFit | None
     reason: str
 
+    @property
+    def layout(self) -> Layout | None:
+        return self.chosen.layout if self.chosen else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "chosen": self.chosen.profile.name if self.chosen else None,
                 "tensor_parallel": self.chosen.tensor_parallel if self.chosen else None,
-                "reason": self.reason, "checks": [c.to_dict() for c in self.checks],
-                "profiles": [f.to_dict() for f in self.fits]}
+                "reason": self.reason, "layout": self.layout.to_dict() if self.layout else None,
+                "checks": [c.to_dict() for c in self.checks], "profiles": [f.to_dict() for f in self.fits]}
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,14 @@ class HardwareReport:
                 for m in self.models for f in m.fits if not f.fits]
         return out or [Finding("hw.no_profile", "host", self.reason, hint="review the checks above")]
 
+    @property
+    def layout(self) -> Layout | None:
+        """The layout of the first model that fits (the one `chosen` names)."""
+        return next((m.layout for m in self.models if m.layout), None)
+
     def to_dict(self) -> dict[str, Any]:
         return {"inventory": self.inventory.to_dict(), "requirements": self.requirements.__dict__,
+                "layout": self.layout.to_dict() if self.layout else None,
                 "models": [m.to_dict() for m in self.models]}
 
 
@@ -278,25 +293,56 @@ def _eligible(profile: Profile, gpu: Gpu) -> str | None:
     return None
 
 
-def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requirements) -> ProfileFit:
-    overhead = int(profile.sizing.overhead_gib * GIB)
-    sized = {"context_len": profile.context_len, "concurrency": profile.sizing.concurrency,
-                 "kv_dtype_bytes": profile.kv_dtype_bytes, "overhead_bytes": overhead}
+def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requirements,
+                request: LayoutRequest = NO_OVERRIDES) -> ProfileFit:
+    sized: dict[str, Any] = {"context_len": request.max_model_len or profile.context_len,
+                             "concurrency": request.concurrency or profile.sizing.concurrency,
+                             "kv_dtype_bytes": profile.kv_dtype_bytes,
+                             "overhead_bytes": int(profile.sizing.overhead_gib * GIB)}
     weights_model = model if req.weights_bytes is None else replace(model, weights_bytes=req.weights_bytes)
-    warnings: list[str] = []
     if not profile.valid_for_vllm(req.vllm_version):
         return ProfileFit(profile, False, reasons=(f"valid for vLLM {profile.vllm.versions}, the bundle has {req.vllm_version}",))
-
+    sizes = profile.match.tensor_parallel_sizes
+    if request.tensor_parallel is not None:
+        if request.tensor_parallel not in sizes and profile.match.vendor != "cpu":
+            allowed = " or ".join(map(str, sizes))
+            return ProfileFit(profile, False, reasons=(
+                f"--tp {request.tensor_parallel} is outside what {profile.name} allows (tensor parallel {allowed})",))
+        sizes = (request.tensor_parallel,)
     if profile.match.vendor == "cpu":
-        host = inv.host
-        if host is None or host.ram_total_mib is None:
-            return ProfileFit(profile, False, reasons=("CPU profile: host RAM unknown (reviewing a capture)",))
-        need = memory_need(weights_model, memory_mib=host.ram_total_mib, utilization=profile.utilization, where="host",
-                           **sized)
-        if not need.fits:
-            return ProfileFit(profile, False, 1, (), need, (f"host RAM: {need.describe()}",))
-        return ProfileFit(profile, True, 1, (), need)
+        return _fit_host(profile, weights_model, inv, sized, request)
+    return _fit_gpus(profile, weights_model, inv, sized, sizes, request)
 
+
+def _fit_host(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, Any],
+              request: LayoutRequest) -> ProfileFit:
+    host = inv.host
+    if host is None or host.ram_total_mib is None:
+        return ProfileFit(profile, False, reasons=("CPU profile: host RAM unknown (reviewing a capture)",))
+    need = memory_need(model, memory_mib=host.ram_total_mib, utilization=profile.utilization, where="host", **sized)
+    if not need.fits:
+        return ProfileFit(profile, False, 1, (), need, (f"host RAM: {need.describe()}",))
+    try:
+        layout = host_layout(model=model.name, profile=profile.name, max_model_len=sized["context_len"],
+                             concurrency=sized["concurrency"], request=request)
+    except LayoutDoesNotFit as exc:
+        return ProfileFit(profile, False, 1, (), need, (exc.reason,))
+    return ProfileFit(profile, True, 1, (), need, layout=layout)
+
+
+def _devices(gpus: list[Gpu]) -> list[Device]:
+    """What one vLLM rank can be given: each whole GPU, or each slice of a GPU in MIG mode."""
+    out: list[Device] = []
+    for g in gpus:
+        if g.mig_enabled:
+            out += [Device(g.index, s.memory_mib, None, s.name) for s in g.mig_slices]
+        elif g.memory_total_mib is not None:
+            out.append(Device(g.index, g.memory_total_mib, g.memory_free_mib, None, g.uuid))
+    return out
+
+
+def _fit_gpus(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, Any], sizes: tuple[int, ...],
+              request: LayoutRequest) -> ProfileFit:
     reasons: list[str] = []
     eligible: list[tuple[Gpu, int]] = []
     for g in inv.gpus:
@@ -312,7 +358,7 @@ def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requir
         return ProfileFit(profile, False, reasons=tuple(dict.fromkeys(reasons)))
 
     best_short: MemoryNeed | None = None
-    for tp in profile.match.tensor_parallel_sizes:
+    for tp in sizes:
         pool = [(g, mem) for g, mem in eligible if not (tp > 1 and g.mig_enabled)]
         if len(pool) < tp:
             reasons.append(f"tensor parallel {tp} needs {tp} matching GPUs, {len(pool)} available")
@@ -321,17 +367,23 @@ def fit_profile(profile: Profile, model: ModelFacts, inv: Inventory, req: Requir
         pool.sort(key=lambda gm: (gm[1], gm[0].memory_free_mib or 0), reverse=True)
         chosen = pool[:tp]
         smallest = min(mem for _g, mem in chosen)
-        need = memory_need(weights_model, memory_mib=smallest, utilization=profile.utilization,
-                           tensor_parallel=tp, **sized)
+        need = memory_need(model, memory_mib=smallest, utilization=profile.utilization, tensor_parallel=tp, **sized)
         if not need.fits:
             best_short = need if best_short is None or need.short_by < best_short.short_by else best_short
             continue
+        gpus = tuple(g.index for g, _m in chosen)
         busy = _free_memory_problems(chosen, profile, need)
         if busy:
-            return ProfileFit(profile, False, tp, tuple(g.index for g, _m in chosen), need, tuple(busy))
-        if any(g.mig_enabled for g, _m in chosen):
-            warnings.append("serving on one MIG slice")
-        return ProfileFit(profile, True, tp, tuple(g.index for g, _m in chosen), need, (), tuple(warnings))
+            return ProfileFit(profile, False, tp, gpus, need, tuple(busy))
+        try:
+            layout = propose_layout(_devices([g for g, _m in eligible]), model=model.name, profile=profile.name,
+                                    tensor_parallel=tp, need=need, utilization=profile.utilization,
+                                    max_model_len=sized["context_len"], concurrency=sized["concurrency"],
+                                    request=request, smaller=best_short)
+        except LayoutDoesNotFit as exc:
+            return ProfileFit(profile, False, tp, gpus, need, (exc.reason,))
+        warnings = ("serving on one MIG slice",) if any(g.mig_enabled for g, _m in chosen) else ()
+        return ProfileFit(profile, True, tp, gpus, need, (), warnings, layout)
     if best_short is not None:
         reasons.append(f"memory at tensor parallel {best_short.tensor_parallel}: {best_short.describe()}, "
                        f"short by {best_short.short_by / GIB:.1f} GiB")
@@ -356,17 +408,19 @@ def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need:
     return problems
 
 
-def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req: Requirements) -> HardwareReport:
+def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req: Requirements,
+                 request: LayoutRequest = NO_OVERRIDES) -> HardwareReport:
     reports = []
     for name in models:
         model = KNOWN_MODELS[name]
         checks = general_checks(inv, model, req)
-        fits = [fit_profile(p, model, inv, req) for p in profiles if name in p.models]
+        fits = [fit_profile(p, model, inv, req, request) for p in profiles if name in p.models]
         fits.sort(key=lambda f: (not f.fits, -f.profile.priority, f.profile.name))
         blocking = [c for c in checks if c.status == "fail" and c.id in ("driver.version", "host.arch",
                                                                           "host.glibc", "host.python", "host.disk")]
         if blocking:  # a host-wide failure rules out every profile: say so on each of them
-            fits = [replace(f, fits=False, reasons=(*f.reasons, *(c.message for c in blocking))) for f in fits]
+            fits = [replace(f, fits=False, reasons=(*f.reasons, *(c.message for c in blocking)), layout=None)
+                    for f in fits]
         chosen = next((f for f in fits if f.fits), None)
         if chosen:
             reason = (f"{chosen.profile.name} fits at tensor parallel {chosen.tensor_parallel}"

@@ -25,6 +25,7 @@ from gptossctl.hardware.check import (
     requirements_from_manifest,
 )
 from gptossctl.hardware.inventory import Inventory
+from gptossctl.hardware.layout import NO_OVERRIDES, LayoutRequest
 from gptossctl.hardware.profiles import Profile, load_profiles, profile_from_text
 from gptossctl.hardware.requirements import KNOWN_MODELS, model_key
 from gptossctl.install.layout import Layout
@@ -47,7 +48,8 @@ def resolve_models(model: str | None, bundle_model: str | None) -> list[str]:
 
 
 def assess(*, model: str | None = None, bundle: Path | None = None, captures: Captures = Captures(),
-           disk_paths: Sequence[Path] | None = None, inventory: Inventory | None = None) -> HardwareReport:
+           disk_paths: Sequence[Path] | None = None, inventory: Inventory | None = None,
+           layout: LayoutRequest = NO_OVERRIDES) -> HardwareReport:
     req, bundle_model = Requirements(), None
     if bundle is not None:
         req, bundle_model = requirements_from_manifest(inspect_bundle(bundle).manifest)
@@ -57,7 +59,7 @@ def assess(*, model: str | None = None, bundle: Path | None = None, captures: Ca
         if inventory is None:
             paths = list(disk_paths) if disk_paths is not None else [DEFAULT_PREFIX]
             inventory = probe_live(host_paths=paths, gpu_required=any(m != "tiny" for m in models))
-    return check_models(inventory, load_profiles(), models, req)
+    return check_models(inventory, load_profiles(), models, req, layout)
 
 
 def verified_profiles(bundle: VerifiedBundle) -> list[Profile]:

@@ -15,9 +15,14 @@ LEASE = Path(__file__).resolve().parents[1] / "data" / "h100-lease"
 LIVE = json.loads((LEASE / "hw-live.json").read_text())
 
 
+# Profiles added since the live run (memory classes, MI355X) are not in its record: compare those it had.
+RECORDED = {p["profile"] for m in LIVE["data"]["models"] for p in m["profiles"]}
+
+
 def _decisions(models: list[dict]) -> list[tuple]:  # type: ignore[type-arg]
     return [(m["model"], m["chosen"], m["tensor_parallel"],
-             sorted((p["profile"], p["fits"], p["tensor_parallel"]) for p in m["profiles"])) for m in models]
+             sorted((p["profile"], p["fits"], p["tensor_parallel"]) for p in m["profiles"] if p["profile"] in RECORDED))
+            for m in models]
 
 
 @pytest.mark.parametrize("parse,name", [(parse_nvidia_smi_xml, "h100-nvidia-smi-q.xml"),
