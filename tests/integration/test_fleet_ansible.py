@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from gptossctl.bundle.pack import pack_bundle
-from gptossctl.bundle.spec import load_spec
+from gptossctl.pack.pack import pack_bundle
+from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
 from tests.integration.container import CACHE, FleetHost, fleet
 from tests.integration.vllm_server import REPO, make_trained_llama

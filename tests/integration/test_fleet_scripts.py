@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gptossctl.bundle.pack import pack_bundle
-from gptossctl.bundle.spec import load_spec
+from gptossctl.pack.pack import pack_bundle
+from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
 
 pytestmark = pytest.mark.integration
