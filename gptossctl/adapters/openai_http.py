@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from gptossctl.errors import ServiceUnavailable, UsageError
 
@@ -142,7 +142,7 @@ class AsyncStreams:
         self._session: Any = None
         self._headers = {"Content-Type": "application/json", **endpoint.headers()}
 
-    async def __aenter__(self) -> AsyncStreams:
+    async def __aenter__(self) -> Self:
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit, keepalive_timeout=60,

@@ -69,8 +69,8 @@ def _judge(key: str, ours: float | None, theirs: float | None, max_regression: f
 
 def judge_rows(ours: dict[str, float | None], theirs: dict[str, float | None], max_regression: float) -> list[dict[str, Any]]:
     rows = []
-    for key in ours:
-        a, b = ours[key], theirs.get(key)
+    for key, a in ours.items():
+        b = theirs.get(key)
         rows.append({"metric": key, "name": METRICS[key].name, "unit": METRICS[key].unit, "gpt_oss": a, "current": b,
                      "difference": None if a is None or b is None else a - b,
                      "judgement": _judge(key, a, b, max_regression)})

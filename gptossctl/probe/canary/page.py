@@ -17,8 +17,7 @@ padding-bottom:4px} h3{font-size:15px;margin:18px 0 6px}
 .facts{color:#4a5363;font-size:13px;margin:4px 0 14px}
 .verdict{border-radius:6px;padding:12px 16px;margin:10px 0;font-size:15px}
 .verdict b{font-size:18px;display:block;margin-bottom:4px}
-.pass{background:#e3f4e6;border-left:6px solid #2e8b46} .fail{background:#fbe5e3;border-left:6px solid #c0392b}
-.warn{background:#fdf3dc;border-left:6px solid #d39e00}
+.verdict.pass{background:#e3f4e6;border-left:6px solid #2e8b46} .verdict.fail{background:#fbe5e3;border-left:6px solid #c0392b}
 .verdict ul{margin:4px 0 0 18px;padding:0}
 .tiles{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
 .tile{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 14px;min-width:140px}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from gptossctl.adapters.openai_http import Client, Endpoint
 from gptossctl.errors import Finding, ServiceUnavailable, UsageError
@@ -29,8 +29,7 @@ from gptossctl.probe.canary.summary import Workload, summarise_endpoint
 
 REPORT_SCHEMA = "gptossctl.canary-report/2"
 PRIMARY, CURRENT = "gpt-oss", "current"
-_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu the of and to in is").split()
+_WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu", "the", "of", "and", "to", "in", "is"]
 
 
 @dataclass(frozen=True)
@@ -137,10 +136,10 @@ class _Gauges:
             for label, client in self.clients.items():
                 try:
                     self.samples[label].append(prom.parse(_metrics_text(client)))
-                except Exception:  # noqa: BLE001 - a missed sample is not a failed run
+                except Exception:  # noqa: BLE001, S110 - a missed sample is not a failed run
                     pass
 
-    def __enter__(self) -> _Gauges:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -282,8 +281,8 @@ def run_request(req: RunRequest, *, on_progress: Callable[[int, int], None] = la
     """Check every input (suite, baseline, key files) before the first request, run, write the reports."""
     from gptossctl.adapters.openai_http import read_api_key
     from gptossctl.probe.canary.baseline import load_baseline
-    from gptossctl.probe.canary.report import junit, write_reports
     from gptossctl.probe.canary.report import atomic_write as write
+    from gptossctl.probe.canary.report import junit, write_reports
 
     if req.duration is not None and req.requests is not None:
         raise UsageError("give --requests or --duration, not both", code="usage.conflict")

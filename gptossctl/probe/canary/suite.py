@@ -177,10 +177,10 @@ _REFS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 def check_json_schema(schema: dict[str, Any]) -> None:
     """A schema must be valid against its meta-schema (a known draft) and refer only inside itself."""
-    from jsonschema import SchemaError, validators
+    from jsonschema import SchemaError, validators  # type: ignore[import-untyped,unused-ignore]
 
     unknown = object()
-    cls: Any = validators.validator_for(schema, default=unknown)  # type: ignore[arg-type]
+    cls: Any = validators.validator_for(schema, default=unknown)
     if cls is unknown:
         if "$schema" in schema:
             raise ValueError(f"json_schema: unknown $schema {str(schema['$schema'])[:100]!r}; "
@@ -214,12 +214,12 @@ def _refs(node: Any, depth: int = 0) -> Iterator[str]:
 
 def _validate_json(instance: Any, schema: dict[str, Any]) -> str | None:
     """None when `instance` matches; else the first error. The registry refuses every retrieval."""
-    from jsonschema import validators
+    from jsonschema import validators  # type: ignore[import-untyped,unused-ignore]
     from referencing import Registry
     from referencing.exceptions import NoSuchResource
 
     def refuse(uri: str) -> Any:
-        raise NoSuchResource(ref=uri)
+        raise NoSuchResource(uri)
 
     cls: Any = validators.validator_for(schema, default=validators.Draft202012Validator)
     validator = cls(schema, registry=Registry(retrieve=refuse))  # type: ignore[call-arg]

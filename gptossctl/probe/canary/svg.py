@@ -21,11 +21,11 @@ class Series:
     dashed: bool = False
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^k steps)."""
+def nice_ticks(lo: float, hi: float, n: int = 5, *, integer: bool = False) -> list[float]:
+    """About n round tick values covering [lo, hi] (1, 2, 2.5, 5 x 10^k steps; whole steps for counts)."""
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
-    raw = (hi - lo) / max(1, n)
+    raw = max((hi - lo) / max(1, n), 1.0 if integer else 0.0)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.floor(lo / step) * step
@@ -53,8 +53,8 @@ class _Frame:
     """Plot area, scales, axes and titles."""
 
     def __init__(self, title: str, xs: tuple[float, float], ys: tuple[float, float], x_label: str, y_label: str,
-                 x_format: Callable[[float], str] = _fmt) -> None:
-        self.xt, self.yt = nice_ticks(*xs), nice_ticks(*ys)
+                 x_format: Callable[[float], str] = _fmt, *, y_counts: bool = False) -> None:
+        self.xt, self.yt = nice_ticks(*xs), nice_ticks(*ys, integer=y_counts)
         self.x0, self.x1, self.y0, self.y1 = self.xt[0], self.xt[-1], self.yt[0], self.yt[-1]
         self.title, self.x_label, self.y_label, self.x_format = title, x_label, y_label, x_format
 
@@ -65,10 +65,10 @@ class _Frame:
         return _H - _B - (v - self.y0) / ((self.y1 - self.y0) or 1) * (_H - _T - _B)
 
     def open(self) -> str:
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
-                 f'role="img" aria-label="{escape(self.title)}" font-family="sans-serif" font-size="11">',
-                 f'<text x="{_W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
-                 f'{escape(self.title)}</text>']
+        parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
+                  f'role="img" aria-label="{escape(self.title)}" font-family="sans-serif" font-size="11">'),
+                 (f'<text x="{_W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
+                  f'{escape(self.title)}</text>')]
         for t in self.yt:
             y = self.y(t)
             parts.append(f'<line x1="{_L}" x2="{_W - _R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
@@ -96,7 +96,7 @@ def histogram(values: Sequence[float], *, title: str, x_label: str, bins: int = 
     counts = [0] * bins
     for v in values:
         counts[min(bins - 1, int((v - lo) / width))] += 1
-    f = _Frame(title, (lo, hi), (0, max(counts)), x_label, "requests")
+    f = _Frame(title, (lo, hi), (0, max(counts)), x_label, "requests", y_counts=True)
     bars = []
     for i, c in enumerate(counts):
         if not c:

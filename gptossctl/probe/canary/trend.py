@@ -149,8 +149,8 @@ def trend_html(trend: Trend) -> str:
     div, unit = _time_axis(span)
     passed = sum(r["ok"] for r in runs)
     body = [f"<h1>Canary trend: {len(runs)} runs, {escape(first)} to {escape(last)} UTC</h1>",
-            f'<p class="facts">From {escape(trend.directory)}; baseline {escape(str(trend.baseline["source"]))} '
-            f'(started {escape(str(trend.baseline["started"])[:19])}).</p>',
+            (f'<p class="facts">From {escape(trend.directory)}; baseline {escape(str(trend.baseline["source"]))} '
+             f'(started {escape(str(trend.baseline["started"])[:19])}).</p>'),
             verdict_box(trend.ok, "PASSED: every run held its thresholds" if trend.ok else "FAILED", trend.reasons),
             '<div class="tiles">' + tile("runs", str(len(runs))) + tile("runs passed", f"{passed}/{len(runs)}",
                                                                        "good" if passed == len(runs) else "bad")
