@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-_BENCH = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+BENCH_SCRIPT = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; "
           "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
           "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 FIELDS = ("median_ttft_ms", "median_e2el_ms", "median_tpot_ms", "median_itl_ms")
 
 
-def _model_root(url: str, key: str, name: str) -> str:
+def model_root(url: str, key: str, name: str) -> str:
     import httpx
 
     models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()["data"]
@@ -61,8 +61,8 @@ def _vllm_bench(url: str, key: str, name: str, work: Path, *, num_prompts: int, 
     vpy = REPO / ".venv-vllm" / "bin" / "python"
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OPENAI_API_KEY": key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    subprocess.run([str(vpy), "-c", _BENCH, "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
-                    "--base-url", url, "--model", name, "--tokenizer", _model_root(url, key, name),
+    subprocess.run([str(vpy), "-c", BENCH_SCRIPT, "--backend", "openai-chat", "--endpoint", "/v1/chat/completions",
+                    "--base-url", url, "--model", name, "--tokenizer", model_root(url, key, name),
                     "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
                     str(output_len), "--ignore-eos", "--num-prompts", str(num_prompts), "--max-concurrency",
                     str(concurrency), "--request-rate", "inf", "--percentile-metrics", "ttft,tpot,itl,e2el",

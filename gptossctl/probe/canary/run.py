@@ -123,11 +123,13 @@ def _workload(client: Client, model: str, opts: CanaryOptions) -> tuple[list[Req
 
 
 class _Gauges:
-    """The servers' /metrics during the run, once a second, on a thread (a missed sample is not a failure)."""
+    """The servers' /metrics during the run, once a second, on a thread (a missed sample is not a failure).
+    Kept as text and parsed after the run: parsing holds the GIL for milliseconds, which would delay the
+    load generator's event loop and so its timestamps."""
 
     def __init__(self, clients: dict[str, Client]) -> None:
         self.clients = clients
-        self.samples: dict[str, list[prom.Scrape]] = {k: [] for k in clients}
+        self.texts: dict[str, list[str]] = {k: [] for k in clients}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -135,9 +137,12 @@ class _Gauges:
         while not self._stop.wait(1.0):
             for label, client in self.clients.items():
                 try:
-                    self.samples[label].append(prom.parse(_metrics_text(client)))
+                    self.texts[label].append(_metrics_text(client))
                 except Exception:  # noqa: BLE001, S110 - a missed sample is not a failed run
                     pass
+
+    def samples(self, label: str) -> list[prom.Scrape]:
+        return [prom.parse(t) for t in self.texts[label]]
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -164,7 +169,7 @@ def _drive(targets: Sequence[Target], clients: dict[str, Client], specs: list[Re
     server = {}
     for label, c in clients.items():
         after = prom.parse(_metrics_text(c))
-        server[label] = prom.delta(before[label], after, [*gauges.samples[label], after])
+        server[label] = prom.delta(before[label], after, [*gauges.samples(label), after])
     return results, wall, server
 
 

@@ -40,6 +40,7 @@ MAX_RUNS = 10080  # every minute for a week
 MAX_EXPOSURE = 2.0
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 STAMP = "%Y%m%dT%H%M%SZ"
+START_DELAY_S = 15  # the first run: time for daemon-reload and the timer to start
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def plan_schedule(req: ScheduleRequest) -> tuple[ScheduleRecord, dict[Path, tupl
 
     from gptossctl.adapters.openai_http import read_api_key
     from gptossctl.probe.canary.baseline import load_baseline
-    from gptossctl.probe.canary.suite import load_suite
+    from gptossctl.probe.canary.suite import builtin_dir, load_suite
     from gptossctl.resources import data_dir
     from gptossctl.service.render import fill_template
 
@@ -207,17 +208,19 @@ def plan_schedule(req: ScheduleRequest) -> tuple[ScheduleRecord, dict[Path, tupl
         raise UsageError(f"schedule name {req.name!r}: lower-case letters, digits, '.', '_', '-'",
                          code="canary.bad_schedule")
     r = req.run
-    suite = load_suite(r.suite or "demo")  # exit 2 naming the case, before anything is written
+    load_suite(r.suite or "demo")  # exit 2 naming the case, before anything is written
     if r.baseline:
         load_baseline(r.baseline)
     for key in (r.api_key_file, r.compare_api_key_file):
         if key is not None:
             read_api_key(key)
     layout = ScheduleLayout(req.root or Path("/"))
-    runs = run_times(req.start or datetime.now(UTC) + timedelta(seconds=5), req.every_s, req.for_s)
+    runs = run_times(req.start or datetime.now(UTC) + timedelta(seconds=START_DELAY_S), req.every_s, req.for_s)
     record = _record(req, runs, layout)
     service_dropin, notes = render_service_dropin(record)
-    suite_path = Path(r.suite) if r.suite and Path(r.suite).is_file() else data_dir_suite(suite.name, r.suite)
+    # The suite travels with the schedule (a copy next to the record): editing or removing the file it came
+    # from must not change a week already running.
+    suite_path = Path(r.suite) if r.suite and Path(r.suite).is_file() else builtin_dir() / f"{r.suite or 'demo'}.yaml"
     files: dict[Path, tuple[bytes, int]] = {
         layout.record(req.name): (record.model_dump_json(by_alias=True, indent=1).encode(), 0o644),
         layout.config_dir / f"{req.name}.suite.yaml": (suite_path.read_bytes(), 0o644),
@@ -230,12 +233,6 @@ def plan_schedule(req: ScheduleRequest) -> tuple[ScheduleRecord, dict[Path, tupl
         text = fill_template((data_dir("systemd") / unit).read_text(), {"python": sys.executable})
         files[layout.unit_dir / unit] = (text.encode(), 0o644)
     return record, files, notes
-
-
-def data_dir_suite(name: str, given: str | None) -> Path:
-    from gptossctl.probe.canary.suite import builtin_dir
-
-    return builtin_dir() / f"{given or name}.yaml"
 
 
 def schedule_canary(req: ScheduleRequest, *, systemd: Systemd | None = None) -> Schedule:

@@ -65,7 +65,7 @@ class _Frame:
         return _H - _B - (v - self.y0) / ((self.y1 - self.y0) or 1) * (_H - _T - _B)
 
     def open(self) -> str:
-        parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
+        parts = [(f'<svg width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
                   f'role="img" aria-label="{escape(self.title)}" font-family="sans-serif" font-size="11">'),
                  (f'<text x="{_W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">'
                   f'{escape(self.title)}</text>')]
