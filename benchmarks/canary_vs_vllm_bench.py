@@ -79,7 +79,7 @@ def _canary(url: str, key: str, name: str, work: Path, *, num_prompts: int, inpu
     res = subprocess.run([sys.executable, "-m", "gptossctl", "canary", "run", "--url", url, "--api-key-file",
                           str(key_file), "--model", name, "--random-input-len", str(input_len),
                           "--random-output-len", str(output_len), "--ignore-eos", "--requests", str(num_prompts),
-                          "--concurrency", str(concurrency), "--json"], capture_output=True, text=True, cwd=REPO)
+                          "--concurrency", str(concurrency), "--json"], capture_output=True, text=True, cwd=REPO, check=False)
     lat = json.loads(res.stdout)["data"]["latency_ms"]
     return {"median_ttft_ms": lat["ttft"]["p50"], "median_e2el_ms": lat["e2el"]["p50"],
             "median_tpot_ms": lat["tpot"]["p50"], "median_itl_ms": lat["itl"]["p50"]}

@@ -44,7 +44,7 @@ def _render_run(r: Any) -> None:
                      f"{len(d['safety']['incidents'])}, harmony failures {d['harmony']['failed']}"
                      + (f", edits-to-accept median {e['median']:.2f}" if e["cases"] else ""))
     for name, wf in (d.get("side_by_side") or {}).get("workflows", {}).items():
-        stdout.print(f"  vs current stack, {escape(name)}: gpt-oss {wf['verdict']}"
+        stdout.print(f"  gpt-oss against the current stack on {escape(name)}: {wf['verdict']}"
                      + (f" ({escape(', '.join(wf['deciding']))})" if wf["deciding"] else ""))
     for c in d.get("baseline", []):
         stdout.print(f"  [{'red' if c['regressed'] else 'green'}]{escape(c['message'])}[/]")
@@ -209,7 +209,7 @@ def canary_trend(
         passed = sum(r["ok"] for r in d["runs"])
         stdout.print(f"{len(d['runs'])} runs, {passed} passed; trend in {escape(d['files']['html'])}")
         for name, wf in d["week"].items():
-            stdout.print(f"  {escape(name)}: gpt-oss {wf['verdict']} than the current stack")
+            stdout.print(f"  gpt-oss against the current stack on {escape(name)}: {wf['verdict']}")
         stdout.print(f"[{'green' if t.ok else 'red'}]trend {'passed' if t.ok else 'FAILED'}[/]"
                      + ("" if t.ok else ": " + escape("; ".join(t.reasons))))
 

@@ -3,7 +3,6 @@ per workflow (better, on par, worse) with the metrics that decided it. Pure: two
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,17 +19,16 @@ class Metric:
 
 METRICS: dict[str, Metric] = {
     "correctness": Metric("first-pass correctness", "ratio", False, False),
-    "edits_median": Metric("edits-to-accept, median", "normalised", True, False),
-    "edits_p90": Metric("edits-to-accept, p90", "normalised", True, False),
+    "edits_median": Metric("edits-to-accept median", "normalised", True, False),
+    "edits_p90": Metric("edits-to-accept p90", "normalised", True, False),
     "no_edit_share": Metric("accepted with no edit", "ratio", False, False),
     "harmony_failures": Metric("harmony failures", "answers", True, False),
-    "ttft_p50": Metric("TTFT, median", "ms", True, True),
-    "e2el_p50": Metric("end-to-end latency, median", "ms", True, True),
+    "ttft_p50": Metric("TTFT median", "ms", True, True),
+    "e2el_p50": Metric("end-to-end latency median", "ms", True, True),
     "safety_incidents": Metric("safety incidents", "cases", True, False),
     "error_rate": Metric("error rate", "ratio", True, False),
     "output_tokens_per_s": Metric("output throughput", "tokens/s", False, True),
 }
-_QUALITY = ("correctness", "edits_median", "harmony_failures", "safety_incidents", "error_rate")
 
 
 def workflow_values(wf: dict[str, Any]) -> dict[str, float | None]:
@@ -78,10 +76,12 @@ def judge_rows(ours: dict[str, float | None], theirs: dict[str, float | None], m
 
 
 def verdict_of(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """worse (only worse), mixed (worse on some, better on others), better, or on par; with the metrics
+    that decided it. Worse on anything, mixed included, fails the canary."""
     worse = [r["name"] for r in rows if r["judgement"] == "worse"]
     better = [r["name"] for r in rows if r["judgement"] == "better"]
     if worse:
-        return "worse", worse
+        return ("mixed", worse) if better else ("worse", worse)
     return ("better", better) if better else ("on par", [])
 
 
@@ -103,15 +103,20 @@ def side_by_side(ours: dict[str, Any], theirs: dict[str, Any], *, max_regression
     return out
 
 
-def worse_reasons(sbs: dict[str, Any], quality_only: Callable[[str], bool] = lambda _m: True) -> list[str]:
+def worse_reasons(sbs: dict[str, Any]) -> list[str]:
     """One reason per workflow (and overall) where gpt-oss is worse than the current stack."""
     out = []
     for name, wf in [*sbs["workflows"].items(), ("all workflows", sbs["overall"])]:
-        worse = [r["name"] for r in wf["rows"] if r["judgement"] == "worse" and quality_only(r["metric"])]
+        worse = [r["name"] for r in wf["rows"] if r["judgement"] == "worse"]
         if worse:
             out.append(f"gpt-oss is worse than the current stack on {name}: {', '.join(worse)}")
     return out
 
 
-def is_quality(metric: str) -> bool:
-    return metric in _QUALITY
+def trend_reasons(week: dict[str, Any]) -> list[str]:
+    out = []
+    for name, wf in week.items():
+        if wf["verdict"] in ("worse", "mixed"):
+            out.append(f"over the runs gpt-oss is worse than the current stack on {name}: {', '.join(wf['deciding'])}")
+    return out
+

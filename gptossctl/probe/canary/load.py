@@ -36,6 +36,9 @@ class RequestSpec:
     messages: tuple[dict[str, str], ...]
     max_tokens: int
     ignore_eos: bool = False
+    # 0 for suite cases (first-pass correctness must be reproducible); None for the random workload: the
+    # server's default, as vllm bench sends it (greedy and sampled decoding do not cost the same).
+    temperature: float | None = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ class _Answer:
 
 async def _one(streams: AsyncStreams, target: Target, spec: RequestSpec, t0: float) -> RequestResult:
     body: dict[str, Any] = {"model": target.model, "messages": list(spec.messages), "max_tokens": spec.max_tokens,
-                            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+                            "stream": True, "stream_options": {"include_usage": True}}
+    if spec.temperature is not None:
+        body["temperature"] = spec.temperature
     if spec.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extension, as vllm bench sends it
     answer = _Answer()

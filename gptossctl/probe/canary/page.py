@@ -29,6 +29,7 @@ th{background:#eef1f5} td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.bad td{background:#fdf0ee} tr.good td{background:#f0f8f1}
 .tag{display:inline-block;border-radius:3px;padding:0 6px;font-size:12px;font-weight:600}
 .tag.pass,.tag.better{background:#d5efda;color:#1e6b34} .tag.fail,.tag.worse{background:#f7d4cf;color:#8e2a1f}
+.tag.mixed{background:#fbe3c4;color:#8a4b00}
 .tag.same,.tag.on.par,.tag.na{background:#e6e9ee;color:#3b4250}
 .charts{display:flex;flex-wrap:wrap;gap:12px} .charts svg{background:#fff;border:1px solid #dde1e7;border-radius:6px}
 .note{color:#4a5363;font-size:13px} code,.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}

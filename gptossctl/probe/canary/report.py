@@ -72,9 +72,9 @@ def junit(d: dict[str, Any]) -> bytes:
         cases.append(Case("errors", "fail" if e["errors"]["total"] else "pass",
                           f"{e['errors']['total']} error(s): {e['errors']['by_class']}", classname=f"{cls}.load"))
     for name, wf in (d.get("side_by_side") or {}).get("workflows", {}).items():
-        cases.append(Case(name, "fail" if wf["verdict"] == "worse" else "pass",
-                          f"gpt-oss {wf['verdict']} than the current stack" + (f": {', '.join(wf['deciding'])}"
-                                                                               if wf["deciding"] else ""),
+        cases.append(Case(name, "fail" if wf["verdict"] in ("worse", "mixed") else "pass",
+                          f"gpt-oss against the current stack: {wf['verdict']}"
+                          + (f" ({', '.join(wf['deciding'])})" if wf["deciding"] else ""),
                           classname="canary.side_by_side"))
     for c in d.get("baseline", []):
         cases.append(Case(c["metric"], "fail" if c["regressed"] else "pass", c["message"], classname="canary.baseline"))

@@ -107,7 +107,7 @@ def _random_specs(client: Client, model: str, n: int, opts: CanaryOptions) -> li
         ids = tok.body["tokens"][: opts.random_input_len]
         det = client.request("POST", "/detokenize", body={"model": model, "tokens": ids})
         specs.append(RequestSpec(f"random-{i}", ({"role": "user", "content": det.body["prompt"]},),
-                                 opts.random_output_len, opts.ignore_eos))
+                                 opts.random_output_len, opts.ignore_eos, temperature=None))
     return specs
 
 

@@ -16,7 +16,14 @@ from typing import Any
 from gptossctl.errors import UsageError
 from gptossctl.probe.canary import svg
 from gptossctl.probe.canary.baseline import load_baseline
-from gptossctl.probe.canary.compare import METRICS, judge_rows, overall_values, verdict_of, workflow_values
+from gptossctl.probe.canary.compare import (
+    METRICS,
+    judge_rows,
+    overall_values,
+    trend_reasons,
+    verdict_of,
+    workflow_values,
+)
 from gptossctl.probe.canary.page import Raw, num, page, table, tag, tile, verdict_box
 from gptossctl.probe.canary.report import atomic_write
 
@@ -108,8 +115,7 @@ def build_trend(directory: Path, *, max_regression: float = 0.20) -> Trend:
     if failed:
         trend.reasons.append(f"{len(failed)} of {len(runs)} runs failed; first: {failed[0]['started'][:19]} "
                              f"({'; '.join(failed[0]['reasons'])[:300]})")
-    trend.reasons += [f"over the week gpt-oss is worse than the current stack on {wf}: {', '.join(w['deciding'])}"
-                      for wf, w in week.items() if w["verdict"] == "worse"]
+    trend.reasons += trend_reasons(week)
     return trend
 
 
@@ -138,7 +144,7 @@ def _chart(trend: Trend, wf: str, metric: str, div: float, unit: str) -> str:
     base = trend.baseline_values.get(wf, {}).get(metric)
     y_unit = "%" if m.unit == "ratio" else m.unit
     return svg.line_chart(lines, title=f"{m.name}", x_label=f"{unit} since the first run",
-                          y_label=f"{m.name.split(',')[0]} ({y_unit})",
+                          y_label=f"{m.name} ({y_unit})",
                           reference=("gpt-oss baseline", base * scale) if base is not None else None)
 
 
@@ -193,4 +199,4 @@ def _fmt(v: float | None, unit: str) -> str:
         return "–"
     if unit == "ratio":
         return f"{v:.0%}"
-    return num(v, 2 if unit == "normalised" else 1, "" if unit in ("answers", "cases") else unit)
+    return num(v, 2 if unit == "normalised" else 1, "" if unit in ("answers", "cases", "normalised") else unit)
