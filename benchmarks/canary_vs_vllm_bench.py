@@ -52,6 +52,11 @@ def compare(url: str, key: str, name: str, work: Path, *, num_prompts: int = 60,
                                  output_len=output_len, concurrency=concurrency))
     out: dict[str, Any] = {tool: {f: statistics.median(r[f] for r in rs) for f in FIELDS} for tool, rs in runs.items()}
     out["ratio"] = {f: out["canary"][f] / out["vllm_bench"][f] if out["vllm_bench"][f] else None for f in FIELDS}
+    # Paired: each round's canary / the same round's vllm bench (adjacent in time, so sharing the host's
+    # conditions); their median and range show how much of a difference is the host's noise.
+    pairs = {f: sorted(c[f] / v[f] for c, v in zip(runs["canary"], runs["vllm_bench"], strict=True) if v[f])
+             for f in FIELDS}
+    out["paired_ratio"] = {f: {"median": statistics.median(p), "min": p[0], "max": p[-1]} for f, p in pairs.items() if p}
     out["rounds"] = runs
     return out
 
@@ -116,9 +121,14 @@ def main() -> None:
                 r = compare(url, key, name, work, num_prompts=a.num_prompts, concurrency=c, rounds=a.rounds)
                 print(f"\nconcurrency {c}: median of {a.rounds} alternating rounds of {a.num_prompts} requests "
                       f"(random 16-token prompts, 16 tokens out, --ignore-eos)")
-                print(f"{'metric':<18}{'vllm bench':>12}{'canary':>12}{'ratio':>8}")
+                print(f"{'metric':<18}{'vllm bench':>12}{'canary':>12}{'ratio':>8}{'paired ratio (min-max)':>26}")
                 for f, v in r["vllm_bench"].items():
-                    print(f"{f:<18}{v:>12.2f}{r['canary'][f]:>12.2f}{r['ratio'][f]:>8.2f}")
+                    p = r["paired_ratio"][f]
+                    print(f"{f:<18}{v:>12.2f}{r['canary'][f]:>12.2f}{r['ratio'][f]:>8.2f}"
+                          f"{p['median']:>10.2f} ({p['min']:.2f}-{p['max']:.2f})")
+                print("per round (vllm bench / canary) TTFT, E2EL ms: " + ", ".join(
+                    f"{v['median_ttft_ms']:.0f}/{c['median_ttft_ms']:.0f} {v['median_e2el_ms']:.0f}/{c['median_e2el_ms']:.0f}"
+                    for v, c in zip(r["rounds"]["vllm_bench"], r["rounds"]["canary"], strict=True)), flush=True)
 
 
 if __name__ == "__main__":

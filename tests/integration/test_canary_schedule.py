@@ -139,3 +139,62 @@ def test_a_schedule_runs_every_interval_and_stops_by_itself(box: Container, tmp_
     (tmp_path / "trend.html").write_text(page)
     screenshot(tmp_path / "trend.html", tmp_path / "trend.png")
     assert (tmp_path / "trend.png").stat().st_size > 20_000
+
+
+def _exposure(root: Path, unit: str) -> float:
+    import re
+
+    res = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", unit],
+                         capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout)
+    assert m, res.stdout + res.stderr
+    return float(m.group(1))
+
+
+def test_a_staged_schedule_is_hardened_and_lists_every_run(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without a container: the units and record staged with --root, graded by the real systemd-analyze;
+    a weakened drop-in is graded above 2.0 (the grade would catch it)."""
+    key = tmp_path / "key"
+    key.write_text(KEY + "\n")
+    root = tmp_path / "root"
+    code, doc = cli("canary", "schedule", "--name", "week", "--every", "1h", "--for", "7d", "--start",
+                    "2030-01-06T00:00:00+00:00", "--url", "http://127.0.0.1:8000", "--api-key-file", str(key),
+                    "--compare-url", "http://10.0.0.7:8000", "--suite", "workflows", "--root", str(root))
+    assert code == 0, doc
+    d = doc["data"]
+    assert len(d["runs"]) == 168 and d["first"] == "2030-01-06T00:00:00+00:00"
+    assert d["last"] == "2030-01-12T23:00:00+00:00" and d["started"] is False
+    assert d["exposure"] is not None and d["exposure"] <= 2.0
+    units = root / "etc/systemd/system"
+    timer = (units / "gptoss-canary@week.timer.d/schedule.conf").read_text()
+    assert timer.count("OnCalendar=") == 168 and "OnCalendar=2030-01-12 23:00:00 UTC" in timer
+    assert "OnUnitActiveSec" not in timer and "Persistent=no" in (units / "gptoss-canary@.timer").read_text()
+    dropin = (units / "gptoss-canary@week.service.d/canary.conf").read_text()
+    assert f"LoadCredential=api-key:{key}" in dropin and "IPAddressAllow=10.0.0.7" in dropin
+    assert (units / "timers.target.wants/gptoss-canary@week.timer").is_symlink()
+    record = json.loads((root / "etc/gptoss/canary/week.json").read_text())
+    assert record["schema"] == "gptossctl.canary-schedule/1" and KEY not in json.dumps(record)
+    assert (root / "etc/gptoss/canary/week.suite.yaml").read_text().startswith("# Three typical workflows")
+    # The last time is the last: systemd computes no elapse after it.
+    after = subprocess.run(["systemd-analyze", "calendar", "--iterations=2", "2030-01-12 23:00:00 UTC"],
+                           capture_output=True, text=True).stdout
+    assert "Iter. #2" not in after
+    assert _exposure(root, "gptoss-canary@week.service") <= 2.0
+    weak = units / "gptoss-canary@week.service.d/weak.conf"
+    weak.write_text("[Service]\nDynamicUser=no\nProtectSystem=no\nProtectHome=no\nCapabilityBoundingSet=~\n"
+                    "PrivateDevices=no\nSystemCallFilter=\nRestrictAddressFamilies=\nIPAddressDeny=\n")
+    assert _exposure(root, "gptoss-canary@week.service") > 2.0
+
+
+def test_a_schedule_refuses_bad_inputs_before_writing(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "root"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
+                   "      - {id: c1, prompt: hi, checks: [{regex: '(a)\\1'}]}\n")
+    code, doc = cli("canary", "schedule", "--suite", str(bad), "--root", str(root))
+    assert code == 2 and "w/c1" in doc["error"]["message"]
+    code, doc = cli("canary", "schedule", "--every", "5s", "--root", str(root))
+    assert code == 2 and "at least 10s" in doc["error"]["message"]
+    code, doc = cli("canary", "schedule", "--api-key-file", "relative/key", "--root", str(root))
+    assert code == 2
+    assert not root.exists()  # nothing was written

@@ -110,7 +110,7 @@ def histogram(values: Sequence[float], *, title: str, x_label: str, bins: int = 
 
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
                x_format: Callable[[float], str] = _fmt, y_floor_zero: bool = True,
-               reference: tuple[str, float] | None = None) -> str:
+               reference: tuple[str, float] | None = None, y_counts: bool = False) -> str:
     """One line per series with a marker per point, a legend, and an optional dashed reference line
     (a baseline)."""
     pts = [p for s in series for p in s.points]
@@ -118,7 +118,8 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
         return f'<p class="note">{escape(title)}: no data.</p>'
     ys = [p[1] for p in pts] + ([reference[1]] if reference else [])
     y_lo = 0.0 if y_floor_zero else min(ys)
-    f = _Frame(title, (min(p[0] for p in pts), max(p[0] for p in pts)), (y_lo, max(ys)), x_label, y_label, x_format)
+    f = _Frame(title, (min(p[0] for p in pts), max(p[0] for p in pts)), (y_lo, max(ys)), x_label, y_label, x_format,
+               y_counts=y_counts)
     out = [f.open()]
     if reference:
         y = f.y(reference[1])

@@ -145,7 +145,8 @@ def _chart(trend: Trend, wf: str, metric: str, div: float, unit: str) -> str:
     y_unit = "%" if m.unit == "ratio" else m.unit
     return svg.line_chart(lines, title=f"{m.name}", x_label=f"{unit} since the first run",
                           y_label=f"{m.name} ({y_unit})",
-                          reference=("gpt-oss baseline", base * scale) if base is not None else None)
+                          reference=("gpt-oss baseline", base * scale) if base is not None else None,
+                          y_counts=m.unit in ("answers", "cases"))
 
 
 def trend_html(trend: Trend) -> str:
