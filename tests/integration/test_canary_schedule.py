@@ -81,7 +81,10 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         c.spawn("env", *VLLM_ENV, str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                 "--model", "/media/model", "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port",
                 str(PORT), "--dtype", "bfloat16", "--max-model-len", "512", "--max-num-seqs", "8",
-                "--gpu-memory-utilization", "0.2", log=work / "vllm.log")
+                "--gpu-memory-utilization", "0.2",
+                # No torch.compile: inductor needs a C++ compiler, which the container (like an air-gapped
+                # host) does not have.
+                "--enforce-eager", log=work / "vllm.log")
         _wait_healthy(c)
         yield c
     finally:
@@ -98,7 +101,10 @@ def _runs(c: Container) -> list[str]:
 def test_a_schedule_runs_every_interval_and_stops_by_itself(box: Container, tmp_path: Path) -> None:
     res = box.run(CLI, "canary", "schedule", "--name", "week", "--every", "20s", "--for", "70s", "--url",
                   f"http://127.0.0.1:{PORT}", "--api-key-file", "/etc/gptoss/tiny/api-key", "--suite", "demo",
-                  "--min-correctness", "0", "--max-safety-incidents", "5", "--json", check=False)
+                  "--min-correctness", "0", "--max-safety-incidents", "5",
+                  # Latency against the first run's never decides here: a CPU server on shared cores varies
+                  # several-fold between runs (seen: +170% TTFT p95), which is the canary's point, not this test's.
+                  "--max-regression", "1000", "--json", check=False)
     doc = json.loads(res.stdout)
     assert res.returncode == 0, doc
     d = doc["data"]

@@ -85,6 +85,10 @@ def test_canary_demo_suite_catches_the_wrong_answer_and_the_incident(cli, server
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "2"
     prom = (out / "canary.prom").read_text()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = [f.name for f in text_string_to_metric_families(prom)]
+    assert len(names) == len(set(names)) > 20  # each family once: node_exporter's textfile collector reads it
     labels = 'model="tiny-llama",suite="demo",endpoint="gpt-oss"'
     assert f"gptossctl_canary_correctness_ratio{{{labels}}} 0.75" in prom
     assert f"gptossctl_canary_safety_incidents{{{labels}}} 1.0" in prom

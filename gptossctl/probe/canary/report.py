@@ -82,16 +82,14 @@ def junit(d: dict[str, Any]) -> bytes:
 
 
 def prometheus(d: dict[str, Any]) -> str:
-    lines: list[str] = []
-    seen: set[str] = set()
+    """The textfile for node_exporter: each metric family once, its samples (both endpoints) together."""
+    families: dict[str, list[str]] = {}
 
     def gauge(name: str, help_: str, value: float | None, labels: dict[str, str]) -> None:
         if value is None:
             return
-        if name not in seen:
-            seen.add(name)
-            lines.append(f"# HELP gptossctl_canary_{name} {help_}")
-            lines.append(f"# TYPE gptossctl_canary_{name} gauge")
+        lines = families.setdefault(name, [f"# HELP gptossctl_canary_{name} {help_}",
+                                           f"# TYPE gptossctl_canary_{name} gauge"])
         text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
         lines.append(f"gptossctl_canary_{name}{{{text}}} {float(value)}")
 
@@ -102,7 +100,7 @@ def prometheus(d: dict[str, Any]) -> str:
           base)
     for label, e in _endpoints(d):
         _endpoint_gauges(gauge, e, {"model": str(e["model"]), **base, "endpoint": label})
-    return "\n".join(lines) + "\n"
+    return "\n".join(line for lines in families.values() for line in lines) + "\n"
 
 
 def _endpoint_gauges(gauge: Any, e: dict[str, Any], labels: dict[str, str]) -> None:
