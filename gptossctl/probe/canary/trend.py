@@ -186,13 +186,14 @@ def _week_table(trend: Trend, wf: str) -> str:
     for r in (w["rows"] if w else []):
         rows.append([r["name"], _fmt(r["gpt_oss"], r["unit"]), _fmt(r["current"], r["unit"]),
                      _fmt(trend.baseline_values.get(wf, {}).get(r["metric"]), r["unit"]), Raw(tag(r["judgement"]))])
-    if not rows:
-        for metric, pts in trend.series.get("gpt-oss", {}).get(wf, {}).items():
-            vals = [v for _, v in pts]
-            rows.append([METRICS[metric].name, _fmt(statistics.median(vals), METRICS[metric].unit), "–",
-                         _fmt(trend.baseline_values.get(wf, {}).get(metric), METRICS[metric].unit), "–"])
-    return table(["metric (median over the runs)", "gpt-oss", "current stack", "gpt-oss baseline", "gpt-oss is"], rows,
-                 numeric=(1, 2, 3))
+    if rows:
+        return table(["metric (median over the runs)", "gpt-oss", "current stack", "gpt-oss baseline", "gpt-oss is"],
+                     rows, numeric=(1, 2, 3))
+    for metric, pts in trend.series.get("gpt-oss", {}).get(wf, {}).items():  # no current stack was compared
+        unit = METRICS[metric].unit
+        rows.append([METRICS[metric].name, _fmt(statistics.median(v for _, v in pts), unit),
+                     _fmt(trend.baseline_values.get(wf, {}).get(metric), unit)])
+    return table(["metric (median over the runs)", "gpt-oss", "gpt-oss baseline"], rows, numeric=(1, 2))
 
 
 def _fmt(v: float | None, unit: str) -> str:
