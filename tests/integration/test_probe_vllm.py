@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,8 +105,8 @@ def test_canary_edits_to_accept_on_known_answers(cli, server: str, key_file: Pat
     from rapidfuzz.distance import Levenshtein
 
     out = tmp_path / "canary"
-    code, doc = cli("canary", "run", "--url", server, "--api-key-file", str(key_file), "--suite", "demo",
-                    "--out", str(out))
+    _, doc = cli("canary", "run", "--url", server, "--api-key-file", str(key_file), "--suite", "demo",
+                 "--out", str(out))
     d = doc["data"]
     results = {r["case"].split("/")[1]: r for r in d["correctness"]["workflows"]["question-answering"]["results"]}
     assert {k: (r["edit"]["chars"], r["edit"]["normalised"]) for k, r in results.items() if k != "capital-spain"} == {
@@ -129,8 +128,10 @@ def test_canary_edits_to_accept_on_known_answers(cli, server: str, key_file: Pat
     (tmp_path / "base.json").write_text(json.dumps(base))
     code, doc = cli("canary", "run", "--url", server, "--api-key-file", str(key_file), "--suite", "demo",
                     "--baseline", str(tmp_path / "base.json"), "--max-regression", "100")
+    assert code == 1
     regressed = {c["metric"] for c in doc["data"]["baseline"] if c["regressed"]}
     assert "edits_to_accept.question-answering.median" in regressed
+    assert any("edits-to-accept median on question-answering" in r for r in doc["data"]["reasons"])
 
 
 def _random(cli, server: str, key_file: Path, *extra: str):  # type: ignore[no-untyped-def]
@@ -190,7 +191,7 @@ def test_canary_counts_the_chunks_vllm_bench_counts(server: str, key_file: Path,
     canary before issue 17) gives fewer stamps whenever a token decodes to no text."""
     import os
 
-    from benchmarks.canary_vs_vllm_bench import REPO, BENCH_SCRIPT, model_root
+    from benchmarks.canary_vs_vllm_bench import BENCH_SCRIPT, REPO, model_root
 
     env = {**os.environ, "OPENAI_API_KEY": KEY, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     subprocess.run([str(REPO / ".venv-vllm" / "bin" / "python"), "-c", BENCH_SCRIPT, "--backend", "openai-chat",
