@@ -72,13 +72,14 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
             binds[p] = str(p)
     c = Container.from_cache(work, binds)
     c.boot()
+    server = None
     try:
         c.run("sh", "-c", "cd /tmp && python3 -m zipfile -e /media/house/uv-*.whl uvx && "
               "install -m 0755 uvx/uv-*.data/scripts/uv /usr/local/bin/uv && "
               "uv venv -q --python /usr/bin/python3 /opt/gptossctl && "
               "uv pip install -q --offline --no-index --find-links /media/house --python /opt/gptossctl/bin/python gptossctl")
         c.run("sh", "-c", f"mkdir -p /etc/gptoss/tiny && umask 077 && echo {KEY} > /etc/gptoss/tiny/api-key")
-        c.spawn("env", *VLLM_ENV, str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+        server = c.spawn("env", *VLLM_ENV, str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                 "--model", "/media/model", "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port",
                 str(PORT), "--dtype", "bfloat16", "--max-model-len", "512", "--max-num-seqs", "8",
                 "--gpu-memory-utilization", "0.2",
@@ -91,6 +92,9 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         (work / "journal.txt").write_text(c.run("journalctl", "--no-pager", "-n", "400", check=False).stdout
                                           if c.init_pid else "")
         c.shutdown()
+        if server is not None:  # the nsenter that started vLLM would outlive the container otherwise
+            server.kill()
+            server.wait(30)
 
 
 def _runs(c: Container) -> list[str]:
