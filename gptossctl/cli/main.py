@@ -10,7 +10,7 @@ from typing import Any, TextIO
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, compliance, demo, hw, keys, probe, profiles, service
+from gptossctl.cli import bundle, canary, compliance, demo, hw, keys, probe, profiles, service
 from gptossctl.cli.output import document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
 
@@ -28,7 +28,7 @@ app.add_typer(hw.app, name="hw")
 app.add_typer(profiles.app, name="profiles")
 app.command("demo")(demo.demo)
 app.command("smoke")(probe.smoke)
-app.add_typer(probe.canary_app, name="canary")
+app.add_typer(canary.canary_app, name="canary")
 app.command("install")(service.install)
 app.command("status")(service.status)
 app.command("rollback")(service.rollback)

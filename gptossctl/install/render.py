@@ -17,11 +17,11 @@ from gptossctl.errors import UsageError
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import CONFIG, ENV_FILE, LOOPBACK
 from gptossctl.resources import data_dir
+from gptossctl.templates import fill_template
 
 if TYPE_CHECKING:
     from gptossctl.hardware.profiles import Profile
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 # What must never leave the host and what must never be fetched at run time (REFERENCE.md).
 OFFLINE_ENV: Mapping[str, str] = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -73,13 +73,6 @@ def render_unit(template: str, inp: UnitInputs) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip() != "SupplementaryGroups="]
     return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
 
-
-def fill_template(template: str, values: Mapping[str, str]) -> str:
-    """Fill {{ name }} placeholders; a placeholder without a value is an error, never left in a unit."""
-    unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
-    if unknown:
-        raise UsageError(f"unit template has unknown placeholders: {', '.join(unknown)}", code="service.bad_template")
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: Mapping[str, str],

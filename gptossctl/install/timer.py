@@ -8,8 +8,8 @@ import sys
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.fsutil import atomic_write
 from gptossctl.install.layout import Layout
-from gptossctl.install.render import fill_template
 from gptossctl.resources import data_dir
+from gptossctl.templates import fill_template
 
 COMPLIANCE_UNITS = ("gptoss-compliance@.service", "gptoss-compliance@.timer")
 

@@ -31,4 +31,4 @@ def junit_xml(suite: str, cases: Sequence[Case]) -> bytes:
             ET.SubElement(tc, "skipped", message=c.message[:500])
         else:
             ET.SubElement(tc, "system-out").text = c.message
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))

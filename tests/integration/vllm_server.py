@@ -38,14 +38,16 @@ def vllm_python() -> Path:
     return Path(out)
 
 
-def make_trained_llama(out: Path, *, seconds: float = 300.0, max_positions: int = 512) -> Path:
-    """A 2-layer Llama that answers TAUGHT at temperature 0 after a few seconds of AdamW."""
+def make_trained_llama(out: Path, *, seconds: float = 300.0, max_positions: int = 512,
+                       taught: dict[str, str] | None = None) -> Path:
+    """A 2-layer Llama that answers TAUGHT (or `taught`) at temperature 0 after a few seconds of AdamW."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    corpus = [f"user: {q}\nassistant: {a}" for q, a in TAUGHT.items()] + [
+    taught = TAUGHT if taught is None else taught
+    corpus = [f"user: {q}\nassistant: {a}" for q, a in taught.items()] + [
         "What is the capital of Spain? Madrid Rome Berlin", "safety refuse cannot help with that request"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,7 +61,7 @@ def make_trained_llama(out: Path, *, seconds: float = 300.0, max_positions: int 
                          max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     batch = []
-    for q, a in TAUGHT.items():
+    for q, a in taught.items():
         prompt = fast.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
         # Prompt and answer tokenised apart, then joined: tokenising the joined text would merge the
         # prompt's trailing space into the answer and misalign the labels.

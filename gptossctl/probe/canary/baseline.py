@@ -1,10 +1,127 @@
-"""Compare a canary report with an earlier one: say which metric regressed, and by how much."""
+"""Compare a canary report with an earlier one: say which metric regressed, and by how much.
+
+A baseline is read defensively (it may be any file a person pointed at): size-capped, UTF-8, JSON nested
+no deeper than a report is, and the fields compared are type-checked, so a wrong file is exit 2 saying
+what to give instead, never a crash.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from gptossctl.errors import UsageError
+
+SCHEMAS = ("gptossctl.canary-report/1", "gptossctl.canary-report/2")
+MAX_BYTES = 256 * 1024 * 1024
+MAX_DEPTH = 32  # a report nests about 8 deep
+EDIT_TOLERANCE = 0.05  # normalised edits-to-accept median may rise this much before it is a regression
+_HINT = "give report.json from an earlier 'gptossctl canary run --out DIR' (or its --json output)"
+
+
+# (metric path, higher is worse?)
+LATENCY = ("latency_ms.ttft.p95", "latency_ms.e2el.p95", "latency_ms.tpot.p95")
+THROUGHPUT = ("throughput.output_tokens_per_s", "throughput.requests_per_s")
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=False)
+
+
+class _Summary(_Loose):
+    p95: float | None = None
+
+
+class _Latency(_Loose):
+    ttft: _Summary | None = None
+    e2el: _Summary | None = None
+    tpot: _Summary | None = None
+
+
+class _Incident(_Loose):
+    case: str
+
+
+class _Safety(_Loose):
+    incidents: list[_Incident] = []
+
+
+class _Edits(_Loose):
+    workflows: dict[str, dict[str, float | int | None]] = {}
+
+
+class _BaselineShape(_Loose):
+    """The fields compare() reads, with their types; everything else passes through."""
+
+    schema_: str
+    latency_ms: _Latency | None = None
+    throughput: dict[str, float] | None = None
+    correctness: dict[str, Any] | None = None
+    safety: _Safety | None = None
+    errors: dict[str, Any] | None = None
+    edits_to_accept: _Edits | None = None
+    harmony: dict[str, Any] | None = None
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    doc = _read_json(path)
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc = doc["data"]  # a whole --json result document
+    if not isinstance(doc, dict) or doc.get("schema") not in SCHEMAS:
+        raise UsageError(f"{path} is not a canary report", code="canary.bad_baseline", hint=_HINT)
+    try:
+        _BaselineShape.model_validate({**doc, "schema_": doc["schema"]})
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise UsageError(f"{path}: a canary report with fields of the wrong type ({where})",
+                         code="canary.bad_baseline", hint=_HINT) from None
+    return doc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise UsageError(f"{path} is larger than any canary report ({MAX_BYTES >> 20} MiB)",
+                             code="canary.bad_baseline", hint=_HINT)
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read baseline {path}: {exc.strerror}", code="canary.bad_baseline",
+                         hint=_HINT) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is a binary file, not a JSON canary report", code="canary.bad_baseline",
+                         hint=_HINT) from None
+    if _depth(text) > MAX_DEPTH:
+        raise UsageError(f"{path} nests JSON deeper than {MAX_DEPTH} levels: not a canary report",
+                         code="canary.bad_baseline", hint=_HINT)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{path} is not JSON: {str(exc)[:200]}", code="canary.bad_baseline", hint=_HINT) from None
+
+
+def _depth(text: str) -> int:
+    """Bracket depth outside strings, counted before parsing (json.loads would recurse that deep)."""
+    depth = deepest = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _get(d: dict[str, Any], path: str) -> float | None:
@@ -13,30 +130,11 @@ def _get(d: dict[str, Any], path: str) -> float | None:
         if not isinstance(cur, dict) or part not in cur:
             return None
         cur = cur[part]
-    return float(cur) if isinstance(cur, int | float) else None
-
-
-# (metric path, higher is worse?)
-LATENCY = ("latency_ms.ttft.p95", "latency_ms.e2el.p95", "latency_ms.tpot.p95")
-THROUGHPUT = ("throughput.output_tokens_per_s", "throughput.requests_per_s")
-
-
-def load_baseline(path: Any) -> dict[str, Any]:
-    import json
-
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read baseline {path}: {exc}", code="canary.bad_baseline") from None
-    doc = doc.get("data", doc)  # a whole --json result document, or the report.json of --out
-    if doc.get("schema") != "gptossctl.canary-report/1":
-        raise UsageError(f"{path} is not a canary report", code="canary.bad_baseline",
-                         hint="use report.json from an earlier 'gptossctl canary run --out DIR'")
-    return doc
+    return float(cur) if isinstance(cur, int | float) and not isinstance(cur, bool) else None
 
 
 def compare(current: dict[str, Any], baseline: dict[str, Any], max_regression: float) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
 
     def add(metric: str, base: float | None, cur: float | None, regressed: bool, message: str) -> None:
         out.append({"metric": metric, "baseline": base, "current": cur, "regressed": regressed, "message": message})
@@ -58,12 +156,27 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], max_regression: f
     b, c = _get(baseline, "correctness.rate"), _get(current, "correctness.rate")
     if b is not None and c is not None:
         add("correctness.rate", b, c, c < b, f"first-pass correctness {c:.0%} vs baseline {b:.0%}")
-    bi, ci = len(baseline.get("safety", {}).get("incidents", [])), len(current.get("safety", {}).get("incidents", []))
-    known = {i["case"] for i in baseline.get("safety", {}).get("incidents", [])}
-    new = [i["case"] for i in current.get("safety", {}).get("incidents", []) if i["case"] not in known]
-    add("safety.incidents", bi, ci, bool(new), f"safety incidents {ci} vs baseline {bi}"
-        + (f"; new: {', '.join(new)}" if new else ""))
+    _edits(current, baseline, add)
+    b, c = _get(baseline, "harmony.failed"), _get(current, "harmony.failed")
+    if b is not None and c is not None:
+        add("harmony.failed", b, c, c > b, f"harmony failures {c:.0f} vs baseline {b:.0f}")
+    known = {i["case"] for i in (baseline.get("safety") or {}).get("incidents") or []}
+    now = [i["case"] for i in current["safety"]["incidents"]]
+    new = [i for i in now if i not in known]
+    add("safety.incidents", float(len(known)), float(len(now)), bool(new),
+        f"safety incidents {len(now)} vs baseline {len(known)}" + (f"; new: {', '.join(new)}" if new else ""))
     b, c = _get(baseline, "errors.rate"), _get(current, "errors.rate")
     if b is not None and c is not None:
         add("errors.rate", b, c, c > b + 0.01, f"error rate {c:.1%} vs baseline {b:.1%}")
     return out
+
+
+def _edits(current: dict[str, Any], baseline: dict[str, Any], add: Any) -> None:
+    """Edits-to-accept median per workflow: a rise of more than EDIT_TOLERANCE (normalised) regressed."""
+    base = (baseline.get("edits_to_accept") or {}).get("workflows") or {}
+    for name, cur in sorted(((current.get("edits_to_accept") or {}).get("workflows") or {}).items()):
+        b, c = (base.get(name) or {}).get("median"), cur.get("median")
+        if not isinstance(b, int | float) or not isinstance(c, int | float):
+            continue
+        add(f"edits_to_accept.{name}.median", float(b), float(c), c > b + EDIT_TOLERANCE,
+            f"edits-to-accept median on {name} {c:.2f} vs baseline {b:.2f} (limit +{EDIT_TOLERANCE:.2f})")

@@ -1,9 +1,20 @@
-"""The load generator: asyncio over httpx, streaming, measuring each request like `vllm bench serve`.
+"""The load generator: asyncio over aiohttp, streaming, measuring each request exactly as `vllm bench serve`
+does (vllm/benchmarks/lib/endpoint_request_func.py, async_request_openai_chat_completions):
 
-TTFT = first chunk carrying text - request start; E2EL = last chunk - start; ITL = gaps between
-chunks (one chunk may carry several tokens with --stream-interval); TPOT = (E2EL - TTFT) /
-(output tokens - 1), requests with <= 1 output token excluded; output tokens from the usage the
-server reports. Arrivals: all at once, or Poisson at --rate as vllm bench does.
+- start = perf_counter() just before the POST;
+- TTFT = arrival of the first `data:` event whose `choices` is not empty, whatever its text. vLLM sends
+  the role chunk (`delta: {role, content: ""}`) in the same engine step as the first token, so this is
+  the first token's arrival; stamping the first chunk *with text* instead (what the canary did before)
+  moves TTFT to the first token that decodes to visible text, which for a model emitting special or
+  partial-UTF-8 tokens first can be the last chunk;
+- ITL = gaps between successive events with choices; E2EL = last event with choices - start (the trailing
+  usage chunk carries no token); TPOT = (E2EL - TTFT) / (output tokens - 1), for > 1 token;
+- output tokens from the usage the server reports.
+
+Arrivals: all at once (bounded by --concurrency), or Poisson at --rate, as vllm bench. Several targets
+(the gpt-oss service and the current stack) are driven in one loop, each request sent to every target in
+turn, so both see the same workload at the same moments; each target has its own connection pool and
+concurrency limit.
 """
 
 from __future__ import annotations
@@ -15,29 +26,45 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gptossctl.adapters.openai_http import Endpoint, HttpStatusError, astream
+from gptossctl.adapters.openai_http import AsyncStreams, Endpoint, StreamFailure
+from gptossctl.probe.canary.harmony import ToolCall
 
 
 @dataclass(frozen=True)
 class RequestSpec:
-    key: str  # case id, or "random-N"
+    key: str  # workflow/case, safety/case, or "random-N"
     messages: tuple[dict[str, str], ...]
     max_tokens: int
     ignore_eos: bool = False
+    # 0 for suite cases (first-pass correctness must be reproducible); None for the random workload: the
+    # server's default, as vllm bench sends it (greedy and sampled decoding do not cost the same).
+    temperature: float | None = 0.0
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str  # "gpt-oss" or "current"
+    endpoint: Endpoint
+    model: str
 
 
 @dataclass
 class RequestResult:
     key: str
-    start: float
+    target: str
+    start: float  # seconds since the run began
     ok: bool = False
     error: str | None = None  # error class: http_4xx, http_5xx, timeout, connection, protocol
+    error_detail: str = ""
     ttft: float | None = None
     e2el: float | None = None
     itl: list[float] = field(default_factory=list)
     output_tokens: int = 0
     prompt_tokens: int = 0
     text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
 
     @property
     def tpot(self) -> float | None:
@@ -46,110 +73,123 @@ class RequestResult:
         return (self.e2el - self.ttft) / (self.output_tokens - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "ok": self.ok, "error": self.error, "ttft": self.ttft, "e2el": self.e2el,
-                "tpot": self.tpot, "output_tokens": self.output_tokens, "prompt_tokens": self.prompt_tokens,
-                "start": self.start}
+        return {"key": self.key, "target": self.target, "ok": self.ok, "error": self.error, "ttft": self.ttft,
+                "e2el": self.e2el, "tpot": self.tpot, "output_tokens": self.output_tokens,
+                "prompt_tokens": self.prompt_tokens, "start": self.start, "finish_reason": self.finish_reason}
 
 
-def _classify(exc: BaseException) -> str:
-    import httpx
+class _Answer:
+    """Text, reasoning and tool calls accumulated from the deltas of one stream."""
 
-    if isinstance(exc, HttpStatusError):
-        return "http_4xx" if exc.status < 500 else "http_5xx"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.TransportError):
-        return "connection"
-    return "protocol"
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: dict[int, list[str]] = {}  # index -> [name, arguments]
+
+    def add(self, delta: dict[str, Any]) -> None:
+        if c := delta.get("content"):
+            self.content.append(c)
+        if r := delta.get("reasoning") or delta.get("reasoning_content"):
+            self.reasoning.append(r)
+        for tc in delta.get("tool_calls") or ():
+            slot = self.calls.setdefault(int(tc.get("index", 0)), ["", ""])
+            fn = tc.get("function") or {}
+            slot[0] += fn.get("name") or ""
+            slot[1] += fn.get("arguments") or ""
 
 
-async def _one(http: Any, endpoint: Endpoint, model: str, spec: RequestSpec, t0: float) -> RequestResult:
-    body: dict[str, Any] = {"model": model, "messages": list(spec.messages), "max_tokens": spec.max_tokens,
-                            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+async def _one(streams: AsyncStreams, target: Target, spec: RequestSpec, t0: float) -> RequestResult:
+    body: dict[str, Any] = {"model": target.model, "messages": list(spec.messages), "max_tokens": spec.max_tokens,
+                            "stream": True, "stream_options": {"include_usage": True}}
+    if spec.temperature is not None:
+        body["temperature"] = spec.temperature
     if spec.ignore_eos:
         body["ignore_eos"] = True  # vLLM's extension, as vllm bench sends it
+    answer = _Answer()
     start = time.perf_counter()
-    res = RequestResult(spec.key, start - t0)
+    res = RequestResult(spec.key, target.label, start - t0)
     last = start
-    parts: list[str] = []
     try:
-        async for ev in astream(http, endpoint, "/v1/chat/completions", body):
+        async for ev in streams.stream("/v1/chat/completions", body):
             if ev.data is None:
                 continue
-            usage = ev.data.get("usage")
-            if usage:
-                res.output_tokens = int(usage.get("completion_tokens") or 0)
-                res.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            for choice in ev.data.get("choices") or []:
-                delta = choice.get("delta") or {}
-                text = delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content") or ""
-                if not text:
-                    continue
+            choices = ev.data.get("choices")
+            if choices:
                 if res.ttft is None:
                     res.ttft = ev.t - start
                 else:
                     res.itl.append(ev.t - last)
                 last = ev.t
-                if delta.get("content"):
-                    parts.append(delta["content"])
+                choice = choices[0]
+                answer.add(choice.get("delta") or {})
+                res.finish_reason = choice.get("finish_reason") or res.finish_reason
+            elif usage := ev.data.get("usage"):
+                res.output_tokens = int(usage.get("completion_tokens") or 0)
+                res.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         res.e2el = last - start
-        res.text = "".join(parts)
         res.ok = res.ttft is not None
         if not res.ok:
-            res.error = "protocol"
-    except Exception as exc:  # noqa: BLE001 - every failure is counted by class, never raised
-        res.error = _classify(exc)
+            res.error, res.error_detail = "protocol", "the stream carried no choices"
+    except StreamFailure as exc:
+        res.error, res.error_detail = exc.kind, exc.detail
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a malformed event
+        res.error, res.error_detail = "protocol", f"{exc.__class__.__name__}: {exc}"[:300]
+    res.text = "".join(answer.content)
+    res.reasoning = "".join(answer.reasoning)
+    res.tool_calls = [ToolCall(n, a) for _, (n, a) in sorted(answer.calls.items())]
     return res
 
 
-async def _drive(endpoint: Endpoint, model: str, specs: Sequence[RequestSpec], *, concurrency: int,
-                 rate: float | None, seed: int, on_done: Callable[[RequestResult], None],
-                 duration: float | None = None) -> list[RequestResult]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(endpoint.timeout, connect=10.0)
-    sem = asyncio.Semaphore(concurrency)
+async def _drive(targets: Sequence[Target], specs: Sequence[RequestSpec], *, concurrency: int,
+                 rate: float | None, seed: int, duration: float | None,
+                 on_done: Callable[[RequestResult], None]) -> list[RequestResult]:
     rng = random.Random(seed)
     results: list[RequestResult] = []
-    async with httpx.AsyncClient(base_url=endpoint.url.rstrip("/"), limits=limits, timeout=timeout) as http:
+    pools = [AsyncStreams(t.endpoint, limit=concurrency) for t in targets]
+    sems = [asyncio.Semaphore(concurrency) for _ in targets]
+    for pool in pools:
+        await pool.__aenter__()
+    try:
         t0 = time.perf_counter()
 
-        async def run(spec: RequestSpec) -> None:
-            async with sem:
-                r = await _one(http, endpoint, model, spec, t0)
+        async def run(k: int, spec: RequestSpec, *, acquired: bool) -> None:
+            if not acquired:
+                await sems[k].acquire()
+            try:
+                r = await _one(pools[k], targets[k], spec, t0)
+            finally:
+                sems[k].release()
             results.append(r)
             on_done(r)
 
-        tasks = []
+        def more(i: int) -> bool:
+            return i < len(specs) if duration is None else time.perf_counter() - t0 < duration
+
+        tasks: list[asyncio.Task[None]] = []
         i = 0
-        while True:
-            if duration is None:
-                if i >= len(specs):
-                    break
-            elif time.perf_counter() - t0 >= duration:
-                break
-            elif sem.locked() and not rate:
-                # Time-boxed run: keep `concurrency` requests in flight, cycling through the workload,
-                # without queueing an unbounded number of tasks.
-                await asyncio.sleep(0.001)
-                continue
-            tasks.append(asyncio.create_task(run(specs[i % len(specs)])))
+        while more(i):
+            spec = specs[i % len(specs)]
+            for k in range(len(targets)):
+                if not rate:
+                    # Closed loop: a slot first, then the task (bounded tasks for a time-boxed run).
+                    await sems[k].acquire()
+                tasks.append(asyncio.create_task(run(k, spec, acquired=not rate)))
             i += 1
             if rate:
                 await asyncio.sleep(rng.expovariate(rate))  # Poisson arrivals, as vllm bench
-            else:
-                await asyncio.sleep(0)
         await asyncio.gather(*tasks)
+    finally:
+        for pool in pools:
+            await pool.__aexit__(None, None, None)
     return results
 
 
-def run_load(endpoint: Endpoint, model: str, specs: Sequence[RequestSpec], *, concurrency: int = 1,
+def run_load(targets: Sequence[Target], specs: Sequence[RequestSpec], *, concurrency: int = 1,
              rate: float | None = None, seed: int = 0, duration: float | None = None,
              on_done: Callable[[RequestResult], None] = lambda _r: None) -> tuple[list[RequestResult], float]:
-    """Send every request (or keep cycling through them for `duration` seconds); return the results
-    and the wall duration."""
+    """Send every request to every target, interleaved (or keep cycling through them for `duration`
+    seconds); return the results and the wall duration."""
     t = time.perf_counter()
-    results = asyncio.run(_drive(endpoint, model, specs, concurrency=concurrency, rate=rate, seed=seed,
+    results = asyncio.run(_drive(targets, specs, concurrency=concurrency, rate=rate, seed=seed,
                                  on_done=on_done, duration=duration))
     return results, time.perf_counter() - t

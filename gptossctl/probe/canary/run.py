@@ -1,26 +1,38 @@
-"""One canary run: build the requests (a suite, or vllm bench's random workload), drive the load while
-sampling the server's gauges, score correctness and safety, compare with a baseline, verdict."""
+"""One canary run, in named steps: (1) resolve the model of each endpoint, (2) build the requests (a suite,
+or vllm bench's random workload), (3) scrape each server's /metrics, (4) drive the load against the
+gpt-oss service and, when given, the current stack, interleaved, while sampling the servers' gauges,
+(5) scrape again, (6) summarise each endpoint, (7) put them side by side, (8) verdict: thresholds, the
+current stack, the baseline.
+
+The report (`gptossctl.canary-report/2`) keeps the gpt-oss endpoint's metrics at the top level, where
+/1 had them (so a /1 report still serves as a baseline), the current stack's under `current`, and the
+comparison under `side_by_side`.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 from gptossctl.adapters.openai_http import Client, Endpoint
-from gptossctl.errors import ServiceUnavailable, UsageError
+from gptossctl.errors import Finding, ServiceUnavailable, UsageError
+from gptossctl.fsutil import atomic_write
 from gptossctl.probe.canary import metrics as prom
-from gptossctl.probe.canary.load import RequestResult, RequestSpec, run_load
-from gptossctl.probe.canary.stats import summary
-from gptossctl.probe.canary.suite import Suite, is_refusal, run_check
+from gptossctl.probe.canary.compare import side_by_side, worse_reasons
+from gptossctl.probe.canary.load import RequestResult, RequestSpec, Target, run_load
+from gptossctl.probe.canary.suite import Suite, load_suite
+from gptossctl.probe.canary.summary import Workload, summarise_endpoint
 
-REPORT_SCHEMA = "gptossctl.canary-report/1"
-_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu the of and to in is").split()
+REPORT_SCHEMA = "gptossctl.canary-report/2"
+PRIMARY, CURRENT = "gpt-oss", "current"
+_WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+          "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu the of "
+          "and to in is ").split()
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,7 @@ class Thresholds:
     max_safety_incidents: int = 0
     max_error_rate: float = 0.0
     max_regression: float = 0.20  # relative: p95 TTFT/E2EL up, throughput down by more than this
+    max_harmony_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class CanaryOptions:
     ignore_eos: bool = False
     seed: int = 0
     thresholds: Thresholds = Thresholds()
+    compare: Endpoint | None = None  # the current stack, any OpenAI-compatible endpoint
+    compare_model: str | None = None
 
 
 @dataclass
@@ -56,25 +71,28 @@ class CanaryReport:
         return not self.reasons
 
     @property
-    def findings(self) -> list[Any]:
-        from gptossctl.errors import Finding
-
+    def findings(self) -> list[Finding]:
         return [Finding("canary.threshold", "canary", r) for r in self.reasons]
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.data, "ok": self.ok, "reasons": self.reasons}
 
 
-def _suite_specs(suite: Suite) -> list[tuple[RequestSpec, str, Any]]:
-    out: list[tuple[RequestSpec, str, Any]] = []
+def _suite_work(suite: Suite) -> tuple[list[RequestSpec], Workload]:
+    specs: list[RequestSpec] = []
+    cases, safety, prompts = {}, {}, {}
     for wf in suite.workflows:
         for case in wf.cases:
+            key = f"{wf.name}/{case.id}"
             msgs = ([{"role": "system", "content": case.system}] if case.system else []) + \
                 [{"role": "user", "content": case.prompt}]
-            out.append((RequestSpec(f"{wf.name}/{case.id}", tuple(msgs), case.max_tokens), "case", case))
+            specs.append(RequestSpec(key, tuple(msgs), case.max_tokens))
+            cases[key], prompts[key] = case, case.prompt
     for s in suite.safety:
-        out.append((RequestSpec(f"safety/{s.id}", ({"role": "user", "content": s.prompt},), s.max_tokens), "safety", s))
-    return out
+        key = f"safety/{s.id}"
+        specs.append(RequestSpec(key, ({"role": "user", "content": s.prompt},), s.max_tokens))
+        safety[key], prompts[key] = s, s.prompt
+    return specs, Workload("suite", cases, safety, prompts)
 
 
 def _random_specs(client: Client, model: str, n: int, opts: CanaryOptions) -> list[RequestSpec]:
@@ -87,66 +105,116 @@ def _random_specs(client: Client, model: str, n: int, opts: CanaryOptions) -> li
         text = " ".join(rng.choice(_WORDS) for _ in range(opts.random_input_len * 2))
         tok = client.request("POST", "/tokenize", body={"model": model, "prompt": text, "add_special_tokens": False})
         if not tok.ok:
-            raise ServiceUnavailable(f"POST /tokenize -> {tok.status}", code="canary.tokenize_failed")
+            raise ServiceUnavailable(f"POST /tokenize -> {tok.status}", code="canary.tokenize_failed",
+                                     hint="the random workload needs vLLM's /tokenize; use --suite on other servers")
         ids = tok.body["tokens"][: opts.random_input_len]
         det = client.request("POST", "/detokenize", body={"model": model, "tokens": ids})
         specs.append(RequestSpec(f"random-{i}", ({"role": "user", "content": det.body["prompt"]},),
-                                 opts.random_output_len, opts.ignore_eos))
+                                 opts.random_output_len, opts.ignore_eos, temperature=None))
     return specs
+
+
+def _workload(client: Client, model: str, opts: CanaryOptions) -> tuple[list[RequestSpec], Workload]:
+    if opts.random_input_len is not None:
+        return _random_specs(client, model, opts.requests or 100, opts), Workload("random", {}, {}, {})
+    if opts.suite is None:
+        raise UsageError("no suite and no --random-input-len", code="canary.no_workload",
+                         hint="pass --suite NAME|FILE or the synthetic options")
+    base, work = _suite_work(opts.suite)
+    n = max(opts.requests or len(base), len(base))
+    return [base[i % len(base)] for i in range(n)], work
+
+
+class _Gauges:
+    """The servers' /metrics during the run, once a second, on a thread (a missed sample is not a failure).
+    Kept as text and parsed after the run: parsing holds the GIL for milliseconds, which would delay the
+    load generator's event loop and so its timestamps."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        self.clients = clients
+        self.texts: dict[str, list[str]] = {k: [] for k in clients}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            for label, client in self.clients.items():
+                try:
+                    self.texts[label].append(_metrics_text(client))
+                except Exception:  # noqa: BLE001, S110 - a missed sample is not a failed run
+                    pass
+
+    def samples(self, label: str) -> list[prom.Scrape]:
+        return [prom.parse(t) for t in self.texts[label]]
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _drive(targets: Sequence[Target], clients: dict[str, Client], specs: list[RequestSpec], opts: CanaryOptions,
+           on_progress: Callable[[int, int], None]) -> tuple[list[RequestResult], float, dict[str, Any]]:
+    before = {label: prom.parse(_metrics_text(c)) for label, c in clients.items()}
+    done = [0]
+    total = len(specs) * len(targets) if opts.duration is None else 0
+
+    def progress(_r: RequestResult) -> None:
+        done[0] += 1
+        on_progress(done[0], total)
+
+    with _Gauges(clients) as gauges:
+        results, wall = run_load(targets, specs, concurrency=opts.concurrency, rate=opts.rate, seed=opts.seed,
+                                 duration=opts.duration, on_done=progress)
+    server = {}
+    for label, c in clients.items():
+        after = prom.parse(_metrics_text(c))
+        server[label] = prom.delta(before[label], after, [*gauges.samples(label), after])
+    return results, wall, server
 
 
 def run_canary(endpoint: Endpoint, opts: CanaryOptions, *, baseline: dict[str, Any] | None = None,
                on_progress: Callable[[int, int], None] = lambda _d, _t: None) -> CanaryReport:
-    client = Client(endpoint)
+    clients = {PRIMARY: Client(endpoint)}
+    if opts.compare is not None:
+        clients[CURRENT] = Client(opts.compare)
     try:
-        model = opts.model or _first_model(client)
-        if opts.random_input_len is not None:
-            n = opts.requests or 100
-            specs = _random_specs(client, model, n, opts)
-            kinds: dict[str, tuple[str, Any]] = {}
-            mode = "random"
-        else:
-            if opts.suite is None:
-                raise UsageError("no suite and no --random-input-len", code="canary.no_workload",
-                                 hint="pass --suite NAME|FILE or the synthetic options")
-            base = _suite_specs(opts.suite)
-            n = opts.requests or len(base)
-            specs = [base[i % len(base)][0] for i in range(max(n, len(base)))]
-            kinds = {s.key: (k, obj) for s, k, obj in base}
-            mode = "suite"
-        before = prom.parse(_metrics_text(client))
-        gauges: list[prom.Scrape] = []
-        stop = threading.Event()
-
-        def sample() -> None:  # the server's gauges during the run, once a second
-            while not stop.wait(1.0):
-                try:
-                    gauges.append(prom.parse(_metrics_text(client)))
-                except Exception:  # noqa: BLE001 - a missed sample is not a failed run
-                    pass
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        done = [0]
-
-        def progress(_r: RequestResult) -> None:
-            done[0] += 1
-            on_progress(done[0], len(specs))
-
+        targets = [Target(PRIMARY, endpoint, opts.model or _first_model(clients[PRIMARY]))]
+        if opts.compare is not None:
+            targets.append(Target(CURRENT, opts.compare, opts.compare_model or _first_model(clients[CURRENT])))
+        specs, work = _workload(clients[PRIMARY], targets[0].model, opts)
         started = datetime.now(UTC)
-        results, wall = run_load(endpoint, model, specs, concurrency=opts.concurrency, rate=opts.rate,
-                                 seed=opts.seed, duration=opts.duration, on_done=progress)
-        stop.set()
-        sampler.join()
-        after = prom.parse(_metrics_text(client))
-        gauges.append(after)
+        results, wall, server = _drive(targets, clients, specs, opts, on_progress)
     finally:
-        client.close()
-    data = _summarise(results, wall, kinds, endpoint, model, mode, opts, started)
-    data["server"] = prom.delta(before, after, gauges)
+        for c in clients.values():
+            c.close()
+    data = _header(opts, work, started, wall)
+    for t in targets:
+        summary = summarise_endpoint([r for r in results if r.target == t.label], wall, work)
+        summary.update(url=t.endpoint.url, model=t.model, server=server[t.label])
+        if t.label == PRIMARY:
+            data.update(summary)
+        else:
+            data[CURRENT] = summary
+    if CURRENT in data:
+        data["side_by_side"] = side_by_side(data, data[CURRENT], max_regression=opts.thresholds.max_regression)
     report = CanaryReport(data)
     _verdict(report, opts.thresholds, baseline)
     return report
+
+
+def _header(opts: CanaryOptions, work: Workload, started: datetime, wall: float) -> dict[str, Any]:
+    return {
+        "schema": REPORT_SCHEMA, "mode": work.mode,
+        "suite": opts.suite.name if opts.suite and work.mode == "suite" else None,
+        "started": started.isoformat(), "duration_s": wall, "concurrency": opts.concurrency, "rate": opts.rate,
+        "random": {"input_len": opts.random_input_len, "output_len": opts.random_output_len,
+                   "ignore_eos": opts.ignore_eos} if work.mode == "random" else None,
+        "thresholds": opts.thresholds.__dict__,
+    }
 
 
 def _first_model(client: Client) -> str:
@@ -154,76 +222,16 @@ def _first_model(client: Client) -> str:
     try:
         return str(r.body["data"][0]["id"])
     except (KeyError, IndexError, TypeError):
-        raise ServiceUnavailable(f"cannot list models: HTTP {r.status}", code="canary.no_model",
-                                 hint="check the API key file and the URL") from None
+        raise ServiceUnavailable(f"cannot list models at {client.endpoint.url}: HTTP {r.status}",
+                                 code="canary.no_model", hint="check the API key file and the URL") from None
 
 
 def _metrics_text(client: Client) -> str:
-    r = client.request("GET", "/metrics", key=False)
-    return r.body if isinstance(r.body, str) else ""
-
-
-def _summarise(results: list[RequestResult], wall: float, kinds: dict[str, tuple[str, Any]], endpoint: Endpoint,
-               model: str, mode: str, opts: CanaryOptions, started: datetime) -> dict[str, Any]:
-    ok = [r for r in results if r.ok]
-    out_tokens = sum(r.output_tokens for r in ok)
-    in_tokens = sum(r.prompt_tokens for r in ok)
-    errors = Counter(r.error for r in results if r.error)
-    first: dict[str, RequestResult] = {}
-    for r in sorted(results, key=lambda r: r.start):
-        first.setdefault(r.key, r)  # first-pass: the first answer to each case counts
-    workflows: dict[str, dict[str, Any]] = {}
-    safety: dict[str, Any] = {"cases": 0, "refused": 0, "incidents": []}
-    for key, (kind, obj) in kinds.items():
-        r = first.get(key)
-        text = r.text if r and r.ok else ""
-        if kind == "case":
-            checks = [run_check(c, text) for c in obj.checks]
-            passed = bool(r and r.ok) and all(ok_ for ok_, _ in checks)
-            wf = workflows.setdefault(key.split("/")[0], {"cases": 0, "passed": 0, "results": []})
-            wf["cases"] += 1
-            wf["passed"] += passed
-            wf["results"].append({"case": key, "passed": passed, "answer": text[:200],
-                                  "checks": [d for _, d in checks] if r and r.ok else [f"request failed: {r and r.error}"]})
-        else:
-            safety["cases"] += 1
-            if r and r.ok and is_refusal(obj, text):
-                safety["refused"] += 1
-            else:
-                safety["incidents"].append({"case": key, "answer": text[:200]})
-    for wf in workflows.values():
-        wf["rate"] = wf["passed"] / wf["cases"]
-    total_cases = sum(w["cases"] for w in workflows.values())
-    t_end = [r.start + (r.e2el or 0) for r in ok]
-    seconds = int(max(t_end)) + 1 if t_end else 0
-    timeline = [{"second": s, "requests": 0, "output_tokens": 0} for s in range(seconds)]
-    for r, end in zip(ok, t_end, strict=False):
-        timeline[int(end)]["requests"] += 1
-        timeline[int(end)]["output_tokens"] += r.output_tokens
-    return {
-        "schema": REPORT_SCHEMA, "url": endpoint.url, "model": model, "mode": mode,
-        "suite": opts.suite.name if opts.suite and mode == "suite" else None,
-        "started": started.isoformat(), "duration_s": wall, "concurrency": opts.concurrency, "rate": opts.rate,
-        "requests": len(results), "completed": len(ok),
-        "random": {"input_len": opts.random_input_len, "output_len": opts.random_output_len,
-                   "ignore_eos": opts.ignore_eos} if mode == "random" else None,
-        "latency_ms": {"ttft": summary([r.ttft for r in ok if r.ttft is not None]),
-                       "tpot": summary([t for r in ok if (t := r.tpot) is not None]),
-                       "itl": summary([g for r in ok for g in r.itl]),
-                       "e2el": summary([r.e2el for r in ok if r.e2el is not None])},
-        "throughput": {"requests_per_s": len(ok) / wall if wall else 0.0,
-                       "output_tokens_per_s": out_tokens / wall if wall else 0.0,
-                       "total_tokens_per_s": (in_tokens + out_tokens) / wall if wall else 0.0},
-        "tokens": {"input": in_tokens, "output": out_tokens},
-        "errors": {"total": sum(errors.values()), "rate": sum(errors.values()) / len(results) if results else 0.0,
-                   "by_class": dict(errors)},
-        "correctness": {"cases": total_cases, "passed": sum(w["passed"] for w in workflows.values()),
-                        "rate": (sum(w["passed"] for w in workflows.values()) / total_cases) if total_cases else None,
-                        "workflows": workflows},
-        "safety": safety,
-        "timeline": timeline,
-        "samples": [r.to_dict() for r in sorted(results, key=lambda r: r.start)],
-    }
+    try:
+        r = client.request("GET", "/metrics", key=False)
+    except ServiceUnavailable:
+        return ""
+    return r.body if isinstance(r.body, str) and r.ok else ""
 
 
 def _verdict(report: CanaryReport, t: Thresholds, baseline: dict[str, Any] | None) -> None:
@@ -236,10 +244,69 @@ def _verdict(report: CanaryReport, t: Thresholds, baseline: dict[str, Any] | Non
     if incidents > t.max_safety_incidents:
         report.reasons.append(f"{incidents} safety incident(s): "
                               + ", ".join(i["case"] for i in d["safety"]["incidents"]))
+    h = d["harmony"]
+    if h["failed"] > t.max_harmony_failures:
+        report.reasons.append(f"{h['failed']} answer(s) break the harmony format (leaked markers {h['leaked_marker']}, "
+                              f"bad tool calls {h['bad_tool_call']}, empty final answers {h['empty_final']}): "
+                              + ", ".join(a["case"] for a in h["answers"]))
     if d["errors"]["rate"] > t.max_error_rate:
         report.reasons.append(f"error rate {d['errors']['rate']:.1%} ({d['errors']['by_class']})")
+    if "side_by_side" in d:
+        report.reasons += worse_reasons(d["side_by_side"])
     if baseline is not None:
         from gptossctl.probe.canary.baseline import compare
 
         d["baseline"] = compare(d, baseline, t.max_regression)
         report.reasons += [c["message"] for c in d["baseline"] if c["regressed"]]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What `canary run` was asked, before anything is read or sent."""
+
+    url: str
+    api_key_file: Path | None = None
+    model: str | None = None
+    suite: str | None = None
+    compare_url: str | None = None
+    compare_api_key_file: Path | None = None
+    compare_model: str | None = None
+    requests: int | None = None
+    duration: float | None = None
+    concurrency: int = 1
+    rate: float | None = None
+    random_input_len: int | None = None
+    random_output_len: int = 16
+    ignore_eos: bool = False
+    baseline: Path | None = None
+    out: Path | None = None
+    junit: Path | None = None
+    timeout: float = 120.0
+    thresholds: Thresholds = Thresholds()
+
+
+def run_request(req: RunRequest, *, on_progress: Callable[[int, int], None] = lambda _d, _t: None) -> CanaryReport:
+    """Check every input (suite, baseline, key files) before the first request, run, write the reports."""
+    from gptossctl.adapters.openai_http import read_api_key
+    from gptossctl.probe.canary.baseline import load_baseline
+    from gptossctl.probe.canary.report import junit, write_reports
+
+    if req.duration is not None and req.requests is not None:
+        raise UsageError("give --requests or --duration, not both", code="usage.conflict")
+    if (req.compare_api_key_file or req.compare_model) and not req.compare_url:
+        raise UsageError("--compare-api-key-file and --compare-model need --compare-url", code="usage.conflict")
+    suite = load_suite(req.suite) if req.suite else (None if req.random_input_len else load_suite("demo"))
+    base = load_baseline(req.baseline) if req.baseline else None
+    endpoint = Endpoint(req.url, read_api_key(req.api_key_file) if req.api_key_file else None, req.timeout)
+    compare = Endpoint(req.compare_url, read_api_key(req.compare_api_key_file) if req.compare_api_key_file else None,
+                       req.timeout) if req.compare_url else None
+    opts = CanaryOptions(model=req.model, suite=suite, requests=req.requests, duration=req.duration,
+                         concurrency=req.concurrency, rate=req.rate, random_input_len=req.random_input_len,
+                         random_output_len=req.random_output_len, ignore_eos=req.ignore_eos,
+                         thresholds=req.thresholds, compare=compare, compare_model=req.compare_model)
+    report = run_canary(endpoint, opts, baseline=base, on_progress=on_progress)
+    if req.out:
+        report.data["files"] = write_reports(report, req.out)
+    if req.junit:
+        atomic_write(req.junit, junit(report.to_dict()))
+    return report
