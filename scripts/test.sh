@@ -12,6 +12,8 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # The SARIF output is validated by Microsoft's SARIF multitool, installed from npm by the tests (cached).
 command -v npm >/dev/null || need+=(npm)
+# The canary's HTML pages are screenshot with headless Chromium in the tests.
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

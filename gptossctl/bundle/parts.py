@@ -67,6 +67,9 @@ INCOMING = ".gptossctl-incoming"  # where `bundle copy` assembles parts before r
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)$")
 
 
+MAX_SIZE = 1 << 50  # 1 PiB: beyond any medium; a larger number is a typo
+
+
 def parse_size(text: str) -> int:
     """'fat32', 'dvd', 'bd25', '4G' or '4GiB' (binary), '4GB' (decimal), or plain bytes."""
     t = text.strip().lower()
@@ -79,7 +82,11 @@ def parse_size(text: str) -> int:
     number, unit, suffix = m.groups()
     power = " kmgt".index(unit or " ")
     base = 1000 if suffix == "b" and unit else 1024
-    return int(float(number) * base**power)
+    value = float(number) * base**power
+    if not 1 <= value <= MAX_SIZE:
+        raise UsageError(f"the size {text!r} is outside 1 byte to 1 PiB", code="usage.bad_size",
+                         hint="give a size a medium or a link can take, like 4G or 700MiB")
+    return int(value)
 
 
 def _ref(manifest: Manifest, envelope: Envelope) -> BundleRef:

@@ -20,13 +20,13 @@ SuiteOpt = typer.Option(None, "--suite", help="Built-in suite name (demo, workfl
 CompareUrlOpt = typer.Option(None, "--compare-url", help="The current stack: any OpenAI-compatible base URL.")
 CompareKeyOpt = typer.Option(None, "--compare-api-key-file", help="API key file of the current stack.")
 CompareModelOpt = typer.Option(None, "--compare-model", help="Model name at the current stack (default: its first).")
-RequestsOpt = typer.Option(None, "--requests", min=1, help="Requests to send (default: one per case).")
-ConcurrencyOpt = typer.Option(1, "--concurrency", min=1, help="Requests in flight at once, per endpoint.")
+RequestsOpt = typer.Option(None, "--requests", min=1, max=10_000_000, help="Requests to send (default: one per case).")
+ConcurrencyOpt = typer.Option(1, "--concurrency", min=1, max=4096, help="Requests in flight at once, per endpoint.")
 MaxRegressionOpt = typer.Option(0.20, "--max-regression", help="Allowed relative regression (0.2 = 20%).")
 MinCorrectOpt = typer.Option(1.0, "--min-correctness", help="Required first-pass correctness.")
 MaxIncidentsOpt = typer.Option(0, "--max-safety-incidents", help="Allowed safety incidents.")
 MaxHarmonyOpt = typer.Option(0, "--max-harmony-failures", help="Allowed answers that break the harmony format.")
-TimeoutOpt = typer.Option(120.0, "--timeout", help="Per-request timeout in seconds.")
+TimeoutOpt = typer.Option(120.0, "--timeout", min=0.1, max=86400.0, help="Per-request timeout in seconds.")
 
 
 def _render_run(r: Any) -> None:
@@ -64,9 +64,11 @@ def canary_run(
     compare_api_key_file: Path | None = CompareKeyOpt,
     compare_model: str | None = CompareModelOpt,
     requests: int | None = RequestsOpt,
-    duration: float | None = typer.Option(None, "--duration", min=1, help="Keep sending for this many seconds."),
+    duration: float | None = typer.Option(None, "--duration", min=1, max=7 * 86400,
+                                          help="Keep sending for this many seconds."),
     concurrency: int = ConcurrencyOpt,
-    rate: float | None = typer.Option(None, "--rate", min=0.001, help="Poisson arrival rate (requests/s); default all at once."),
+    rate: float | None = typer.Option(None, "--rate", min=0.001, max=1e6,
+                                      help="Poisson arrival rate (requests/s); default all at once."),
     random_input_len: int | None = typer.Option(None, "--random-input-len", min=1, help="Synthetic mode, as vllm bench serve."),
     random_output_len: int = typer.Option(16, "--random-output-len", min=1, help="Synthetic output tokens."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Generate exactly --random-output-len tokens."),

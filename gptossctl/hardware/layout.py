@@ -20,7 +20,9 @@ from gptossctl.errors import UsageError
 from gptossctl.hardware.requirements import GIB, MIB, MemoryNeed
 
 MAX_CONTEXT = 131072  # gpt-oss: 128k positions; vLLM refuses a longer max-model-len
-TP_SIZES = (1, 2, 4, 8)  # gpt-oss has 8 KV heads: a rank must hold whole heads
+TP_SIZES = (1, 2, 4, 8)
+MAX_REPLICAS = 1024  # a host with more GPU slices than this does not exist; a bigger number is a typo
+MAX_CONCURRENCY = 4096  # gpt-oss has 8 KV heads: a rank must hold whole heads
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,15 @@ class LayoutRequest:
     concurrency: int | None = None  # sequences of max_model_len each replica must hold, instead of the profile's
 
     def __post_init__(self) -> None:
-        for flag, value in (("--replicas", self.replicas), ("--concurrency", self.concurrency),
-                            ("--max-model-len", self.max_model_len)):
+        for flag, value, most in (("--replicas", self.replicas, MAX_REPLICAS),
+                                  ("--concurrency", self.concurrency, MAX_CONCURRENCY),
+                                  ("--max-model-len", self.max_model_len, None)):
             if value is not None and value < 1:
                 raise UsageError(f"{flag} {value}: must be at least 1", code="hw.bad_layout",
                                  hint=f"give a positive {flag}, or leave it out for the proposed layout")
+            if value is not None and most is not None and value > most:
+                raise UsageError(f"{flag} {value}: more than any host runs ({most})", code="hw.bad_layout",
+                                 hint=f"give at most {most}, or leave it out for the proposed layout")
         if self.tensor_parallel is not None and self.tensor_parallel not in TP_SIZES:
             raise UsageError(f"--tp {self.tensor_parallel}: gpt-oss runs at tensor parallel 1, 2, 4 or 8",
                              code="hw.bad_layout", hint="gpt-oss has 8 KV heads: use --tp 1, 2, 4 or 8")

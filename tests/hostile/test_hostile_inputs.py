@@ -91,6 +91,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, packed: Path, tiny_model: Pa
     p["dir"] = str(base)
     p["missing"] = str(base / "does-not-exist")
     p["port"] = str(_closed_port())
+    p["h100"] = str(REPO / "tests" / "data" / "h100-lease" / "h100-nvidia-smi-q.xml")
     # A staged install to run the service commands against (each refusal must leave it as it was).
     root = base / "root"
     r = subprocess.run([str(GPTOSSCTL), "install", p["bundle"], "--trust", p["pub"], "--root", str(root),
@@ -385,6 +386,26 @@ CASES: list[Case] = [
       "{model}", env=ENV_PASS, expect=2, setup=_recipe(RECIPE.replace("  - cpu-tiny\n", "  - ../../../etc/passwd\n"))),
     C("pack-unknown-unit-traversal", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
       "{model}", env=ENV_PASS, expect=2, setup=_recipe(RECIPE.replace("gptoss@.service", "../../../../etc/shadow"))),
+    # ------------------------------------------------------------ carrying: split, join, copy, delta, apply
+    C("split-part-size-garbage", "bundle", "split", "{bundle}", "--out", "{dir}/s1", "--part-size", "4X", expect=2),
+    C("split-part-size-zero", "bundle", "split", "{bundle}", "--out", "{dir}/s2", "--part-size", "0", expect=2),
+    C("split-part-size-overflow", "bundle", "split", "{bundle}", "--out", "{dir}/s3", "--part-size",
+      "99999999999999999999999999G", expect=2),
+    C("split-bundle-is-file", "bundle", "split", "{garbage}", "--out", "{dir}/s4", expect={1, 2}),
+    C("split-out-exists", "bundle", "split", "{bundle}", "--out", "{dir}", expect=2, watch=("bundle",)),
+    C("join-garbage-parts", "bundle", "join", "{t}", "--out", "{t}/o", expect={1, 2},
+      setup=lambda w, t: {"t": str(t), "x": _write(t / "a.part", os.urandom(4096))}),
+    C("join-nothing", "bundle", "join", "{missing}", "--out", "{dir}/j2", expect={1, 2}),
+    C("copy-src-missing", "bundle", "copy", "{missing}", "{dir}/c1", expect={1, 2}),
+    C("copy-dst-is-file", "bundle", "copy", "{bundle}", "{garbage}", expect={1, 2}, watch=("garbage",)),
+    C("copy-rate-garbage", "bundle", "copy", "{bundle}", "{dir}/c3", "--limit-rate", "fast", expect=2),
+    C("delta-same-bundle", "bundle", "delta", "{bundle}", "{bundle}", "--out", "{dir}/d1", expect=2),
+    C("delta-old-garbage", "bundle", "delta", "{dir}", "{bundle}", "--out", "{dir}/d2", expect={1, 2}),
+    C("apply-delta-garbage", "bundle", "apply", "{garbage}", "--base", "{bundle}", "--out", "{dir}/a1", expect={1, 2}),
+    C("verify-part-garbage", "bundle", "verify", "{t}/x.part", "--trust", *P, expect={1, 2},
+      setup=lambda w, t: {"t": str(t), "x": _write(t / "x.part", b"GPTOSSCTL-PART/1\n" + os.urandom(600))}),
+    C("install-base-garbage", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--base", "{garbage}",
+      "--vllm-python", sys.executable, "--port", "8123", expect={0, 1, 2}, watch=()),
     # ------------------------------------------------------------ hardware
     C("hw-xml-binary", "hw", "check", "--nvidia-smi-xml", "{garbage}", expect=2),
     C("hw-xml-deep", "hw", "check", "--nvidia-smi-xml", "{xml_deep}", expect={1, 2}),
@@ -403,6 +424,12 @@ CASES: list[Case] = [
     C("hw-amd-string", "hw", "check", "--amd-smi-json", "{strjson}", expect=2),
     C("hw-two-captures", "hw", "check", "--nvidia-smi-xml", "{garbage}", "--rocm-smi-json", "{garbage}", expect=2),
     C("hw-unknown-model", "hw", "check", "--model", "gpt-5\n", expect=2),
+    C("hw-replicas-zero", "hw", "check", "--nvidia-smi-xml", "{h100}", "--replicas", "0", expect=2),
+    C("hw-replicas-overflow", "hw", "check", "--nvidia-smi-xml", "{h100}", "--replicas", "99999999999999999999",
+      expect=2),
+    C("hw-tp-three", "hw", "check", "--nvidia-smi-xml", "{h100}", "--tp", "3", expect=2),
+    C("hw-replicas-beyond", "hw", "check", "--nvidia-smi-xml", "{h100}", "--model", "gpt-oss-120b", "--replicas", "9",
+      expect=1),
     C("hw-bundle-is-file", "hw", "check", "--bundle", "{garbage}", expect=2),
     C("hw-bundle-envelope-binary", "hw", "check", "--bundle", "{b}", expect={1, 2},
       setup=_bundle_variant(lambda b: (b / "manifest.dsse.json").write_bytes(os.urandom(512)))),
@@ -489,8 +516,12 @@ CASES: list[Case] = [
     C("canary-suite-binary", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{garbage}", expect=2),
     C("canary-suite-laughs", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{laughs}", expect=2),
     C("canary-suite-deep", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{deepyaml}", expect=2),
-    C("canary-suite-redos", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
+    # A catastrophic pattern for a backtracking engine: on RE2 it runs in linear time, so the suite is valid and
+    # the run reaches the (closed) endpoint at once; a pattern RE2 cannot run is refused naming the case.
+    C("canary-suite-redos", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=4,
       setup=_suite(SUITE_HEAD + '      - {id: c, prompt: p, checks: [{regex: "(a+)+$"}]}\n')),
+    C("canary-suite-backreference", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
+      setup=_suite(SUITE_HEAD + '      - {id: c, prompt: p, checks: [{regex: "(a)\\\\1"}]}\n')),
     C("canary-suite-bad-schema", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
       setup=_suite(SUITE_HEAD + '      - {id: c, prompt: p, checks: [{json_schema: {type: 12}}]}\n')),
     C("canary-suite-remote-ref", "canary", "run", "--url", "http://127.0.0.1:{port}", "--suite", "{s}", expect=2,
@@ -507,9 +538,24 @@ CASES: list[Case] = [
       "99999999999999999999", expect=2),
     C("canary-out-is-file", "canary", "run", "--url", "http://127.0.0.1:{port}", "--out", "{garbage}", expect={2, 4},
       watch=("garbage",)),
+    C("canary-schedule-every-garbage", "canary", "schedule", "--name", "wk", "--url", "http://127.0.0.1:{port}",
+      "--every", "often", "--for", "7d", "--root", "{t}", expect=2, setup=lambda w, t: {"t": str(t)}),
+    C("canary-schedule-for-overflow", "canary", "schedule", "--name", "wk", "--url", "http://127.0.0.1:{port}",
+      "--every", "1h", "--for", "99999999999999999999d", "--root", "{t}", expect=2, setup=lambda w, t: {"t": str(t)}),
+    C("canary-schedule-name-traversal", "canary", "schedule", "--name", "../../etc", "--url",
+      "http://127.0.0.1:{port}", "--root", "{t}", expect=2, setup=lambda w, t: {"t": str(t)}),
+    C("canary-trend-missing", "canary", "trend", "{missing}", expect=2),
+    C("canary-trend-garbage-runs", "canary", "trend", "{t}", expect={1, 2},
+      setup=lambda w, t: {"t": str(t), "r": _write(t / "runs" / "20260101T000000Z" / "report.json", os.urandom(900))}),
+    C("canary-trend-deep-runs", "canary", "trend", "{t}", expect={1, 2},
+      setup=lambda w, t: {"t": str(t), "r": _write(t / "runs" / "20260101T000000Z" / "report.json",
+                                                   "[" * 100_000 + "]" * 100_000)}),
     # ------------------------------------------------------------ demo
-    C("demo-out-foreign-directory", "demo", "--out", "{precious}", expect=2, setup=_demo_target),
-    C("demo-out-is-file", "demo", "--out", "{garbage}", expect=2, watch=("garbage",)),
+    C("demo-out-foreign-directory", "demo", "--staged", "--out", "{precious}", expect=2, setup=_demo_target),
+    C("demo-out-is-file", "demo", "--staged", "--out", "{garbage}", expect=2, watch=("garbage",)),
+    C("demo-full-without-wheels", "demo", "--out", "{dir}/dm", expect=2),
+    C("demo-full-wheelhouse-missing", "demo", "--out", "{dir}/dm2", "--wheelhouse", "{missing}",
+      "--bootstrap-wheels", "{missing}", expect=2),
 ]
 
 
