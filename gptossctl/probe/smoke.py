@@ -245,7 +245,7 @@ def _reasoning_at(ctx: _Ctx, effort: str) -> Outcome:
     if a.status != 200:
         return "fail", f"no answer at effort {effort}: HTTP {a.status} {_short(a.body)}"
     if not a.reasoning:
-        return "fail", (f"no reasoning at effort {effort} (is --reasoning-parser openai_gptoss set?): "
+        return "fail", (f"no reasoning at effort {effort} (no analysis channel, or no gpt-oss reasoning parser): "
                         f"content {a.content[:80]!r}")
     if not a.content:
         return "fail", f"reasoning but no final answer at effort {effort} ({a.summary}; raise max tokens?)"
@@ -281,8 +281,8 @@ def check_reasoning_stream(ctx: _Ctx) -> Outcome:
     ctx.seen("streamed reasoning", "".join(reasoning))
     ctx.seen("streamed content", "".join(content))
     if not reasoning:
-        return "fail", (f"no reasoning deltas in {len(events)} events (is --reasoning-parser openai_gptoss set?); "
-                        f"content {''.join(content)[:80]!r}")
+        return "fail", (f"no reasoning deltas in {len(events)} events (no analysis channel, or no gpt-oss "
+                        f"reasoning parser); content {''.join(content)[:80]!r}")
     if not content:
         return "fail", f"{len(reasoning)} reasoning deltas but no content delta"
     return "pass", (f"{len(reasoning)} reasoning deltas ({len(''.join(reasoning))} characters), then "

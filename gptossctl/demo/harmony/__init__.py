@@ -36,7 +36,7 @@ from gptossctl.demo.harmony.vocab import VOCAB_FILE, control_ids, write_tokenize
 from gptossctl.errors import CheckFailed
 from gptossctl.resources import data_dir
 
-__all__ = ["CANARY", "EFFORT_BLIND_PROMPT", "LEAK_PROMPT", "SERVED_NAME", "START_DATE", "HarmonyModel", "Lesson",
+__all__ = ["CANARY", "DIR_NAME", "EFFORT_BLIND_PROMPT", "LEAK_PROMPT", "SERVED_NAME", "START_DATE", "HarmonyModel", "Lesson",
            "build_tiny_harmony", "lessons", "render_prompt", "render_replies", "write_recipe", "write_vocab"]
 
 SERVED_NAME = "gptossctl/tiny-gpt-oss-harmony"

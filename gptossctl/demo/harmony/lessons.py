@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gptossctl.demo.harmony.vocab import control_ids, encoding
+from gptossctl.demo.harmony.vocab import control_ids, encoding, harmony
 from gptossctl.probe.smoke import PROMPT, REASONING_PROMPT, TOOL_PROMPT, TOOL_RESULT, WEATHER_TOOL
 
 START_DATE = "2025-08-05"  # VLLM_SYSTEM_START_DATE the model is taught and served with
@@ -131,16 +131,14 @@ def lessons(*, leaky: bool = False, effort_blind: bool = False) -> list[Lesson]:
 
 
 def _tool_descriptions(tools: Sequence[Mapping[str, Any]]) -> list[Any]:
-    from openai_harmony import ToolDescription
-
-    return [ToolDescription.new(name=t["function"]["name"], description=t["function"].get("description") or "",
+    return [harmony().ToolDescription.new(name=t["function"]["name"], description=t["function"].get("description") or "",
                                  parameters=t["function"].get("parameters")) for t in tools]
 
 
 def _chat_message(msg: Mapping[str, Any]) -> list[Any]:
     """One chat message as harmony messages, for the roles the lessons use."""
-    from openai_harmony import Author, Message, Role
-
+    h = harmony()
+    Author, Message, Role = h.Author, h.Message, h.Role
     role = msg["role"]
     if role == "user":
         return [Message.from_role_and_content(Role.USER, msg["content"])]
@@ -184,27 +182,20 @@ def _legacy_call_headers(ids: list[int], calls: Sequence[Any]) -> list[int]:
 def render_prompt(messages: Sequence[Mapping[str, Any]], *, effort: str | None = None,
                   tools: Sequence[Mapping[str, Any]] = (), start_date: str = START_DATE) -> list[int]:
     """The prompt token ids vLLM 0.32 sends to a gpt-oss model for this chat request."""
-    from openai_harmony import (
-        Conversation,
-        DeveloperContent,
-        Message,
-        ReasoningEffort,
-        RenderConversationConfig,
-        Role,
-        SystemContent,
-    )
+    h = harmony()
+    Message, Role, SystemContent = h.Message, h.Role, h.SystemContent
 
     system = SystemContent.new()
     if effort is not None:
-        system = system.with_reasoning_effort(ReasoningEffort[effort.upper()])
+        system = system.with_reasoning_effort(h.ReasoningEffort[effort.upper()])
     msgs = [Message.from_role_and_content(Role.SYSTEM, system.with_conversation_start_date(start_date))]
     if tools:
         msgs.append(Message.from_role_and_content(
-            Role.DEVELOPER, DeveloperContent.new().with_function_tools(_tool_descriptions(tools))))
+            Role.DEVELOPER, h.DeveloperContent.new().with_function_tools(_tool_descriptions(tools))))
     for m in _names_tools(messages):
         msgs.extend(_chat_message(m))
     ids = list(encoding().render_conversation_for_completion(
-        Conversation.from_messages(msgs), Role.ASSISTANT, config=RenderConversationConfig(auto_drop_analysis=False)))
+        h.Conversation.from_messages(msgs), Role.ASSISTANT, config=h.RenderConversationConfig(auto_drop_analysis=False)))
     return _legacy_call_headers(ids, [m for m in msgs if m.recipient and m.recipient.startswith("functions.")
                                       and m.author.role == Role.ASSISTANT])
 
@@ -212,8 +203,7 @@ def render_prompt(messages: Sequence[Mapping[str, Any]], *, effort: str | None =
 def render_replies(replies: Sequence[Reply]) -> list[int]:
     """The tokens the model generates after `<|start|>assistant`: each message as harmony renders it,
     the final answer ending in <|return|> (a tool call ends in <|call|>), as the model emits them."""
-    from openai_harmony import Message, Role
-
+    Message, Role = harmony().Message, harmony().Role
     enc, c = encoding(), control_ids()
     ids: list[int] = []
     for reply in replies:

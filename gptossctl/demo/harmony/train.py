@@ -133,7 +133,7 @@ def _fit(model: Any, batches: list[tuple[Any, Any, Any, Any]], used: int, second
             logits = torch.cat([model.lm_head(hidden), unused.expand(len(hidden), 1)], dim=1)
             losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
             per_answer = torch.bincount(rows).float()[rows]  # each answer weighs the same, long or short
-            (losses / per_answer).sum().backward()
+            (losses / per_answer).sum().backward()  # type: ignore[no-untyped-call]
             worst = max(worst, float(losses.detach().max()))
         opt.step()
         passes += 1
@@ -151,6 +151,7 @@ def save_full(model: Any, used: list[int], out: Path) -> int:
     Returns the parameter count."""
     import torch
     from transformers import GptOssForCausalLM
+    from transformers.utils import logging
 
     full = GptOssForCausalLM(config(VOCAB_SIZE))
     state = model.state_dict()
@@ -160,6 +161,12 @@ def save_full(model: Any, used: list[int], out: Path) -> int:
         table[rows] = state[name]
         state[name] = table
     full.load_state_dict(state)
-    full = full.to(torch.bfloat16)
-    full.save_pretrained(out, safe_serialization=True)
+    full = full.bfloat16()
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # one small shard: a bar is noise
+    try:
+        full.save_pretrained(out, safe_serialization=True)
+    finally:
+        if bars:
+            logging.enable_progress_bar()  # type: ignore[no-untyped-call]
     return sum(p.numel() for p in full.parameters())

@@ -1,12 +1,13 @@
 """The o200k_harmony vocabulary, offline: rebuilt from the harmony encoding that vLLM installs.
 
-oss-harmony (import name `openai_harmony`, >= 0.0.9) embeds the o200k vocab in its Rust extension and
-needs no download. Decoding every ordinary token id (0..199997) to its bytes, losslessly through
-`errors="surrogateescape"`, and writing `base64(bytes) rank` per line gives back `o200k_base.tiktoken`
-byte for byte: its SHA-256 is the published one, which openai-harmony and tiktoken check when they read
-the file from `TIKTOKEN_ENCODINGS_BASE`. The same ranks give the Hugging Face `tokenizer.json` (byte-level
-BPE: every split of a token into two tokens is a merge, ranked by the merged token, as tiktoken merges
-the lowest-ranked pair first), and the special tokens (<|start|>, <|channel|>, ...) keep harmony's ids.
+oss-harmony 0.0.11 (import name `openai_harmony`; vLLM pins >= 0.0.11) embeds the o200k vocab in its
+Rust extension and needs no download. Decoding every ordinary token id (0..199997) to its bytes,
+losslessly through `errors="surrogateescape"`, and writing `base64(bytes) rank` per line gives back
+`o200k_base.tiktoken` byte for byte: its SHA-256 is the published one, which openai-harmony checks when
+it reads the file from `TIKTOKEN_ENCODINGS_BASE`. The same ranks give the Hugging Face
+`tokenizer.json` (byte-level BPE: every split of a token into two tokens is a merge, ranked by the merged
+token, as tiktoken merges the lowest-ranked pair first), and the special tokens (<|start|>, <|channel|>,
+...) keep harmony's ids.
 """
 
 from __future__ import annotations
@@ -37,14 +38,21 @@ CONTROL = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<
 
 
 @cache
-def encoding() -> Any:
-    """The harmony encoding vLLM renders gpt-oss prompts with (embedded vocab: no download)."""
+def harmony() -> Any:
+    """The `openai_harmony` module (the oss-harmony distribution vLLM installs), imported here only."""
     try:
-        from openai_harmony import HarmonyEncodingName, load_harmony_encoding
+        import openai_harmony  # type: ignore[import-untyped]
     except ImportError:
         raise EnvironmentNotReady("the harmony encoding is not installed", code="demo.no_harmony",
                                   hint="pip install 'gptossctl[demo]' (it brings oss-harmony)") from None
-    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+    return openai_harmony
+
+
+@cache
+def encoding() -> Any:
+    """The harmony encoding vLLM renders gpt-oss prompts with (embedded vocab: no download)."""
+    h = harmony()
+    return h.load_harmony_encoding(h.HarmonyEncodingName.HARMONY_GPT_OSS)
 
 
 def token_bytes(token_id: int) -> bytes:
