@@ -2,7 +2,7 @@
 evidence, or is not applicable (n/a) with the reason; deterministic prompts, temperature 0.
 
 The checks are a table (CHECKS) of functions over one shared context, run in order. `health` runs first
-and raises ServiceUnavailable (exit 4) when nothing answers; every later check only passes or fails.
+and raises ServiceUnavailable (exit 4) when nothing answers (as any check does if the server dies mid-run).
 For gpt-oss the harmony checks apply: reasoning at each effort (present, a final answer after it, and
 more reasoning at high than at low), a tool-call round trip, Responses reasoning items, streamed
 reasoning deltas, and no harmony control token (<|channel|>, <|message|>, ...) in any text the other
@@ -78,7 +78,7 @@ class SmokeOptions:
     tools: bool | None = None  # None: on for gpt-oss (its profiles enable --tool-call-parser openai)
     reasoning: bool | None = None  # None: decide from the model name (gpt-oss reasons)
     max_tokens: int = 16
-    reasoning_max_tokens: int = 512
+    reasoning_max_tokens: int = 1024  # room for a real gpt-oss at high effort, then its final answer
     reasoning_prompt: str = REASONING_PROMPT
 
 
@@ -173,6 +173,13 @@ def is_loopback(url: str) -> bool:
 
 
 # ---------------------------------------------------------------- the service answers
+
+
+def check_health(ctx: _Ctx) -> Outcome:
+    # Reachability first: an unreachable service raises ServiceUnavailable (exit 4) from here.
+    r = ctx.client.request("GET", "/health", key=False)
+    return ("pass" if r.status == 200 else "fail"), \
+        f"GET /health -> {r.status}" + (" (engine dead)" if r.status == 503 else "")
 
 
 def check_version(ctx: _Ctx) -> Outcome:
@@ -412,8 +419,9 @@ def check_metrics(ctx: _Ctx) -> Outcome:
         ("fail", f"GET /metrics -> {r.status}, no vllm: series")
 
 
-# The catalogue, in the order the checks run (after `health`); ids are stable: reports and CI match on them.
+# The catalogue, in the order the checks run; ids are stable: reports and CI match on them.
 CHECKS: tuple[tuple[str, Callable[[_Ctx], Outcome]], ...] = (
+    ("health", check_health),
     ("version", check_version),
     ("models", check_models),
     ("chat", check_chat),
@@ -430,25 +438,20 @@ CHECKS: tuple[tuple[str, Callable[[_Ctx], Outcome]], ...] = (
     ("no_unauthenticated_inference", check_unauthenticated_paths),
     ("metrics", check_metrics),
 )
-CHECK_IDS = ("health", *(cid for cid, _fn in CHECKS))
+CHECK_IDS = tuple(cid for cid, _fn in CHECKS)
 
 
 def run_smoke(endpoint: Endpoint, opts: SmokeOptions = SmokeOptions()) -> SmokeReport:
     client = Client(endpoint)
-    report = SmokeReport(endpoint.url, opts.model)
     ctx = _Ctx(client, endpoint, opts, opts.model or "unknown")
+    report = SmokeReport(endpoint.url, opts.model)
     try:
-        # Reachability first: an unreachable service raises ServiceUnavailable (exit 4) from here.
-        health = client.request("GET", "/health", key=False)
-        report.checks.append(SmokeCheck(
-            "health", "pass" if health.status == 200 else "fail",
-            f"GET /health -> {health.status}" + (" (engine dead)" if health.status == 503 else ""), health.elapsed))
         for check_id, check in CHECKS:
             t = time.perf_counter()
             status, evidence = check(ctx)
             report.checks.append(SmokeCheck(check_id, status, evidence, time.perf_counter() - t))
-            if check_id == "models" and opts.model is None and ctx.model != "unknown":
-                report.model = ctx.model
     finally:
         client.close()
+    if ctx.model != "unknown":
+        report.model = ctx.model  # the first served model when none was named
     return report

@@ -174,3 +174,10 @@ def test_recipe_packs_the_model_and_the_published_vocab_offline(harmony: Harmony
     assert not (out / "payload" / "model" / "o200k_base.tiktoken").exists()  # the vocab ships once, as an asset
     code, doc = gptossctl("bundle", "verify", str(out), "--trust", str(keys["alice"].public))
     assert code == 0, doc
+
+
+def test_smoke_exits_4_when_nothing_answers(key_file: Path) -> None:
+    from tests.integration.vllm_server import free_port
+
+    code, doc = gptossctl("smoke", "--url", f"http://127.0.0.1:{free_port()}", "--api-key-file", str(key_file))
+    assert code == 4 and doc["error"]["code"] == "probe.unreachable", doc

@@ -74,6 +74,8 @@ def build_tiny_harmony(out: Path, *, seed: int = 0, leaky: bool = False, effort_
                           hint="allow more seconds; on a very slow host the bound may be too short")
     out.mkdir(parents=True, exist_ok=True)
     parameters = save_full(model, used, out)
+    for shard in out.glob("*.safetensors"):
+        shard.chmod(0o644)  # transformers writes it 0600; the service user reads what install copies
     ids = control_ids()
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": ids["<|startoftext|>"], "pad_token_id": ids["<|endoftext|>"],

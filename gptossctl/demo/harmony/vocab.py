@@ -60,6 +60,7 @@ def token_bytes(token_id: int) -> bytes:
     return str(encoding().decode([token_id], errors="surrogateescape")).encode("utf-8", "surrogateescape")
 
 
+@cache
 def special_tokens() -> dict[str, int]:
     """Every special token harmony knows that fits the model's vocabulary, by name."""
     enc = encoding()
@@ -67,6 +68,7 @@ def special_tokens() -> dict[str, int]:
     return dict(sorted(((n, i) for n, i in ids.items() if i < VOCAB_SIZE), key=lambda kv: kv[1]))
 
 
+@cache
 def control_ids() -> dict[str, int]:
     specials = special_tokens()
     return {name: specials[name] for name in CONTROL}
