@@ -302,11 +302,14 @@ def check_reasoning_stream(ctx: _Ctx) -> Outcome:
 def check_tool_call(ctx: _Ctx) -> Outcome:
     """A round trip: a parsed call with JSON arguments, the result sent back, a final answer using it."""
     if not ctx.tools:
-        return "n/a", "tool calling not tested: not a gpt-oss model (--tools tests it anyway)"
+        return "n/a", ("tool calling not tested: told the service has none (--no-tools)" if ctx.opts.tools is False
+                       else f"{ctx.model} is not gpt-oss, whose profiles enable tool calling (--tools tests it)")
     body = ctx.chat_body(messages=[{"role": "user", "content": TOOL_PROMPT}], tools=[WEATHER_TOOL],
                          tool_choice="auto", max_tokens=ctx.opts.reasoning_max_tokens)
     r = ctx.client.request("POST", "/v1/chat/completions", body=body)
     msg = _message(r)
+    ctx.seen("reasoning before the tool call", _reasoning_of(msg))
+    ctx.seen("content beside the tool call", msg.get("content"))
     calls = msg.get("tool_calls") or []
     if not r.ok or not calls:
         return "fail", (f"no parsed tool call (is --tool-call-parser openai --enable-auto-tool-choice set?): "

@@ -156,7 +156,7 @@ class TestServedWithoutTheToolParser:
         assert "no parsed tool call" in checks["tool_call"]["evidence"]
         # Told that this service has no tool calling, smoke does not test it.
         code, checks = smoke(bare_url, key_file, "--no-tools")
-        assert code == 0 and checks["tool_call"]["status"] == "n/a"
+        assert code == 0 and checks["tool_call"]["status"] == "n/a" and "--no-tools" in checks["tool_call"]["evidence"]
 
 
 def test_recipe_packs_the_model_and_the_published_vocab_offline(harmony: HarmonyModel, keys: dict[str, KeyPair],
