@@ -27,20 +27,32 @@ def smoke(
     url: str = UrlOpt,
     api_key_file: Path | None = KeyFileOpt,
     model: str | None = ModelOpt,
-    tools: bool = typer.Option(False, "--tools", help="The service has tool calling enabled: test a round trip."),
+    tools: bool | None = typer.Option(
+        None, "--tools/--no-tools",
+        help="Test a tool-call round trip (default: on for gpt-oss, whose profiles enable the openai tool parser)."),
+    reasoning: bool | None = typer.Option(
+        None, "--reasoning/--no-reasoning",
+        help="Run the reasoning and harmony checks (default: when the served name says gpt-oss)."),
+    reasoning_prompt: str | None = typer.Option(
+        None, "--reasoning-prompt", help="The question the reasoning checks ask (default: What is 17 * 3?)."),
     junit: Path | None = JunitOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check that the service answers correctly and is locked down.
+    """Check that the service answers correctly, speaks harmony cleanly, and is locked down.
 
     Exit 1 when the service answered but a check failed (a refused key counts), 4 when unreachable.
     """
 
     def action():  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
         from gptossctl.probe.junit import Case, junit_xml
         from gptossctl.probe.smoke import SmokeOptions, run_smoke
 
-        report = run_smoke(endpoint(url, api_key_file), SmokeOptions(model=model, tools=tools))
+        opts = SmokeOptions(model=model, tools=tools, reasoning=reasoning)
+        if reasoning_prompt:
+            opts = replace(opts, reasoning_prompt=reasoning_prompt)
+        report = run_smoke(endpoint(url, api_key_file), opts)
         if junit:
             junit.write_bytes(junit_xml("gptossctl.smoke", [Case(c.id, c.status, c.evidence, c.seconds)
                                                             for c in report.checks]))

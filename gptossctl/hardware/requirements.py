@@ -36,7 +36,7 @@ KNOWN_MODELS: dict[str, ModelFacts] = {
     "tiny": ModelFacts("tiny", 2 * MIB, 1, 1, 128, 1, 64),
 }
 MODEL_ALIASES = {"openai/gpt-oss-120b": "gpt-oss-120b", "openai/gpt-oss-20b": "gpt-oss-20b",
-                 "gptossctl/tiny-gpt-oss": "tiny", "tiny-gpt-oss": "tiny",
+                 "gptossctl/tiny-gpt-oss": "tiny", "tiny-gpt-oss": "tiny", "gptossctl/tiny-gpt-oss-harmony": "tiny",
                  # The integration tests' tiny Llama (taught answers at test time): sized like the tiny gpt-oss.
                  "gptossctl/tiny-llama": "tiny"}
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -100,11 +100,11 @@ def free_port() -> int:
 
 @contextmanager
 def vllm_server(python: Path, model: Path, *, name: str, api_key: str | None, log: Path,
-                extra: tuple[str, ...] = ()) -> Iterator[str]:
+                extra: tuple[str, ...] = (), extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           "VLLM_TARGET_DEVICE": "cpu"}
+           "VLLM_TARGET_DEVICE": "cpu", **(extra_env or {})}
     env.pop("VLLM_API_KEY", None)
     if api_key:
         env["VLLM_API_KEY"] = api_key  # the key through the environment, never argv
