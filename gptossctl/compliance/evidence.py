@@ -22,7 +22,7 @@ from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, Gptossct
 from gptossctl.hardware.profiles import load_profile, load_profiles
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.release import ENV_FILE, ReleaseRecord, current_version, read_release
-from gptossctl.install.render import render_release, unit_template
+from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.trust import load_trust
 from gptossctl.secretnames import SECRET_NAME
 
@@ -124,7 +124,7 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     env_text = read_text(release / ENV_FILE)
     policy, note = _policy(layout, opts)
     findings, manifest = _verify(layout, release, policy, note)
-    api_key, rendered, render_error = _rerender(layout, release, rec)
+    api_key, rendered, render_error = _rerender(layout, release, rec, manifest)
     return Evidence(layout=layout, systemd=systemd, opts=opts, now=opts.now or datetime.now(UTC), release=release,
                     rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, api_key=api_key,
                     rendered=rendered, render_error=render_error,
@@ -162,13 +162,15 @@ def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
     return tuple(findings), manifest
 
 
-def _rerender(layout: Layout, release: Path,
-              rec: ReleaseRecord) -> tuple[str | None, dict[str, str] | None, str | None]:
+def _rerender(layout: Layout, release: Path, rec: ReleaseRecord,
+              manifest: Manifest | None) -> tuple[str | None, dict[str, str] | None, str | None]:
     """(api key, the approved rendering, why there is none) from the recorded inputs and the signed files."""
     try:
         api_key = read_api_key(layout.api_key)
     except GptossctlError as exc:
         return None, None, f"the API key {layout.live_path(layout.api_key)} is unreadable: {exc.message}"
+    if manifest is None:
+        return api_key, None, "the signed manifest is unreadable: nothing to render the approved configuration from"
     try:
         shipped = sorted((release / "payload" / "profiles").glob("*.yaml"))
         profiles = [load_profile(p) for p in shipped] if shipped else load_profiles()
@@ -177,7 +179,8 @@ def _rerender(layout: Layout, release: Path,
             return api_key, None, f"the recorded profile {rec.profile!r} is not among the release's profiles"
         rendered = render_release(unit_template(release), matching[0], layout, layout.live_path(release),
                                   Path(rec.python), api_key, port=rec.port, gpus=rec.gpus,
-                                  tensor_parallel=rec.tensor_parallel, served=rec.served_name)
+                                  tensor_parallel=rec.tensor_parallel, served=rec.served_name,
+                                  vocab=ships_vocab(manifest))
     except (GptossctlError, OSError) as exc:
         return api_key, None, f"cannot render the approved configuration again: {getattr(exc, 'message', exc)!s}"
     return api_key, rendered, None

@@ -52,7 +52,7 @@ from gptossctl.install.release import (
     switch_current,
     write_release,
 )
-from gptossctl.install.render import render_release, unit_template
+from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import choose_api_key, commit_state, release_api_key
@@ -371,7 +371,8 @@ def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, 
     layout = plan.layout
     rendered = render_release(unit_template(release_dir), plan.fit.profile, layout, layout.live_path(plan.release),
                               python_live, api_key, port=plan.req.port, gpus=tuple(plan.fit.gpus),
-                              tensor_parallel=plan.fit.tensor_parallel or 1, served=served_name(plan.bundle.manifest))
+                              tensor_parallel=plan.fit.tensor_parallel or 1, served=served_name(plan.bundle.manifest),
+                              vocab=ships_vocab(plan.bundle.manifest))
     atomic_write(release_dir / CONFIG, rendered["config"], 0o644)
     atomic_write(release_dir / ENV_FILE, rendered["env"], 0o600)  # holds the key: root only
     atomic_write(release_dir / UNIT_COPY, rendered["unit"], 0o644)

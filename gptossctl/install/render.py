@@ -20,7 +20,10 @@ from gptossctl.resources import data_dir
 from gptossctl.templates import fill_template
 
 if TYPE_CHECKING:
+    from gptossctl.bundle.manifest import Manifest
     from gptossctl.hardware.profiles import Profile
+
+VOCAB_DIR = "assets/tiktoken"  # where a bundle ships the harmony vocab (pack.assets)
 
 # What must never leave the host and what must never be fetched at run time (REFERENCE.md).
 OFFLINE_ENV: Mapping[str, str] = {
@@ -74,16 +77,16 @@ def render_unit(template: str, inp: UnitInputs) -> str:
     return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
 
 
-
 def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: Mapping[str, str],
-               state_dir: Path, cache_dir: Path) -> str:
-    """The environment file (installed 0600): the key lives here, never in argv or the unit."""
+               state_dir: Path, cache_dir: Path, vocab: bool) -> str:
+    """The environment file (installed 0600): the key lives here, never in argv or the unit. `vocab`: the
+    release ships the harmony vocab (assets/tiktoken); only then may TIKTOKEN_ENCODINGS_BASE point there
+    (oss-harmony reads that directory whenever the variable is set, and fails if the file is not in it)."""
     if not re.fullmatch(r"[A-Za-z0-9_\-]{32,}", api_key):
         raise UsageError("API key must be 32+ URL-safe characters", code="service.weak_key")
     env: dict[str, str] = {
         **OFFLINE_ENV,
         "VLLM_API_KEY": api_key,
-        "TIKTOKEN_ENCODINGS_BASE": str(release_dir / "payload" / "assets" / "tiktoken"),
         "HOME": str(state_dir),
         "HF_HOME": str(cache_dir / "huggingface"),
         "XDG_CACHE_HOME": str(cache_dir),
@@ -91,6 +94,8 @@ def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: M
         "TRITON_CACHE_DIR": str(cache_dir / "triton"),
         "FLASHINFER_WORKSPACE_BASE": str(cache_dir / "flashinfer"),
     }
+    if vocab:
+        env["TIKTOKEN_ENCODINGS_BASE"] = str(release_dir / "payload" / VOCAB_DIR)
     for k, v in profile_env.items():
         if k in env:
             raise UsageError(f"profile sets {k}, which the installer owns", code="service.env_conflict")
@@ -118,9 +123,14 @@ def unit_template(release: Path) -> str:
     shipped = release / "payload" / "systemd" / "gptoss@.service"
     return (shipped if shipped.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
 
+
+def ships_vocab(manifest: Manifest) -> bool:
+    return any(f.path.startswith(VOCAB_DIR + "/") for f in manifest.files)
+
+
 def render_release(template: str, profile: Profile, layout: Layout, release_live: Path, python_live: Path,
                    api_key: str, *, port: int, gpus: tuple[int, ...], tensor_parallel: int,
-                   served: str) -> dict[str, str]:
+                   served: str, vocab: bool) -> dict[str, str]:
     """The unit, config and environment of one release, as text, with paths as the booted host sees them.
     Pure: `compliance check` renders again from the same recorded inputs and compares."""
     unit = render_unit(template, UnitInputs(
@@ -130,7 +140,7 @@ def render_release(template: str, profile: Profile, layout: Layout, release_live
                                 model_dir=release_live / "payload" / "model", served_name=served, port=port)
     env = render_env(api_key=api_key, instance=layout.instance, release_dir=release_live,
                      profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
-                     cache_dir=layout.live_path(layout.cache))
+                     cache_dir=layout.live_path(layout.cache), vocab=vocab)
     if gpus and profile.match.vendor == "nvidia":
         env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}\n"
     return {"unit": unit, "config": config, "env": env}

@@ -78,7 +78,7 @@ def test_env_file_carries_the_offline_variables_and_the_key() -> None:
     hopper = {p.name: p for p in load_profiles()}["blackwell-120b"]
     text = render_env(api_key="k" * 43, instance="main", release_dir=Path("/opt/gptoss/releases/7"),
                       profile_env=hopper.vllm.env, state_dir=Path("/var/lib/gptoss/main"),
-                      cache_dir=Path("/var/cache/gptoss/main"))
+                      cache_dir=Path("/var/cache/gptoss/main"), vocab=True)
     env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_DISABLE_TELEMETRY"):
         assert env[k] == "1"
@@ -87,7 +87,14 @@ def test_env_file_carries_the_offline_variables_and_the_key() -> None:
     assert env["VLLM_CACHE_ROOT"].startswith("/var/cache/gptoss/main")
     with pytest.raises(UsageError):
         render_env(api_key="short", instance="main", release_dir=Path("/x"), profile_env={},
-                   state_dir=Path("/s"), cache_dir=Path("/c"))
+                   state_dir=Path("/s"), cache_dir=Path("/c"), vocab=True)
+
+
+def test_the_vocab_directory_is_named_only_when_the_release_ships_it() -> None:
+    """oss-harmony reads TIKTOKEN_ENCODINGS_BASE whenever it is set and fails when the file is not there."""
+    text = render_env(api_key="k" * 43, instance="main", release_dir=Path("/opt/gptoss/releases/7"), profile_env={},
+                      state_dir=Path("/s"), cache_dir=Path("/c"), vocab=False)
+    assert "TIKTOKEN_ENCODINGS_BASE" not in text
 
 
 def test_vllm_config_binds_loopback_and_keeps_the_profile() -> None:

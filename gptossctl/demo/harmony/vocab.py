@@ -20,8 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from gptossctl.pack.assets import VOCAB_SHA256
 from gptossctl.errors import CheckFailed, EnvironmentNotReady
+from gptossctl.pack.assets import VOCAB_SHA256
 
 VOCAB_SIZE = 201088  # the model's embedding rows: ordinary tokens and harmony's specials below this id
 ORDINARY = 199998  # ids 0..199997 are byte-pair tokens; 199998 and up are special
