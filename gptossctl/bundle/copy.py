@@ -83,7 +83,7 @@ def _copy_whole(src: Path, dst: Path, policy: TrustPolicy | None, opts: Transfer
                           code="copy.untrusted", findings=checked.findings, hint="nothing was copied")
     manifest = checked.manifest
     sources = {k: [s] for k, s in bundle_sources(manifest, src, origin="source").items()}
-    done = assemble_bundle(dst, (src / ENVELOPE).read_bytes(), manifest, sources, opts,
+    done = assemble_bundle(dst, envelope.to_json(), manifest, sources, opts,
                            describe=_source_failures, verb="copy")
     return Copied((src,), dst, "bundle", done.report, checked.signers)
 

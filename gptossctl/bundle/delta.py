@@ -93,7 +93,7 @@ def make_delta(old: Path, new: Path, out: Path, *, part_size: int = FAT32_MAX, p
     ship = [p for p in all_pieces if p.key not in reusable]
     base_ref = BundleRef(name=old_manifest.name, version=old_manifest.version,
                          manifest_sha256=manifest_digest(old_env))
-    written = write_parts(out, "delta", checked, new_env, (new / ENVELOPE).read_bytes(), ship,
+    written = write_parts(out, "delta", checked, new_env, new_env.to_json(), ship,
                           bundle_sources(manifest, new, origin="new bundle"), part_size=part_size, base=base_ref,
                           opts=opts)
     reused = [p for p in all_pieces if p.key in reusable]

@@ -209,7 +209,7 @@ def split_bundle(bundle: Path, out: Path, *, part_size: int = FAT32_MAX, policy:
         raise UsageError(f"{bundle} is not a bundle directory", code="split.not_a_bundle")
     envelope = read_envelope(bundle)
     checked = _checked(envelope, policy, verb="split")
-    envelope_json = (bundle / "manifest.dsse.json").read_bytes()
+    envelope_json = envelope.to_json()  # the checked copy in memory, never the file again
     pieces = manifest_pieces(checked.manifest)
     sources = bundle_sources(checked.manifest, bundle, origin="bundle")
     return write_parts(out, "split", checked, envelope, envelope_json, pieces, sources, part_size=part_size,

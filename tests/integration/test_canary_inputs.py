@@ -116,9 +116,9 @@ def test_a_local_ref_schema_still_works() -> None:
     (b"[" * 100_000 + b"]" * 100_000, "deeper than"),
     (b'{"schema": "gptossctl.canary-report/1", "latency_ms": {"ttft": {"p95": "fast"}}}', "wrong type"),
     (b'{"schema": "gptossctl.canary-report/2", "safety": {"incidents": [1, 2]}}', "wrong type"),
-    (b'["schema", "gptossctl.canary-report/1"]', "not a canary report"),
+    (b'["schema", "gptossctl.canary-report/1"]', "holds a JSON list"),
     (b'{"data": 5}', "not a canary report"),
-    (b"not json at all", "not JSON"),
+    (b"not json at all", "not valid JSON"),
 ])
 def test_a_bad_baseline_is_exit_2_with_what_to_do(cli, tmp_path: Path, content: bytes, hint: str) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "baseline.json"

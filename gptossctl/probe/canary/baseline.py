@@ -7,17 +7,16 @@ what to give instead, never a crash.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gptossctl.errors import UsageError
+from gptossctl.fsutil import load_json
 
 SCHEMAS = ("gptossctl.canary-report/1", "gptossctl.canary-report/2")
 MAX_BYTES = 256 * 1024 * 1024
-MAX_DEPTH = 32  # a report nests about 8 deep
 EDIT_TOLERANCE = 0.05  # normalised edits-to-accept median may rise this much before it is a regression
 _HINT = "give report.json from an earlier 'gptossctl canary run --out DIR' (or its --json output)"
 
@@ -67,7 +66,10 @@ class _BaselineShape(_Loose):
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
-    doc = _read_json(path)
+    try:
+        doc = load_json(path, what="canary baseline", code="canary.bad_baseline", limit=MAX_BYTES)
+    except UsageError as exc:  # the reason from fsutil, the remedy from here
+        raise UsageError(exc.message, code="canary.bad_baseline", hint=_HINT) from None
     if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
         doc = doc["data"]  # a whole --json result document
     if not isinstance(doc, dict) or doc.get("schema") not in SCHEMAS:
@@ -79,49 +81,6 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: a canary report with fields of the wrong type ({where})",
                          code="canary.bad_baseline", hint=_HINT) from None
     return doc
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise UsageError(f"{path} is larger than any canary report ({MAX_BYTES >> 20} MiB)",
-                             code="canary.bad_baseline", hint=_HINT)
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read baseline {path}: {exc.strerror}", code="canary.bad_baseline",
-                         hint=_HINT) from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is a binary file, not a JSON canary report", code="canary.bad_baseline",
-                         hint=_HINT) from None
-    if _depth(text) > MAX_DEPTH:
-        raise UsageError(f"{path} nests JSON deeper than {MAX_DEPTH} levels: not a canary report",
-                         code="canary.bad_baseline", hint=_HINT)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"{path} is not JSON: {str(exc)[:200]}", code="canary.bad_baseline", hint=_HINT) from None
-
-
-def _depth(text: str) -> int:
-    """Bracket depth outside strings, counted before parsing (json.loads would recurse that deep)."""
-    depth = deepest = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def _get(d: dict[str, Any], path: str) -> float | None:
