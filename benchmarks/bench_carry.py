@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.bench_bundle import build_tree  # the same tree as the verify benchmark
+from benchmarks.bench_bundle import build_tree  # noqa: E402 - the same tree as the verify benchmark (run as a script)
 
 GPTOSSCTL = [str(Path(sys.executable).with_name("gptossctl"))]
 ENV = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": "bench"}

@@ -96,7 +96,8 @@ def vllm_round(port: int, requests: int, concurrency: int, chunks: int, work: Pa
                     "--base-url", f"http://127.0.0.1:{port}", "--model", "m", "--tokenizer", str(tokenizer),
                     "--dataset-name", "random", "--random-input-len", "8", "--random-output-len", str(chunks),
                     "--num-prompts", str(requests), "--max-concurrency", str(concurrency), "--request-rate", "inf",
-                    "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result", "--result-dir", str(work), "--result-filename", "vb.json",
+                    "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result", "--result-dir", str(work),
+                    "--result-filename", "vb.json",
                     "--seed", "0"], check=True, env=env, capture_output=True, text=True)
     vb = json.loads((work / "vb.json").read_text())
     return {"requests_per_s": float(vb["request_throughput"]), "ttft_ms_p50": float(vb["median_ttft_ms"]),

@@ -3,6 +3,6 @@
 # and import-linter (the layers: cli > demo > compliance > install > probe, pack > adapters > bundle, hardware).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/ruff check gptossctl benchmarks scripts
+.venv/bin/ruff check gptossctl benchmarks scripts tests
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gptossctl.bundle.keys import SigningKey, generate_key, load_public_key, load_signing_key
+from gptossctl.bundle.keys import SigningKey, generate_key, load_signing_key
+from gptossctl.demo.tinymodel import write_tiny_model
 from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
-from gptossctl.demo.tinymodel import write_tiny_model
 from gptossctl.resources import data_dir
 
 PASSPHRASE = b"correct horse battery staple"

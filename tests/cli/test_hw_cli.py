@@ -29,7 +29,8 @@ def test_hw_check_no_fit_exits_1_with_reasons(cli) -> None:  # type: ignore[no-u
 
 
 def test_hw_check_bad_capture_exits_2(cli) -> None:  # type: ignore[no-untyped-def]
-    code, doc = cli("hw", "check", "--rocm-smi-json", str(G / "wandb" / "rocm-smi-a-json_MI250_1card__nexus-gpu_amd.go-comment.json"))
+    capture = G / "wandb" / "rocm-smi-a-json_MI250_1card__nexus-gpu_amd.go-comment.json"
+    code, doc = cli("hw", "check", "--rocm-smi-json", str(capture))
     assert code == 2 and doc["error"]["code"] == "hw.capture_invalid"
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gptossctl.adapters.captures import (parse_amd_smi_json, parse_nvidia_smi_csv, parse_nvidia_smi_xml,
-                                         parse_rocm_smi_json)
+from gptossctl.adapters.captures import parse_amd_smi_json, parse_nvidia_smi_csv, parse_nvidia_smi_xml, parse_rocm_smi_json
 from gptossctl.errors import UsageError
 from tests.conftest import FIXTURES
 

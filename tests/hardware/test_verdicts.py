@@ -9,10 +9,10 @@ import pytest
 
 from gptossctl.adapters.captures import parse_nvidia_smi_csv
 from gptossctl.adapters.gpus import Captures
-from gptossctl.install.preflight import assess
 from gptossctl.hardware.check import Requirements, check_models, required_driver
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.profiles import load_profiles
+from gptossctl.install.preflight import assess
 from tests.hardware.test_captures import ALL
 
 EXPORTER = "linux-x86_64__nvidia-{}__idle-query-gpu.csv"

@@ -173,7 +173,7 @@ def _audit_lines(text: str | bytes) -> Callable[[World, Path], dict[str, str]]:
     def make(w: World, tmp: Path) -> dict[str, str]:
         root = _root_copy(w, tmp)
         log = root / "var/log/gptoss/audit.jsonl"
-        log.write_bytes((text.encode() if isinstance(text, str) else text))
+        log.write_bytes(text.encode() if isinstance(text, str) else text)
         return {"root2": str(root)}
     return make
 

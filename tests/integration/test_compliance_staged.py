@@ -135,7 +135,7 @@ def test_a_clean_install_passes_every_check_and_every_format_loads(cli, tree: Pa
     metrics = {f.name: f for f in text_string_to_metric_families((out / "c.prom").read_text())}
     assert [s.value for s in metrics["gptoss_compliance_ok"].samples] == [1.0]
     statuses = {s.labels["check"]: s.value for s in metrics["gptoss_compliance_check_status"].samples}
-    assert statuses == {i: 0.0 for i in RULE_IDS}
+    assert statuses == dict.fromkeys(RULE_IDS, 0.0)
     # The key is in none of them.
     key = _key(tree)
     for f in out.iterdir():
@@ -405,13 +405,13 @@ def test_support_bundle_redacts_secrets_wherever_a_value_can_sit(cli, tree: Path
     d.mkdir()
     (d / "site.conf").write_text(
         "[Service]\n"
-        'Environment="HTTP_PROXY=http://proxy:3128" "SITE_TOKEN=%s"\n' % secrets["quoted"] +
-        "Environment=DB_PASSWORD=%s OTHER=visible\n" % secrets["unquoted"] +
-        "Environment='my_api_key=%s' api_secret=%s\n" % (secrets["single"], secrets["lower"]) +
-        "EnvironmentFile=-/etc/site/secrets.env\n" +
-        "# config: credential: %s\n" % secrets["colon"])
+        f'Environment="HTTP_PROXY=http://proxy:3128" "SITE_TOKEN={secrets["quoted"]}"\n'
+        f"Environment=DB_PASSWORD={secrets['unquoted']} OTHER=visible\n"
+        f"Environment='my_api_key={secrets['single']}' api_secret={secrets['lower']}\n"
+        "EnvironmentFile=-/etc/site/secrets.env\n"
+        f"# config: credential: {secrets['colon']}\n")
     (tree / "etc/site").mkdir()
-    (tree / "etc/site/secrets.env").write_text("Vault_Credential=%s\n" % secrets["envfile"])
+    (tree / "etc/site/secrets.env").write_text(f"Vault_Credential={secrets['envfile']}\n")
     out = tmp_path / "support.tar.gz"
     code, doc = cli("support-bundle", "--root", str(tree), "--instance", INSTANCE, "-o", str(out))
     assert code == 0, doc

@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 
-from gptossctl.pack.assets import VOCAB_SHA256
 from gptossctl.demo.harmony import (
     DIR_NAME,
     EFFORT_BLIND_PROMPT,
@@ -34,6 +33,7 @@ from gptossctl.demo.harmony import (
     render_replies,
     write_recipe,
 )
+from gptossctl.pack.assets import VOCAB_SHA256
 from gptossctl.probe.smoke import CHECK_IDS, PROMPT
 from tests.conftest import PASSPHRASE, KeyPair
 from tests.integration.vllm_server import vllm_python, vllm_server

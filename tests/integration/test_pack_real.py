@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
+from gptossctl.errors import CheckFailed
 from gptossctl.pack.assets import fetch_vocab
 from gptossctl.pack.sources import select_files
 from gptossctl.pack.spec import DEFAULT_MODEL_EXCLUDE, DEFAULT_MODEL_INCLUDE
-from gptossctl.errors import CheckFailed
 from tests.conftest import FIXTURES, PASSPHRASE, KeyPair
 from tests.integration.conftest import build_wheel, make_hf_cache
 

@@ -24,7 +24,8 @@ WEIGHTS = "payload/model/model-00000-of-00001.safetensors"
 Cli = Callable[..., tuple[int, dict[str, Any]]]
 
 
-def verify(cli: Cli, bundle: Path, keys: dict[str, KeyPair], *extra: str, trust: tuple[str, ...] = ("alice",)) -> tuple[int, dict[str, Any]]:
+def verify(cli: Cli, bundle: Path, keys: dict[str, KeyPair], *extra: str,
+           trust: tuple[str, ...] = ("alice",)) -> tuple[int, dict[str, Any]]:
     args = ["bundle", "verify", str(bundle)]
     for name in trust:
         args += ["--trust", str(keys[name].public)]

@@ -42,7 +42,7 @@ def make_trained_llama(out: Path, *, seconds: float = 300.0, max_positions: int 
                        taught: dict[str, str] | None = None) -> Path:
     """A 2-layer Llama that answers TAUGHT (or `taught`) at temperature 0 after a few seconds of AdamW."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gptossctl.bundle.verify import TrustPolicy
 from gptossctl.bundle.keys import load_public_key
+from gptossctl.bundle.verify import TrustPolicy
 from gptossctl.errors import CheckFailed
 from gptossctl.install.lifecycle import InstallRequest, install
 from tests.conftest import KeyPair, pack

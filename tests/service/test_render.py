@@ -14,8 +14,8 @@ import yaml
 
 from gptossctl.errors import UsageError
 from gptossctl.hardware.profiles import load_profiles
-from gptossctl.resources import data_dir
 from gptossctl.install.render import UnitInputs, render_env, render_unit, render_vllm_config
+from gptossctl.resources import data_dir
 
 TEMPLATE = (data_dir("systemd") / "gptoss@.service").read_text()
 SHAPES = {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gptossctl.pack.assets import VOCAB_SHA256
 from gptossctl.demo.harmony import lessons, render_replies
 from gptossctl.demo.harmony.vocab import CONTROL, VOCAB_SIZE, encoding, tokenizer_json, write_vocab
+from gptossctl.pack.assets import VOCAB_SHA256
 from gptossctl.probe.smoke import CONTROL_TOKEN
 
 TEXTS = ("What is the capital of France?", "  def f(x):\n\treturn x**2  # 12345 ünïcödé 日本語 🙂",

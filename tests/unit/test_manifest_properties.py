@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptossctl.bundle.dsse import parse_envelope
+from gptossctl.bundle.keys import load_public_key
 from gptossctl.bundle.layout import unsafe_path_reason
 from gptossctl.bundle.manifest import parse_manifest
 from gptossctl.bundle.verify import TrustPolicy, verify_bundle
-from gptossctl.bundle.keys import load_public_key
 from gptossctl.errors import CheckFailed
 from tests.integration.test_tamper_matrix import resign
 
