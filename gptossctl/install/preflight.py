@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gptossctl.adapters.gpus import Captures, probe_capture, probe_live
 from gptossctl.adapters.host import missing_libraries
+from gptossctl.bundle.manifest import Manifest
 from gptossctl.bundle.sign import inspect_bundle
 from gptossctl.bundle.verify import VerifiedBundle
 from gptossctl.errors import CheckFailed, Finding, UsageError
@@ -50,34 +51,43 @@ def resolve_models(model: str | None, bundle_model: str | None) -> list[str]:
 def assess(*, model: str | None = None, bundle: Path | None = None, captures: Captures = Captures(),
            disk_paths: Sequence[Path] | None = None, inventory: Inventory | None = None,
            layout: LayoutRequest = NO_OVERRIDES) -> HardwareReport:
-    req, bundle_model = Requirements(), None
+    req, bundle_model, profiles = Requirements(), None, None
     if bundle is not None:
-        req, bundle_model = requirements_from_manifest(inspect_bundle(bundle).manifest)
+        manifest = inspect_bundle(bundle).manifest
+        req, bundle_model = requirements_from_manifest(manifest)
+        # The profiles install would choose among: the bundle's own (read against its manifest; install verifies).
+        profiles = bundle_profiles(bundle, manifest, code="hw.bundle_damaged")
     models = resolve_models(model, bundle_model)
     if inventory is None:
         inventory = probe_capture(captures)
         if inventory is None:
             paths = list(disk_paths) if disk_paths is not None else [DEFAULT_PREFIX]
             inventory = probe_live(host_paths=paths, gpu_required=any(m != "tiny" for m in models))
-    return check_models(inventory, load_profiles(), models, req, layout)
+    return check_models(inventory, profiles if profiles is not None else load_profiles(), models, req, layout)
 
 
 def verified_profiles(bundle: VerifiedBundle) -> list[Profile]:
     """The bundle's own (signed) profiles, each read once and checked against its signed digest before it is
-    parsed: a profile swapped after verification is refused, never used. A bundle with none falls back to
-    gptossctl's shipped profiles."""
-    entries = [f for f in bundle.manifest.files if f.component == "profiles"]
+    parsed: a profile swapped after verification is refused, never used."""
+    return bundle_profiles(bundle.root, bundle.manifest, code="install.bundle_changed")
+
+
+def bundle_profiles(root: Path, manifest: Manifest, *, code: str) -> list[Profile]:
+    """The profiles a bundle ships, each read once and parsed only if it matches the manifest's digest. A bundle
+    with none falls back to gptossctl's shipped profiles."""
+    entries = [f for f in manifest.files if f.component == "profiles"]
     if not entries:
         return load_profiles()
     out = []
     for f in entries:
-        path = bundle.root / "payload" / f.path
-        data = read_bytes(path, what="profile", code="install.bundle_changed", limit=max(f.size + 1, 4 << 20))
+        path = root / "payload" / f.path
+        data = read_bytes(path, what="profile", code=code, limit=max(f.size + 1, 4 << 20))
         if len(data) != f.size or hashlib.sha256(data).hexdigest() != f.sha256:
-            raise CheckFailed(f"{path} changed after the bundle was verified", code="install.bundle_changed",
+            raise CheckFailed(f"{path} does not match the bundle's signed manifest", code=code,
                               findings=[Finding("bundle.digest_mismatch", f"payload/{f.path}",
-                                                "changed between verification and use")],
-                              hint="protect the bundle from writers (read-only media) and install again")
+                                                "changed since the bundle was signed, or since it was verified")],
+                              hint="protect the bundle from writers (read-only media), check it with "
+                                   "'gptossctl bundle verify', and try again")
         out.append(profile_from_text(decode_text(data, path=path, what="profile"), path))
     return out
 

@@ -73,3 +73,20 @@ def test_hw_check_reads_the_bundle_model(cli, packed: Path, tmp_path: Path) -> N
     (m,) = doc["data"]["models"]
     assert m["model"] == "tiny" and m["chosen"] == "cpu-tiny"
     assert doc["data"]["requirements"]["weights_bytes"] > 1_000_000
+
+
+def test_hw_check_judges_the_bundles_own_profiles(cli, bundle: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With --bundle, the profiles are the ones install would choose among: the bundle's (cpu-tiny only here),
+    not every profile gptossctl ships (cpu-tiny-harmony would also fit this host)."""
+    code, doc = cli("hw", "check", "--bundle", str(bundle), "--prefix", str(tmp_path))
+    (m,) = doc["data"]["models"]
+    assert code == 0 and [p["profile"] for p in m["profiles"]] == ["cpu-tiny"], m["profiles"]
+
+
+def test_hw_check_refuses_a_bundle_profile_that_does_not_match_its_manifest(cli, bundle: Path,  # type: ignore[no-untyped-def]
+                                                                            tmp_path: Path) -> None:
+    (profile,) = (bundle / "payload" / "profiles").glob("*.yaml")
+    profile.write_text(profile.read_text().replace("max-model-len: 2048", "max-model-len: 4096"))
+    code, doc = cli("hw", "check", "--bundle", str(bundle), "--prefix", str(tmp_path))
+    assert code == 1 and doc["error"]["code"] == "hw.bundle_damaged", doc["error"]
+    assert "bundle verify" in doc["error"]["hint"]
