@@ -4,7 +4,8 @@
   gptossctl's: this checkout's wheel plus its locked runtime dependencies (requirements-runtime.lock), from which
   the air-gapped host bootstraps the CLI as README "Installing on the air-gapped host" says.
 
-usage: python scripts/demo_wheels.py [CACHE]   prints two lines: the vLLM wheelhouse, the gptossctl wheelhouse
+usage: python scripts/demo_wheels.py [CACHE]              prints two lines: the vLLM wheelhouse, the gptossctl wheelhouse
+       python scripts/demo_wheels.py --gptossctl [CACHE] prints the gptossctl wheelhouse only (the container tests)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +39,9 @@ def gptossctl_wheels(cache: Path) -> Path:
                         "--only-binary=:all:", "--no-deps", "--require-hashes", "-r", str(lock), "-d", str(deps)],
                        check=True)
         (deps / ".complete").write_text("ok\n")
-    for old in cache.glob("bootstrap-*"):  # earlier runs' (hard links: cheap to make again)
-        shutil.rmtree(old, ignore_errors=True)
+    for old in cache.glob("bootstrap-*"):  # earlier runs' (hard links: cheap to make again), once no demo can use them
+        if time.time() - old.stat().st_mtime > 6 * 3600:
+            shutil.rmtree(old, ignore_errors=True)
     house = cache / f"bootstrap-{os.getpid()}"
     subprocess.run(["cp", "-al", str(deps), str(house)], check=True)
     (house / ".complete").unlink()
@@ -48,9 +51,13 @@ def gptossctl_wheels(cache: Path) -> Path:
 
 
 def main() -> None:
-    cache = Path(sys.argv[1]) if len(sys.argv) > 1 else CACHE
+    args = sys.argv[1:]
+    only_gptossctl = "--gptossctl" in args
+    args = [a for a in args if a != "--gptossctl"]
+    cache = Path(args[0]) if args else CACHE
     cache.mkdir(parents=True, exist_ok=True)
-    print(vllm_wheels())
+    if not only_gptossctl:
+        print(vllm_wheels())
     print(gptossctl_wheels(cache))
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from gptossctl.adapters.nspawn import Container, can_boot
+from gptossctl.bundle.sign import cosign_bundle
 from gptossctl.demo.harmony import build_tiny_harmony, write_recipe
-from gptossctl.demo.signing import cosign_and_verify, make_keys, pack, tamper_refused
+from gptossctl.demo.signing import SIGNERS, cosign_and_verify, make_keys, pack, tamper_refused
 from gptossctl.demo.staged import hw_check
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
 from gptossctl.fsutil import parse_json
@@ -64,7 +65,7 @@ def check_inputs(inputs: FullInputs | None) -> FullInputs:
 def run_full(out: Path, inputs: FullInputs, steps: Steps, outcome: FullOutcome) -> None:
     keys = make_keys(out, steps)
     work = out / "work"
-    with steps("model", "building the tiny harmony gpt-oss (o200k_harmony vocab) and teaching it") as d:
+    with steps("build tiny harmony gpt-oss", "building the tiny harmony gpt-oss (o200k_harmony vocab) and teaching it") as d:
         built = build_tiny_harmony(work / "tiny-gpt-oss-harmony")
         recipe = write_recipe(work)
         t = built.training
@@ -82,8 +83,10 @@ def run_full(out: Path, inputs: FullInputs, steps: Steps, outcome: FullOutcome) 
         outcome.smoke = _smoke(box, instance, steps)
         outcome.canary = _canary(box, instance, out, steps, outcome)
         outcome.compliance = _compliance(box, steps)
-        pack(_broken_recipe(work), bundles / "v2", keys, steps, wheelhouse=inputs.wheelhouse, version=2,
-             name="bundle pack v2 (a profile vLLM refuses)")
+        v2 = pack(_broken_recipe(work), bundles / "v2", keys, steps, wheelhouse=inputs.wheelhouse, version=2,
+                  name="bundle pack v2 (a profile vLLM refuses)")
+        with steps("bundle sign v2", f"co-signing release 2 as the {SIGNERS[1]}") as d:
+            d.append(f"{len(cosign_bundle(v2, keys.signers[SIGNERS[1]]).signers)} signatures")
         _failed_upgrade(box, instance, steps)
 
 
@@ -199,7 +202,10 @@ def _failed_upgrade(box: Container, instance: str, steps: Steps) -> None:
                          "--trust", "/media/keys/security-officer.pub", "--threshold", "2", "--yes",
                          "--health-timeout", HEALTH_TIMEOUT, expect=(1,))
         rollback = next((f["message"] for f in doc["findings"] if f["code"] == "install.rollback"), "")
-        d.append(f"install refused with {doc['error']['code']}: {rollback}")
+        if not doc["error"]["code"].startswith("install.") or "restored and healthy" not in rollback:
+            raise CheckFailed(f"release 2 failed as {doc['error']['code']}, not at start; rollback: {rollback!r}",
+                              code="demo.upgrade", hint=doc["error"].get("hint"))
+        d.append(f"release 2 did not come up ({doc['error']['code']}): {rollback}")
     with steps("release 1 still answering", "status and the smoke test against the running service") as d:
         _code, status = _cli(box, "status")
         (row,) = status["data"]["instances"]

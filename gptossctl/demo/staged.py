@@ -21,7 +21,7 @@ from gptossctl.resources import data_dir
 
 def run_staged(out: Path, steps: Steps) -> None:
     keys = make_keys(out, steps)
-    with steps("model", "writing the embedded tiny GptOssForCausalLM") as d:
+    with steps("write tiny gpt-oss", "writing the embedded tiny GptOssForCausalLM") as d:
         model = write_tiny_model(out / "tiny-gpt-oss")
         d.append(f"embedded tiny GptOssForCausalLM written to {model}")
     bundle = pack(data_dir("bundles") / "tiny-demo.yaml", out / "bundle", keys, steps, model=model)

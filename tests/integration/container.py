@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,8 +25,17 @@ from gptossctl.adapters.nspawn import PACKAGES as BASE_PACKAGES
 from gptossctl.adapters.nspawn import need as _need_tool
 
 PACKAGES = BASE_PACKAGES
+REPO = Path(__file__).resolve().parents[2]
 # Fleet hosts add sshd: Ansible reaches them over SSH like any managed host.
 FLEET_PACKAGES = PACKAGES + ",openssh-server"
+
+
+def gptossctl_wheelhouse() -> Path:
+    """What an air-gapped host bootstraps gptossctl from: this checkout's wheel plus its locked runtime
+    dependencies (requirements-runtime.lock), made by scripts/demo_wheels.py as the demo makes it."""
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_wheels.py"), "--gptossctl", str(CACHE)],
+                         check=True, capture_output=True, text=True).stdout
+    return Path(out.split()[-1])
 
 
 def _need(tool: str, package: str) -> str:

@@ -10,8 +10,6 @@ then `canary trend` turns the runs into one page. About 6 minutes on 2 cores.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import subprocess
 import sys
@@ -21,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.container import CACHE, Container
+from tests.integration.container import Container, gptossctl_wheelhouse
 from tests.integration.test_canary_vllm import check_self_contained, screenshot
-from tests.integration.vllm_server import REPO, make_trained_llama, vllm_python
+from tests.integration.vllm_server import make_trained_llama, vllm_python
 
 pytestmark = pytest.mark.integration
 CLI = "/opt/gptossctl/bin/gptossctl"
@@ -31,21 +29,6 @@ KEY = "canary-schedule-key-0123456789abcdef"
 PORT = 8011
 VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE=1", "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_NO_USAGE_STATS=1",
             "DO_NOT_TRACK=1", "VLLM_CPU_OMP_THREADS_BIND=nobind", "VLLM_TARGET_DEVICE=cpu", f"VLLM_API_KEY={KEY}")
-
-
-def _wheels(work: Path) -> Path:
-    """gptossctl built from this checkout plus its dependencies' wheels (cached by requirement set)."""
-    reqs = sorted(r for r in importlib.metadata.requires("gptossctl") or [] if "extra ==" not in r)
-    deps = CACHE / f"deps-{hashlib.sha256(json.dumps(reqs).encode()).hexdigest()[:16]}"
-    if not (deps / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary=:all:", "-d", str(deps), *reqs], check=True, capture_output=True)
-        (deps / ".complete").write_text("ok\n")
-    house = work / "house"
-    subprocess.run(["cp", "-al", str(deps), str(house)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(house), str(REPO)], check=True, capture_output=True)
-    return house
 
 
 def _wait_healthy(c: Container, timeout: float = 900) -> None:
@@ -66,7 +49,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     venv = vllm_python().parent.parent.resolve()  # the host's vllm-cpu venv, and the Python it was made from
     base = Path(sys.base_prefix).resolve()
     venv_home = Path((venv / "pyvenv.cfg").read_text().split("home = ", 1)[1].splitlines()[0]).parent.resolve()
-    binds = {_wheels(work): "/media/house", model: "/media/model", venv: str(venv)}
+    binds = {gptossctl_wheelhouse(): "/media/house", model: "/media/model", venv: str(venv)}
     for p in {base, venv_home}:
         if not str(p).startswith("/usr"):
             binds[p] = str(p)

@@ -9,8 +9,6 @@ Run alone: `bash scripts/test.sh tests/integration/test_systemd_install.py`.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import subprocess
 import sys
@@ -23,7 +21,7 @@ import pytest
 from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
-from tests.integration.container import CACHE, Container
+from tests.integration.container import Container, gptossctl_wheelhouse
 from tests.integration.vllm_server import REPO, make_trained_llama
 
 pytestmark = pytest.mark.integration
@@ -54,21 +52,6 @@ def _vllm_wheels() -> Path:
     return Path(out)
 
 
-def _gptossctl_wheels(work: Path) -> Path:
-    """gptossctl built from this checkout plus its dependencies' wheels (cached by requirement set)."""
-    reqs = sorted(r for r in importlib.metadata.requires("gptossctl") or [] if "extra ==" not in r)
-    deps = CACHE / f"deps-{hashlib.sha256(json.dumps(reqs).encode()).hexdigest()[:16]}"
-    if not (deps / ".complete").exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary=:all:", "-d", str(deps), *reqs], check=True, capture_output=True)
-        (deps / ".complete").write_text("ok\n")
-    house = work / "house"
-    subprocess.run(["cp", "-al", str(deps), str(house)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(house), str(REPO)], check=True, capture_output=True)
-    return house
-
-
 def _pack(work: Path, name: str, model: Path, key: KeyPair, version: int, profile: str) -> Path:
     recipe = work / f"{name}.yaml"
     recipe.write_text(RECIPE.format(wheels=_vllm_wheels(), profile=profile))
@@ -89,7 +72,7 @@ def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> I
         _pack(work, name, model, keys["alice"], version, profile)
     (work / "keys").mkdir()
     (work / "keys" / "alice.pub").write_bytes(keys["alice"].public.read_bytes())
-    house = _gptossctl_wheels(work)
+    house = gptossctl_wheelhouse()
     c = Container.from_cache(work, {work / "bundles": "/media/bundles", work / "keys": "/media/keys",
                                     house: "/media/house"})
     c.boot()
