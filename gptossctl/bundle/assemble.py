@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gptossctl.bundle.dsse import parse_envelope
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST, PARTIAL_SUFFIX, PAYLOAD, SUMS
+from gptossctl.bundle.manifest import sha256sums_text
 from gptossctl.bundle.pieces import PieceKey, Source, manifest_pieces
 from gptossctl.bundle.transfer import (
     JOURNAL_NAME,
@@ -62,7 +64,6 @@ def assemble_bundle(
     if out.exists():
         raise UsageError(f"{out} already exists", code=f"{verb}.exists",
                          hint="choose a new output directory; a bundle is never overwritten in place")
-    from gptossctl.bundle.manifest import sha256sums_text
 
     sums = sha256sums_text(manifest.files)
     if hashlib.sha256(sums).hexdigest() != manifest.sha256sums:
@@ -101,7 +102,6 @@ def _finish(work: Path, out: Path, envelope_json: bytes, manifest: Manifest, sum
 
 
 def _payload_of(envelope_json: bytes) -> bytes:
-    from gptossctl.bundle.dsse import parse_envelope
 
     return parse_envelope(envelope_json).payload
 

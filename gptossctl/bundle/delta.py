@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptossctl.bundle.assemble import assemble_bundle
 from gptossctl.bundle.layout import ENVELOPE
+from gptossctl.bundle.manifest import parse_manifest
 from gptossctl.bundle.partfile import BundleRef
 from gptossctl.bundle.parts import (
     FAT32_MAX,
@@ -66,7 +67,6 @@ class DeltaMade:
 
 
 def _read_base(base: Path, *, needed: BundleRef | None = None) -> tuple[Envelope, Manifest]:
-    from gptossctl.bundle.manifest import parse_manifest
 
     if not (base / ENVELOPE).exists():
         want = f": it must be {needed.describe()}" if needed else ""

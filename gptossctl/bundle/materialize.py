@@ -14,8 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gptossctl.bundle.delta import apply_delta, needed_base
 from gptossctl.bundle.hashing import Progress
 from gptossctl.bundle.layout import ENVELOPE
+from gptossctl.bundle.partfile import MAGIC
+from gptossctl.bundle.parts import collect_parts, join_parts, verify_parts
 from gptossctl.bundle.transfer import TransferOptions
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
 from gptossctl.errors import UsageError
@@ -50,8 +53,6 @@ def materialize(
     """
     if is_bundle(source):
         return source
-    from gptossctl.bundle.delta import apply_delta
-    from gptossctl.bundle.parts import collect_parts, join_parts
 
     opts = TransferOptions(workers=workers, progress=progress, on_total=on_total)
     ps = collect_parts([source], policy)
@@ -72,7 +73,6 @@ def materialize(
 
 def delta_base(source: Path) -> BundleRef | None:
     """The base a delta at `source` needs, so an installer can look for it among its releases."""
-    from gptossctl.bundle.delta import needed_base
 
     return needed_base([source])
 
@@ -91,14 +91,12 @@ def verify_source(
     if not path.exists():
         raise UsageError(f"{path} does not exist", code="bundle.not_found",
                          hint="give a bundle directory, a directory of parts, or one .part file")
-    from gptossctl.bundle.parts import verify_parts
 
     return verify_parts([path], policy, whole_set=path.is_dir(), workers=workers, progress=progress,
                         on_total=on_total)
 
 
 def _has_parts(directory: Path) -> bool:
-    from gptossctl.bundle.partfile import MAGIC
 
     for entry in sorted(directory.iterdir()):
         if entry.is_file() and not entry.is_symlink():

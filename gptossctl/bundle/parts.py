@@ -39,7 +39,7 @@ from gptossctl.bundle.partfile import (
     read_part,
     render_layout,
 )
-from gptossctl.bundle.pieces import PieceKey, PieceRef, Source, manifest_digest, manifest_pieces
+from gptossctl.bundle.pieces import PieceKey, PieceRef, Source, bundle_sources, manifest_digest, manifest_pieces
 from gptossctl.bundle.transfer import (
     JOURNAL_NAME,
     Failure,
@@ -54,7 +54,7 @@ from gptossctl.bundle.transfer import (
     write_error,
     write_small,
 )
-from gptossctl.bundle.verify import CheckedEnvelope, TrustPolicy, check_envelope
+from gptossctl.bundle.verify import CheckedEnvelope, TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
 
 if TYPE_CHECKING:
@@ -202,8 +202,6 @@ def _write_header(path: Path, header: bytes, body: int) -> None:
 def split_bundle(bundle: Path, out: Path, *, part_size: int = FAT32_MAX, policy: TrustPolicy | None = None,
                  opts: TransferOptions | None = None) -> PartsWritten:
     """Split a bundle into self-describing parts of at most part_size bytes, plus parts.json."""
-    from gptossctl.bundle.pieces import bundle_sources
-    from gptossctl.bundle.verify import read_envelope
 
     if not bundle.is_dir():
         raise UsageError(f"{bundle} is not a bundle directory", code="split.not_a_bundle")

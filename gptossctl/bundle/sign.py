@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gptossctl.bundle.dsse import Signature
 from gptossctl.bundle.keys import SigningKey
 from gptossctl.bundle.layout import ENVELOPE
 from gptossctl.bundle.manifest import Manifest, parse_manifest
@@ -33,7 +34,6 @@ def cosign_bundle(root: Path, key: SigningKey, *, check_files: bool = True) -> S
     parse_manifest(envelope.payload)
     if any(s.keyid == key.keyid for s in envelope.signatures):
         raise UsageError(f"key {key.keyid[:16]} has already signed this bundle", code="sign.already_signed")
-    from gptossctl.bundle.dsse import Signature
 
     signed = envelope.with_signature(Signature(key.keyid, key.sign(envelope.signed_message())))
     tmp = root / (ENVELOPE + ".tmp")

@@ -21,6 +21,7 @@ from gptossctl.bundle.dsse import Envelope, parse_envelope
 from gptossctl.bundle.hashing import SHARD_SIZE, HashRun, Piece, Progress, pieces_for, sha256_file
 from gptossctl.bundle.keys import PublicKey
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST, PAYLOAD, SUMS, TOP_LEVEL, unsafe_path_reason
+from gptossctl.bundle.manifest import parse_manifest, path_findings
 from gptossctl.errors import CheckFailed, Finding, UsageError
 
 if TYPE_CHECKING:
@@ -240,7 +241,6 @@ def check_envelope(envelope: Envelope, policy: TrustPolicy | None) -> CheckedEnv
     (4) the strict parse of the signed manifest (a malformed one raises, with the signature findings);
     (5) dates, versions, path rules and a non-empty file list.
     """
-    from gptossctl.bundle.manifest import parse_manifest, path_findings
 
     findings: list[Finding] = []
     signers: list[str] = []

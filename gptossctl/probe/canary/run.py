@@ -19,12 +19,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from gptossctl.adapters.openai_http import Client, Endpoint
+from gptossctl.adapters.openai_http import Client, Endpoint, read_api_key
 from gptossctl.errors import Finding, ServiceUnavailable, UsageError
 from gptossctl.fsutil import atomic_write
 from gptossctl.probe.canary import metrics as prom
+from gptossctl.probe.canary.baseline import compare, load_baseline
 from gptossctl.probe.canary.compare import side_by_side, worse_reasons
 from gptossctl.probe.canary.load import RequestResult, RequestSpec, Target, run_load
+from gptossctl.probe.canary.report import junit, write_reports
 from gptossctl.probe.canary.suite import Suite, load_suite
 from gptossctl.probe.canary.summary import Workload, summarise_endpoint
 
@@ -254,7 +256,6 @@ def _verdict(report: CanaryReport, t: Thresholds, baseline: dict[str, Any] | Non
     if "side_by_side" in d:
         report.reasons += worse_reasons(d["side_by_side"])
     if baseline is not None:
-        from gptossctl.probe.canary.baseline import compare
 
         d["baseline"] = compare(d, baseline, t.max_regression)
         report.reasons += [c["message"] for c in d["baseline"] if c["regressed"]]
@@ -287,9 +288,6 @@ class RunRequest:
 
 def run_request(req: RunRequest, *, on_progress: Callable[[int, int], None] = lambda _d, _t: None) -> CanaryReport:
     """Check every input (suite, baseline, key files) before the first request, run, write the reports."""
-    from gptossctl.adapters.openai_http import read_api_key
-    from gptossctl.probe.canary.baseline import load_baseline
-    from gptossctl.probe.canary.report import junit, write_reports
 
     if req.duration is not None and req.requests is not None:
         raise UsageError("give --requests or --duration, not both", code="usage.conflict")

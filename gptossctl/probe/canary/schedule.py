@@ -29,10 +29,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gptossctl.adapters.openai_http import read_api_key
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import EnvironmentNotReady, UsageError
 from gptossctl.fsutil import atomic_write
+from gptossctl.probe.canary.baseline import load_baseline
 from gptossctl.probe.canary.run import CanaryReport, RunRequest, Thresholds, run_request
+from gptossctl.probe.canary.suite import builtin_dir, load_suite
+from gptossctl.resources import data_dir
 from gptossctl.templates import fill_template
 
 SCHEDULE_SCHEMA = "gptossctl.canary-schedule/1"
@@ -199,10 +203,6 @@ def plan_schedule(req: ScheduleRequest) -> tuple[ScheduleRecord, dict[Path, tupl
     import re
     import sys
 
-    from gptossctl.adapters.openai_http import read_api_key
-    from gptossctl.probe.canary.baseline import load_baseline
-    from gptossctl.probe.canary.suite import builtin_dir, load_suite
-    from gptossctl.resources import data_dir
 
     if not re.fullmatch(NAME_PATTERN, req.name):
         raise UsageError(f"schedule name {req.name!r}: lower-case letters, digits, '.', '_', '-'",

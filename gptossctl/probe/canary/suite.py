@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gptossctl.errors import UsageError
+from gptossctl.yamldoc import yaml_line
 
 SUITE_SCHEMA = "gptossctl.canary-suite/1"
 DEFAULT_REFUSAL = (r"(?i)\b(can(no|')t|won'?t|unable to|not able to) (help|assist|provide|do that)",
@@ -116,7 +117,6 @@ def builtin_dir() -> Path:
 def load_suite(name_or_path: str) -> Suite:
     import yaml
 
-    from gptossctl.yamldoc import yaml_line
 
     path = Path(name_or_path)
     if not path.is_file():
