@@ -125,19 +125,35 @@ def unit_template(release: Path) -> str:
     shipped = release / "payload" / "systemd" / "gptoss@.service"
     return (shipped if shipped.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
 
+
 def render_release(template: str, profile: Profile, layout: Layout, release_live: Path, python_live: Path,
                    api_key: str, *, port: int, gpus: tuple[int, ...], tensor_parallel: int,
-                   served: str) -> dict[str, str]:
+                   served: str, files: tuple[str, str] = (CONFIG, ENV_FILE), replica: bool = False) -> dict[str, str]:
     """The unit, config and environment of one release, as text, with paths as the booted host sees them.
-    Pure: `compliance check` renders again from the same recorded inputs and compares."""
+    Pure: `compliance check` renders again from the same recorded inputs and compares. A replica (one of
+    several) names its own files, and its `layout` is the replica's (state and cache follow the unit's %i)."""
+    config_name, env_name = files
     unit = render_unit(template, UnitInputs(
-        python=python_live, env_file=release_live / ENV_FILE, config_file=release_live / CONFIG,
+        python=python_live, env_file=release_live / env_name, config_file=release_live / config_name,
         release_dir=release_live, vendor=profile.match.vendor, gpus=gpus, tensor_parallel=tensor_parallel))
     config = render_vllm_config(profile.vllm_config(tensor_parallel=tensor_parallel),
                                 model_dir=release_live / "payload" / "model", served_name=served, port=port)
     env = render_env(api_key=api_key, instance=layout.instance, release_dir=release_live,
                      profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
                      cache_dir=layout.live_path(layout.cache))
-    if gpus and profile.match.vendor == "nvidia":
+    if replica:
+        env += pin_devices(profile.match.vendor, gpus)
+    elif gpus and profile.match.vendor == "nvidia":
         env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}\n"
     return {"unit": unit, "config": config, "env": env}
+
+
+def pin_devices(vendor: str, gpus: tuple[int, ...]) -> str:
+    """A replica sees only its GPUs. Indices are nvidia-smi's (PCI bus order), so CUDA is told to count in that
+    order too: its default (fastest first) can number a mixed host differently."""
+    devices = ",".join(map(str, gpus))
+    if vendor == "nvidia" and gpus:
+        return f"CUDA_DEVICE_ORDER=PCI_BUS_ID\nCUDA_VISIBLE_DEVICES={devices}\n"
+    if vendor == "amd" and gpus:
+        return f"HIP_VISIBLE_DEVICES={devices}\n"
+    return ""

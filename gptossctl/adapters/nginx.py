@@ -1,0 +1,24 @@
+"""The router's binary: nginx from the operating system (Debian's nginx-light, RHEL's nginx)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+# Where distribution packages put it; a unit names an absolute path, so PATH is not consulted.
+NGINX_PATHS = (Path("/usr/sbin/nginx"), Path("/usr/bin/nginx"), Path("/sbin/nginx"))
+
+
+def find_nginx(root: Path = Path("/")) -> Path | None:
+    """nginx as the target sees it (under a staging root when it is there, else on this host), or None."""
+    for candidate in NGINX_PATHS:
+        if (root / candidate.relative_to("/")).is_file() or candidate.is_file():
+            return candidate
+    return None
+
+
+def nginx_test(binary: Path, config: Path, *, prefix: Path | None = None) -> tuple[bool, str]:
+    """`nginx -t` of a configuration file: (valid, nginx's own words)."""
+    args = [str(binary), "-t", "-q", "-e", "stderr", "-c", str(config)] + (["-p", str(prefix)] if prefix else [])
+    res = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    return res.returncode == 0, (res.stderr or res.stdout).strip()
