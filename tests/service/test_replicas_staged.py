@@ -144,7 +144,7 @@ def test_eight_h100s_render_eight_pinned_replicas_and_the_router(cli, tree: Path
     key = (tree / "etc/gptoss" / INSTANCE / "api-key").read_text().strip()
     assert key not in router and key not in (_units(tree) / f"gptoss-router@{INSTANCE}.service").read_text()
     cred = tree / "etc/gptoss" / INSTANCE / "router-key.map"
-    assert cred.read_text() == f'"Bearer {key}" 1;\n' and cred.stat().st_mode & 0o777 == 0o600
+    assert cred.read_text() == f'"~^Bearer {key}$" 1;\n' and cred.stat().st_mode & 0o777 == 0o600
     unit = (_units(tree) / f"gptoss-router@{INSTANCE}.service").read_text()
     assert f"LoadCredential=api-key.map:/etc/gptoss/{INSTANCE}/router-key.map" in unit and "DynamicUser=yes" in unit
     assert (_units(tree) / f"multi-user.target.wants/gptoss-router@{INSTANCE}.service").is_symlink()
@@ -198,7 +198,9 @@ def test_one_replica_is_the_one_vllm_unit_and_shapes_change_both_ways(cli, bundl
     one = [f"gptoss@{INSTANCE}.service", f"multi-user.target.wants/gptoss@{INSTANCE}.service"]
     assert _serving(root) == one
     assert "CUDA_DEVICE_ORDER" not in (rel / "service.env").read_text()  # rendered exactly as before
-    code, doc = _install(cli, bundles[1], keys, root, capture)  # every GPU: the one unit gives way to eight
+    code, doc = _install(cli, bundles[1], keys, root, capture, "--allow-downgrade")  # an upgrade keeps the shape
+    assert code == 0 and doc["data"]["replicas"] == [] and "--replicas 1 as release 1 runs" in json.dumps(doc)
+    code, doc = _install(cli, bundles[1], keys, root, capture, "--replicas", "8")  # the one unit gives way to eight
     assert code == 0 and len(doc["data"]["replicas"]) == 8
     assert not (_units(root) / f"gptoss@{INSTANCE}.service").exists()
     assert not (_units(root) / f"multi-user.target.wants/gptoss@{INSTANCE}.service").exists()
@@ -276,10 +278,9 @@ def test_compliance_covers_the_replicas_and_catches_a_tampered_router(cli, tree:
     cred.chmod(0o644)
     assert _failed(_report(cli, tree)) == {"access.secrets"}
     cred.chmod(0o600)
-    cred.write_text('"Bearer ' + "x" * 43 + '" 1;\n')
+    cred.write_text('"~^Bearer ' + "x" * 43 + '$" 1;\n')
     assert _failed(_report(cli, tree)) == {"access.api_key"}
-    shutil.copy(tree / "etc/gptoss" / INSTANCE / "api-key", tree / "key")
-    cred.write_text(f'"Bearer {(tree / "key").read_text().strip()}" 1;\n')
+    cred.write_text(f'"~^Bearer {(tree / "etc/gptoss" / INSTANCE / "api-key").read_text().strip()}$" 1;\n')
 
     # 5. A drop-in loosening the router, and a replica pinned to another GPU.
     dropin = _units(tree) / f"gptoss-router@{INSTANCE}.service.d" / "loose.conf"
