@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 # Where distribution packages put it; a unit names an absolute path, so PATH is not consulted.
@@ -17,8 +18,12 @@ def find_nginx(root: Path = Path("/")) -> Path | None:
     return None
 
 
-def nginx_test(binary: Path, config: Path, *, prefix: Path | None = None) -> tuple[bool, str]:
-    """`nginx -t` of a configuration file: (valid, nginx's own words)."""
-    args = [str(binary), "-t", "-q", "-e", "stderr", "-c", str(config)] + (["-p", str(prefix)] if prefix else [])
-    res = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    return res.returncode == 0, (res.stderr or res.stdout).strip()
+def nginx_test(binary: Path, text: str, *, runtime: str) -> tuple[bool, str]:
+    """`nginx -t` of a configuration given as text: (valid, nginx's own words). The configuration's runtime
+    directory (`runtime`, where the pid file and temporary files go) is moved into a scratch directory."""
+    with tempfile.TemporaryDirectory(prefix="gptoss-nginx-") as scratch:
+        conf = Path(scratch) / "nginx.conf"
+        conf.write_text(text.replace(runtime, scratch))
+        res = subprocess.run([str(binary), "-t", "-q", "-e", "stderr", "-c", str(conf)], capture_output=True,
+                             text=True, timeout=60)
+    return res.returncode == 0, (res.stderr or res.stdout).strip().replace(scratch, runtime)

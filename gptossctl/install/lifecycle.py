@@ -345,7 +345,7 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                        ("environment", "uv venv from the bundle's wheels, offline" if plan.req.vllm_python is None
                         else f"use {plan.req.vllm_python}"),
                        ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"
-                        if not plan.replicas else f"{len(plan.replicas)} replica units, configs and environment "
+                        if not plan.replicas else f"render {len(plan.replicas)} replica units, configs and environment "
                         f"files (0600), the router's unit and configuration"),
                        ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
@@ -519,11 +519,7 @@ def activate_replicas(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] 
     prev = read_release(layout.release(plan.previous)) if plan.previous is not None else None
     if new is not None and prev is not None and plan.previous != plan.version and \
             can_roll(layout, plan.systemd, prev, new):
-        try:
-            return roll(act, plan.release, layout.release(prev.version))
-        except GptossctlError as exc:
-            findings = list(exc.findings) + journal_findings(plan.systemd, exc, layout.router_unit_name)
-            raise CheckFailed(exc.message, code=exc.code, findings=findings, hint=exc.hint) from None
+        return roll(act, plan.release, layout.release(prev.version))  # rolls back by itself on failure
     try:
         return bring_up(act, plan.release)
     except GptossctlError as exc:

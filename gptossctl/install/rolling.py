@@ -95,7 +95,7 @@ def install_serving_units(layout: Layout, systemd: Systemd, release: Path, api_k
         return [layout.unit_name]
     for r in rec.replicas:
         install_replica_unit(layout, systemd, release, r)
-    install_router(layout, systemd, release, api_key)
+    install_router(layout, systemd, release, api_key, Path(rec.router))
     return serving_units(layout, rec)
 
 
@@ -179,7 +179,7 @@ def bring_up(act: Activation, release: Path) -> dict[str, Any]:
                             f"{rec.version}") as d:
         for r in rec.replicas:
             install_replica_unit(layout, systemd, release, r)
-        install_router(layout, systemd, release, act.api_key)
+        install_router(layout, systemd, release, act.api_key, Path(rec.router))
         d.append(", ".join(serving_units(layout, rec)))
     for r in rec.replicas:
         restart_replica(act, rec, r)
@@ -229,15 +229,16 @@ def roll(act: Activation, release: Path, prev_release: Path) -> dict[str, Any]:
             smokes.append(switch_replica(act, release, new, r, smoke=act.smoke))
             undrain(act, new, r)
         except GptossctlError as exc:
+            unit = str(exc.data.get("unit", act.layout.replica_unit_name(r.index)))
+            journal = journal_findings(act.systemd, exc, unit)  # before the restore writes over it
             outcome = roll_back(act, prev_release, prev, [*switched, r])
             raise CheckFailed(f"replica {r.index} of release {new.version} did not come up: {exc.message}; "
                               f"{outcome}", code=exc.code if exc.code.startswith("install.") else "install.failed",
-                              findings=[*exc.findings, Finding("install.rollback", act.layout.router_unit_name,
-                                                                outcome)], hint=exc.hint,
-                              data={"unit": exc.data.get("unit", act.layout.replica_unit_name(r.index)),
-                                    "restored": True}) from None
+                              findings=[*exc.findings, *journal, Finding("install.rollback",
+                                                                         act.layout.router_unit_name, outcome)],
+                              hint=exc.hint, data={"unit": unit, "restored": True}) from None
         switched.append(r)
-    changed = install_router(act.layout, act.systemd, release, act.api_key)
+    changed = install_router(act.layout, act.systemd, release, act.api_key, Path(new.router))
     return {"replicas": smokes, "router": start_router(act, new, restart=changed)}
 
 

@@ -19,6 +19,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from gptossctl.adapters.nginx import nginx_test
 from gptossctl.adapters.openai_http import Client, Endpoint, key_enforced
 from gptossctl.adapters.proc_net import established
 from gptossctl.adapters.systemd import Systemd
@@ -160,11 +161,26 @@ def write_router_key(layout: Layout, api_key: str) -> None:
     layout.router_key.chmod(0o600)
 
 
-def install_router(layout: Layout, systemd: Systemd, release: Path, api_key: str) -> bool:
-    """The release's router unit and configuration become the instance's, enabled. True when the unit itself
-    changed (a running router must then be restarted; a changed configuration only needs a reload)."""
+def check_router_config(layout: Layout, nginx: Path, text: str) -> None:
+    """`nginx -t` of a configuration before it is put in place, as root, reading the key where it is kept (the
+    router's own ExecReload cannot: see its unit). A refused configuration never reaches the router."""
+    ok, words = nginx_test(nginx, text.replace(str(credential_path(layout)), str(layout.router_key)),
+                           runtime=str(runtime_dir(layout)))
+    if not ok:
+        raise CheckFailed(f"nginx refuses the router's configuration: {words}", code="install.router_config",
+                          hint="the configuration gptossctl rendered and this nginx disagree: check the nginx "
+                               "version from your OS mirror; the router keeps its previous configuration")
+
+
+def install_router(layout: Layout, systemd: Systemd, release: Path, api_key: str, nginx: Path) -> bool:
+    """The release's router unit and configuration become the instance's, enabled (checked by nginx first on a
+    live host). True when the unit itself changed (a running router must then be restarted; a changed
+    configuration only needs a reload)."""
     write_router_key(layout, api_key)
-    atomic_write(layout.router_config, (release / ROUTER_CONFIG).read_text(), 0o644)
+    config = (release / ROUTER_CONFIG).read_text()
+    if systemd.live:
+        check_router_config(layout, nginx, config)
+    atomic_write(layout.router_config, config, 0o644)
     unit = (release / ROUTER_UNIT_COPY).read_text()
     try:
         changed = layout.router_unit_path.read_text() != unit
@@ -188,6 +204,8 @@ def set_down(layout: Layout, systemd: Systemd, rec: ReleaseRecord, down: Collect
     """Run the router with these replicas out of rotation (none: the release's approved configuration)."""
     text = render_router_config(instance=layout.instance, host=rec.host, port=rec.port, replicas=rec.replicas,
                                 key_map=credential_path(layout), runtime=runtime_dir(layout), down=down)
+    if systemd.live:
+        check_router_config(layout, Path(rec.router), text)
     atomic_write(layout.router_config, text, 0o644)
     reload_router(layout, systemd)
 

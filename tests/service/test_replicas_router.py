@@ -21,8 +21,19 @@ import httpx
 import pytest
 
 from gptossctl.errors import CheckFailed
+from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord
-from gptossctl.install.router import in_flight, prove_router, render_router_config, router_key_map, wait_drained
+from gptossctl.install.router import (
+    check_router_config,
+    credential_path,
+    in_flight,
+    prove_router,
+    render_router_config,
+    router_key_map,
+    runtime_dir,
+    wait_drained,
+    write_router_key,
+)
 
 KEY = "k" * 43
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -142,6 +153,14 @@ def _chat(url: str, headers: dict[str, str] = AUTH) -> int:
     return httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30).status_code
 
 
+def _chat_until_stopped(url: str) -> None:
+    """A request the test abandons: the router is stopped under it."""
+    try:
+        _chat(url)
+    except httpx.HTTPError:
+        pass
+
+
 def test_the_key_is_enforced_and_only_v1_and_health_pass(pair: tuple[Router, list[Replica]]) -> None:
     router, replicas = pair
     assert _chat(router.url) == 200
@@ -202,7 +221,7 @@ def test_a_drained_replica_finishes_its_request_then_gets_none(tmp_path: Path) -
         # Past its timeout a busy replica is restarted anyway, and the words say so.
         replicas[0].delay = 5.0
         router.reload({1})
-        threading.Thread(target=lambda: _chat(router.url), daemon=True).start()
+        threading.Thread(target=_chat_until_stopped, args=(router.url,), daemon=True).start()
         while replicas[0].running == 0:
             time.sleep(0.05)
         assert "still busy after 1s" in wait_drained(replicas[0].record, timeout=1, poll=0.2)
@@ -225,3 +244,20 @@ def test_records_with_replicas_round_trip_and_old_records_read_as_one_replica() 
     assert ReleaseRecord.from_dict(bad) is None
     bad["replicas"] = [{"index": 0, "port": 8001, "gpus": [], "extra": 1}]
     assert ReleaseRecord.from_dict(bad) is None
+
+
+def test_a_configuration_nginx_refuses_never_reaches_the_router(tmp_path: Path) -> None:
+    """install and every drain run `nginx -t` as root on the configuration first (reading the key where it is
+    kept); a configuration nginx refuses stops there, and the live one is left as it was."""
+    layout = Layout(tmp_path, "t")
+    write_router_key(layout, KEY)
+    text = render_router_config(instance="t", host="127.0.0.1", port=_free_port(),
+                                replicas=[ReplicaRecord(0, _free_port()), ReplicaRecord(1, _free_port())],
+                                key_map=credential_path(layout), runtime=runtime_dir(layout), down={1})
+    check_router_config(layout, Path("/usr/sbin/nginx"), text)
+    with pytest.raises(CheckFailed) as exc:
+        check_router_config(layout, Path("/usr/sbin/nginx"), text.replace("least_conn;", "least_connections;"))
+    assert exc.value.code == "install.router_config" and "least_connections" in exc.value.message
+    with pytest.raises(CheckFailed):  # the credential must be there: the router would not start without it
+        layout.router_key.unlink()
+        check_router_config(layout, Path("/usr/sbin/nginx"), text)
