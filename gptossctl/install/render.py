@@ -142,18 +142,23 @@ def render_release(template: str, profile: Profile, layout: Layout, release_live
                      profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
                      cache_dir=layout.live_path(layout.cache))
     if replica:
-        env += pin_devices(profile.match.vendor, gpus)
+        env += pin_devices(profile.match.vendor, gpus, profile_env=profile.vllm.env)
     elif gpus and profile.match.vendor == "nvidia":
         env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}\n"
     return {"unit": unit, "config": config, "env": env}
 
 
-def pin_devices(vendor: str, gpus: tuple[int, ...]) -> str:
+def pin_devices(vendor: str, gpus: tuple[int, ...], *, profile_env: Mapping[str, str] = {}) -> str:  # noqa: B006
     """A replica sees only its GPUs. Indices are nvidia-smi's (PCI bus order), so CUDA is told to count in that
-    order too: its default (fastest first) can number a mixed host differently."""
+    order too: its default (fastest first) can number a mixed host differently. CPU replicas share the cores:
+    vLLM's automatic thread binding would pin every replica's worker to the same core, where a busy replica
+    starved the start of another (seen: a restarted replica's worker got no CPU time for minutes), so the
+    kernel places their threads instead (unless the profile says how)."""
     devices = ",".join(map(str, gpus))
     if vendor == "nvidia" and gpus:
         return f"CUDA_DEVICE_ORDER=PCI_BUS_ID\nCUDA_VISIBLE_DEVICES={devices}\n"
     if vendor == "amd" and gpus:
         return f"HIP_VISIBLE_DEVICES={devices}\n"
+    if vendor == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in profile_env:
+        return "VLLM_CPU_OMP_THREADS_BIND=nobind\n"
     return ""

@@ -30,7 +30,7 @@ from gptossctl.fsutil import atomic_write
 from gptossctl.install.activate import install_unit, run_install_smoke, start_and_prove, wait_healthy
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord, read_release, switch_current
-from gptossctl.install.router import install_router, prove_router, set_down, wait_drained
+from gptossctl.install.router import install_router, prove_router, reload_router, set_down, wait_drained
 from gptossctl.install.steps import Steps
 
 
@@ -195,7 +195,7 @@ def start_router(act: Activation, rec: ReleaseRecord, *, restart: bool) -> dict[
             if restart:
                 act.systemd.restart(name)
             else:
-                act.systemd.systemctl("reload", name)
+                reload_router(act.layout, act.systemd)
             d.append(wait_healthy(act.systemd, name, rec.endpoint, min(act.health_timeout, 120.0), poll=0.5))
         if not act.smoke:
             act.steps.skip("router smoke", "--no-smoke, or restoring (health is the proof)")
@@ -249,15 +249,19 @@ def roll_back(act: Activation, prev_release: Path, prev: ReleaseRecord, replicas
     out: set[int] = set()
     restore = replace(act, smoke=False)
     for r in replicas:
-        try:
-            with act.steps(f"rollback r{r.index}", f"restoring replica {r.index} to release {prev.version}") as d:
-                drain(restore, prev, r, out | {r.index})
-                switch_replica(restore, prev_release, prev, r, smoke=False)
-                undrain(restore, prev, r, out)
-                d.append(f"replica {r.index} healthy on release {prev.version}, back in rotation")
-        except GptossctlError as exc:
-            out.add(r.index)
-            failed.append(f"replica {r.index}: {exc.message}")
+        for attempt in (1, 2):  # a second start: seen once, a vLLM CPU worker hung at start right after a failure
+            try:
+                with act.steps(f"rollback r{r.index}", f"restoring replica {r.index} to release {prev.version}"
+                                                       + (" (second attempt)" if attempt == 2 else "")) as d:
+                    drain(restore, prev, r, out | {r.index})
+                    switch_replica(restore, prev_release, prev, r, smoke=False)
+                    undrain(restore, prev, r, out)
+                    d.append(f"replica {r.index} healthy on release {prev.version}, back in rotation")
+                break
+            except GptossctlError as exc:
+                if attempt == 2:
+                    out.add(r.index)
+                    failed.append(f"replica {r.index}: {exc.message}")
     which = ", ".join(str(r.index) for r in replicas)
     if failed:
         return f"restoring replica(s) {which} to release {prev.version} failed for " + "; ".join(failed) + \

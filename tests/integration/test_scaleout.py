@@ -129,9 +129,9 @@ def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> I
         c.shutdown()
 
 
-def _install(c: Container, bundle: str, *extra: str) -> tuple[int, dict[str, Any]]:
+def _install(c: Container, bundle: str, *extra: str, timeout: str = "6m") -> tuple[int, dict[str, Any]]:
     res = c.run(CLI, "install", f"/media/bundles/{bundle}", "--trust", TRUST, "--yes", "--json",
-                "--health-timeout", "6m", *extra, check=False)
+                "--health-timeout", timeout, *extra, check=False)
     try:
         return res.returncode, json.loads(res.stdout)
     except json.JSONDecodeError:
@@ -188,6 +188,9 @@ def test_two_replicas_serve_behind_the_router(box: Container) -> None:
         key = box.path(KEY).read_text().strip()
         assert key not in box.run("ps", "-o", "args=", "-p", pid).stdout
     assert box.run("ls", f"/var/lib/gptoss/{INSTANCE}-r0", f"/var/lib/gptoss/{INSTANCE}-r1").returncode == 0
+    # CPU replicas share the cores: the kernel places their threads (vLLM would pin both to the same core).
+    env = box.path(f"/opt/gptoss/{INSTANCE}/releases/1/service-r1.env").read_text()
+    assert "VLLM_CPU_OMP_THREADS_BIND=nobind\n" in env and f"HOME=/var/lib/gptoss/{INSTANCE}-r1\n" in env
 
 
 def test_a_killed_replica_is_taken_out_and_comes_back(box: Container) -> None:
@@ -254,7 +257,7 @@ def test_a_release_vllm_rejects_is_rolled_back_while_the_old_one_serves(box: Con
     stop.unlink(missing_ok=True)
     poller = box.spawn(PY, "/root/client.py", "poll", "/root/poll.jsonl", "/root/stop", log=box.path("/root/poll.log"))
     try:
-        code, doc = _install(box, "v3")
+        code, doc = _install(box, "v3", timeout="4m")
     finally:
         stop.write_text("")
         poller.wait(180)

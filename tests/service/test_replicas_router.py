@@ -20,9 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gptossctl.errors import CheckFailed
+from gptossctl.errors import CheckFailed, UsageError
+from gptossctl.hardware import layout as hw_layout
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord
+from gptossctl.install.replicas import plan_replicas
 from gptossctl.install.router import (
     check_router_config,
     credential_path,
@@ -261,3 +263,15 @@ def test_a_configuration_nginx_refuses_never_reaches_the_router(tmp_path: Path) 
     with pytest.raises(CheckFailed):  # the credential must be there: the router would not start without it
         layout.router_key.unlink()
         check_router_config(layout, Path("/usr/sbin/nginx"), text)
+
+
+def test_replica_ports_follow_the_router_and_mig_replicas_are_refused() -> None:
+    assert plan_replicas([hw_layout.Replica(0, (3,))], port=8000) == ()  # one replica: the one vLLM on --port, no router
+    two = plan_replicas([hw_layout.Replica(0, (0, 1), ("GPU-a", "GPU-b")), hw_layout.Replica(1, (2, 3))], port=9000)
+    assert two == (ReplicaRecord(0, 9001, (0, 1), ("GPU-a", "GPU-b")), ReplicaRecord(1, 9002, (2, 3)))
+    with pytest.raises(UsageError) as exc:
+        plan_replicas([hw_layout.Replica(0, (0,), (), "1g.10gb"), hw_layout.Replica(1, (0,), (), "1g.10gb")], port=8000)
+    assert exc.value.code == "install.mig_replicas" and "--replicas 1" in (exc.value.hint or "")
+    with pytest.raises(UsageError) as exc:
+        plan_replicas([hw_layout.Replica(i, (i,)) for i in range(8)], port=65530)
+    assert exc.value.code == "service.bad_port"
