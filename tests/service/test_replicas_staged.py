@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,18 @@ def test_compliance_covers_the_replicas_and_catches_a_tampered_router(cli, tree:
     checks = _report(cli, tree)
     assert _failed(checks) == {"config.release_files"}
     assert "service-r5.env: CUDA_VISIBLE_DEVICES: approved 5, found 0" in checks["config.release_files"]["evidence"]
+
+
+def test_the_support_bundle_holds_every_replica_and_the_router_and_no_key(cli, tree: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key = (tree / "etc/gptoss" / INSTANCE / "api-key").read_text().strip()
+    out = tmp_path / "support.tar.gz"
+    code, doc = cli("support-bundle", "--root", str(tree), "--instance", INSTANCE, "--output", str(out))
+    assert code == 0, doc
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    for want in (f"units/gptoss-router@{INSTANCE}.service", f"units/gptoss@{INSTANCE}-r7.service",
+                 "release/router.conf", "release/vllm-r0.yaml", "release/service-r7.env"):
+        assert want in members, sorted(members)
+    assert all(key.encode() not in data for data in members.values())
+    assert b"VLLM_API_KEY=[REDACTED]" in members["release/service-r7.env"]
+    assert b"CUDA_VISIBLE_DEVICES=7" in members["release/service-r7.env"]
