@@ -10,6 +10,8 @@ need=()
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The router of several replicas is nginx: `nginx -t` grades its rendered configuration.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 # The SARIF output is validated by Microsoft's SARIF multitool, installed from npm by the tests (cached).
 command -v npm >/dev/null || need+=(npm)
 # The canary's HTML pages are screenshot with headless Chromium in the tests.

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, XmlOpt
+from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, TpOpt, XmlOpt
 from gptossctl.cli.options import (
     InstanceOpt,
     JsonOpt,
@@ -72,11 +72,18 @@ def install(
     vllm_python: Path | None = typer.Option(None, "--vllm-python", help="Use this environment's Python instead of "
                                             "building one (bundles without wheels)."),
     xml: Path | None = XmlOpt, csv: Path | None = CsvOpt, rocm: Path | None = RocmOpt, amd: Path | None = AmdOpt,
+    replicas: int | None = typer.Option(None, "--replicas", help="Replicas to run behind the router (default: as "
+                                        "many as fit; on an upgrade, as many as the installed release runs)."),
+    tp: int | None = TpOpt,
+    drain_timeout: str = typer.Option("10m", "--drain-timeout", help="Rolling upgrade: how long a replica taken "
+                                      "out of rotation may finish its requests before it is restarted anyway."),
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify, preflight, unpack a side-by-side release, build its environment offline, render the hardened
     unit, start, wait for /health, smoke test, then switch `current`; roll back by itself on failure.
+    Several replicas (every GPU that holds one, or --replicas/--tp) serve behind a router on --port, each on
+    its own port and GPUs; an upgrade of a running instance then goes replica by replica.
 
     Exit 0 installed (or already current), 1 refused or failed (previous release kept serving),
     2 usage, 3 this host cannot run it (no systemd, no GPU probe).
@@ -95,7 +102,9 @@ def install(
         req = InstallRequest(bundle=bundle, policy=policy, instance=instance, profile=profile, root=root, host=host,
                              port=port, start=not no_start, dry_run=dry_run, allow_downgrade=allow_downgrade,
                              health_timeout=float(parse_duration(health_timeout)), captures=Captures(xml, csv, rocm, amd),
-                             python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair, base=base)
+                             python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair, base=base,
+                             replicas=replicas, tensor_parallel=tp,
+                             drain_timeout=float(parse_duration(drain_timeout)))
         with progress_bar("verifying") as (total, advance):
             return do_install(req, on_step=lambda _s, msg: stderr.print(f"[dim]-[/dim] {escape(msg)}"),
                               progress=advance, on_total=total)
@@ -107,7 +116,8 @@ def install(
         elif not r.changed:
             stdout.print(f"[green]unchanged[/green]: release {r.version} is current and healthy at {r.endpoint}")
         elif r.started:
-            stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}) serving at {r.endpoint}")
+            stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}) serving at {r.endpoint}"
+                         + (f" through the router, {len(r.replicas)} replicas behind it" if r.replicas else ""))
         else:
             stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}), enabled, not started")
 
@@ -133,6 +143,9 @@ def status(instance: InstanceOpt = None, root: RootOpt = Path("/"), as_json: Jso
         for r in rows:
             t.add_row(r["instance"], r["state"], str(r["health"] or "-"), str(r["version"] or "-"),
                       r["profile"] or "-", r["endpoint"] or "-", ",".join(map(str, r["installed"])))
+            for x in r.get("replicas", []):
+                t.add_row(f"  r{x['index']}", x["state"], str(x["health"] or "-"), str(x["release"] or "-"), "",
+                          f"127.0.0.1:{x['port']}", "GPU " + ",".join(map(str, x["gpus"])) if x["gpus"] else "")
             if not r["consistent"]:
                 stderr.print(f"[yellow]{r['unit']} runs release {r['unit_release']} but current is {r['version']}: "
                              "an install was interrupted; run it again, or 'gptossctl rollback'[/yellow]")

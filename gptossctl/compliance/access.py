@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 from gptossctl.adapters.openai_http import key_enforced
+from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import Evidence, cap, read_text
 from gptossctl.compliance.result import CheckResult
 from gptossctl.install.layout import SERVICE_USER
@@ -15,6 +16,8 @@ from gptossctl.install.release import ENV_FILE
 
 
 def check_api_key(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_api_key(ev)
     locs = (ev.live(ev.release / ENV_FILE), ev.live(ev.layout.api_key))
     env = ev.env or {}
     bad = []
@@ -46,6 +49,8 @@ def _owner_uid(ev: Evidence) -> int:
 
 def check_secrets(ev: Evidence) -> CheckResult:
     uid = _owner_uid(ev)
+    if ev.rec.replicated:
+        return replicas.check_secrets(ev, uid)
     wanted = ((ev.layout.api_key, 0o600), (ev.release / ENV_FILE, 0o600), (ev.layout.etc, 0o700))
     bad, evidence = [], []
     for p, mode in wanted:
@@ -80,6 +85,7 @@ def check_permissions(ev: Evidence) -> CheckResult:
     trees = [ev.layout.opt, ev.layout.etc, ev.layout.log_dir]
     singles = [ev.layout.unit_path, ev.layout.base, ev.layout.unit_dir / "gptoss-compliance@.service",
                ev.layout.unit_dir / "gptoss-compliance@.timer"]
+    singles += [path for _name, path, _copy in replicas.units(ev)] if ev.rec.replicated else []
     bad: list[str] = []
     seen = 0
 

@@ -8,6 +8,7 @@ import difflib
 import yaml
 
 from gptossctl.adapters.proc_net import listeners
+from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, dropins, parse_env, read_text, shown
 from gptossctl.compliance.result import CheckResult
 from gptossctl.install.release import CONFIG, ENV_FILE, UNIT_COPY
@@ -20,6 +21,8 @@ def _diff(expected: str, actual: str, name: str) -> list[str]:
 
 
 def check_unit(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_unit(ev)
     unit_path = ev.layout.unit_path
     locs: tuple[str, ...] = (ev.live(unit_path),)
     installed = read_text(unit_path)
@@ -51,6 +54,8 @@ def check_unit(ev: Evidence) -> CheckResult:
 
 
 def check_release_files(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_release_files(ev)
     locs = (ev.live(ev.release / CONFIG), ev.live(ev.release / ENV_FILE))
     if ev.rendered is None:
         return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",), locs)
@@ -75,6 +80,8 @@ def check_release_files(ev: Evidence) -> CheckResult:
 
 
 def check_exposure(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_exposure(ev)
     locs = (ev.live(ev.layout.unit_path),)
     graded = ev.systemd.security(ev.layout.unit_name)
     if graded is None:
@@ -107,6 +114,8 @@ def _expect_env(ev: Evidence, rule: str, want: dict[str, str], extra: list[str],
 
 
 def check_offline(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_offline(ev)
     lines = _unit_lines(ev)
     extra = []
     if "IPAddressDeny=any" not in lines:
@@ -123,11 +132,15 @@ def check_offline(ev: Evidence) -> CheckResult:
 
 
 def check_usage_stats(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_usage_stats(ev)
     return _expect_env(ev, "config.usage_stats", {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}, [],
                        ("VLLM_USAGE_STATS_SERVER",))
 
 
 def check_bind(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_bind(ev)
     locs = (ev.live(ev.release / CONFIG),)
     try:
         host = (yaml.safe_load(read_text(ev.release / CONFIG) or "") or {}).get("host")

@@ -23,6 +23,7 @@ from gptossctl.hardware.profiles import load_profile, load_profiles
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.release import ENV_FILE, ReleaseRecord, current_version, read_release
 from gptossctl.install.render import render_release, ships_vocab, unit_template
+from gptossctl.install.replicas import render_replicated
 from gptossctl.install.trust import load_trust
 from gptossctl.secretnames import SECRET_NAME
 
@@ -55,6 +56,9 @@ class Evidence:
     active: bool = False
     env_text: str | None = None  # service.env, read once
     env: dict[str, str] | None = field(default=None)
+    # With replicas: each replica's environment file (name -> text, None when unreadable), read once;
+    # `rendered` is then keyed by the release's file names, the router's included.
+    replica_envs: dict[str, str | None] = field(default_factory=dict)
 
     def live(self, p: Path) -> str:
         return str(self.layout.live_path(p))
@@ -125,11 +129,13 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     policy, note = _policy(layout, opts)
     findings, manifest = _verify(layout, release, policy, note)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest)
+    unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
     return Evidence(layout=layout, systemd=systemd, opts=opts, now=opts.now or datetime.now(UTC), release=release,
                     rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, api_key=api_key,
                     rendered=rendered, render_error=render_error,
-                    active=systemd.live and systemd.active_state(layout.unit_name) == "active",
-                    env_text=env_text, env=None if env_text is None else parse_env(env_text))
+                    active=systemd.live and systemd.active_state(unit) == "active",
+                    env_text=env_text, env=None if env_text is None else parse_env(env_text),
+                    replica_envs={r.files[1]: read_text(release / r.files[1]) for r in rec.replicas})
 
 
 def _policy(layout: Layout, opts: ComplianceOptions) -> tuple[TrustPolicy | None, str]:
@@ -177,6 +183,9 @@ def _rerender(layout: Layout, release: Path, rec: ReleaseRecord,
         matching = [p for p in profiles if p.name == rec.profile]
         if len(matching) != 1:
             return api_key, None, f"the recorded profile {rec.profile!r} is not among the release's profiles"
+        if rec.replicated:
+            return api_key, render_replicated(release, matching[0], layout, layout.live_path(release), rec,
+                                              api_key, vocab=ships_vocab(manifest)), None
         rendered = render_release(unit_template(release), matching[0], layout, layout.live_path(release),
                                   Path(rec.python), api_key, port=rec.port, gpus=rec.gpus,
                                   tensor_parallel=rec.tensor_parallel, served=rec.served_name,
@@ -186,12 +195,14 @@ def _rerender(layout: Layout, release: Path, rec: ReleaseRecord,
     return api_key, rendered, None
 
 
-def dropins(layout: Layout) -> list[Path]:
-    """Drop-ins that change the instance's unit: its own, the template's, and every service's."""
-    root, unit = layout.root, layout.unit_name
+def dropins(layout: Layout, unit: str | None = None) -> list[Path]:
+    """Drop-ins that change one of the instance's units (its vLLM unit by default): its own, its template's,
+    and every service's."""
+    root, unit = layout.root, unit or layout.unit_name
+    template = unit.split("@", 1)[0] + "@.service"
     found = []
     for base in ("etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"):
-        for d in (f"{unit}.d", "gptoss@.service.d", "service.d"):
+        for d in (f"{unit}.d", f"{template}.d", "service.d"):
             found += sorted((root / base / d).glob("*.conf"))
     return found
 

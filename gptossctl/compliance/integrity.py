@@ -13,7 +13,7 @@ from gptossctl.compliance.evidence import MAX_EVIDENCE, Evidence, cap, is_date, 
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import GptossctlError
 from gptossctl.install.environment import LISTING, VENV, compare_listing
-from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, UNIT_COPY
+from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, ROUTER_UNIT_COPY, UNIT_COPY
 
 
 def check_signatures(ev: Evidence) -> CheckResult:
@@ -57,6 +57,8 @@ def check_expiry(ev: Evidence) -> CheckResult:
 
 def check_payload(ev: Evidence) -> CheckResult:
     release_own = {VENV, LISTING, CONFIG, ENV_FILE, UNIT_COPY, RELEASE_JSON}  # what install adds beside the bundle
+    release_own |= {n for r in ev.rec.replicas for n in r.files} | ({ROUTER_CONFIG, ROUTER_UNIT_COPY}
+                                                                   if ev.rec.replicated else set())
     drift = [f for f in ev.verify_findings if not (is_signature(f) or is_date(f))
              and not (f.code == "bundle.extra_file" and f.subject in release_own)]
     if drift:

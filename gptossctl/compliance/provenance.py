@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from gptossctl.adapters.openai_http import health
+from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import Evidence, cap, installed_dists
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import CheckFailed
@@ -87,6 +88,8 @@ def audit_chain(layout: Layout) -> CheckResult:
 
 
 def check_running(ev: Evidence) -> CheckResult:
+    if ev.rec.replicated:
+        return replicas.check_running(ev)
     locs = (ev.live(ev.layout.unit_path),)
     in_unit = unit_release(ev.layout)
     if in_unit != ev.rec.version:

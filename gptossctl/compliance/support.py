@@ -30,7 +30,7 @@ from gptossctl.fsutil import atomic_write, new_output
 from gptossctl.install import audit
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.operations import status
-from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, current_version
+from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, current_version
 
 REDACTED = "[REDACTED]"
 # NAME=value or NAME: value wherever it sits (env files, Environment= lines with several quoted assignments,
@@ -115,15 +115,17 @@ def collect(root: Path, instance: str) -> dict[str, str]:
                                     "collected": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                     "host": platform.node(), "kernel": platform.release(),
                                     "python": platform.python_version()}, indent=1)
-    for p in [layout.unit_path, *(layout.unit_dir / n for n in ("gptoss-compliance@.service", "gptoss-compliance@.timer"))]:
+    for p in [*_unit_paths(layout), *(layout.unit_dir / n for n in ("gptoss-compliance@.service",
+                                                                      "gptoss-compliance@.timer"))]:
         if (t := _text(p)) is not None:
             out[f"units/{p.name}"] = t
-    for p in dropins(layout):
+    for p in _dropins(layout):
         out[f"units/dropins/{p.parent.name}/{p.name}"] = _text(p) or ""
     cur = current_version(layout)
     if cur is not None:
         rel = layout.release(cur)
-        for name in (RELEASE_JSON, CONFIG, ENV_FILE, "manifest.json"):
+        replicas = sorted(p.name for p in rel.glob("*-r[0-9]*.*") if p.suffix in (".yaml", ".env"))
+        for name in (RELEASE_JSON, CONFIG, ENV_FILE, "manifest.json", ROUTER_CONFIG, *replicas):
             if (t := _text(rel / name)) is not None:
                 out[f"release/{name}"] = t
         dists = installed_dists(rel / "venv")
@@ -141,11 +143,23 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)
     if systemd.live:
         out["journal/service.txt"] = systemd.journal_tail(layout.unit_name, 500)
+        for p in _unit_paths(layout)[1:]:  # with replicas: each one's, and the router's
+            out[f"journal/{p.name.removesuffix('.service')}.txt"] = systemd.journal_tail(p.name, 500)
         out["journal/compliance.txt"] = systemd.journal_tail(layout.compliance_unit, 100)
     graded = systemd.security(layout.unit_name)
     if graded is not None:
         out["systemd-analyze-security.txt"] = graded.output
     return out
+
+
+def _unit_paths(layout: Layout) -> list[Path]:
+    """The instance's units: its one vLLM, or (with replicas) each replica's and the router's."""
+    return [layout.unit_path, *(layout.replica_unit_path(k) for k in layout.replica_units()),
+            *([layout.router_unit_path] if layout.router_unit_path.exists() else [])]
+
+
+def _dropins(layout: Layout) -> list[Path]:
+    return sorted({d for p in _unit_paths(layout) for d in dropins(layout, p.name)})
 
 
 def _hardware() -> dict[str, Any]:
@@ -159,7 +173,7 @@ def write_support_bundle(root: Path, instance: str, output: Path | None = None, 
     new_output(output, force=force, what="support bundle")  # refused before anything is collected
     layout = Layout(root, check_instance(instance))
     redact = Redactor()
-    redact.add_key_files(root, [layout.unit_path, *dropins(layout)])
+    redact.add_key_files(root, [*_unit_paths(layout), *_dropins(layout)])
     parts = collect(root, instance)
     buf = io.BytesIO()
     prefix = output.name.removesuffix(".tar.gz").removesuffix(".tgz")

@@ -203,8 +203,12 @@ def _reason(replicas: tuple[Replica, ...], *, tensor_parallel: int, need: Memory
 
 def host_layout(*, model: str, profile: str, max_model_len: int, concurrency: int,
                 request: LayoutRequest = NO_OVERRIDES) -> Layout:
-    """A CPU profile: one replica on the host (vLLM's CPU backend already uses every core it is given)."""
-    if (request.replicas or 1) > 1 or (request.tensor_parallel or 1) > 1:
-        raise LayoutDoesNotFit("a CPU profile serves one replica at tensor parallel 1 per host")
-    return Layout(model, profile, 1, (Replica(0, ()),), 1, "1 x TP1 on the host CPU (no GPU)", max_model_len,
+    """A CPU profile: one replica on the host (vLLM's CPU backend already uses every core it is given). More
+    only when asked (--replicas): they share the cores, which serves tests and demos of the router, not speed."""
+    if (request.tensor_parallel or 1) > 1:
+        raise LayoutDoesNotFit("a CPU profile serves at tensor parallel 1")
+    n = request.replicas or 1
+    reason = "1 x TP1 on the host CPU (no GPU)" if n == 1 else \
+        f"{n} x TP1 on the host CPU as asked (--replicas): they share the cores, for tests and demos"
+    return Layout(model, profile, 1, tuple(Replica(i, ()) for i in range(n)), n, reason, max_model_len,
                   concurrency, request)

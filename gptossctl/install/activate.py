@@ -1,6 +1,6 @@
 """Putting a release in service and proving it: install its unit, restart, wait for /health (failing fast
-when vLLM exits), run the smoke test; and, when that fails, putting the previous release back and proving it
-healthy again."""
+when vLLM exits), run the smoke test. Putting the previous release back when that fails, with one replica or
+several, is install/rolling.py's `restore_release`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 from gptossctl.adapters.openai_http import Endpoint, health
 from gptossctl.adapters.systemd import Systemd
-from gptossctl.errors import CheckFailed, GptossctlError
+from gptossctl.errors import CheckFailed
 from gptossctl.fsutil import atomic_write
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import UNIT_COPY, read_release, switch_current
+from gptossctl.install.release import UNIT_COPY, read_release
 from gptossctl.install.steps import Steps
 from gptossctl.install.trust import release_api_key
 from gptossctl.probe.smoke import SmokeOptions, run_smoke
@@ -27,12 +27,16 @@ def install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
 
 
 def wait_healthy(systemd: Systemd, unit: str, url: str, timeout: float, *, poll: float = 2.0) -> str:
-    """Wait for GET /health = 200. Fail fast when the unit fails or restarts (vLLM exited)."""
+    """Wait for GET /health = 200. Fail fast when the unit fails or restarts (vLLM exited). Restarts are counted
+    from the first look: a unit systemd restarted by itself earlier (a replica killed) still counts them."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
+    restarts: int | None = None
     while time.monotonic() < deadline:
         props = systemd.show(unit, "ActiveState", "SubState", "NRestarts", "Result")
-        if props.get("ActiveState") == "failed" or int(props.get("NRestarts") or 0) > 0:
+        count = int(props.get("NRestarts") or 0)
+        restarts = count if restarts is None else restarts
+        if props.get("ActiveState") == "failed" or props.get("SubState") == "auto-restart" or count > restarts:
             raise CheckFailed(f"{unit} exited before it was healthy ({props.get('Result', '?')})",
                               code="install.start_failed", hint="the journal tail below says why")
         answer = health(url)
@@ -70,21 +74,3 @@ def start_and_prove(layout: Layout, systemd: Systemd, release: Path, timeout: fl
         out = run_install_smoke(rec.endpoint, api_key or release_api_key(release) or "", rec.served_name)
         d.append(f"{sum(c['status'] == 'pass' for c in out['checks'])} checks passed")
     return out
-
-
-def restore(layout: Layout, systemd: Systemd, previous: int | None, timeout: float, steps: Steps) -> str:
-    """Put the previous release back in service; say what happened."""
-    if previous is None or not layout.release(previous).is_dir():
-        systemd.stop(layout.unit_name)
-        systemd.disable(layout.unit_name)
-        layout.unit_path.unlink(missing_ok=True)
-        systemd.daemon_reload()
-        return "no previous release: the unit was stopped and removed"
-    try:
-        with steps("rollback", f"restoring release {previous}"):
-            install_unit(layout, systemd, layout.release(previous))
-        start_and_prove(layout, systemd, layout.release(previous), timeout, smoke=False, steps=steps)
-        switch_current(layout, previous)
-        return f"release {previous} restored and healthy"
-    except GptossctlError as exc:
-        return f"restoring release {previous} failed too: {exc.message}"

@@ -5,6 +5,11 @@
     /etc/gptoss/<instance>/api-key                the generated API key (0600 root)
     /etc/gptoss/<instance>/trust/                 the public keys and threshold the release was verified with
     /etc/systemd/system/gptoss@<instance>.service the rendered unit (a copy of the release's)
+  with several replicas, instead of that one unit:
+    /etc/systemd/system/gptoss@<instance>-r<k>.service   replica k (its own port, GPUs, state and cache)
+    /etc/systemd/system/gptoss-router@<instance>.service the router (nginx) on the instance's port
+    /opt/gptoss/<instance>/router.conf            the router's running configuration (a copy of the release's)
+    /etc/gptoss/<instance>/router-key.map         the key as the router's credential (0600 root)
     /etc/sysusers.d/gptoss.conf                   the dedicated system user
     /var/lib/gptoss/<instance>, /var/cache/gptoss/<instance>   StateDirectory=, CacheDirectory=
     /var/log/gptoss/audit.jsonl                   the hash-chained audit log (and audit.head)
@@ -126,6 +131,46 @@ class Layout:
         """The audit log's newest (seq, hash), kept apart from the log: deleting the log and its head together
         is still caught."""
         return self.root / "var" / "lib" / "gptossctl" / "audit.anchor"
+
+    def replica_unit_name(self, index: int) -> str:
+        """Replica k is an instance of the same template, so StateDirectory=, CacheDirectory= and the journal
+        follow %i: gptoss@<instance>-r<k>."""
+        return f"gptoss@{self.instance}-r{index}.service"
+
+    def replica_unit_path(self, index: int) -> Path:
+        return self.unit_dir / self.replica_unit_name(index)
+
+    def replica(self, index: int) -> Layout:
+        """Where replica k keeps its state and cache (what its unit's %i names)."""
+        return Layout(self.root, f"{self.instance}-r{index}")
+
+    def replica_units(self) -> list[int]:
+        """The replica indices that have a unit installed, whatever the records say."""
+        pattern = re.compile(rf"gptoss@{re.escape(self.instance)}-r(\d+)\.service")
+        try:
+            names = [p.name for p in self.unit_dir.iterdir()]
+        except OSError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := pattern.fullmatch(n)))
+
+    @property
+    def router_unit_name(self) -> str:
+        return f"gptoss-router@{self.instance}.service"
+
+    @property
+    def router_unit_path(self) -> Path:
+        return self.unit_dir / self.router_unit_name
+
+    @property
+    def router_config(self) -> Path:
+        """The configuration the router runs: the release's router.conf, or while a replica is drained during
+        a rolling upgrade, the same with that replica marked down."""
+        return self.opt / "router.conf"
+
+    @property
+    def router_key(self) -> Path:
+        """The API key in the router's own format, loaded as a systemd credential (never in its config)."""
+        return self.etc / "router-key.map"
 
     def release(self, version: int) -> Path:
         return self.releases / str(version)

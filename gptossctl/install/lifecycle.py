@@ -10,6 +10,10 @@ The named steps, in an order chosen for what a failure leaves behind:
 A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
 nothing that serves. Running the same command again after an interruption converges: finished releases are
 reused, partial ones discarded.
+
+With several replicas (every GPU of the host, or --replicas/--tp), (6)-(7) are install/rolling.py's: each
+replica its own unit, port and GPUs behind the router on --port; onto a running instance of the same shape
+replica by replica (drained at the router first), else all at once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gptossctl import __version__
 from gptossctl.adapters.gpus import Captures
@@ -32,11 +36,12 @@ from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write
 from gptossctl.hardware.check import ProfileFit
+from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, restore, start_and_prove
+from gptossctl.install.activate import install_unit, start_and_prove
 from gptossctl.install.environment import LISTING, build_env, check_imports, listing, wheels_in
 from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, check_writable, install_lock
-from gptossctl.install.preflight import check_host_libraries, preflight
+from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import (
     CONFIG,
     DEFAULT_PORT,
@@ -44,6 +49,7 @@ from gptossctl.install.release import (
     LOOPBACK,
     UNIT_COPY,
     ReleaseRecord,
+    ReplicaRecord,
     current_version,
     default_instance,
     installed_versions,
@@ -53,6 +59,18 @@ from gptossctl.install.release import (
     write_release,
 )
 from gptossctl.install.render import render_release, ships_vocab, unit_template
+from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
+from gptossctl.install.rolling import (
+    Activation,
+    bring_up,
+    can_roll,
+    install_serving_units,
+    journal_findings,
+    restore_release,
+    retire,
+    roll,
+    serving_units,
+)
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import choose_api_key, commit_state, release_api_key
@@ -81,12 +99,20 @@ class InstallRequest:
     smoke: bool = True
     repair: bool = False  # unpack the release again even if it is there (drift found by compliance check)
     base: Path | None = None  # for a delta: the bundle it was made against (default: an installed release)
+    replicas: int | None = None  # default: as many as the host holds (the hardware check's layout)
+    tensor_parallel: int | None = None  # default: the smallest size that fits
+    drain_timeout: float = 600.0  # rolling upgrade: how long a drained replica may finish its requests
+
+    @property
+    def layout_request(self) -> LayoutRequest:
+        return LayoutRequest(replicas=self.replicas, tensor_parallel=self.tensor_parallel)
 
     def command(self) -> list[str]:
         """The request as the audit log records it (no secrets: keys come from files, never flags)."""
         return ["install", str(self.bundle), f"--profile={self.profile}", f"--port={self.port}"] + \
             ([f"--instance={self.instance}"] if self.instance else []) + \
-            (["--allow-downgrade"] if self.allow_downgrade else []) + (["--repair"] if self.repair else [])
+            (["--allow-downgrade"] if self.allow_downgrade else []) + (["--repair"] if self.repair else []) + \
+            self.layout_request.overrides
 
 
 @dataclass
@@ -105,12 +131,14 @@ class InstallResult:
     steps: list[StepRecord] = field(default_factory=list)
     smoke: dict[str, Any] | None = None
     bundle_sha256: str | None = None
+    replicas: tuple[ReplicaRecord, ...] = ()  # several: `unit` is the router's, these are behind it
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "version": self.version, "previous": self.previous,
                 "profile": self.profile, "endpoint": self.endpoint, "unit": self.unit, "release": str(self.release),
                 "staged": self.staged, "started": self.started, "changed": self.changed, "dry_run": self.dry_run,
-                "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke}
+                "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke,
+                "replicas": [r.to_dict() for r in self.replicas]}
 
 
 @dataclass(frozen=True)
@@ -123,6 +151,8 @@ class Plan:
     systemd: Systemd
     fit: ProfileFit
     previous: int | None
+    replicas: tuple[ReplicaRecord, ...] = ()  # empty: one vLLM on --port, no router
+    router: Path | None = None  # with replicas: the nginx the router unit runs
 
     @property
     def version(self) -> int:
@@ -193,6 +223,7 @@ def validate_request(req: InstallRequest) -> None:
     if not 1024 <= req.port <= 65535:
         raise UsageError(f"port {req.port} is outside 1024-65535", code="service.bad_port",
                          hint="choose an unprivileged port that nothing else on this host uses, e.g. 8000")
+    req.layout_request  # noqa: B018 - constructing it refuses --replicas 0, --tp 3 as usage errors
     if req.instance is not None:
         check_instance(req.instance)
     if req.root.exists() and not req.root.is_dir():
@@ -274,21 +305,38 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
                               code="install.downgrade", hint="install a newer bundle, use 'gptossctl rollback' "
                               "to go back to a release still on disk, or pass --allow-downgrade on purpose")
         d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
-    with steps("preflight", "hardware, profile and disk") as d:
-        fit = preflight(bundle, layout, profile=req.profile, captures=req.captures)
+    with steps("preflight", "hardware, profile, replicas and disk") as d:
+        request, kept = _layout_request(req, read_release(layout.release(previous)) if previous is not None else None)
+        fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
+        replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port)
+        check_names(layout, len(replicas))
+        router = check_router(layout.root, len(replicas))
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
-                 + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus else ""))
+                 + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus and not replicas else "")
+                 + (f"; {len(replicas)} replicas on ports {replicas[0].port}-{replicas[-1].port} behind the "
+                    f"router ({router}) on {req.port}" if replicas else "") + kept)
     if not layout.staged:
         with steps("libraries", "host libraries the profile's vLLM loads") as d:
             d.append(check_host_libraries(fit.profile.match.vendor))
-    return Plan(req, bundle, layout, systemd, fit, previous)
+    return Plan(req, bundle, layout, systemd, fit, previous, replicas, router)
+
+
+def _layout_request(req: InstallRequest, prev: ReleaseRecord | None) -> tuple[LayoutRequest, str]:
+    """What the install asks of the hardware check. An upgrade that names no --replicas keeps the installed
+    release's count (and, with several, their tensor-parallel size): the same shape, so replica by replica."""
+    if prev is None or req.replicas is not None:
+        return req.layout_request, ""
+    kept = len(prev.replicas) or 1
+    tp = req.tensor_parallel if req.tensor_parallel is not None else (prev.tensor_parallel if prev.replicated else None)
+    return LayoutRequest(replicas=kept, tensor_parallel=tp), f" (--replicas {kept} as release {prev.version} runs)"
 
 
 def _result(plan: Plan, steps: Steps) -> InstallResult:
     req, layout = plan.req, plan.layout
     return InstallResult(layout.instance, plan.version, plan.previous, plan.fit.profile.name,
-                         f"http://{req.host}:{req.port}", layout.unit_name, plan.release, layout.staged, False,
-                         dry_run=req.dry_run, steps=steps.records, bundle_sha256=verified_digest(plan.bundle))
+                         f"http://{req.host}:{req.port}", layout.router_unit_name if plan.replicas else layout.unit_name,
+                         plan.release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
+                         bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas)
 
 
 def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
@@ -296,7 +344,9 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
     for name, what in (("unpack", f"copy {m.total_size / 2**30:.2f} GiB into {release}"),
                        ("environment", "uv venv from the bundle's wheels, offline" if plan.req.vllm_python is None
                         else f"use {plan.req.vllm_python}"),
-                       ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"),
+                       ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"
+                        if not plan.replicas else f"render {len(plan.replicas)} replica units, configs and environment "
+                        f"files (0600), the router's unit and configuration"),
                        ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
                        ("switch", f"{layout.current} -> releases/{plan.version}")):
@@ -312,7 +362,7 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
     existing = read_release(plan.release)
     api_key = choose_api_key(layout, plan.release)
     if plan.previous == plan.version and plan.live_start and existing is not None and \
-            systemd.active_state(layout.unit_name) == "active" and _matches(existing, plan, api_key):
+            _all_active(plan, existing) and _matches(existing, plan, api_key):
         steps.skip("unpack", f"release {plan.version} is current, active and configured as asked")
         commit_state(layout, api_key, plan.req.policy)
         result.changed, result.started = False, True
@@ -323,12 +373,13 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         systemd.sysusers(layout.sysusers)
         d.append(f"{SERVICE_USER} present")
     if plan.live_start:
-        result.smoke = activate(plan, steps, api_key)
+        result.smoke = activate_replicas(plan, steps, api_key) if plan.replicas else activate(plan, steps, api_key)
         result.started = True
     else:
-        with steps("unit", f"installing and enabling {layout.unit_name}") as d:
-            install_unit(layout, systemd, plan.release)
-            d.append(f"{layout.unit_path} enabled" + (" in the staged tree" if layout.staged else ""))
+        with steps("unit", f"installing and enabling {result.unit}") as d:
+            units = install_serving_units(layout, systemd, plan.release, api_key)
+            d.append(f"{', '.join(units) if plan.replicas else layout.unit_path} enabled"
+                     + (" in the staged tree" if layout.staged else ""))
     with steps("switch", f"current -> releases/{plan.version}") as d:
         switch_current(layout, plan.version)
         commit_state(layout, api_key, plan.req.policy)
@@ -350,9 +401,18 @@ def _set_aside_for_repair(plan: Plan) -> Path | None:
     return aside
 
 
+def _all_active(plan: Plan, rec: ReleaseRecord) -> bool:
+    return all(plan.systemd.active_state(u) == "active" for u in serving_units(plan.layout, rec))
+
+
+def _gpus(plan: Plan) -> tuple[int, ...]:
+    """The GPUs the release serves on: the fit's; with replicas, all of theirs."""
+    return tuple(g for r in plan.replicas for g in r.gpus) if plan.replicas else tuple(plan.fit.gpus)
+
+
 def _matches(rec: ReleaseRecord, plan: Plan, api_key: str) -> bool:
-    return (rec.profile, rec.port, rec.host, rec.gpus) == (plan.fit.profile.name, plan.req.port, plan.req.host,
-                                                           tuple(plan.fit.gpus)) \
+    return (rec.profile, rec.port, rec.host, rec.gpus, rec.replicas, rec.router) == \
+        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router or "")) \
         and release_api_key(plan.release) == api_key
 
 
@@ -362,13 +422,22 @@ def _record(plan: Plan, python: str, external: bool) -> ReleaseRecord:
                          served_name=served_name(m), manifest_sha256=verified_digest(plan.bundle), python=python,
                          installed_at=datetime.now(UTC).isoformat(), expires=m.expires.isoformat(),
                          rendered_by=__version__, host=req.host, port=req.port,
-                         tensor_parallel=fit.tensor_parallel or 1, gpus=tuple(fit.gpus), signers=plan.bundle.signers,
-                         external_env=external)
+                         tensor_parallel=fit.tensor_parallel or 1, gpus=_gpus(plan), signers=plan.bundle.signers,
+                         external_env=external, replicas=plan.replicas, router=str(plan.router or ""))
 
 
 def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, *, external: bool) -> None:
     """Render unit, config and environment file from the release's own verified copy and write the record."""
     layout = plan.layout
+    if plan.replicas:
+        record = _record(plan, str(python_live), external)
+        files = render_replicated(release_dir, plan.fit.profile, layout, layout.live_path(plan.release), record,
+                                  api_key, vocab=ships_vocab(plan.bundle.manifest))
+        for name, text in files.items():
+            atomic_write(release_dir / name, text, 0o600 if name.endswith(".env") else 0o644)  # .env: the key
+        write_release(release_dir, replace(record, rendered={
+            k: hashlib.sha256(v.encode()).hexdigest() for k, v in files.items()}))
+        return
     rendered = render_release(unit_template(release_dir), plan.fit.profile, layout, layout.live_path(plan.release),
                               python_live, api_key, port=plan.req.port, gpus=tuple(plan.fit.gpus),
                               tensor_parallel=plan.fit.tensor_parallel or 1, served=served_name(plan.bundle.manifest),
@@ -422,7 +491,9 @@ def _finish(plan: Plan, steps: Steps, tmp: Path, api_key: str) -> None:
                      + ("" if layout.staged else "; vLLM imports"))
     with steps("render", "rendering unit, vLLM config and environment file") as d:
         render_into(plan, tmp, python_live, api_key, external=req.vllm_python is not None)
-        d.append(f"profile {plan.fit.profile.name}, bound to {req.host}:{req.port}")
+        d.append(f"profile {plan.fit.profile.name}, bound to {req.host}:{req.port}" + (
+            f" (the router); {len(plan.replicas)} replicas on {LOOPBACK}:{plan.replicas[0].port}-"
+            f"{plan.replicas[-1].port}" if plan.replicas else ""))
 
 
 def activate(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] | None:
@@ -431,19 +502,42 @@ def activate(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] | None:
     layout, systemd, req = plan.layout, plan.systemd, plan.req
     try:
         with steps("unit", f"installing {layout.unit_name} for release {plan.version}") as d:
+            retire(layout, systemd, [layout.unit_name])  # the replicas and router of a release of another shape
             install_unit(layout, systemd, plan.release)
             d.append(f"{layout.unit_path} -> release {plan.version}")
         return start_and_prove(layout, systemd, plan.release, req.health_timeout, smoke=req.smoke, steps=steps,
                                api_key=api_key)
     except GptossctlError as exc:
-        journal = systemd.journal_tail(layout.unit_name, 30)
-        outcome = restore(layout, systemd, plan.previous, req.health_timeout, steps)
-        findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)]
-        if journal:
-            findings.append(Finding("install.journal", layout.unit_name, journal[-3000:]))
-        raise CheckFailed(f"release {plan.version} did not come up: {exc.message}; {outcome}",
-                          code=exc.code if exc.code.startswith("install.") else "install.failed",
-                          findings=findings, hint=exc.hint or "see the journal tail in the findings") from None
+        _restore_and_raise(plan, steps, api_key, exc)
+
+
+def activate_replicas(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] | None:
+    """(6)-(7) with several replicas: replica by replica onto a running instance of the same shape, else all at
+    once; a failure puts the previous release back (the rolled-back replicas, or the whole previous set)."""
+    layout, req = plan.layout, plan.req
+    act = Activation(layout, plan.systemd, steps, api_key, req.health_timeout, req.smoke, req.drain_timeout)
+    new = read_release(plan.release)
+    prev = read_release(layout.release(plan.previous)) if plan.previous is not None else None
+    if new is not None and prev is not None and plan.previous != plan.version and \
+            can_roll(layout, plan.systemd, prev, new):
+        return roll(act, plan.release, layout.release(prev.version))  # rolls back by itself on failure
+    try:
+        return bring_up(act, plan.release)
+    except GptossctlError as exc:
+        _restore_and_raise(plan, steps, api_key, exc)
+
+
+def _restore_and_raise(plan: Plan, steps: Steps, api_key: str, exc: GptossctlError) -> NoReturn:
+    """The previous release back in service, proven healthy; the error says what failed and how the restore
+    went, with the journal tail of the unit that failed."""
+    layout, systemd, req = plan.layout, plan.systemd, plan.req
+    journal = journal_findings(systemd, exc, layout.unit_name)
+    act = Activation(layout, systemd, steps, api_key, req.health_timeout, False, req.drain_timeout)
+    outcome = restore_release(act, plan.previous)
+    findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)] + journal
+    raise CheckFailed(f"release {plan.version} did not come up: {exc.message}; {outcome}",
+                      code=exc.code if exc.code.startswith("install.") else "install.failed",
+                      findings=findings, hint=exc.hint or "see the journal tail in the findings") from None
 
 
 def _forget_failed_first_install(layout: Layout, previous: int | None) -> None:
@@ -451,3 +545,5 @@ def _forget_failed_first_install(layout: Layout, previous: int | None) -> None:
     that failed keeps its unpacked release for a quick retry while the previous release serves."""
     if previous is None and current_version(layout) is None:
         shutil.rmtree(layout.opt, ignore_errors=True)
+        if not layout.api_key.exists():  # the router's copy of a key that was never committed
+            layout.router_key.unlink(missing_ok=True)

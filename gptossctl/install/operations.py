@@ -12,18 +12,30 @@ from gptossctl.adapters.openai_http import health
 from gptossctl.adapters.systemd import Systemd, delete_user
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, restore, start_and_prove
+from gptossctl.install.activate import install_unit, start_and_prove
 from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, install_lock
 from gptossctl.install.lifecycle import InstallResult
 from gptossctl.install.release import (
+    ReleaseRecord,
     current_version,
     installed_versions,
     read_release,
     switch_current,
     unit_release,
 )
+from gptossctl.install.rolling import (
+    Activation,
+    bring_up,
+    can_roll,
+    install_serving_units,
+    installed_units,
+    restore_release,
+    retire,
+    roll,
+)
 from gptossctl.install.steps import StepCallback, Steps
 from gptossctl.install.timer import remove_compliance_timer
+from gptossctl.install.trust import choose_api_key
 
 
 def _systemd(layout: Layout) -> Systemd:
@@ -38,6 +50,9 @@ def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str
         systemd = _systemd(layout)
         cur = current_version(layout)
         rec = read_release(layout.release(cur)) if cur is not None else None
+        if rec is not None and rec.replicated:
+            out.append(_replicated_status(layout, systemd, cur, rec))
+            continue
         state = systemd.active_state(layout.unit_name) if layout.unit_path.exists() else "not installed"
         answer = health(rec.endpoint) if state == "active" and rec is not None else None
         in_unit = unit_release(layout)
@@ -50,6 +65,29 @@ def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str
     return out
 
 
+def _unit_status(systemd: Systemd, name: str, path: Path, url: str) -> tuple[str, int | str | None]:
+    state = systemd.active_state(name) if path.exists() else "not installed"
+    return state, (health(url) if state == "active" else None)
+
+
+def _replicated_status(layout: Layout, systemd: Systemd, cur: int | None, rec: ReleaseRecord) -> dict[str, Any]:
+    """The instance is its router (state and /health at the endpoint), with each replica behind it."""
+    replicas = []
+    for r in rec.replicas:
+        path = layout.replica_unit_path(r.index)
+        state, answer = _unit_status(systemd, layout.replica_unit_name(r.index), path, r.endpoint)
+        replicas.append({"index": r.index, "unit": layout.replica_unit_name(r.index), "port": r.port,
+                         "gpus": list(r.gpus), "state": state, "health": answer,
+                         "release": unit_release(layout, path)})
+    state, answer = _unit_status(systemd, layout.router_unit_name, layout.router_unit_path, rec.endpoint)
+    releases = [x["release"] for x in replicas]
+    in_unit = next((v for v in releases if v != cur), cur)  # an interrupted rolling upgrade shows the other one
+    return {"instance": layout.instance, "unit": layout.router_unit_name, "state": state, "health": answer,
+            "version": cur, "profile": rec.profile, "endpoint": rec.endpoint, "installed": installed_versions(layout),
+            "unit_release": in_unit, "consistent": all(v == cur for v in releases), "expires": rec.expires,
+            "record": "ok", "replicas": replicas}
+
+
 @dataclass(frozen=True)
 class StatusReport:
     root: Path
@@ -57,8 +95,11 @@ class StatusReport:
 
     @staticmethod
     def healthy(r: dict[str, Any]) -> bool:
-        return (r["state"] in ("active", "staged") and r["consistent"] and r["health"] in (200, None)
-                and (r["state"] != "active" or r["health"] == 200))
+        """Active (or staged), serving the current release and answering /health; with replicas, each of them
+        too (a replica down is a degraded instance even while the router still answers)."""
+        return all(u["state"] in ("active", "staged") and u["health"] in (200, None)
+                   and (u["state"] != "active" or u["health"] == 200) for u in [r, *r.get("replicas", [])]) \
+            and r["consistent"]
 
     @property
     def ok(self) -> bool:
@@ -71,7 +112,9 @@ class StatusReport:
                             hint="install one: gptossctl install BUNDLE --trust KEY.pub")]
         return [Finding("status.unhealthy", r["instance"], f"{r['unit']} is {r['state']}, /health "
                         f"{r['health'] or '-'}, unit release {r['unit_release']}, current {r['version']}, "
-                        f"release record {r['record']}",
+                        f"release record {r['record']}" + "".join(
+                            f"; {x['unit']} is {x['state']}, /health {x['health'] or '-'}, release {x['release']}"
+                            for x in r.get("replicas", []) if not self.healthy({**x, "consistent": True})),
                         hint=f"journalctl -u {r['unit']}; run the install again to converge, or gptossctl rollback")
                 for r in self.rows if not self.healthy(r)]
 
@@ -109,25 +152,45 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
         raise CheckFailed(f"no release to roll back to (installed: {installed_versions(layout) or 'none'})",
                           code="rollback.no_release", hint="install the bundle you want instead")
     steps = Steps(on_step)
-    result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint, layout.unit_name,
-                           layout.release(target), layout.staged, False, steps=steps.records)
+    result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint,
+                           layout.router_unit_name if rec.replicated else layout.unit_name,
+                           layout.release(target), layout.staged, False, steps=steps.records, replicas=rec.replicas)
+    act = Activation(layout, systemd, steps, choose_api_key(layout, layout.release(target)), health_timeout,
+                     smoke=False)
     with install_lock(layout):
-        with steps("unit", f"installing the unit of release {target}"):
-            install_unit(layout, systemd, layout.release(target))
         if layout.staged:
+            with steps("unit", f"installing the unit of release {target}"):
+                install_serving_units(layout, systemd, layout.release(target), act.api_key)
             switch_current(layout, target)
             return result
         try:
-            start_and_prove(layout, systemd, layout.release(target), health_timeout, smoke=False, steps=steps)
+            _activate_target(act, rec, cur)
         except GptossctlError as exc:
-            outcome = restore(layout, systemd, cur, health_timeout, steps)
-            raise CheckFailed(f"release {target} did not come up: {exc.message}; {outcome}", code="rollback.failed",
-                              findings=[*exc.findings, Finding("install.journal", layout.unit_name,
-                                                               systemd.journal_tail(layout.unit_name, 30))],
+            outcome = "" if exc.data.get("restored") else "; " + restore_release(act, cur)
+            unit = str(exc.data.get("unit", result.unit))
+            raise CheckFailed(f"release {target} did not come up: {exc.message}{outcome}", code="rollback.failed",
+                              findings=[*exc.findings, Finding("install.journal", unit,
+                                                               systemd.journal_tail(unit, 30))],
                               hint="the journal tail says why; the previous release keeps serving") from None
         switch_current(layout, target)
         result.started = True
         return result
+
+
+def _activate_target(act: Activation, rec: ReleaseRecord, cur: int | None) -> None:
+    """The target release in service: replica by replica when both have the same shape, else all at once."""
+    layout, systemd = act.layout, act.systemd
+    target = layout.release(rec.version)
+    cur_rec = read_release(layout.release(cur)) if cur is not None else None
+    if rec.replicated and cur_rec is not None and can_roll(layout, systemd, cur_rec, rec):
+        roll(act, target, layout.release(cur_rec.version))
+    elif rec.replicated:
+        bring_up(act, target)
+    else:
+        with act.steps("unit", f"installing the unit of release {rec.version}"):
+            retire(layout, systemd, [layout.unit_name])
+            install_unit(layout, systemd, target)
+        start_and_prove(layout, systemd, target, act.health_timeout, smoke=False, steps=act.steps)
 
 
 @dataclass(frozen=True)
@@ -159,7 +222,7 @@ def uninstall(root: Path, instance: str, *, purge: bool = False) -> Uninstalled:
 def _uninstall(root: Path, instance: str, *, purge: bool) -> Uninstalled:
     layout = Layout(root, check_instance(instance))
     systemd = _systemd(layout)
-    if not layout.opt.exists() and not layout.unit_path.exists():
+    if not layout.opt.exists() and not installed_units(layout):
         raise CheckFailed(f"instance {instance} is not installed under {root}", code="uninstall.not_installed",
                           hint="see 'gptossctl status' for the installed instances")
     removed: list[str] = []
@@ -173,7 +236,8 @@ def _uninstall(root: Path, instance: str, *, purge: bool) -> Uninstalled:
             for report in sorted(layout.compliance_dir.glob(f"{layout.instance}.*")):
                 report.unlink()
                 removed.append(str(report))
-        for p in (layout.etc, layout.state, layout.cache):
+        replicas = [layout.replica(k) for k in _replica_dirs(layout)]
+        for p in (layout.etc, layout.state, layout.cache, *(d for r in replicas for d in (r.state, r.cache))):
             if p.exists():
                 if purge:
                     shutil.rmtree(p, ignore_errors=True)
@@ -184,14 +248,19 @@ def _uninstall(root: Path, instance: str, *, purge: bool) -> Uninstalled:
 
 
 def _remove_unit(layout: Layout, systemd: Systemd) -> list[str]:
-    if not layout.unit_path.exists():
-        return []
-    if systemd.live:
-        systemd.stop(layout.unit_name)
-    systemd.disable(layout.unit_name)
-    layout.unit_path.unlink()
-    systemd.daemon_reload()
-    return [str(layout.unit_path)]
+    """Every unit of the instance: its one vLLM, or its replicas and router."""
+    return [str(layout.unit_dir / name) for name in retire(layout, systemd, ())]
+
+
+def _replica_dirs(layout: Layout) -> list[int]:
+    """Replica indices whose state or cache directory is on disk (gptoss/<instance>-r<k>)."""
+    prefix = f"{layout.instance}-r"
+    found = set()
+    for parent in (layout.state.parent, layout.cache.parent):
+        if parent.is_dir():
+            found |= {int(p.name[len(prefix):]) for p in parent.iterdir()
+                      if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()}
+    return sorted(found)
 
 
 def _purge_last(layout: Layout, systemd: Systemd) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gptossctl.adapters.gpus import Captures, probe_capture, probe_live
 from gptossctl.adapters.host import missing_libraries
+from gptossctl.adapters.nginx import find_nginx
 from gptossctl.bundle.manifest import Manifest
 from gptossctl.bundle.sign import inspect_bundle
 from gptossctl.bundle.verify import VerifiedBundle
@@ -92,8 +93,10 @@ def bundle_profiles(root: Path, manifest: Manifest, *, code: str) -> list[Profil
     return out
 
 
-def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures: Captures) -> ProfileFit:
-    """The profile this host serves the bundle with, chosen among the bundle's own signed profiles."""
+def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures: Captures,
+              request: LayoutRequest = NO_OVERRIDES) -> ProfileFit:
+    """The profile this host serves the bundle with, chosen among the bundle's own signed profiles, and the
+    replicas it runs (every GPU that holds one, or what --replicas/--tp ask within that)."""
     requirements, model = requirements_from_manifest(bundle.manifest)
     if model is None:
         raise CheckFailed(f"the bundle's model {served_name(bundle.manifest)!r} is not one gptossctl can size",
@@ -108,7 +111,7 @@ def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures:
         if not profiles:
             raise UsageError(f"profile {profile!r} is not in the bundle", code="install.unknown_profile",
                              hint="see 'gptossctl bundle inspect' for the bundle's profiles, or use --profile auto")
-    report = check_models(inventory, profiles, [model], requirements)
+    report = check_models(inventory, profiles, [model], requirements, request)
     (m,) = report.models
     if m.chosen is None:
         failed = [Finding(f"preflight.{c.id}", c.subject, c.message) for c in m.checks if c.status == "fail"]
@@ -116,6 +119,20 @@ def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures:
         raise CheckFailed(f"preflight failed: {m.reason}", code="install.preflight_failed", findings=failed,
                           hint="run 'gptossctl hw check --bundle BUNDLE' for the full report")
     return m.chosen
+
+
+def check_router(root: Path, replicas: int) -> Path | None:
+    """Several replicas need the router (nginx from the OS): its path as the target sees it; None for one."""
+    if replicas <= 1:
+        return None
+    nginx = find_nginx(root)
+    if nginx is None:
+        raise CheckFailed(f"{replicas} replicas need the router, nginx, which this host lacks",
+                          code="install.no_router",
+                          findings=[Finding("preflight.router", "nginx", "not found in /usr/sbin or /usr/bin")],
+                          hint="install nginx-light (Debian) / nginx (RHEL) from your OS mirror, or serve one "
+                               "replica with --replicas 1")
+    return nginx
 
 
 HOST_LIBRARIES = {"cpu": (("libnuma.so.1", "libnuma1 (Debian/Ubuntu) or numactl-libs (RHEL)"),)}

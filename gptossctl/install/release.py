@@ -24,8 +24,47 @@ RELEASE_JSON = "release.json"
 CONFIG = "vllm.yaml"
 ENV_FILE = "service.env"
 UNIT_COPY = "unit.service"  # the release's own copy of the unit it was rendered with
+ROUTER_CONFIG = "router.conf"  # with replicas: the router's approved nginx configuration
+ROUTER_UNIT_COPY = "router.service"  # with replicas: the release's copy of the router's unit
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8000
+
+
+def replica_files(index: int) -> tuple[str, str, str]:
+    """(config, environment file, unit copy) of replica `index` in a release with replicas."""
+    return f"vllm-r{index}.yaml", f"service-r{index}.env", f"unit-r{index}.service"
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """One vLLM replica of a release with several: its own loopback port, pinned to its GPUs."""
+
+    index: int
+    port: int
+    gpus: tuple[int, ...] = ()  # nvidia-smi indices (PCI bus order); empty on the CPU
+    uuids: tuple[str, ...] = ()  # the GPUs' UUIDs when the probe knew them (for the auditor)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def files(self) -> tuple[str, str, str]:
+        return replica_files(self.index)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "port": self.port, "gpus": list(self.gpus), "uuids": list(self.uuids)}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> ReplicaRecord | None:
+        if not isinstance(doc, dict) or set(doc) - {"index", "port", "gpus", "uuids"}:
+            return None
+        index, port, gpus, uuids = doc.get("index"), doc.get("port"), doc.get("gpus", []), doc.get("uuids", [])
+        if not (isinstance(index, int) and isinstance(port, int) and _is(index, int) and _is(port, int)
+                and isinstance(gpus, list) and isinstance(uuids, list)
+                and all(_is(g, int) for g in gpus) and all(isinstance(u, str) for u in uuids)):
+            return None
+        return cls(index, port, tuple(gpus), tuple(uuids))
 
 
 @dataclass(frozen=True)
@@ -47,14 +86,24 @@ class ReleaseRecord:
     signers: tuple[str, ...] = ()
     external_env: bool = False
     rendered: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of what install rendered
+    # Several replicas: `port` is the router's, each replica has its own loopback port; empty: one vLLM on `port`.
+    replicas: tuple[ReplicaRecord, ...] = ()
+    router: str = ""  # with replicas: the nginx binary the router unit runs
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def replicated(self) -> bool:
+        return bool(self.replicas)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["gpus"], d["signers"] = list(self.gpus), list(self.signers)
+        d["replicas"] = [r.to_dict() for r in self.replicas]
+        if not self.replicas:  # a one-replica record is written exactly as before replicas existed
+            del d["replicas"], d["router"]
         return {"schema": RELEASE_SCHEMA, **d}
 
     @classmethod
@@ -72,6 +121,11 @@ class ReleaseRecord:
                 if not isinstance(v, list) or not all(isinstance(x, want) and not isinstance(x, bool) for x in v):
                     return None
                 v = tuple(v)
+            elif f.name == "replicas":
+                parsed = [ReplicaRecord.from_dict(r) for r in v] if isinstance(v, list) else [None]
+                if any(r is None for r in parsed):
+                    return None
+                v = tuple(r for r in parsed if r is not None)
             elif f.name == "rendered":
                 if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
                     return None
@@ -144,10 +198,10 @@ def installed_versions(layout: Layout) -> list[int]:
         return []
 
 
-def unit_release(layout: Layout) -> int | None:
-    """The release the installed unit points at (WorkingDirectory=.../releases/N)."""
+def unit_release(layout: Layout, unit: Path | None = None) -> int | None:
+    """The release an installed unit points at (WorkingDirectory=.../releases/N); the instance's by default."""
     try:
-        m = re.search(r"^WorkingDirectory=.*/releases/(\d+)\s*$", layout.unit_path.read_text(), re.M)
+        m = re.search(r"^WorkingDirectory=.*/releases/(\d+)\s*$", (unit or layout.unit_path).read_text(), re.M)
     except (OSError, UnicodeDecodeError):
         return None
     return int(m.group(1)) if m else None

@@ -130,17 +130,38 @@ def ships_vocab(manifest: Manifest) -> bool:
 
 def render_release(template: str, profile: Profile, layout: Layout, release_live: Path, python_live: Path,
                    api_key: str, *, port: int, gpus: tuple[int, ...], tensor_parallel: int,
-                   served: str, vocab: bool) -> dict[str, str]:
+                   served: str, vocab: bool, files: tuple[str, str] = (CONFIG, ENV_FILE),
+                   replica: bool = False) -> dict[str, str]:
     """The unit, config and environment of one release, as text, with paths as the booted host sees them.
-    Pure: `compliance check` renders again from the same recorded inputs and compares."""
+    Pure: `compliance check` renders again from the same recorded inputs and compares. A replica (one of
+    several) names its own files, and its `layout` is the replica's (state and cache follow the unit's %i)."""
+    config_name, env_name = files
     unit = render_unit(template, UnitInputs(
-        python=python_live, env_file=release_live / ENV_FILE, config_file=release_live / CONFIG,
+        python=python_live, env_file=release_live / env_name, config_file=release_live / config_name,
         release_dir=release_live, vendor=profile.match.vendor, gpus=gpus, tensor_parallel=tensor_parallel))
     config = render_vllm_config(profile.vllm_config(tensor_parallel=tensor_parallel),
                                 model_dir=release_live / "payload" / "model", served_name=served, port=port)
     env = render_env(api_key=api_key, instance=layout.instance, release_dir=release_live,
                      profile_env=dict(profile.vllm.env), state_dir=layout.live_path(layout.state),
                      cache_dir=layout.live_path(layout.cache), vocab=vocab)
-    if gpus and profile.match.vendor == "nvidia":
+    if replica:
+        env += pin_devices(profile.match.vendor, gpus, profile_env=profile.vllm.env)
+    elif gpus and profile.match.vendor == "nvidia":
         env += f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}\n"
     return {"unit": unit, "config": config, "env": env}
+
+
+def pin_devices(vendor: str, gpus: tuple[int, ...], *, profile_env: Mapping[str, str] = {}) -> str:  # noqa: B006
+    """A replica sees only its GPUs. Indices are nvidia-smi's (PCI bus order), so CUDA is told to count in that
+    order too: its default (fastest first) can number a mixed host differently. CPU replicas share the cores:
+    vLLM's automatic thread binding would pin every replica's worker to the same core, where a busy replica
+    starved the start of another (seen: a restarted replica's worker got no CPU time for minutes), so the
+    kernel places their threads instead (unless the profile says how)."""
+    devices = ",".join(map(str, gpus))
+    if vendor == "nvidia" and gpus:
+        return f"CUDA_DEVICE_ORDER=PCI_BUS_ID\nCUDA_VISIBLE_DEVICES={devices}\n"
+    if vendor == "amd" and gpus:
+        return f"HIP_VISIBLE_DEVICES={devices}\n"
+    if vendor == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in profile_env:
+        return "VLLM_CPU_OMP_THREADS_BIND=nobind\n"
+    return ""

@@ -20,7 +20,7 @@ from gptossctl.bundle.verify import TrustPolicy
 from gptossctl.errors import UsageError
 from gptossctl.fsutil import atomic_write, load_json
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ENV_FILE
+from gptossctl.install.release import ENV_FILE, replica_files
 
 
 def current_api_key(layout: Layout) -> str | None:
@@ -28,9 +28,11 @@ def current_api_key(layout: Layout) -> str | None:
     return read_api_key(layout.api_key) if layout.api_key.is_file() else None
 
 def release_api_key(release: Path) -> str | None:
-    """The key a release's service.env was rendered with (a release left by an earlier, failed attempt)."""
+    """The key a release's service.env was rendered with (a release left by an earlier, failed attempt); with
+    several replicas, the first replica's (they all hold the same)."""
     try:
-        text = (release / ENV_FILE).read_text()
+        env = release / ENV_FILE
+        text = (env if env.exists() else release / replica_files(0)[1]).read_text()
     except (OSError, UnicodeDecodeError):
         return None
     for line in text.splitlines():

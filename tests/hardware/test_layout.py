@@ -257,13 +257,16 @@ def test_two_l4_serve_two_20b_replicas_and_no_120b() -> None:
     assert _check(inv, "gpt-oss-120b", cuda="12.4").chosen is None  # 2 x 22.5 GiB cannot hold 60.8 GiB
 
 
-def test_cpu_profile_is_one_replica_per_host() -> None:
+def test_cpu_profile_is_one_replica_per_host_unless_asked() -> None:
     from gptossctl.hardware.inventory import HostFacts
 
     inv = Inventory("host", (), host=HostFacts("x86_64", "2.36", "3.11.2", 24000, {}))
     m = _check(inv, "tiny")
     assert m.layout is not None and (len(m.layout.replicas), m.layout.replicas[0].gpus) == (1, ())
-    assert _check(inv, "tiny", LayoutRequest(replicas=2)).chosen is None
+    # More replicas only when asked (tests and demos of the router: they share the cores); never TP > 1.
+    two = _check(inv, "tiny", LayoutRequest(replicas=2)).layout
+    assert two is not None and [r.index for r in two.replicas] == [0, 1] and "share the cores" in two.reason
+    assert _check(inv, "tiny", LayoutRequest(tensor_parallel=2)).chosen is None
 
 
 def test_layout_module_is_pure() -> None:

@@ -24,7 +24,8 @@ from gptossctl.adapters.nspawn import CACHE, PATH, Container, debian_rootfs  # n
 from gptossctl.adapters.nspawn import PACKAGES as BASE_PACKAGES
 from gptossctl.adapters.nspawn import need as _need_tool
 
-PACKAGES = BASE_PACKAGES
+# nginx-light: the router in front of several replicas (install's preflight requires it for more than one).
+PACKAGES = BASE_PACKAGES + ",nginx-light"
 REPO = Path(__file__).resolve().parents[2]
 # Fleet hosts add sshd: Ansible reaches them over SSH like any managed host.
 FLEET_PACKAGES = PACKAGES + ",openssh-server"
