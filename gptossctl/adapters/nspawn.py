@@ -130,6 +130,11 @@ class Container:
     def path(self, inside: str) -> Path:
         return self.directory / inside.lstrip("/")
 
+    def discard(self) -> None:
+        """Shut down and delete the container's root file system (each holds GiBs of installed releases)."""
+        self.shutdown()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def shutdown(self) -> None:
         if self.proc is None:
             return

@@ -199,7 +199,7 @@ def read_part(path: Path) -> PartFile:
     if path.is_symlink():
         raise NotAPart("a symbolic link: refused, never followed")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO never blocks
     except OSError as exc:
         raise DamagedPart(f"cannot open: {exc.strerror}") from None
     try:

@@ -288,6 +288,12 @@ def collect_parts(places: Sequence[Path], policy: TrustPolicy | None) -> PartSet
                                     hint="remove it; if it should be a part, its first bytes are damaged"))
         except DamagedPart as exc:
             findings.append(Finding("parts.damaged", str(path), str(exc), hint="copy this part again"))
+    if not parts and not any(p.is_dir() for p in places):
+        why = findings[0].message if findings else "not a gptossctl part"
+        raise UsageError(f"{', '.join(str(p) for p in places)}: not a bundle directory and {why}",
+                         code="bundle.not_a_bundle",
+                         hint="give a bundle directory (it holds manifest.dsse.json), a directory of parts, "
+                              "or one .part file")
     if not parts:
         raise CheckFailed(f"no gptossctl parts in {', '.join(str(p) for p in places)}", code="parts.none",
                           findings=findings, hint="name the directories that hold the .part files")

@@ -127,7 +127,7 @@ def fleet(work: Path, count: int, *, public_key: Path, binds: dict[Path, str]) -
             c = Container.from_cache(box, binds, packages=FLEET_PACKAGES, netns=veth.netns,
                                      machine=f"gptoss-fleet-{os.getpid()}-{i}")
             _authorize(c.directory, public_key)
-            stack.callback(c.shutdown)
+            stack.callback(c.discard)
             hosts.append(FleetHost(f"fleet-{i}", guest_addr, c, veth))
         for h in hosts:
             h.container.boot()

@@ -74,7 +74,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     finally:
         (work / "journal.txt").write_text(c.run("journalctl", "--no-pager", "-n", "400", check=False).stdout
                                           if c.init_pid else "")
-        c.shutdown()
+        c.discard()
         if server is not None:  # the nsenter that started vLLM would outlive the container otherwise
             server.kill()
             server.wait(30)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ CLI = Path(sys.executable).with_name("gptossctl")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path]:  # type: ignore[type-arg]
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict, Path]]:  # type: ignore[type-arg]
     wheels = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_wheels.py")], check=True,
                             capture_output=True, text=True).stdout.split()
     vllm, bootstrap = wheels[-2:]
@@ -30,7 +32,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path]:  #
     res = subprocess.run([str(CLI), "demo", "--out", str(out), "--wheelhouse", vllm, "--bootstrap-wheels", bootstrap,
                           "--json"], capture_output=True, text=True, timeout=1800, check=False)
     assert "Traceback" not in res.stderr, res.stderr[-4000:]
-    return res.returncode, json.loads(res.stdout), out
+    yield res.returncode, json.loads(res.stdout), out
+    shutil.rmtree(out, ignore_errors=True)  # its container and releases: GiBs the later tests need
 
 
 def _steps(doc: dict) -> dict[str, dict]:  # type: ignore[type-arg]

@@ -86,7 +86,7 @@ def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> I
     finally:
         (work / "journal.txt").write_text(c.run("journalctl", "--no-pager", "-n", "400", check=False).stdout
                                           if c.init_pid else "")
-        c.shutdown()
+        c.discard()
 
 
 def _install(c: Container, bundle: str, *extra: str, check: bool = False) -> tuple[int, dict]:  # type: ignore[type-arg]
