@@ -49,9 +49,8 @@ def _owner_uid(ev: Evidence) -> int:
 
 def check_secrets(ev: Evidence) -> CheckResult:
     uid = _owner_uid(ev)
-    if ev.rec.replicated:
-        return replicas.check_secrets(ev, uid)
-    wanted = ((ev.layout.api_key, 0o600), (ev.release / ENV_FILE, 0o600), (ev.layout.etc, 0o700))
+    wanted = replicas.secret_files(ev) if ev.rec.replicated else \
+        [(ev.layout.api_key, 0o600), (ev.release / ENV_FILE, 0o600), (ev.layout.etc, 0o700)]
     bad, evidence = [], []
     for p, mode in wanted:
         try:

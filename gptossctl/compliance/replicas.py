@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import stat
 from pathlib import Path
 
 import yaml
@@ -257,25 +256,6 @@ def check_api_key(ev: Evidence) -> CheckResult:
 def secret_files(ev: Evidence) -> list[tuple[Path, int]]:
     return [(ev.layout.api_key, 0o600), (ev.layout.router_key, 0o600),
             *((ev.release / n, 0o600) for n in ev.replica_envs), (ev.layout.etc, 0o700)]
-
-
-def check_secrets(ev: Evidence, uid: int) -> CheckResult:
-    bad, good = [], []
-    wanted = secret_files(ev)
-    for p, mode in wanted:
-        try:
-            st = p.lstat()
-        except OSError:
-            bad.append(f"{ev.live(p)} is missing")
-            continue
-        have = stat.S_IMODE(st.st_mode)
-        if stat.S_ISLNK(st.st_mode):
-            bad.append(f"{ev.live(p)} is a symbolic link")
-        elif have != mode or st.st_uid != uid:
-            bad.append(f"{ev.live(p)} is {have:04o} owned by uid {st.st_uid}; required {mode:04o} owned by uid {uid}")
-        else:
-            good.append(f"{ev.live(p)} {have:04o} uid {uid}")
-    return _result("access.secrets", bad, good, [ev.live(p) for p, _m in wanted])
 
 
 def check_running(ev: Evidence) -> CheckResult:

@@ -39,6 +39,15 @@ def gptossctl_wheelhouse() -> Path:
     return Path(out.split()[-1])
 
 
+def bootstrap_cli(c: Container) -> None:
+    """Bootstrap gptossctl in a booted container as the README says: uv from the wheelhouse bound at
+    /media/house, no index, no network."""
+    c.run("sh", "-c", "cd /tmp && python3 -m zipfile -e /media/house/uv-*.whl uvx && "
+          "install -m 0755 uvx/uv-*.data/scripts/uv /usr/local/bin/uv && "
+          "uv venv -q --python /usr/bin/python3 /opt/gptossctl && "
+          "uv pip install -q --offline --no-index --find-links /media/house --python /opt/gptossctl/bin/python gptossctl")
+
+
 def _need(tool: str, package: str) -> str:
     return _need_tool(tool, package)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.container import Container, gptossctl_wheelhouse
+from tests.integration.container import Container, bootstrap_cli, gptossctl_wheelhouse
 from tests.integration.test_canary_vllm import check_self_contained, screenshot
 from tests.integration.vllm_server import make_trained_llama, vllm_python
 
@@ -57,10 +57,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     c.boot()
     server = None
     try:
-        c.run("sh", "-c", "cd /tmp && python3 -m zipfile -e /media/house/uv-*.whl uvx && "
-              "install -m 0755 uvx/uv-*.data/scripts/uv /usr/local/bin/uv && "
-              "uv venv -q --python /usr/bin/python3 /opt/gptossctl && "
-              "uv pip install -q --offline --no-index --find-links /media/house --python /opt/gptossctl/bin/python gptossctl")
+        bootstrap_cli(c)
         c.run("sh", "-c", f"mkdir -p /etc/gptoss/tiny && umask 077 && echo {KEY} > /etc/gptoss/tiny/api-key")
         server = c.spawn("env", *VLLM_ENV, str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                 "--model", "/media/model", "--served-model-name", "tiny-llama", "--host", "127.0.0.1", "--port",

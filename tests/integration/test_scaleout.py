@@ -27,7 +27,7 @@ import pytest
 from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
-from tests.integration.container import PACKAGES, Container, gptossctl_wheelhouse
+from tests.integration.container import PACKAGES, Container, bootstrap_cli, gptossctl_wheelhouse
 from tests.integration.test_systemd_install import BROKEN, RECIPE
 from tests.integration.vllm_server import REPO, make_trained_llama
 
@@ -99,10 +99,7 @@ def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> I
                              machine="gptoss-scaleout")
     c.boot()
     try:
-        c.run("sh", "-c", "cd /tmp && python3 -m zipfile -e /media/house/uv-*.whl uvx && "
-              "install -m 0755 uvx/uv-*.data/scripts/uv /usr/local/bin/uv && "
-              "uv venv -q --python /usr/bin/python3 /opt/gptossctl && "
-              "uv pip install -q --offline --no-index --find-links /media/house --python /opt/gptossctl/bin/python gptossctl")
+        bootstrap_cli(c)
         # The distribution's own nginx site is not needed: the router runs under its own unit.
         c.run("systemctl", "disable", "--now", "nginx.service")
         c.path("/root/client.py").write_text(CLIENT)

@@ -21,7 +21,7 @@ import pytest
 from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
-from tests.integration.container import Container, gptossctl_wheelhouse
+from tests.integration.container import Container, bootstrap_cli, gptossctl_wheelhouse
 from tests.integration.vllm_server import REPO, make_trained_llama
 
 pytestmark = pytest.mark.integration
@@ -77,11 +77,7 @@ def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> I
                                     house: "/media/house"})
     c.boot()
     try:
-        # Bootstrap the CLI as the README says: uv from the wheelhouse, no index, no network.
-        c.run("sh", "-c", "cd /tmp && python3 -m zipfile -e /media/house/uv-*.whl uvx && "
-              "install -m 0755 uvx/uv-*.data/scripts/uv /usr/local/bin/uv && "
-              "uv venv -q --python /usr/bin/python3 /opt/gptossctl && "
-              "uv pip install -q --offline --no-index --find-links /media/house --python /opt/gptossctl/bin/python gptossctl")
+        bootstrap_cli(c)
         yield c
     finally:
         (work / "journal.txt").write_text(c.run("journalctl", "--no-pager", "-n", "400", check=False).stdout
