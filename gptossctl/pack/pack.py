@@ -177,6 +177,10 @@ def pack_bundle(
     done (5) copy-and-hash the rest in parallel (6) SBOM, manifest, signatures (7) rename OUT.partial to OUT."""
     if not keys:
         raise UsageError("no signing key given", code="pack.no_key", hint="pass --key FILE.key (repeatable)")
+    ids = [k.keyid for k in keys]
+    if len(set(ids)) < len(ids):  # one signature per key: a second adds nothing to the threshold
+        raise UsageError("the same signing key is given twice", code="sign.already_signed",
+                         hint="give each --key once; a k-of-n policy needs k different keys")
     check_out(out, sources=_source_dirs(spec, spec_dir, model_dir, wheelhouse))
     now = now or datetime.now(UTC)
     lifetime = parse_duration(expires_in or spec.expires_in)
