@@ -52,6 +52,33 @@ def _mib(text: str | None) -> int | None:
     return int(m.group(1)) if m and 0 < int(m.group(1)) <= MAX_GPU_MIB else None
 
 
+def _memory(path: Path, text: str | None, what: str, *, gpu: int) -> int | None:
+    """A memory size the capture states: None when it says N/A; a value that is not a size (negative, NaN,
+    absurd) is a damaged capture, refused rather than read as "unknown"."""
+    v = _value(text)
+    if v is None:
+        return None
+    m = _MIB.fullmatch(v)
+    if m is None or int(m.group(1)) > MAX_GPU_MIB or (what == "memory.total" and int(m.group(1)) == 0):
+        raise _invalid(path, f"GPU {gpu}: {what} {v[:40]!r} is not a memory size in MiB",
+                       "capture again on the target; a capture is used as the tool wrote it")
+    return int(m.group(1))
+
+
+def check_gpus(path: Path, gpus: list[Gpu]) -> None:
+    """One line per physical GPU: an index, UUID or PCI bus id seen twice, or more memory free than there is,
+    describes hardware that cannot exist (and would plan several replicas onto one GPU)."""
+    hint = "capture again on the target, unedited: each GPU appears once"
+    for what, values in (("index", [str(g.index) for g in gpus]), ("UUID", [g.uuid for g in gpus if g.uuid]),
+                         ("PCI bus id", [g.pci_bus_id.lower() for g in gpus if g.pci_bus_id])):
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup:
+            raise _invalid(path, f"GPU {what} {dup[0][:64]} appears {values.count(dup[0])} times", hint)
+    for g in gpus:
+        if g.memory_total_mib is not None and g.memory_free_mib is not None and g.memory_free_mib > g.memory_total_mib:
+            raise _invalid(path, f"GPU {g.index}: {g.memory_free_mib} MiB free of {g.memory_total_mib} MiB", hint)
+
+
 def _index(text: str | None, default: int) -> int:
     v = _value(text) or ""
     return int(v) if v.isdigit() and len(v) <= 4 else default
@@ -89,13 +116,13 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
             for j, m in enumerate(g.findall("mig_devices/mig_device"))
             if (mem := _mib(m.findtext("fb_memory_usage/total"))) is not None
         )
-        total = _mib(g.findtext("fb_memory_usage/total"))
+        total = _memory(path, g.findtext("fb_memory_usage/total"), "memory.total", gpu=i)
         if total is None:
             notes.append(f"GPU {i} ({name}) reports no memory size")
         gpus.append(Gpu(
             index=_index(g.findtext("minor_number"), i),
             vendor="nvidia", name=name, memory_total_mib=total,
-            memory_free_mib=_mib(g.findtext("fb_memory_usage/free")),
+            memory_free_mib=_memory(path, g.findtext("fb_memory_usage/free"), "memory.free", gpu=i),
             compute_capability=cc, cc_inferred=cc is not None,
             mig_enabled=_on_off(g.findtext("mig_mode/current_mig")), mig_slices=slices,
             persistence_mode=_on_off(g.findtext("persistence_mode")),
@@ -103,6 +130,7 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
         ))
     if not gpus:
         raise _invalid(path, "no <gpu> elements: the capture lists no GPU", "capture on the target with nvidia-smi -q -x")
+    check_gpus(path, gpus)
     return Inventory(f"nvidia-smi-xml:{path.name}", tuple(gpus), _value(root.findtext("driver_version")),
                      _cuda_from_text(root.findtext("cuda_version")), None, tuple(notes))
 
@@ -136,12 +164,14 @@ def parse_nvidia_smi_csv(path: Path) -> Inventory:
         cc = (int(m.group(1)), int(m.group(2))) if m else infer_compute_capability(name)
         gpus.append(Gpu(
             index=_index(cell(row, "index"), n), vendor="nvidia", name=name[:200],
-            memory_total_mib=_mib(cell(row, "memory.total")), memory_free_mib=_mib(cell(row, "memory.free")),
+            memory_total_mib=_memory(path, cell(row, "memory.total"), "memory.total", gpu=n),
+            memory_free_mib=_memory(path, cell(row, "memory.free"), "memory.free", gpu=n),
             compute_capability=cc, cc_inferred=m is None and cc is not None,
             mig_enabled=_on_off(cell(row, "mig.mode.current")),
             persistence_mode=_on_off(cell(row, "persistence_mode")),
             pci_bus_id=_value(cell(row, "pci.bus_id")), uuid=_value(cell(row, "uuid")),
         ))
+    check_gpus(path, gpus)
     drivers = sorted(d for r in rows[1:] if (d := _value(cell(r, "driver_version"))))
     notes = ("the CSV has no MIG slice sizes: capture nvidia-smi -q -x to size MIG slices",) \
         if any(g.mig_enabled for g in gpus) else ()
