@@ -65,18 +65,24 @@ def _memory(path: Path, text: str | None, what: str, *, gpu: int) -> int | None:
     return int(m.group(1))
 
 
-def check_gpus(path: Path, gpus: list[Gpu]) -> None:
-    """One line per physical GPU: an index, UUID or PCI bus id seen twice, or more memory free than there is,
-    describes hardware that cannot exist (and would plan several replicas onto one GPU)."""
+def check_gpus(path: Path, gpus: list[Gpu]) -> tuple[str, ...]:
+    """One line per physical GPU: an index or PCI bus id seen twice, or more memory free than there is,
+    describes hardware that cannot exist (and would plan several replicas onto one GPU): refused. A UUID seen
+    twice on GPUs whose PCI bus ids all differ is an anonymised capture (published ones are): a note."""
     hint = "capture again on the target, unedited: each GPU appears once"
-    for what, values in (("index", [str(g.index) for g in gpus]), ("UUID", [g.uuid for g in gpus if g.uuid]),
-                         ("PCI bus id", [g.pci_bus_id.lower() for g in gpus if g.pci_bus_id])):
+    pcis = [g.pci_bus_id.lower() for g in gpus if g.pci_bus_id]
+    for what, values in (("index", [str(g.index) for g in gpus]), ("PCI bus id", pcis),
+                         ("UUID", [g.uuid for g in gpus if g.uuid])):
         dup = sorted({v for v in values if values.count(v) > 1})
+        if dup and what == "UUID" and len(pcis) == len(gpus):
+            return (f"GPU UUID {dup[0][:64]} appears {values.count(dup[0])} times on GPUs with different PCI bus "
+                    "ids: an anonymised capture?",)
         if dup:
             raise _invalid(path, f"GPU {what} {dup[0][:64]} appears {values.count(dup[0])} times", hint)
     for g in gpus:
         if g.memory_total_mib is not None and g.memory_free_mib is not None and g.memory_free_mib > g.memory_total_mib:
             raise _invalid(path, f"GPU {g.index}: {g.memory_free_mib} MiB free of {g.memory_total_mib} MiB", hint)
+    return ()
 
 
 def _index(text: str | None, default: int) -> int:
@@ -130,7 +136,7 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
         ))
     if not gpus:
         raise _invalid(path, "no <gpu> elements: the capture lists no GPU", "capture on the target with nvidia-smi -q -x")
-    check_gpus(path, gpus)
+    notes += check_gpus(path, gpus)
     return Inventory(f"nvidia-smi-xml:{path.name}", tuple(gpus), _value(root.findtext("driver_version")),
                      _cuda_from_text(root.findtext("cuda_version")), None, tuple(notes))
 
@@ -171,10 +177,9 @@ def parse_nvidia_smi_csv(path: Path) -> Inventory:
             persistence_mode=_on_off(cell(row, "persistence_mode")),
             pci_bus_id=_value(cell(row, "pci.bus_id")), uuid=_value(cell(row, "uuid")),
         ))
-    check_gpus(path, gpus)
     drivers = sorted(d for r in rows[1:] if (d := _value(cell(r, "driver_version"))))
-    notes = ("the CSV has no MIG slice sizes: capture nvidia-smi -q -x to size MIG slices",) \
-        if any(g.mig_enabled for g in gpus) else ()
+    notes = check_gpus(path, gpus) + (("the CSV has no MIG slice sizes: capture nvidia-smi -q -x to size MIG "
+                                       "slices",) if any(g.mig_enabled for g in gpus) else ())
     return Inventory(f"nvidia-smi-csv:{path.name}", tuple(gpus), drivers[0] if drivers else None, None, None, notes)
 
 

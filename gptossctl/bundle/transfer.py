@@ -280,6 +280,13 @@ def _schema_of(line: str) -> object:
     return doc.get("schema") if doc is not None else None
 
 
+def human_bytes(n: int) -> str:
+    """GiB for big numbers, MiB or bytes for small ones (never "0.00 GiB" on a small disk)."""
+    if n >= 1 << 30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
 def _size(path: Path) -> int:
     try:
         return path.lstat().st_size
@@ -298,7 +305,7 @@ def _check_space(work: Path, need: int, margin: int) -> None:
     free = shutil.disk_usage(work).free
     if need + margin > free:
         raise CheckFailed(
-            f"not enough disk at {work}: {need / 2**30:.2f} GiB to write, {free / 2**30:.2f} GiB free",
+            f"not enough disk at {work}: {human_bytes(need)} to write, {human_bytes(free)} free",
             code="transfer.insufficient_disk",
             hint=f"free {(need + margin - free) / 2**30:.2f} GiB or choose another destination, then run "
                  "again: what is already verified there is kept")

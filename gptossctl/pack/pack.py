@@ -35,6 +35,7 @@ from gptossctl.bundle.layout import (
     unsafe_path_reason,
 )
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
+from gptossctl.bundle.transfer import human_bytes
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
 from gptossctl.pack.gather import Gathered, gather
 from gptossctl.pack.sbom import SbomInput, build_sbom
@@ -240,7 +241,7 @@ def _locked_partial(partial: Path) -> Iterator[IO[str]]:
 def _check_disk(partial: Path, need: int) -> None:
     free = shutil.disk_usage(partial).free
     if need + _DISK_MARGIN > free:
-        raise CheckFailed(f"not enough disk at {partial}: {need / 2**30:.2f} GiB to write, {free / 2**30:.2f} GiB free",
+        raise CheckFailed(f"not enough disk at {partial}: {human_bytes(need)} to write, {human_bytes(free)} free",
                           code="pack.insufficient_disk", hint="free space or choose another --out on a larger disk")
 
 

@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -400,6 +401,11 @@ F14_F15_F22: list[H] = [
 F18: list[H] = [
     Hc("f18-capture-duplicate-gpu", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
        expect=2, code="hw.capture_invalid", setup=_capture([_h100_row()] * 8)),
+    Hc("f18-capture-duplicate-pci-bus", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
+       expect=2, code="hw.capture_invalid",
+       setup=_capture([_h100_row(), _h100_row(index="1", uuid="GPU-00000000-0000-0000-0000-000000000001")])),
+    Hc("f18-capture-distinct-gpus-pass", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
+       expect={0, 1}, setup=_capture([_h100_row(), _h100_row(index="1", uuid="GPU-1", **{"pci.bus_id": "0:7.0"})])),
     Hc("f18-capture-free-above-total", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
        expect=2, code="hw.capture_invalid", setup=_capture([_h100_row(**{"memory.free": "99999999 MiB"})])),
     Hc("f18-capture-negative-memory", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
@@ -408,7 +414,16 @@ F18: list[H] = [
        expect=2, code="hw.capture_invalid", setup=_capture([_h100_row(**{"memory.total": "nan MiB"})])),
 ]
 
+def _small_disk(w: World, tmp: Path) -> dict[str, str]:
+    mnt = tmp / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    return {"mnt": str(mnt)}
+
+
 F23_F24: list[H] = [
+    Hc("f24-copy-small-disk-says-mib", "bundle", "copy", "{bundle}", "{mnt}/c", expect={1, 3, 4},
+       out=r"MiB (to write|free)", setup=_small_disk),
     Hc("f23-size-fullwidth-digit", "bundle", "split", "{bundle}", "--out", "{t}/p", "--part-size",
        "\uff14G", expect=2, setup=lambda w, t: {"t": str(t)}),
     Hc("f24-api-key-file-directory", "smoke", "--url", "http://127.0.0.1:{port}", "--api-key-file", "{dir}",
@@ -435,7 +450,11 @@ def test_hostile_parsing_is_refused_cleanly(case: H, world: World, stub: str, re
     extra = case.setup(base, tmp_path) if case.setup else {}
     w = World(world.base, {**base.paths, **extra})
     before = {name: _state(Path(w.paths[name])) for name in case.watch}
-    r = _run([w.fmt(a) for a in case.argv], {k: w.fmt(v) for k, v in case.env})
+    try:
+        r = _run([w.fmt(a) for a in case.argv], {k: w.fmt(v) for k, v in case.env})
+    finally:
+        if "mnt" in extra:
+            subprocess.run(["umount", extra["mnt"]], check=False)
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     doc = json.loads(r.stdout)  # exactly one document
     err = doc.get("error") or {}
