@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -281,6 +282,9 @@ SCHED = ("canary", "schedule", "--name", "wk", "--root", "{t}", "--dry-run")
 F6: list[H] = [
     Hc("f6-verify-expiry-9999", "bundle", "verify", "{b}", "--trust", "{pub}", expect=0,
        setup=_resigned(_set(expires="9999-12-31T23:59:59Z"))),
+    Hc("f6-install-expiry-9999", "install", "{b}", "--trust", "{pub}", "--root", "{t}/r", "--vllm-python",
+       sys.executable, expect=0, setup=lambda w, t: {**_resigned(_set(expires="9999-12-31T23:59:59Z"))(w, t),
+                                                     "t": str(t)}),
     Hc("f6-schedule-start-9999", *SCHED, "--url", "http://127.0.0.1:{port}", "--start", "9999-12-31T23:59:59Z",
        expect=2, setup=lambda w, t: {"t": str(t)}),
     Hc("f6-schedule-url-bad-ipv6", *SCHED, "--url", "http://[::1", expect=2, code="usage.bad_url",
@@ -382,12 +386,15 @@ F14_F15_F22: list[H] = [
     Hc("f14-envelope-duplicate-key", "bundle", "verify", "{b}", "--trust", "{pub}", expect=1,
        code="bundle.envelope_malformed",
        setup=_envelope_text(lambda t: t.replace('"payloadType":', '"payloadType": "x", "payloadType":', 1))),
+    Hc("f14-report-duplicate-key", "canary", "run", "--url", STUB, "--suite", "{s}", "--baseline", "{bl}", expect=2,
+       code="canary.bad_baseline", setup=lambda w, t: {**_suite(HALF)(w, t), "bl": _write(
+           t / "bl.json", Path(w.paths["report"]).read_text().replace('"schema":', '"schema": "x", "schema":', 1))}),
     Hc("f14-recipe-duplicate-key", "bundle", "pack", "{r}", "--model-dir", "{model}", "--out", "{t}/out",
        "--key", "{key}", env=ENV_PASS, expect=2, setup=lambda w, t: {
            "r": _write(t / "recipe.yaml", (REPO / "bundles" / "tiny-demo.yaml").read_text() + "\nname: other\n"),
            "t": str(t)}),
-    Hc("f14-journal-duplicate-key-is-no-record", "bundle", "copy", "{bundle}", "{c}", expect=0,
-       setup=_journal(b'{"schema": "gptossctl.transfer-journal/1", "schema": "x"}\n')),
+    Hc("f14-journal-duplicate-key-is-no-journal", "bundle", "copy", "{bundle}", "{c}", expect=0, out="journal_reset",
+       setup=_journal(b'{"schema": "x", "schema": "gptossctl.transfer-journal/1"}\n')),
     Hc("f15-manifest-version-huge", "bundle", "verify", "{b}", "--trust", "{pub}", expect=1,
        out="manifest.malformed", setup=_resigned(_set(version=10**30))),
     Hc("f15-manifest-version-zero", "bundle", "verify", "{b}", "--trust", "{pub}", expect=1,
