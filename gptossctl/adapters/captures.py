@@ -80,6 +80,8 @@ def check_gpus(path: Path, gpus: list[Gpu]) -> tuple[str, ...]:
         if dup:
             raise _invalid(path, f"GPU {what} {dup[0][:64]} appears {values.count(dup[0])} times", hint)
     for g in gpus:
+        if g.memory_free_mib is not None and g.memory_free_mib < 0:
+            raise _invalid(path, f"GPU {g.index}: more memory used than there is", hint)
         if g.memory_total_mib is not None and g.memory_free_mib is not None and g.memory_free_mib > g.memory_total_mib:
             raise _invalid(path, f"GPU {g.index}: {g.memory_free_mib} MiB free of {g.memory_total_mib} MiB", hint)
     return ()
@@ -250,7 +252,7 @@ def parse_rocm_smi_json(path: Path) -> Inventory:
         gpus.append(Gpu(index=_index(key[4:], 0), vendor="amd", name=name[:200], memory_total_mib=vram,
                         memory_free_mib=vram - used if used is not None else None,
                         gfx=_gfx(_value(lower.get("gfx version")), name)))
-    return Inventory(f"rocm-smi-json:{path.name}", tuple(gpus))
+    return Inventory(f"rocm-smi-json:{path.name}", tuple(gpus), notes=check_gpus(path, gpus))
 
 
 def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Inventory:
@@ -279,7 +281,7 @@ def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Invento
         gpus.append(Gpu(index=idx if isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < MAX_GPUS
                         else n, vendor="amd", name=name, memory_total_mib=mib,
                         gfx=_gfx(asic.get("target_graphics_version"), name)))
-    return Inventory(f"amd-smi-json:{path.name}", tuple(gpus))
+    return Inventory(f"amd-smi-json:{path.name}", tuple(gpus), notes=check_gpus(path, gpus))
 
 
 def _obj(value: object) -> dict[str, Any]:

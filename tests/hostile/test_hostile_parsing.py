@@ -413,6 +413,10 @@ F18: list[H] = [
        setup=_capture([_h100_row(), _h100_row(index="1", uuid="GPU-00000000-0000-0000-0000-000000000001")])),
     Hc("f18-capture-distinct-gpus-pass", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
        expect={0, 1}, setup=_capture([_h100_row(), _h100_row(index="1", uuid="GPU-1", **{"pci.bus_id": "0:7.0"})])),
+    Hc("f18-amd-capture-duplicate-gpu", "hw", "check", "--amd-smi-json", "{j}", "--model", "gpt-oss-20b", expect=2,
+       code="hw.capture_invalid", setup=lambda w, t: {"j": _write(t / "amd.json", json.dumps({"gpu_data": [
+           {"gpu": 0, "asic": {"market_name": "AMD Instinct MI300X"}, "vram": {"size": {"value": 196592, "unit": "MB"}}}
+       ] * 2}))}),
     Hc("f18-capture-free-above-total", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
        expect=2, code="hw.capture_invalid", setup=_capture([_h100_row(**{"memory.free": "99999999 MiB"})])),
     Hc("f18-capture-negative-memory", "hw", "check", "--nvidia-smi-csv", "{csv}", "--model", "gpt-oss-20b",
