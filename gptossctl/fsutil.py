@@ -105,7 +105,7 @@ def parse_json(text: str | bytes, *, where: str, what: str, code: str = "input.i
             depth -= 1
         deepest = max(deepest, depth)
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=refuse_duplicate_keys)
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:
         detail = f"{exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
         raise UsageError(f"{what} {where} is not valid JSON ({detail})", code=code,
@@ -114,6 +114,20 @@ def parse_json(text: str | bytes, *, where: str, what: str, code: str = "input.i
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+class DuplicateKey(ValueError):
+    """A JSON object that names one key twice: which value counts depends on the reader, so none does."""
+
+
+def refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook for json.loads: a dict, or DuplicateKey naming the first key given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(f"key {key[:60]!r} is given twice in one object")
+        out[key] = value
+    return out
 
 
 def load_json(path: Path, *, what: str, code: str = "input.invalid_json", limit: int = TEXT_LIMIT,

@@ -41,6 +41,17 @@ def _loader() -> Any:
                 finally:
                     self.depth -= 1
 
+            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+                # A key given twice is ambiguous (the last one silently wins in PyYAML): refuse it, naming it.
+                seen: set[Any] = set()
+                for key_node, _value in node.value:
+                    key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                    if key in seen:
+                        raise yaml.MarkedYAMLError(None, None, f"key {str(key)[:60]!r} is given twice",
+                                                   key_node.start_mark)  # type: ignore[no-untyped-call]
+                    seen.add(key)
+                return super().construct_mapping(node, deep=deep)
+
         _LOADER = Loader
     return _LOADER
 

@@ -52,6 +52,41 @@ def _mib(text: str | None) -> int | None:
     return int(m.group(1)) if m and 0 < int(m.group(1)) <= MAX_GPU_MIB else None
 
 
+def _memory(path: Path, text: str | None, what: str, *, gpu: int) -> int | None:
+    """A memory size the capture states: None when it says N/A; a value that is not a size (negative, NaN,
+    absurd) is a damaged capture, refused rather than read as "unknown"."""
+    v = _value(text)
+    if v is None:
+        return None
+    m = _MIB.fullmatch(v)
+    if m is None or int(m.group(1)) > MAX_GPU_MIB or (what == "memory.total" and int(m.group(1)) == 0):
+        raise _invalid(path, f"GPU {gpu}: {what} {v[:40]!r} is not a memory size in MiB",
+                       "capture again on the target; a capture is used as the tool wrote it")
+    return int(m.group(1))
+
+
+def check_gpus(path: Path, gpus: list[Gpu]) -> tuple[str, ...]:
+    """One line per physical GPU: an index or PCI bus id seen twice, or more memory free than there is,
+    describes hardware that cannot exist (and would plan several replicas onto one GPU): refused. A UUID seen
+    twice on GPUs whose PCI bus ids all differ is an anonymised capture (published ones are): a note."""
+    hint = "capture again on the target, unedited: each GPU appears once"
+    pcis = [g.pci_bus_id.lower() for g in gpus if g.pci_bus_id]
+    for what, values in (("index", [str(g.index) for g in gpus]), ("PCI bus id", pcis),
+                         ("UUID", [g.uuid for g in gpus if g.uuid])):
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup and what == "UUID" and len(pcis) == len(gpus):
+            return (f"GPU UUID {dup[0][:64]} appears {values.count(dup[0])} times on GPUs with different PCI bus "
+                    "ids: an anonymised capture?",)
+        if dup:
+            raise _invalid(path, f"GPU {what} {dup[0][:64]} appears {values.count(dup[0])} times", hint)
+    for g in gpus:
+        if g.memory_free_mib is not None and g.memory_free_mib < 0:
+            raise _invalid(path, f"GPU {g.index}: more memory used than there is", hint)
+        if g.memory_total_mib is not None and g.memory_free_mib is not None and g.memory_free_mib > g.memory_total_mib:
+            raise _invalid(path, f"GPU {g.index}: {g.memory_free_mib} MiB free of {g.memory_total_mib} MiB", hint)
+    return ()
+
+
 def _index(text: str | None, default: int) -> int:
     v = _value(text) or ""
     return int(v) if v.isdigit() and len(v) <= 4 else default
@@ -89,13 +124,13 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
             for j, m in enumerate(g.findall("mig_devices/mig_device"))
             if (mem := _mib(m.findtext("fb_memory_usage/total"))) is not None
         )
-        total = _mib(g.findtext("fb_memory_usage/total"))
+        total = _memory(path, g.findtext("fb_memory_usage/total"), "memory.total", gpu=i)
         if total is None:
             notes.append(f"GPU {i} ({name}) reports no memory size")
         gpus.append(Gpu(
             index=_index(g.findtext("minor_number"), i),
             vendor="nvidia", name=name, memory_total_mib=total,
-            memory_free_mib=_mib(g.findtext("fb_memory_usage/free")),
+            memory_free_mib=_memory(path, g.findtext("fb_memory_usage/free"), "memory.free", gpu=i),
             compute_capability=cc, cc_inferred=cc is not None,
             mig_enabled=_on_off(g.findtext("mig_mode/current_mig")), mig_slices=slices,
             persistence_mode=_on_off(g.findtext("persistence_mode")),
@@ -103,6 +138,7 @@ def parse_nvidia_smi_xml(path: Path) -> Inventory:
         ))
     if not gpus:
         raise _invalid(path, "no <gpu> elements: the capture lists no GPU", "capture on the target with nvidia-smi -q -x")
+    notes += check_gpus(path, gpus)
     return Inventory(f"nvidia-smi-xml:{path.name}", tuple(gpus), _value(root.findtext("driver_version")),
                      _cuda_from_text(root.findtext("cuda_version")), None, tuple(notes))
 
@@ -136,15 +172,16 @@ def parse_nvidia_smi_csv(path: Path) -> Inventory:
         cc = (int(m.group(1)), int(m.group(2))) if m else infer_compute_capability(name)
         gpus.append(Gpu(
             index=_index(cell(row, "index"), n), vendor="nvidia", name=name[:200],
-            memory_total_mib=_mib(cell(row, "memory.total")), memory_free_mib=_mib(cell(row, "memory.free")),
+            memory_total_mib=_memory(path, cell(row, "memory.total"), "memory.total", gpu=n),
+            memory_free_mib=_memory(path, cell(row, "memory.free"), "memory.free", gpu=n),
             compute_capability=cc, cc_inferred=m is None and cc is not None,
             mig_enabled=_on_off(cell(row, "mig.mode.current")),
             persistence_mode=_on_off(cell(row, "persistence_mode")),
             pci_bus_id=_value(cell(row, "pci.bus_id")), uuid=_value(cell(row, "uuid")),
         ))
     drivers = sorted(d for r in rows[1:] if (d := _value(cell(r, "driver_version"))))
-    notes = ("the CSV has no MIG slice sizes: capture nvidia-smi -q -x to size MIG slices",) \
-        if any(g.mig_enabled for g in gpus) else ()
+    notes = check_gpus(path, gpus) + (("the CSV has no MIG slice sizes: capture nvidia-smi -q -x to size MIG "
+                                       "slices",) if any(g.mig_enabled for g in gpus) else ())
     return Inventory(f"nvidia-smi-csv:{path.name}", tuple(gpus), drivers[0] if drivers else None, None, None, notes)
 
 
@@ -215,7 +252,7 @@ def parse_rocm_smi_json(path: Path) -> Inventory:
         gpus.append(Gpu(index=_index(key[4:], 0), vendor="amd", name=name[:200], memory_total_mib=vram,
                         memory_free_mib=vram - used if used is not None else None,
                         gfx=_gfx(_value(lower.get("gfx version")), name)))
-    return Inventory(f"rocm-smi-json:{path.name}", tuple(gpus))
+    return Inventory(f"rocm-smi-json:{path.name}", tuple(gpus), notes=check_gpus(path, gpus))
 
 
 def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Inventory:
@@ -244,7 +281,7 @@ def parse_amd_smi_json(path: Path, doc: dict[str, Any] | None = None) -> Invento
         gpus.append(Gpu(index=idx if isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < MAX_GPUS
                         else n, vendor="amd", name=name, memory_total_mib=mib,
                         gfx=_gfx(asic.get("target_graphics_version"), name)))
-    return Inventory(f"amd-smi-json:{path.name}", tuple(gpus))
+    return Inventory(f"amd-smi-json:{path.name}", tuple(gpus), notes=check_gpus(path, gpus))
 
 
 def _obj(value: object) -> dict[str, Any]:

@@ -12,9 +12,58 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit
 
-from gptossctl.errors import ServiceUnavailable, UsageError
-from gptossctl.fsutil import read_text
+from gptossctl.errors import CheckFailed, ServiceUnavailable, UsageError
+from gptossctl.fsutil import parse_json, read_text
+
+MAX_URL = 2048  # a base URL is a scheme, a host, a port and perhaps a prefix: far below this
+MAX_BODY = 32 << 20  # the largest answer a check reads (a long completion is kilobytes)
+MAX_KEY = 4096
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user:password@ replaced by ***@ (for messages: credentials never reach a log)."""
+    start = url.find("//") + 2 if "//" in url else 0
+    end = min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=len(url))
+    at = url.rfind("@", start, end)
+    return url if at < 0 else url[:start] + "***" + url[at:]
+
+
+def check_service_url(url: str, *, option: str = "--url") -> str:
+    """An http(s) base URL that every HTTP client handles the same way, or a refusal (exit 2, usage.bad_url).
+
+    Printable ASCII only (a newline, a space or a full-width digit is refused, not handed to an IDNA codec), at
+    most MAX_URL characters, a host, a valid port, no credentials (the key travels in --api-key-file) and no
+    query or fragment (paths are appended to the base).
+    """
+    shown = repr(redact_url(url[:120]) + ("..." if len(url) > 120 else ""))
+    hint = "give the service's base URL, such as http://127.0.0.1:8000"
+
+    def bad(why: str, how: str = hint) -> UsageError:
+        return UsageError(f"{option} {shown} {why}", code="usage.bad_url", hint=how)
+
+    if len(url) > MAX_URL:
+        raise bad(f"is {len(url)} characters long, more than the {MAX_URL} a base URL can be")
+    odd = next((i for i, c in enumerate(url) if not 0x21 <= ord(c) <= 0x7E), None)
+    if odd is not None:
+        raise bad(f"has a space, control or non-ASCII character at position {odd}",
+                  "type the URL in plain ASCII: an IP address, or the host name in its ASCII (xn--) form")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad(f"is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad("is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise bad("carries credentials (user:password@)",
+                  "remove them from the URL; the API key goes in a file given with --api-key-file")
+    if "?" in url or "#" in url:
+        raise bad("has a query or fragment", "give the base URL only: the paths (/v1/...) are appended to it")
+    if port == 0:
+        raise bad("has port 0")
+    return url
 
 
 @dataclass(frozen=True)
@@ -40,6 +89,9 @@ class Endpoint:
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 30.0
 
+    def __post_init__(self) -> None:
+        check_service_url(self.url)
+
     def headers(self, *, key: str | None | bool = True) -> dict[str, str]:
         """key=True: the configured key; False: none; a string: that key (to test refusals)."""
         value = self.api_key if key is True else (key or None)
@@ -48,16 +100,37 @@ class Endpoint:
 
 def read_api_key(path: Path) -> str:
     """A key file holds the key alone, or an env file with VLLM_API_KEY=... (what install writes)."""
-    text = read_text(path, what="API key file", code="probe.key_unreadable", limit=64 << 10)
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("VLLM_API_KEY="):
-            return line.split("=", 1)[1].strip().strip('"')
-    first = text.strip().splitlines()[0].strip() if text.strip() else ""
-    if not first or "=" in first:
-        raise UsageError(f"{path} holds no API key", code="probe.key_missing",
-                         hint="the file holds the key alone, or a line VLLM_API_KEY=...")
-    return first
+    text = read_text(path, what="API key", code="probe.key_unreadable", limit=64 << 10)
+    key = next((line.strip().split("=", 1)[1].strip().strip('"') for line in text.splitlines()
+                if line.strip().startswith("VLLM_API_KEY=")), None)
+    if key is None:
+        first = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not first or "=" in first:
+            raise UsageError(f"{path} holds no API key", code="probe.key_missing",
+                             hint="the file holds the key alone, or a line VLLM_API_KEY=...")
+        key = first
+    # The key travels in an HTTP header: printable ASCII without spaces, as every server compares it.
+    if not key or len(key) > MAX_KEY or any(not 0x21 <= ord(c) <= 0x7E for c in key):
+        raise UsageError(f"the API key in {path} is not {MAX_KEY} or fewer printable ASCII characters without "
+                         "spaces", code="probe.key_invalid",
+                         hint="check that this is the key file the service was installed with")
+    return key
+
+
+def bad_response(where: str, why: str) -> CheckFailed:
+    return CheckFailed(f"{where} answered with {why}", code="probe.bad_response",
+                       hint="the server at this URL is not a working OpenAI-compatible server: check the URL, "
+                            "and the service's journal (journalctl -u gptoss@INSTANCE)")
+
+
+def parse_server_json(data: bytes, *, where: str) -> Any:
+    """The one reader for JSON a server sent: bounded depth, NaN/Infinity and duplicate keys refused."""
+    try:
+        return parse_json(data.decode("utf-8"), where=where, what="the answer of")
+    except UnicodeDecodeError:
+        raise bad_response(where, "bytes that are not UTF-8") from None
+    except UsageError as exc:
+        raise bad_response(where, f"JSON it may not send: {exc.message[:200]}") from None
 
 
 class Client:
@@ -74,18 +147,27 @@ class Client:
         self._http.close()
 
     def request(self, method: str, path: str, *, body: Any = None, key: str | None | bool = True) -> Reply:
+        """One request; the answer read to at most MAX_BODY bytes, its JSON through parse_server_json."""
         t = time.perf_counter()
+        where = f"{method} {redact_url(self.endpoint.url)}{path}"
         try:
-            r = self._http.request(method, path, json=body, headers=self.endpoint.headers(key=key))
+            with self._http.stream(method, path, json=body, headers=self.endpoint.headers(key=key)) as r:
+                chunks, total = [], 0
+                for chunk in r.iter_bytes():
+                    total += len(chunk)
+                    if total > MAX_BODY:
+                        raise bad_response(where, f"more than {MAX_BODY >> 20} MiB")
+                    chunks.append(chunk)
+                status, ctype = r.status_code, r.headers.get("content-type", "")
         except (self._httpx.HTTPError, self._httpx.InvalidURL) as exc:
-            raise ServiceUnavailable(f"cannot reach {self.endpoint.url}{path}: {exc.__class__.__name__}",
-                                     code="probe.unreachable",
+            raise ServiceUnavailable(f"cannot reach {redact_url(self.endpoint.url)}{path}: "
+                                     f"{exc.__class__.__name__}", code="probe.unreachable",
                                      hint="is the service running? systemctl status gptoss@INSTANCE") from None
-        try:
-            parsed: Any = r.json()
-        except ValueError:
-            parsed = r.text
-        return Reply(r.status_code, parsed, time.perf_counter() - t)
+        data = b"".join(chunks)
+        parsed: Any = data.decode("utf-8", "replace")
+        if "json" in ctype.lower() and data.strip():
+            parsed = parse_server_json(data, where=where)
+        return Reply(status, parsed, time.perf_counter() - t)
 
     def stream(self, path: str, body: dict[str, Any]) -> tuple[int, list[StreamEvent]]:
         events: list[StreamEvent] = []
@@ -99,7 +181,8 @@ class Client:
                     if ev is not None:
                         events.append(ev)
         except (self._httpx.HTTPError, self._httpx.InvalidURL) as exc:
-            raise ServiceUnavailable(f"stream from {self.endpoint.url}{path} failed: {exc.__class__.__name__}",
+            raise ServiceUnavailable(f"stream from {redact_url(self.endpoint.url)}{path} failed: "
+                                     f"{exc.__class__.__name__}",
                                      code="probe.unreachable",
                                      hint="is the service running? systemctl status gptoss@INSTANCE") from None
         return 200, events
@@ -113,9 +196,9 @@ def parse_sse_line(line: str, t: float) -> StreamEvent | None:
     if payload == "[DONE]":
         return StreamEvent(t, None)
     try:
-        data = json.loads(payload)
-    except json.JSONDecodeError:
-        return None
+        data = parse_json(payload, where="a stream event", what="the answer of")
+    except UsageError:
+        return None  # not JSON we read (deep, NaN, duplicate keys): as a line that is not an event
     return StreamEvent(t, data) if isinstance(data, dict) else None
 
 
@@ -198,13 +281,15 @@ def parse_sse_bytes(raw: bytes, t: float) -> StreamEvent | None:
 def iter_text_deltas(events: list[StreamEvent]) -> Iterator[tuple[float, str]]:
     """(arrival, text) for every chunk that carries content or reasoning, as vllm bench counts them."""
     for ev in events:
-        if ev.data is None:
-            continue
-        for choice in ev.data.get("choices") or []:
-            delta = choice.get("delta") or {}
+        choices = ev.data.get("choices") if ev.data is not None else None
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            raw = choice.get("delta")
+            delta: dict[str, Any] = raw if isinstance(raw, dict) else {}
             text = delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content") or \
                 choice.get("text") or ""
-            if text:
+            if isinstance(text, str) and text:
                 yield ev.t, text
 
 

@@ -52,6 +52,7 @@ class Copied:
     def to_dict(self) -> dict[str, Any]:
         return {"src": [str(s) for s in self.srcs], "dst": str(self.dst), "kind": self.kind,
                 "bytes_copied": self.report.copied_bytes, "bytes_resumed": self.report.reused_bytes,
+                **({"journal_reset": self.report.journal_reset} if self.report.journal_reset else {}),
                 "parts_copied": list(self.parts_copied), "parts_already_there": list(self.parts_already_there),
                 "signers": list(self.signers),
                 "signatures": "checked" if self.signers else "not checked (no --trust): integrity only",

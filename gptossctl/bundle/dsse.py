@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from gptossctl.errors import CheckFailed, Finding
+from gptossctl.fsutil import DuplicateKey, refuse_duplicate_keys
 
 PAYLOAD_TYPE = "application/vnd.gptossctl.manifest+json"
 MAX_ENVELOPE_BYTES = 64 << 20  # a manifest of a million files stays well below this
@@ -67,7 +68,9 @@ def parse_envelope(data: bytes) -> Envelope:
     if len(data) > MAX_ENVELOPE_BYTES:
         raise _malformed(f"{len(data)} bytes is larger than any real manifest")
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, object_pairs_hook=refuse_duplicate_keys)
+    except DuplicateKey as exc:
+        raise _malformed(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _malformed(f"not JSON ({exc.__class__.__name__})") from None
     if not isinstance(doc, dict) or set(doc) != {"payloadType", "payload", "signatures"}:
@@ -82,6 +85,7 @@ def parse_envelope(data: bytes) -> Envelope:
     except (binascii.Error, ValueError):
         raise _malformed("payload is not base64") from None
     parsed: list[Signature] = []
+    keyids: set[str] = set()
     for i, s in enumerate(sigs):
         if not isinstance(s, dict) or set(s) != {"keyid", "sig"}:
             raise _malformed(f"signature {i} must have exactly keyid and sig")
@@ -91,5 +95,8 @@ def parse_envelope(data: bytes) -> Envelope:
             sig = base64.b64decode(s["sig"], validate=True)
         except (binascii.Error, ValueError):
             raise _malformed(f"signature {i} is not base64") from None
+        if s["keyid"] in keyids:  # one signature per key: repeats add nothing but work for the verifier
+            raise _malformed(f"signature {i} repeats key id {s['keyid'][:64]!r}")
+        keyids.add(s["keyid"])
         parsed.append(Signature(s["keyid"], sig))
     return Envelope(raw, ptype, tuple(parsed))

@@ -17,9 +17,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from gptossctl.bundle.hashing import shard_count
 from gptossctl.bundle.layout import unsafe_path_reason
 from gptossctl.errors import CheckFailed, Finding
+from gptossctl.fsutil import DuplicateKey, refuse_duplicate_keys
 
 MANIFEST_SCHEMA: Literal["gptossctl.manifest/1"] = "gptossctl.manifest/1"
 COMPONENTS = ("model", "wheels", "kernels", "assets", "profiles", "units", "sbom")
+MAX_VERSION = 10**15  # as --version allows: a larger one would block every later upgrade and rollback --to
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -55,10 +57,10 @@ class Manifest(BaseModel):
 
     schema_: Literal["gptossctl.manifest/1"] = Field(alias="schema")
     name: str
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     created: AwareDatetime
     expires: AwareDatetime
-    min_gptossctl_version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    min_gptossctl_version: str = Field(pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$")
     shard_size: int = Field(ge=1 << 20, le=1 << 40)
     components: dict[str, dict[str, Any]]
     sha256sums: Hex64
@@ -96,6 +98,9 @@ def sha256sums_text(files: tuple[FileEntry, ...] | list[FileEntry]) -> bytes:
 def parse_manifest(data: bytes) -> Manifest:
     """Parse the signed payload; any problem is a CheckFailed with a manifest.malformed finding."""
     try:
+        # A key given twice is ambiguous signed data (pydantic keeps the last; another reader may take the
+        # first): refuse it before validating.
+        json.loads(data, object_pairs_hook=refuse_duplicate_keys)
         # JSON mode of strict validation: arrays become tuples and RFC 3339 strings datetimes,
         # but nothing else is coerced ("1" is not 1, 1.0 is not 1).
         return Manifest.model_validate_json(data)
@@ -103,6 +108,8 @@ def parse_manifest(data: bytes) -> Manifest:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top)"
         raise _malformed(f"{where}: {first['msg']}") from None
+    except DuplicateKey as exc:
+        raise _malformed(str(exc)) from None
     except (RecursionError, ValueError) as exc:
         raise _malformed(f"unparseable ({exc.__class__.__name__})") from None
 

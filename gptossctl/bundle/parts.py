@@ -64,7 +64,8 @@ if TYPE_CHECKING:
 FAT32_MAX = (4 << 30) - 1  # FAT32 refuses files of 4 GiB or more
 NAMED_SIZES = {"fat32": FAT32_MAX, "dvd": 4_700_372_992, "dvd-dl": 8_543_666_176, "bd25": 25_025_314_816}
 INCOMING = ".gptossctl-incoming"  # where `bundle copy` assembles parts before renaming them in
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)$")
+# ASCII digits only (as durations): a full-width "４G" is a look-alike, not a size.
+_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)[ \t]*([kmgt]?)(i?b?)$")
 
 
 MAX_SIZE = 1 << 50  # 1 PiB: beyond any medium; a larger number is a typo
@@ -435,7 +436,9 @@ class Joined:
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.path), "name": self.bundle.name, "version": self.bundle.version,
                 "manifest_sha256": self.bundle.manifest_sha256, "bytes_copied": self.report.copied_bytes,
-                "bytes_resumed": self.report.reused_bytes, "signers": list(self.signers),
+                "bytes_resumed": self.report.reused_bytes,
+                **({"journal_reset": self.report.journal_reset} if self.report.journal_reset else {}),
+                "signers": list(self.signers),
                 "signatures": "checked" if self.signers else "not checked (no --trust)",
                 "ignored": [f.to_dict() for f in self.notes]}
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from gptossctl.bundle.hashing import (
     SLICE,
@@ -39,12 +39,21 @@ from gptossctl.bundle.hashing import (
     open_write,
 )
 from gptossctl.bundle.pieces import Source
-from gptossctl.errors import CheckFailed, EnvironmentNotReady, GptossctlError, Interrupted, ServiceUnavailable
+from gptossctl.errors import (
+    CheckFailed,
+    EnvironmentNotReady,
+    GptossctlError,
+    Interrupted,
+    ServiceUnavailable,
+    UsageError,
+)
+from gptossctl.fsutil import parse_json
 
 JOURNAL_NAME = ".gptossctl-transfer.jsonl"
 CHECKPOINT_BYTES = 1 << 30
 CHECKPOINT_SECONDS = 2.0
 JOURNAL_SCHEMA = "gptossctl.transfer-journal/1"
+MAX_JOURNAL = 256 << 20  # characters: a record per verified range is far less, even for a 120b bundle
 _MARGIN = 16 << 20
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if ctypes.util.find_library("c") else None
@@ -80,10 +89,12 @@ class JournalRecord:
 
     @classmethod
     def from_json(cls, line: str) -> JournalRecord | None:
+        d = _record_doc(line)
         try:
-            d = json.loads(line)
-            rec = cls(d["dst"], d["offset"], d["length"], d["sha256"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+            rec = cls(d["dst"], d["offset"], d["length"], d["sha256"]) if d is not None else None
+        except KeyError:
+            rec = None
+        if rec is None:
             return None  # a line torn by the interruption: that range is copied again
         ok = isinstance(rec.dst, str) and isinstance(rec.offset, int) and isinstance(rec.length, int)
         return rec if ok and isinstance(rec.sha256, str) else None
@@ -100,6 +111,7 @@ class TransferReport:
     copied_bytes: int
     reused_bytes: int
     failures: tuple[Failure, ...]
+    journal_reset: str | None = None  # why an earlier journal was not used (its ranges were copied again)
 
 
 @dataclass(frozen=True)
@@ -202,7 +214,7 @@ def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None =
         raise write_error(exc, work) from None
     try:
         try:
-            done = _read_journal(work, journal)
+            done, reset = _read_journal(work, journal)
         except OSError as exc:
             raise write_error(exc, work / JOURNAL_NAME) from None
         todo = [j for j in jobs if j.record not in done]
@@ -218,11 +230,12 @@ def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None =
     finally:
         journal.close()
     copied = sum(j.length for j in todo) - sum(f.job.length for f in failures)
-    return TransferReport(copied, reused, tuple(failures))
+    return TransferReport(copied, reused, tuple(failures), reset)
 
 
 def _open_journal(work: Path) -> IO[str]:
-    journal = open(work / JOURNAL_NAME, "a+")  # noqa: SIM115 - held (and locked) for the whole run
+    # Text with errors="replace": a journal of binary garbage reads as lines that are no record, never a crash.
+    journal = open(work / JOURNAL_NAME, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 - held (and locked)
     try:
         fcntl.flock(journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -232,30 +245,46 @@ def _open_journal(work: Path) -> IO[str]:
     return journal
 
 
-def _read_journal(work: Path, journal: IO[str]) -> set[JournalRecord]:
+def _read_journal(work: Path, journal: IO[str]) -> tuple[set[JournalRecord], str | None]:
+    """The records still backed by bytes on disk, and why an existing journal was discarded (None: it was not)."""
     journal.seek(0)
-    lines = journal.read().splitlines()
-    if not lines or _schema_of(lines[0]) != JOURNAL_SCHEMA:
-        # New, or written by another version of this format: trust none of it and start it over.
+    text = journal.read(MAX_JOURNAL + 1)
+    lines = text.splitlines()
+    if not lines or len(text) > MAX_JOURNAL or _schema_of(lines[0]) != JOURNAL_SCHEMA:
+        # New, damaged, or written by another version of this format: trust none of it and start it over.
+        reset = None if not lines else f"the journal in {work} was not one this version writes: copying from scratch"
         journal.truncate(0)
         journal.write(json.dumps({"schema": JOURNAL_SCHEMA}) + "\n")
         journal.flush()
-        return set()
+        return set(), reset
     done = set()
     for line in lines[1:]:
         rec = JournalRecord.from_json(line)
         # A record counts only while its bytes are still there (a crash can lose a new directory entry).
         if rec is not None and _size(work / rec.dst) >= rec.offset + rec.length:
             done.add(rec)
-    return done
+    return done, None
+
+
+def _record_doc(line: str) -> dict[str, Any] | None:
+    """One journal line as an object, through the one bounded reader (deep, NaN, duplicate keys: None)."""
+    try:
+        doc = parse_json(line, where="a line", what="transfer journal", max_depth=2)
+    except UsageError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _schema_of(line: str) -> object:
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return doc.get("schema") if isinstance(doc, dict) else None
+    doc = _record_doc(line)
+    return doc.get("schema") if doc is not None else None
+
+
+def human_bytes(n: int) -> str:
+    """GiB for big numbers, MiB or bytes for small ones (never "0.00 GiB" on a small disk)."""
+    if n >= 1 << 30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 def _size(path: Path) -> int:
@@ -276,7 +305,7 @@ def _check_space(work: Path, need: int, margin: int) -> None:
     free = shutil.disk_usage(work).free
     if need + margin > free:
         raise CheckFailed(
-            f"not enough disk at {work}: {need / 2**30:.2f} GiB to write, {free / 2**30:.2f} GiB free",
+            f"not enough disk at {work}: {human_bytes(need)} to write, {human_bytes(free)} free",
             code="transfer.insufficient_disk",
             hint=f"free {(need + margin - free) / 2**30:.2f} GiB or choose another destination, then run "
                  "again: what is already verified there is kept")

@@ -132,11 +132,11 @@ def check_signatures(envelope: Envelope, policy: TrustPolicy) -> tuple[list[str]
 
 def check_dates(manifest: Manifest, *, now: datetime, skew: timedelta) -> list[Finding]:
     findings = []
-    if now > manifest.expires + skew:
+    if now - skew > manifest.expires:  # not expires + skew: that overflows for an expiry in the year 9999
         findings.append(Finding("bundle.expired", "expires",
                                 f"bundle expired at {manifest.expires.isoformat()}",
                                 hint="pack and sign a fresh bundle, or fix this host's clock"))
-    if now < manifest.created - skew:
+    if now + skew < manifest.created:
         findings.append(Finding("bundle.not_yet_valid", "created",
                                 f"bundle was created in the future ({manifest.created.isoformat()})",
                                 hint="check this host's clock (and --clock-skew)"))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from gptossctl.cli.options import (
     JsonOpt,
@@ -211,6 +212,8 @@ def _render_transfer(verb: str) -> Any:
                      f"resumed, every piece verified as written; signatures {d['signatures']}")
         for f in d.get("ignored", []):
             stderr.print(f"[yellow]ignored[/yellow] {f['subject']}: {f['message']}")
+        if d.get("journal_reset"):
+            stderr.print(f"[yellow]note[/yellow] {escape(d['journal_reset'])}")
     return render
 
 

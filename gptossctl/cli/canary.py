@@ -162,7 +162,8 @@ def canary_schedule(
         try:
             first = datetime.fromisoformat(start) if start else None
         except ValueError:
-            raise UsageError(f"--start {start!r} is not an ISO 8601 time", code="usage.bad_time") from None
+            raise UsageError(f"--start {start!r} is not an ISO 8601 time", code="usage.bad_time",
+                             hint="give a time such as 2026-12-01T09:00:00Z") from None
         req = RunRequest(url=url, api_key_file=api_key_file, model=model, suite=suite, compare_url=compare_url,
                          compare_api_key_file=compare_api_key_file, compare_model=compare_model, requests=requests,
                          concurrency=concurrency, baseline=baseline, timeout=timeout,
@@ -200,8 +201,9 @@ def canary_trend(
     """
 
     def action() -> Any:
-        from gptossctl.probe.canary.trend import build_trend, write_trend
+        from gptossctl.probe.canary.trend import build_trend, check_trend_out, write_trend
 
+        check_trend_out(out or directory)
         trend = build_trend(directory, max_regression=max_regression)
         write_trend(trend, out or directory)
         return trend

@@ -33,9 +33,13 @@ def assess_from_cli(model: str | None, bundle: Path | None, xml: Path | None, cs
                     layout: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None)) -> Any:
     """`layout` is (replicas, tp, max-model-len, concurrency) as given on the command line."""
     from gptossctl.adapters.gpus import Captures
+    from gptossctl.errors import UsageError
     from gptossctl.hardware.layout import LayoutRequest
     from gptossctl.install.preflight import assess
 
+    if model is not None and not model.strip():
+        raise UsageError("--model is empty", code="usage.bad_model",
+                         hint="give gpt-oss-120b, gpt-oss-20b or tiny, or leave --model out (the bundle's, else both)")
     request = LayoutRequest(*layout)  # validated before anything is probed: nonsense is a usage error
     return assess(model=model, bundle=bundle, captures=Captures(xml, csv, rocm, amd),
                   disk_paths=[prefix] if prefix else None, layout=request)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,9 @@ class _State:
 state = _State()
 
 
+_CREDENTIALS = re.compile(r"(://)[^/?#@]*@")
+
+
 class HasDict(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -43,7 +47,7 @@ def document(*, status: str, exit_code: int, data: dict[str, Any] | None = None,
              findings: Sequence[Finding] = (), error: GptossctlError | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
-        "command": sys.argv[1:],
+        "command": [_CREDENTIALS.sub(r"\1***@", a) for a in sys.argv[1:]],  # no user:password@ in logs
         "status": status,
         "exit_code": exit_code,
         "data": data or {},

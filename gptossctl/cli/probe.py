@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from gptossctl.cli.options import check_url
 from gptossctl.cli.output import JsonOpt, run, stdout
 
-UrlOpt = typer.Option("http://127.0.0.1:8000", "--url", callback=check_url, help="Service base URL.")
+UrlOpt = typer.Option("http://127.0.0.1:8000", "--url", help="Service base URL.")
 KeyFileOpt = typer.Option(None, "--api-key-file", help="File with the API key (or an env file with VLLM_API_KEY=).")
 ModelOpt = typer.Option(None, "--model", help="Served model name (default: the first the server lists).")
 JunitOpt = typer.Option(None, "--junit", help="Also write a JUnit XML report here.")

@@ -35,6 +35,7 @@ from gptossctl.bundle.layout import (
     unsafe_path_reason,
 )
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
+from gptossctl.bundle.transfer import human_bytes
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
 from gptossctl.pack.gather import Gathered, gather
 from gptossctl.pack.sbom import SbomInput, build_sbom
@@ -177,6 +178,10 @@ def pack_bundle(
     done (5) copy-and-hash the rest in parallel (6) SBOM, manifest, signatures (7) rename OUT.partial to OUT."""
     if not keys:
         raise UsageError("no signing key given", code="pack.no_key", hint="pass --key FILE.key (repeatable)")
+    ids = [k.keyid for k in keys]
+    if len(set(ids)) < len(ids):  # one signature per key: a second adds nothing to the threshold
+        raise UsageError("the same signing key is given twice", code="sign.already_signed",
+                         hint="give each --key once; a k-of-n policy needs k different keys")
     check_out(out, sources=_source_dirs(spec, spec_dir, model_dir, wheelhouse))
     now = now or datetime.now(UTC)
     lifetime = parse_duration(expires_in or spec.expires_in)
@@ -236,7 +241,7 @@ def _locked_partial(partial: Path) -> Iterator[IO[str]]:
 def _check_disk(partial: Path, need: int) -> None:
     free = shutil.disk_usage(partial).free
     if need + _DISK_MARGIN > free:
-        raise CheckFailed(f"not enough disk at {partial}: {need / 2**30:.2f} GiB to write, {free / 2**30:.2f} GiB free",
+        raise CheckFailed(f"not enough disk at {partial}: {human_bytes(need)} to write, {human_bytes(free)} free",
                           code="pack.insufficient_disk", hint="free space or choose another --out on a larger disk")
 
 

@@ -41,6 +41,8 @@ TOOL_RESULT = '{"city": "Paris", "sky": "sunny", "temperature_c": 21}'
 TOOL_RESULT_MARK = "21"  # the final answer after the tool result must carry it
 # A harmony control token as text: <|channel|>, <|message|>, <|end|>, <|reserved_200017|>, ...
 CONTROL_TOKEN = re.compile(r"<\|[a-z_0-9]+\|>")
+CHECK_HINT = ("read the evidence, then the service's journal (journalctl -u gptoss@INSTANCE); the README's smoke "
+              "section says what each check needs from the profile")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class SmokeReport:
 
     @property
     def findings(self) -> list[Finding]:
-        return [Finding(c.id, self.url, c.evidence) for c in self.checks if c.status == "fail"]
+        return [Finding(c.id, self.url, c.evidence, hint=CHECK_HINT) for c in self.checks if c.status == "fail"]
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "model": self.model, "ok": self.ok, "checks": [c.to_dict() for c in self.checks]}
@@ -119,8 +121,8 @@ class _Ctx:
         return {"model": self.model, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
                 "max_tokens": self.opts.max_tokens, "seed": 0, **extra}
 
-    def seen(self, where: str, text: str | None) -> None:
-        if text:
+    def seen(self, where: str, text: Any) -> None:
+        if isinstance(text, str) and text:
             self.texts.append((where, text))
 
     def answer(self, effort: str) -> Answer:
@@ -130,11 +132,24 @@ class _Ctx:
                 messages=[{"role": "user", "content": self.opts.reasoning_prompt}], reasoning_effort=effort,
                 max_tokens=self.opts.reasoning_max_tokens))
             msg = _message(r)
-            a = Answer(r.status, _reasoning_of(msg), msg.get("content") or "", _reasoning_tokens(r.body), r.body)
+            a = Answer(r.status, _reasoning_of(msg), _text(msg.get("content")), _reasoning_tokens(r.body), r.body)
             self.seen(f"reasoning at {effort}", a.reasoning)
             self.seen(f"content at {effort}", a.content)
             self.answers[effort] = a
         return self.answers[effort]
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    """What a server sent, read as an object (anything else: empty), so a wrong type is a failed check."""
+    return v if isinstance(v, dict) else {}
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else ""
 
 
 def _short(body: Any, n: int = 160) -> str:
@@ -143,23 +158,17 @@ def _short(body: Any, n: int = 160) -> str:
 
 
 def _message(reply: Reply) -> dict[str, Any]:
-    try:
-        msg = reply.body["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
-        return {}
-    return msg if isinstance(msg, dict) else {}
+    choices = _list(_dict(reply.body).get("choices"))
+    return _dict(_dict(choices[0]).get("message")) if choices else {}
 
 
 def _reasoning_of(obj: dict[str, Any]) -> str:
-    return str(obj.get("reasoning") or obj.get("reasoning_content") or "")  # renamed around vLLM 0.17
+    return _text(obj.get("reasoning")) or _text(obj.get("reasoning_content"))  # renamed around vLLM 0.17
 
 
 def _reasoning_tokens(body: Any) -> int | None:
-    try:
-        n = body["usage"]["completion_tokens_details"]["reasoning_tokens"]
-    except (KeyError, TypeError):
-        return None
-    return n if isinstance(n, int) else None
+    n = _dict(_dict(_dict(body).get("usage")).get("completion_tokens_details")).get("reasoning_tokens")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def is_loopback(url: str) -> bool:
@@ -184,17 +193,20 @@ def check_health(ctx: _Ctx) -> Outcome:
 
 def check_version(ctx: _Ctx) -> Outcome:
     r = ctx.client.request("GET", "/version", key=False)
-    v = r.body.get("version") if isinstance(r.body, dict) else None
-    return ("pass", f"vLLM {v}") if r.ok and v else ("fail", f"GET /version -> {r.status} {_short(r.body)}")
+    v = _text(_dict(r.body).get("version"))
+    return ("pass", f"vLLM {v[:80]}") if r.ok and v else ("fail", f"GET /version -> {r.status} {_short(r.body)}")
 
 
 def check_models(ctx: _Ctx) -> Outcome:
     r = ctx.client.request("GET", "/v1/models")
-    ids = [m.get("id") for m in r.body.get("data", [])] if r.ok and isinstance(r.body, dict) else []
+    entries = _list(_dict(r.body).get("data")) if r.ok else []
+    ids = [m["id"] for m in entries if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]]
     if not ids:
-        return "fail", f"GET /v1/models -> {r.status} {_short(r.body)}"
+        return "fail", f"GET /v1/models -> {r.status}, no model with a name (an \"id\" string): {_short(r.body)}"
+    if len(ids) < len(entries):
+        return "fail", f"GET /v1/models lists {len(entries) - len(ids)} entries without a name: {_short(r.body)}"
     if ctx.opts.model is None:
-        ctx.model = str(ids[0])
+        ctx.model = ids[0]
     return ("pass", f"serves {', '.join(ids)}") if ctx.model in ids else \
         ("fail", f"{ctx.model!r} not served; the server lists {', '.join(ids)}")
 
@@ -204,9 +216,10 @@ def check_chat(ctx: _Ctx) -> Outcome:
     msg = _message(r)
     ctx.seen("chat content", msg.get("content"))
     ctx.seen("chat reasoning", _reasoning_of(msg))
-    text = msg.get("content") or _reasoning_of(msg)
-    usage = r.body.get("usage", {}) if isinstance(r.body, dict) else {}
-    if r.ok and text and usage.get("completion_tokens"):
+    text = _text(msg.get("content")) or _reasoning_of(msg)
+    usage = _dict(_dict(r.body).get("usage"))
+    tokens = usage.get("completion_tokens")
+    if r.ok and text and isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
         return "pass", f"{usage['completion_tokens']} tokens: {text[:60]!r}"
     return "fail", f"POST /v1/chat/completions -> {r.status} {_short(r.body)}"
 
@@ -214,11 +227,11 @@ def check_chat(ctx: _Ctx) -> Outcome:
 def _deltas(events: list[StreamEvent], name: str) -> list[str]:
     out = []
     for ev in events:
-        for choice in (ev.data or {}).get("choices") or []:
-            delta = choice.get("delta") or {}
-            text = _reasoning_of(delta) if name == "reasoning" else delta.get(name)
+        for choice in _list(_dict(ev.data).get("choices")):
+            delta = _dict(_dict(choice).get("delta"))
+            text = _reasoning_of(delta) if name == "reasoning" else _text(delta.get(name))
             if text:
-                out.append(str(text))
+                out.append(text)
     return out
 
 
@@ -231,9 +244,9 @@ def check_chat_stream(ctx: _Ctx) -> Outcome:
     ctx.seen("streamed chat reasoning", "".join(_deltas(events, "reasoning")))
     deltas = list(iter_text_deltas(events))
     done = bool(events) and events[-1].data is None
-    usage = next((e.data["usage"] for e in events if e.data and e.data.get("usage")), None)
+    usage = next((u for e in events if (u := _dict(_dict(e.data).get("usage")))), None)
     if deltas and done and usage:
-        return "pass", f"{len(deltas)} chunks, [DONE], usage {usage.get('completion_tokens')} tokens"
+        return "pass", f"{len(deltas)} chunks, [DONE], usage {_short(usage.get('completion_tokens'), 20)} tokens"
     return "fail", f"chunks={len(deltas)} done={done} usage={'yes' if usage else 'missing'}"
 
 
@@ -310,28 +323,30 @@ def check_tool_call(ctx: _Ctx) -> Outcome:
     msg = _message(r)
     ctx.seen("reasoning before the tool call", _reasoning_of(msg))
     ctx.seen("content beside the tool call", msg.get("content"))
-    calls = msg.get("tool_calls") or []
+    calls = [c for c in _list(msg.get("tool_calls")) if isinstance(c, dict)]
     if not r.ok or not calls:
         return "fail", (f"no parsed tool call (is --tool-call-parser openai --enable-auto-tool-choice set?): "
                         f"HTTP {r.status} {_short(msg or r.body)}")
     call = calls[0]
+    fn = _dict(call.get("function"))
     try:
-        args = json.loads(call["function"]["arguments"] or "{}")
-    except (KeyError, TypeError, json.JSONDecodeError):
+        args = json.loads(_text(fn.get("arguments")) or "{}")
+    except (json.JSONDecodeError, RecursionError):
         return "fail", f"tool call arguments are not JSON: {_short(call)}"
     if not isinstance(args, dict):
         return "fail", f"tool call arguments are not a JSON object: {_short(call)}"
     follow = {**body, "messages": [*body["messages"], msg,
-                                   {"role": "tool", "tool_call_id": call.get("id", ""), "content": TOOL_RESULT}]}
+                                   {"role": "tool", "tool_call_id": _text(call.get("id")), "content": TOOL_RESULT}]}
     r2 = ctx.client.request("POST", "/v1/chat/completions", body=follow)
     final = _message(r2)
     ctx.seen("content after the tool result", final.get("content"))
     ctx.seen("reasoning after the tool result", _reasoning_of(final))
-    answer = str(final.get("content") or "")
+    answer = _text(final.get("content"))
+    name = _text(fn.get("name"))[:80]
     if not r2.ok or TOOL_RESULT_MARK not in answer:
-        return "fail", (f"called {call['function'].get('name')}({json.dumps(args)}), but the answer after the "
+        return "fail", (f"called {name}({json.dumps(args)[:200]}), but the answer after the "
                         f"result does not use it (no {TOOL_RESULT_MARK!r}): HTTP {r2.status} {_short(final or r2.body)}")
-    return "pass", f"called {call['function'].get('name')}({json.dumps(args)}), then answered {answer[:60]!r}"
+    return "pass", f"called {name}({json.dumps(args)[:200]}), then answered {answer[:60]!r}"
 
 
 # ---------------------------------------------------------------- Responses API
@@ -340,20 +355,21 @@ def check_tool_call(ctx: _Ctx) -> Outcome:
 def _output_texts(body: Any) -> list[tuple[str, str]]:
     """(item type, text) for every text part of a Responses output."""
     out = []
-    for item in (body.get("output") or []) if isinstance(body, dict) else []:
-        for part in (item.get("content") or []) + (item.get("summary") or []):
-            if isinstance(part, dict) and part.get("text"):
-                out.append((str(item.get("type")), str(part["text"])))
+    for item in _list(_dict(body).get("output")):
+        item = _dict(item)
+        for part in _list(item.get("content")) + _list(item.get("summary")):
+            if _text(_dict(part).get("text")):
+                out.append((_text(item.get("type"))[:40], part["text"]))
     return out
 
 
 def check_responses(ctx: _Ctx) -> Outcome:
     r = ctx.client.request("POST", "/v1/responses", body={"model": ctx.model, "input": PROMPT, "temperature": 0,
                                                          "max_output_tokens": ctx.opts.max_tokens})
-    out = r.body.get("output") if isinstance(r.body, dict) else None
+    out = _list(_dict(r.body).get("output"))
     for kind, text in _output_texts(r.body):
         ctx.seen(f"Responses {kind}", text)
-    return ("pass", f"status {r.body.get('status')}, {len(out)} output item(s)") if r.ok and out else \
+    return ("pass", f"status {_short(_dict(r.body).get('status'), 40)}, {len(out)} output item(s)") if r.ok and out else \
         ("fail", f"POST /v1/responses -> {r.status} {_short(r.body)}")
 
 
@@ -372,7 +388,7 @@ def check_responses_reasoning(ctx: _Ctx) -> Outcome:
     if not r.ok:
         return "fail", f"POST /v1/responses -> {r.status} {_short(r.body)}"
     if not reasoning or not message:
-        kinds = [i.get("type") for i in r.body.get("output") or []] if isinstance(r.body, dict) else []
+        kinds = [_short(_dict(i).get("type"), 40) for i in _list(_dict(r.body).get("output"))]
         return "fail", f"output items {kinds}: expected a reasoning item with text and a message"
     return "pass", f"reasoning item ({len(reasoning)} characters), then message {message[:40]!r}"
 

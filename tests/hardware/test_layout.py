@@ -55,15 +55,17 @@ def multiply_xml(src: Path, n: int, out: Path) -> Path:
 
 
 def multiply_csv(src: Path, n: int, out: Path) -> Path:
-    """An n-GPU `--query-gpu` CSV from a one-GPU capture, each row with its own index."""
+    """An n-GPU `--query-gpu` CSV from a one-GPU capture, each row with its own index, PCI bus id and UUID
+    (a capture that lists one GPU twice is refused)."""
     rows = list(csv.reader(io.StringIO(src.read_text())))
     header, row = rows[0], rows[1]
-    col = [h.strip().split(" [")[0] for h in header].index("index")
+    names = [h.strip().split(" [")[0] for h in header]
+    own = {"index": " {i}", "pci.bus_id": " 00000000:{i:02x}:00.0", "uuid": " GPU-00000000-0000-0000-0000-{i:012d}"}
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
     for i in range(n):
-        w.writerow([f" {i}" if j == col else c for j, c in enumerate(row)])
+        w.writerow([own[names[j]].format(i=i) if names[j] in own else c for j, c in enumerate(row)])
     out.write_text(buf.getvalue())
     return out
 

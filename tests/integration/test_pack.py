@@ -99,7 +99,7 @@ def test_pack_refuses_when_disk_is_too_small(cli, small_disk: Path, tmp_path: Pa
     code, doc = cli("bundle", "pack", RECIPE, "--out", str(small_disk / "b"), "--key", str(keys["alice"].private),
                     "--model-dir", str(model), env={"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()})
     assert code == 1 and doc["error"]["code"] == "pack.insufficient_disk"
-    assert "GiB free" in doc["error"]["message"]
+    assert "MiB free" in doc["error"]["message"]  # a small disk in MiB, not "0.01 GiB"
     assert not (small_disk / "b").exists()
 
 

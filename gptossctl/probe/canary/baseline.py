@@ -65,9 +65,10 @@ class _BaselineShape(_Loose):
     harmony: dict[str, Any] | None = None
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
+def load_baseline(path: Path, *, what: str = "canary baseline") -> dict[str, Any]:
+    """A canary report (`what`: how messages name it: the baseline, or a run report of a trend)."""
     try:
-        doc = load_json(path, what="canary baseline", code="canary.bad_baseline", limit=MAX_BYTES)
+        doc = load_json(path, what=what, code="canary.bad_baseline", limit=MAX_BYTES)
     except UsageError as exc:  # the reason from fsutil, the remedy from here
         raise UsageError(exc.message, code="canary.bad_baseline", hint=_HINT) from None
     if isinstance(doc, dict) and isinstance(doc.get("data"), dict):

@@ -11,6 +11,7 @@ comparison under `side_by_side`.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from gptossctl.adapters.openai_http import Client, Endpoint, read_api_key
+from gptossctl.adapters.openai_http import Client, Endpoint, bad_response, check_service_url, read_api_key
 from gptossctl.errors import Finding, ServiceUnavailable, UsageError
 from gptossctl.fsutil import atomic_write
 from gptossctl.probe.canary import metrics as prom
@@ -31,6 +32,8 @@ from gptossctl.probe.canary.suite import Suite, load_suite
 from gptossctl.probe.canary.summary import Workload, summarise_endpoint
 
 REPORT_SCHEMA = "gptossctl.canary-report/2"
+MAX_INPUT_LEN = 131_072  # gpt-oss's context window: a longer synthetic prompt cannot be served
+MAX_OUTPUT_LEN = 131_072
 PRIMARY, CURRENT = "gpt-oss", "current"
 _WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
           "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu the of "
@@ -74,7 +77,9 @@ class CanaryReport:
 
     @property
     def findings(self) -> list[Finding]:
-        return [Finding("canary.threshold", "canary", r) for r in self.reasons]
+        return [Finding("canary.threshold", "canary", r, hint="open report.html (canary run --out DIR) for the "
+                        "failed cases and requests; fix the service, or the threshold if it was wrong")
+                for r in self.reasons]
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.data, "ok": self.ok, "reasons": self.reasons}
@@ -109,9 +114,14 @@ def _random_specs(client: Client, model: str, n: int, opts: CanaryOptions) -> li
         if not tok.ok:
             raise ServiceUnavailable(f"POST /tokenize -> {tok.status}", code="canary.tokenize_failed",
                                      hint="the random workload needs vLLM's /tokenize; use --suite on other servers")
-        ids = tok.body["tokens"][: opts.random_input_len]
-        det = client.request("POST", "/detokenize", body={"model": model, "tokens": ids})
-        specs.append(RequestSpec(f"random-{i}", ({"role": "user", "content": det.body["prompt"]},),
+        tokens = tok.body.get("tokens") if isinstance(tok.body, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise bad_response("POST /tokenize", "no list of token ids")
+        det = client.request("POST", "/detokenize", body={"model": model, "tokens": tokens[: opts.random_input_len]})
+        prompt = det.body.get("prompt") if isinstance(det.body, dict) else None
+        if not det.ok or not isinstance(prompt, str):
+            raise bad_response("POST /detokenize", f"HTTP {det.status} and no prompt text")
+        specs.append(RequestSpec(f"random-{i}", ({"role": "user", "content": prompt},),
                                  opts.random_output_len, opts.ignore_eos, temperature=None))
     return specs
 
@@ -286,15 +296,52 @@ class RunRequest:
     thresholds: Thresholds = Thresholds()
 
 
-def run_request(req: RunRequest, *, on_progress: Callable[[int, int], None] = lambda _d, _t: None) -> CanaryReport:
-    """Check every input (suite, baseline, key files) before the first request, run, write the reports."""
+def check_thresholds(t: Thresholds) -> None:
+    """Every gate a number that can fail: NaN makes every comparison false, and so would switch a gate off."""
+    def bad(option: str, value: float, rule: str) -> UsageError:
+        return UsageError(f"{option} {value}: {rule}", code="usage.bad_threshold",
+                          hint=f"give {option} as {rule}")
 
+    if not (math.isfinite(t.min_correctness) and 0.0 <= t.min_correctness <= 1.0):
+        raise bad("--min-correctness", t.min_correctness, "a number from 0 to 1 (1 = every case must pass)")
+    if not (math.isfinite(t.max_regression) and 0.0 <= t.max_regression <= 100.0):
+        raise bad("--max-regression", t.max_regression, "a number from 0 to 100 (0.2 = 20 %)")
+    if not (math.isfinite(t.max_error_rate) and 0.0 <= t.max_error_rate <= 1.0):
+        raise bad("the error rate", t.max_error_rate, "a number from 0 to 1")
+    for option, n in (("--max-safety-incidents", t.max_safety_incidents),
+                      ("--max-harmony-failures", t.max_harmony_failures)):
+        if not 0 <= n <= 10_000_000:
+            raise bad(option, n, "a whole number from 0 up")
+
+
+def check_request(req: RunRequest) -> tuple[Suite | None, dict[str, Any] | None]:
+    """Everything `canary run` and `canary schedule` are given, checked the same way before anything is sent
+    or written; returns the suite and the baseline."""
     if req.duration is not None and req.requests is not None:
         raise UsageError("give --requests or --duration, not both", code="usage.conflict")
     if (req.compare_api_key_file or req.compare_model) and not req.compare_url:
         raise UsageError("--compare-api-key-file and --compare-model need --compare-url", code="usage.conflict")
+    check_service_url(req.url)
+    if req.compare_url is not None:
+        check_service_url(req.compare_url, option="--compare-url")
+    check_thresholds(req.thresholds)
+    if req.random_input_len is not None and not 1 <= req.random_input_len <= MAX_INPUT_LEN:
+        raise UsageError(f"--random-input-len {req.random_input_len}: at most {MAX_INPUT_LEN} tokens",
+                         code="usage.bad_length", hint="give a prompt length the model's context can hold")
+    if not 1 <= req.random_output_len <= MAX_OUTPUT_LEN:
+        raise UsageError(f"--random-output-len {req.random_output_len}: at most {MAX_OUTPUT_LEN} tokens",
+                         code="usage.bad_length", hint="give an output length the model's context can hold")
     suite = load_suite(req.suite) if req.suite else (None if req.random_input_len else load_suite("demo"))
     base = load_baseline(req.baseline) if req.baseline else None
+    for key in (req.api_key_file, req.compare_api_key_file):
+        if key is not None:
+            read_api_key(key)
+    return suite, base
+
+
+def run_request(req: RunRequest, *, on_progress: Callable[[int, int], None] = lambda _d, _t: None) -> CanaryReport:
+    """Check every input (suite, baseline, key files) before the first request, run, write the reports."""
+    suite, base = check_request(req)
     endpoint = Endpoint(req.url, read_api_key(req.api_key_file) if req.api_key_file else None, req.timeout)
     compare = Endpoint(req.compare_url, read_api_key(req.compare_api_key_file) if req.compare_api_key_file else None,
                        req.timeout) if req.compare_url else None

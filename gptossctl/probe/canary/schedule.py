@@ -21,7 +21,7 @@ import ipaddress
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gptossctl.adapters.openai_http import read_api_key
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import EnvironmentNotReady, UsageError
 from gptossctl.fsutil import atomic_write
-from gptossctl.probe.canary.baseline import load_baseline
-from gptossctl.probe.canary.run import CanaryReport, RunRequest, Thresholds, run_request
-from gptossctl.probe.canary.suite import builtin_dir, load_suite
+from gptossctl.probe.canary.run import CanaryReport, RunRequest, Thresholds, check_request, run_request
+from gptossctl.probe.canary.suite import builtin_dir
 from gptossctl.resources import data_dir
 from gptossctl.templates import fill_template
 
@@ -132,6 +130,22 @@ class Schedule:
                 "exposure": self.exposure, "started": self.started, "notes": self.notes, "units": self.units}
 
 
+def _first_run(start: datetime | None) -> datetime:
+    now = datetime.now(UTC)
+    if start is None:
+        return now + timedelta(seconds=START_DELAY_S)
+    try:
+        aware = start if start.tzinfo is not None else start.astimezone()  # naive: this host's local time
+    except OverflowError:
+        raise UsageError(f"--start {start.isoformat()} is out of range", code="usage.bad_time",
+                         hint="give a time within the next years") from None
+    if aware < now:
+        raise UsageError(f"--start {start.isoformat()} is in the past: no run would fire",
+                         code="usage.bad_time", hint="give a time to come, or leave --start out (a few seconds "
+                                                     "from now)")
+    return aware
+
+
 def run_times(start: datetime, every_s: int, for_s: int) -> list[datetime]:
     """Every `every_s` from `start` while within `for_s` (the first at `start`)."""
     if every_s < 10:
@@ -142,8 +156,12 @@ def run_times(start: datetime, every_s: int, for_s: int) -> list[datetime]:
     if n > MAX_RUNS:
         raise UsageError(f"{n} runs: more than {MAX_RUNS}", code="usage.bad_duration",
                          hint="run less often (--every) or for less long (--for)")
-    first = start.astimezone(UTC).replace(microsecond=0)
-    return [first + timedelta(seconds=k * every_s) for k in range(n)]
+    try:
+        first = start.astimezone(UTC).replace(microsecond=0)
+        return [first + timedelta(seconds=k * every_s) for k in range(n)]
+    except OverflowError:
+        raise UsageError(f"a run from {start.isoformat()} every {every_s}s for {for_s}s falls after the year 9999",
+                         code="usage.bad_time", hint="give a --start within the next years") from None
 
 
 def render_timer_dropin(runs: list[datetime]) -> str:
@@ -208,14 +226,11 @@ def plan_schedule(req: ScheduleRequest) -> tuple[ScheduleRecord, dict[Path, tupl
         raise UsageError(f"schedule name {req.name!r}: lower-case letters, digits, '.', '_', '-'",
                          code="canary.bad_schedule")
     r = req.run
-    load_suite(r.suite or "demo")  # exit 2 naming the case, before anything is written
-    if r.baseline:
-        load_baseline(r.baseline)
-    for key in (r.api_key_file, r.compare_api_key_file):
-        if key is not None:
-            read_api_key(key)
+    if r.suite is None:
+        r = replace(r, suite="demo")
+    check_request(r)  # exactly what `canary run` checks (URLs, thresholds, suite, baseline, keys), exit 2
     layout = ScheduleLayout(req.root or Path("/"))
-    runs = run_times(req.start or datetime.now(UTC) + timedelta(seconds=START_DELAY_S), req.every_s, req.for_s)
+    runs = run_times(_first_run(req.start), req.every_s, req.for_s)
     record = _record(req, runs, layout)
     service_dropin, notes = render_service_dropin(record)
     # The suite travels with the schedule (a copy next to the record): editing or removing the file it came

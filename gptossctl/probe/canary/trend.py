@@ -6,6 +6,7 @@ external reference) and trend.json (`gptossctl.canary-trend/1`)."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,7 +72,7 @@ def load_runs(directory: Path) -> tuple[list[tuple[Path, dict[str, Any]]], tuple
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory", code="canary.no_runs",
                          hint="give the state directory of a schedule, e.g. /var/lib/gptoss-canary/NAME")
-    runs = [(p, load_baseline(p)) for p in sorted(directory.rglob("report.json"))]
+    runs = [(p, load_baseline(p, what="canary run report")) for p in sorted(directory.rglob("report.json"))]
     if not runs:
         raise UsageError(f"no canary reports (report.json) under {directory}", code="canary.no_runs",
                          hint="point at the folder the runs were written to (canary run --out, or a schedule)")
@@ -82,13 +83,33 @@ def load_runs(directory: Path) -> tuple[list[tuple[Path, dict[str, Any]]], tuple
     return runs, (str(runs[0][0]), runs[0][1])
 
 
+def _started(path: Path, d: dict[str, Any]) -> datetime:
+    """When a run started: an ISO 8601 time with its offset (as canary run writes it), or exit 2 naming it."""
+    value = d.get("started")
+    try:
+        t = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        t = None
+    if t is None or t.tzinfo is None:
+        raise UsageError(f"run report {path}: 'started' {str(value)[:60]!r} is not a time with its UTC offset",
+                         code="canary.bad_report",
+                         hint="move that run out of the folder (it was not written by canary run), or fix it")
+    return t
+
+
 def build_trend(directory: Path, *, max_regression: float = 0.20) -> Trend:
+    if not (math.isfinite(max_regression) and 0.0 <= max_regression <= 100.0):
+        raise UsageError(f"--max-regression {max_regression}: a number from 0 to 100 (0.2 = 20 %)",
+                         code="usage.bad_threshold", hint="give --max-regression as a number from 0 to 100")
     runs, (base_src, base) = load_runs(directory)
-    t0 = datetime.fromisoformat(runs[0][1]["started"])
+    starts = [_started(p, d) for p, d in runs]
+    order = sorted(range(len(runs)), key=lambda i: starts[i])
+    runs, starts = [runs[i] for i in order], [starts[i] for i in order]
+    t0 = starts[0]
     series: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {}
     per_run: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for _, d in runs:
-        t = (datetime.fromisoformat(d["started"]) - t0).total_seconds()
+    for (_, d), started in zip(runs, starts, strict=True):
+        t = (started - t0).total_seconds()
         for label, e in (("gpt-oss", d), ("current", d.get("current"))):
             if not e:
                 continue
@@ -119,8 +140,22 @@ def build_trend(directory: Path, *, max_regression: float = 0.20) -> Trend:
     return trend
 
 
+def check_trend_out(out: Path) -> Path:
+    """The folder trend.html and trend.json go to: an existing directory or a new one, never a file or a link."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {out} is {'a symbolic link' if out.is_symlink() else 'a file'}, not a directory",
+                         code="output.not_directory",
+                         hint="give a directory for trend.html and trend.json (it is created when missing)")
+    return out
+
+
 def write_trend(trend: Trend, out: Path) -> dict[str, str]:
-    out.mkdir(parents=True, exist_ok=True)
+    check_trend_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out}: {exc.strerror}", code="output.no_directory",
+                         hint="give a directory that can be created here") from None
     files = {"html": out / "trend.html", "json": out / "trend.json"}
     trend.files = {k: str(v) for k, v in files.items()}
     atomic_write(files["json"], json.dumps(trend.to_dict(), indent=1, default=str).encode())
