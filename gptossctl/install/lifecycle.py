@@ -52,6 +52,7 @@ from gptossctl.install.release import (
     ReplicaRecord,
     current_version,
     default_instance,
+    endpoint_url,
     installed_versions,
     read_release,
     served_name,
@@ -334,7 +335,7 @@ def _layout_request(req: InstallRequest, prev: ReleaseRecord | None) -> tuple[La
 def _result(plan: Plan, steps: Steps) -> InstallResult:
     req, layout = plan.req, plan.layout
     return InstallResult(layout.instance, plan.version, plan.previous, plan.fit.profile.name,
-                         f"http://{req.host}:{req.port}", layout.router_unit_name if plan.replicas else layout.unit_name,
+                         endpoint_url(req.host, req.port), layout.router_unit_name if plan.replicas else layout.unit_name,
                          plan.release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
                          bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas)
 

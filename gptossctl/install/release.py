@@ -35,6 +35,11 @@ def replica_files(index: int) -> tuple[str, str, str]:
     return f"vllm-r{index}.yaml", f"service-r{index}.env", f"unit-r{index}.service"
 
 
+
+def endpoint_url(host: str, port: int) -> str:
+    """http://host:port, an IPv6 address in brackets (`--host ::1` is loopback too)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
 @dataclass(frozen=True)
 class ReplicaRecord:
     """One vLLM replica of a release with several: its own loopback port, pinned to its GPUs."""
@@ -92,7 +97,7 @@ class ReleaseRecord:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return endpoint_url(self.host, self.port)
 
     @property
     def replicated(self) -> bool:
