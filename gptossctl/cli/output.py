@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -54,10 +54,40 @@ def document(*, status: str, exit_code: int, data: dict[str, Any] | None = None,
     return doc
 
 
+class StdoutLost(Exception):
+    """stdout is closed or cannot be written (a full disk, /dev/full): the result cannot be delivered, which
+    main() reports on stderr in one line with exit 4, never as a traceback or as a bug."""
+
+
+def _stdout() -> TextIO:
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`)
+        raise StdoutLost("stdout is closed")
+    return sys.stdout
+
+
 def emit_json(doc: dict[str, Any]) -> None:
     state.emitted = True
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
+    text = json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n"
+    out = _stdout()
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise  # a reader that went away (| head): click's own handling, as before
+    except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+        raise StdoutLost(getattr(exc, "strerror", None) or str(exc)) from None
+
+
+def render_out(render: Callable[[T], None], result: T) -> None:
+    """Human output onto stdout, with a failed write turned into StdoutLost."""
+    out = _stdout()
+    try:
+        render(result)
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise StdoutLost(getattr(exc, "strerror", None) or str(exc)) from None
 
 
 def print_findings(findings: tuple[Finding, ...] | list[Finding] | Any) -> None:
@@ -115,7 +145,7 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
         emit_json(document(status="ok" if code == 0 else "failed", exit_code=code, data=result.to_dict(),
                            findings=getattr(result, "findings", ())))
     else:
-        render(result)
+        render_out(render, result)
     raise typer.Exit(code)
 
 

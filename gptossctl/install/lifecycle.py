@@ -58,7 +58,7 @@ from gptossctl.install.release import (
     switch_current,
     write_release,
 )
-from gptossctl.install.render import render_release, ships_vocab, unit_template
+from gptossctl.install.render import check_python, render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
 from gptossctl.install.rolling import (
     Activation,
@@ -229,6 +229,9 @@ def validate_request(req: InstallRequest) -> None:
     if req.root.exists() and not req.root.is_dir():
         raise UsageError(f"--root {req.root} is not a directory", code="install.bad_root",
                          hint="give a directory to stage into (it is created if missing)")
+    check_python(req.python, option="--python")
+    if req.vllm_python is not None:
+        check_python(req.vllm_python, option="--vllm-python")
     if req.vllm_python is not None and not _on_target(req.root, req.vllm_python).is_file():
         raise UsageError(f"--vllm-python {req.vllm_python} is not a file"
                          + (f" under {req.root} or on this host" if req.root != Path("/") else ""),

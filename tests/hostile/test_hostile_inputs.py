@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -136,12 +138,14 @@ class Case:
     env: tuple[tuple[str, str], ...] = ()
     watch: tuple[str, ...] = ()  # world paths that a refusal must leave untouched
     setup: Callable[[World, Path], dict[str, str]] | None = None  # extra placeholders, made in the case's tmp
+    code: str | None = None  # the error code (or first finding's code) the refusal must carry
 
 
 def C(id: str, *argv: str, expect: int | set[int] | None = None, env: dict[str, str] | None = None,
-      watch: tuple[str, ...] = (), setup: Callable[[World, Path], dict[str, str]] | None = None) -> Case:
+      watch: tuple[str, ...] = (), setup: Callable[[World, Path], dict[str, str]] | None = None,
+      code: str | None = None) -> Case:
     exp = frozenset({1, 2, 3, 4}) if expect is None else frozenset({expect} if isinstance(expect, int) else expect)
-    return Case(id, argv, exp, tuple((env or {}).items()), watch, setup)
+    return Case(id, argv, exp, tuple((env or {}).items()), watch, setup, code)
 
 
 # ---------------------------------------------------------------- set-ups that make broken state
@@ -269,6 +273,113 @@ def _suite(text: str) -> Callable[[World, Path], dict[str, str]]:
 
 def _baseline(text: str) -> Callable[[World, Path], dict[str, str]]:
     return lambda w, tmp: {"bl": _write(tmp / "baseline.json", text)}
+
+
+def _special_outputs(w: World, tmp: Path) -> dict[str, str]:
+    """A copy of /dev/null (never the real one), a FIFO, a link and a plain folder to write reports into."""
+    out = tmp / "out"
+    out.mkdir()
+    os.mknod(out / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkfifo(out / "fifo")
+    (out / "link.json").symlink_to(out / "elsewhere.json")
+    return {"dev": str(out / "null"), "fifo": str(out / "fifo"), "link": str(out / "link.json"), "o": str(out)}
+
+
+INJECTION = "\nUser=root\nExecStartPre=+/bin/touch /pwned"
+
+
+def _python_named(name: str) -> Callable[[World, Path], dict[str, str]]:
+    """A real file whose path holds what ExecStart= would misread (a newline, a space, a %)."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        d = tmp / name
+        d.mkdir(parents=True)
+        (d / "python").write_bytes(Path(sys.executable).read_bytes())
+        (d / "python").chmod(0o755)
+        return {"py": str(d / "python")}
+    return make
+
+
+def _injected_python_record(w: World, tmp: Path) -> dict[str, str]:
+    """An installed release whose recorded interpreter (and so its unit) carries injected directives, as an
+    install of the unfixed code left it: compliance must not call that unit 'the approved rendering'."""
+    root = _root_copy(w, tmp)
+    rel = root / "opt/gptoss/tiny-gpt-oss/releases/5"
+    rec = json.loads((rel / "release.json").read_text())
+    old, new = rec["python"], rec["python"] + INJECTION
+    for unit in (rel / "unit.service", root / "etc/systemd/system/gptoss@tiny-gpt-oss.service"):
+        unit.write_text(unit.read_text().replace(f"ExecStart={old} ", f"ExecStart={new} "))
+    rec["python"] = new
+    rec["rendered"]["unit.service"] = hashlib.sha256((rel / "unit.service").read_bytes()).hexdigest()
+    (rel / "release.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return {"root2": str(root)}
+
+
+def _audit_change(change: Callable[[Path], None]) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root = _root_copy(w, tmp)
+        change(root)
+        return {"root2": str(root)}
+    return make
+
+
+ANCHOR = "var/lib/gptossctl/audit.anchor"
+LOGFILE = "var/log/gptoss/audit.jsonl"
+
+
+def _replace(rel: str, make: Callable[[Path], object]) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        (root / rel).unlink()
+        make(root / rel)
+    return change
+
+
+def _cut_and_hide(w: World, tmp: Path) -> dict[str, str]:
+    """F4: a second entry (a refused install), then the log cut back to its first entry, the plain-text head
+    rewritten to match, and the anchor deleted: the cut must still show."""
+    root = _root_copy(w, tmp)
+    subprocess.run([str(GPTOSSCTL), "install", w.paths["bundle"], "--trust", w.paths["pub"], "--root", str(root),
+                    "--host", "0.0.0.0", "--vllm-python", sys.executable], capture_output=True, timeout=120)
+    log = root / LOGFILE
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 2, "the set-up needs a log of two entries or more"
+    log.write_bytes(lines[0])
+    first = json.loads(lines[0])
+    (root / "var/log/gptoss/audit.head").write_text(f"{first['seq']} {first['hash']}\n")
+    (root / ANCHOR).unlink()
+    return {"root2": str(root)}
+
+
+def _small_disk(*, bundle: bool = False, fill: bool = True, read_only: bool = False
+                ) -> Callable[[World, Path], dict[str, str]]:
+    """A 2 MiB tmpfs (unmounted by the test), with a copy of the bundle and a key folder, then filled to the
+    last byte (disk full) or remounted read-only; and a co-signing key outside it (not yet a signer)."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        co = tmp / "co.key"
+        co.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        co.chmod(0o600)
+        full = tmp / "full"
+        full.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(full)], check=True)
+        (full / "k").mkdir()
+        if bundle:
+            shutil.copytree(w.paths["bundle"], full / "b", symlinks=True)
+        if fill:
+            fd = os.open(full / "fill", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, b"\0" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(full)], check=True)
+        return {"full": str(full), "b": str(full / "b"), "co": str(co)}
+    return make
 
 
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
@@ -556,6 +667,83 @@ CASES: list[Case] = [
     C("demo-full-without-wheels", "demo", "--out", "{dir}/dm", expect=2),
     C("demo-full-wheelhouse-missing", "demo", "--out", "{dir}/dm2", "--wheelhouse", "{missing}",
       "--bootstrap-wheels", "{missing}", expect=2),
+    # ------------------------------------------------------------ F1/F16: report and archive outputs
+    C("compliance-report-device", "compliance", "check", "--root", "{root}", "--report", "{dev}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-junit-fifo", "compliance", "check", "--root", "{root}", "--junit", "{fifo}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-sarif-device", "compliance", "check", "--root", "{root}", "--sarif", "{dev}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-textfile-device", "compliance", "check", "--root", "{root}", "--textfile", "{dev}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-report-link", "compliance", "check", "--root", "{root}", "--report", "{link}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.is_link"),
+    C("compliance-report-junit-same-path", "compliance", "check", "--root", "{root}", "--report", "{o}/r.xml",
+      "--junit", "{o}/./r.xml", expect=2, watch=("o", "root"), setup=_special_outputs, code="output.same_path"),
+    C("compliance-report-missing-directory", "compliance", "check", "--root", "{root}", "--report",
+      "{o}/nodir/x/r.json", expect=2, watch=("o", "root"), setup=_special_outputs, code="output.no_directory"),
+    C("support-bundle-force-device", "support-bundle", "--root", "{root}", "-o", "{dev}", "--force", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("support-bundle-force-fifo", "support-bundle", "--root", "{root}", "-o", "{fifo}", "--force", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("smoke-junit-device", "smoke", "--url", "http://127.0.0.1:{port}", "--junit", "{dev}", expect=2,
+      watch=("o",), setup=_special_outputs, code="output.not_a_file"),
+    C("smoke-junit-missing-directory", "smoke", "--url", "http://127.0.0.1:{port}", "--junit", "{o}/no/j.xml",
+      expect=2, watch=("o",), setup=_special_outputs, code="output.no_directory"),
+    C("canary-junit-device", "canary", "run", "--url", "http://127.0.0.1:{port}", "--junit", "{dev}", expect=2,
+      watch=("o",), setup=_special_outputs, code="output.not_a_file"),
+    C("canary-junit-link", "canary", "run", "--url", "http://127.0.0.1:{port}", "--junit", "{link}", expect=2,
+      watch=("o",), setup=_special_outputs, code="output.is_link"),
+    # ------------------------------------------------------------ F7: the interpreter written into ExecStart=
+    C("install-vllm-python-newline-injection", "install", "{bundle}", "--trust", *P, "--root", "{root}",
+      "--instance", "fresh", "--vllm-python", "{py}", expect=2, watch=("root",),
+      setup=_python_named("inj" + INJECTION), code="install.bad_python"),
+    C("install-vllm-python-space", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance", "fresh",
+      "--vllm-python", "{py}", expect=2, watch=("root",), setup=_python_named("sp ace"), code="install.bad_python"),
+    C("install-vllm-python-percent", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "fresh", "--vllm-python", "{py}", expect=2, watch=("root",), setup=_python_named("py%i"),
+      code="install.bad_python"),
+    C("install-vllm-python-relative", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "fresh", "--vllm-python", "python3", expect=2, watch=("root",), code="install.bad_python"),
+    C("install-python-newline-injection", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "fresh", "--python", "/usr/bin/python3" + INJECTION, expect=2, watch=("root",), code="install.bad_python"),
+    C("compliance-recorded-python-injected", "compliance", "check", "--root", "{root2}", expect=1,
+      setup=_injected_python_record, code="compliance.config.unit"),
+    # ------------------------------------------------------------ F4/F8: the audit anchor and log
+    C("audit-anchor-deleted", "audit", "verify", "--root", "{root2}", expect=1, code="audit.anchor_missing",
+      setup=_audit_change(lambda r: (r / ANCHOR).unlink())),
+    C("audit-anchor-directory", "audit", "verify", "--root", "{root2}", expect=1, code="audit.anchor_missing",
+      setup=_audit_change(_replace(ANCHOR, lambda p: p.mkdir()))),
+    C("audit-cut-head-rewritten-anchor-deleted", "audit", "verify", "--root", "{root2}", expect=1,
+      code="audit.anchor_missing", setup=_cut_and_hide),
+    C("compliance-audit-anchor-deleted", "compliance", "check", "--root", "{root2}", expect=1,
+      code="compliance.audit.chain", setup=_audit_change(lambda r: (r / ANCHOR).unlink())),
+    C("audit-log-fifo", "audit", "verify", "--root", "{root2}", expect=1, code="audit.not_a_file",
+      setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    C("audit-log-link-to-dev-zero", "audit", "verify", "--root", "{root2}", expect=1, code="audit.not_a_file",
+      setup=_audit_change(_replace(LOGFILE, lambda p: p.symlink_to("/dev/zero")))),
+    C("compliance-audit-log-fifo", "compliance", "check", "--root", "{root2}", expect=1,
+      code="compliance.audit.chain", setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    C("install-refused-audit-log-fifo", "install", "{bundle}", "--trust", *P, "--root", "{root2}", "--host",
+      "0.0.0.0", "--vllm-python", sys.executable, expect=2, code="install.exposed_bind",
+      setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    # ------------------------------------------------------------ F5: keys and signatures on a full or read-only disk
+    C("keys-generate-disk-full", "keys", "generate", "--out", "{full}/k", "--name", "b", env=ENV_PASS, expect=4,
+      watch=("full",), setup=_small_disk(), code="output.disk_full"),
+    C("keys-generate-read-only", "keys", "generate", "--out", "{full}/k", "--name", "b", env=ENV_PASS,
+      expect={2, 3}, watch=("full",), setup=_small_disk(fill=False, read_only=True)),
+    C("sign-disk-full-leaves-bundle-intact", "bundle", "sign", "{b}", "--key", "{co}", expect=4, watch=("full",),
+      setup=_small_disk(bundle=True), code="output.disk_full"),
+    C("sign-read-only-bundle", "bundle", "sign", "{b}", "--key", "{co}", expect=3, watch=("full",),
+      setup=_small_disk(bundle=True, fill=False, read_only=True), code="output.not_writable"),
+    C("keys-generate-passphrase-too-long", "keys", "generate", "--out", "{dir}/kp1", "--name", "p",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "a" * 1024}, expect=2, code="key.bad_passphrase"),
+    C("keys-generate-passphrase-not-utf8", "keys", "generate", "--out", "{dir}/kp2", "--name", "p",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "\udcff"}, expect=2, code="key.bad_passphrase"),
+    C("sign-passphrase-not-utf8", "bundle", "sign", "{bundle}", "--key", "{key}",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "\udcff"}, expect=2, watch=("bundle",), code="key.bad_passphrase"),
+    C("sign-passphrase-too-long", "bundle", "sign", "{bundle}", "--key", "{key}",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "a" * 1024}, expect=2, watch=("bundle",), code="key.bad_passphrase"),
 ]
 
 
@@ -577,6 +765,9 @@ def test_hostile_input_is_refused_cleanly(case: Case, world: World, tmp_path: Pa
         err = doc.get("error") or {}
         assert r.returncode in case.expect, f"exit {r.returncode}: {err.get('code')}: {err.get('message', '')[:300]}"
         assert doc["schema"] == "gptossctl.result/1" and doc["exit_code"] == r.returncode
+        if case.code:
+            codes = [err.get("code")] + [f.get("code") for f in doc.get("findings", [])]
+            assert case.code in codes, f"expected {case.code}, got {codes}: {err.get('message', '')[:300]}"
         if r.returncode and err:  # refused: the error says what and what to do
             assert err.get("code") and err.get("message") and err.get("hint"), f"no next step said: {err}"
             assert "internal error" not in err["message"], doc
@@ -587,5 +778,29 @@ def test_hostile_input_is_refused_cleanly(case: Case, world: World, tmp_path: Pa
             changed = sorted(k for k in set(after) | set(before[name]) if after.get(k) != before[name].get(k))
             assert not changed, f"{name} changed by a refused command: {changed[:10]}"
     finally:
-        if "ro" in extra:
-            subprocess.run(["umount", extra["ro"]], check=False)
+        for mounted in ("ro", "full"):
+            if mounted in extra:
+                subprocess.run(["umount", extra[mounted]], check=False)
+
+
+# ---------------------------------------------------------------- F10: a stdout that cannot take the result
+# Not a CASES entry: the result document itself is what cannot be delivered. /dev/full is opened for writing,
+# never replaced; `>&-` starts the command with fd 1 closed.
+STDOUT_CASES = [
+    ("json-closed", ["profiles", "list", "--nvidia-smi-xml", "{h100}", "--json"], ">&-"),
+    ("json-full", ["profiles", "list", "--nvidia-smi-xml", "{h100}", "--json"], ">/dev/full"),
+    ("human-full", ["hw", "check", "--nvidia-smi-xml", "{h100}"], ">/dev/full"),
+    ("human-closed", ["hw", "check", "--nvidia-smi-xml", "{h100}"], ">&-"),
+    ("json-failure-full", ["keys", "show", "{missing}", "--json"], ">/dev/full"),
+]
+
+
+@pytest.mark.parametrize("argv,redirect", [(a, r) for _i, a, r in STDOUT_CASES], ids=[i for i, _a, _r in STDOUT_CASES])
+def test_unwritable_stdout_is_exit_4_in_one_line(argv: list[str], redirect: str, world: World) -> None:
+    cmd = " ".join(shlex.quote(a) for a in [str(GPTOSSCTL), *(world.fmt(a) for a in argv)]) + " " + redirect
+    r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "stdout" in lines[0], lines
