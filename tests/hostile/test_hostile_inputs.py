@@ -382,6 +382,21 @@ def _small_disk(*, bundle: bool = False, fill: bool = True, read_only: bool = Fa
     return make
 
 
+def _marked_target(marker: str, *entries: str) -> Callable[[World, Path], dict[str, str]]:
+    """F2: someone's folder holding a demo marker (copied, or written by hand) next to their own files."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        d = tmp / "precious"
+        d.mkdir()
+        (d / ".gptossctl-demo").write_text(marker)
+        for e in entries:
+            _write(d / e, "years of work\n")
+        return {"precious": str(d)}
+    return make
+
+
+DEMO_MARKER = "made by gptossctl demo: replaced by the next run\n"
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -744,6 +759,11 @@ CASES: list[Case] = [
       env={"GPTOSSCTL_KEY_PASSPHRASE": "\udcff"}, expect=2, watch=("bundle",), code="key.bad_passphrase"),
     C("sign-passphrase-too-long", "bundle", "sign", "{bundle}", "--key", "{key}",
       env={"GPTOSSCTL_KEY_PASSPHRASE": "a" * 1024}, expect=2, watch=("bundle",), code="key.bad_passphrase"),
+    # ------------------------------------------------------------ F2: demo --out replaces only a demo's own folder
+    C("demo-out-marker-beside-foreign-files", "demo", "--staged", "--out", "{precious}", expect=2,
+      watch=("precious",), setup=_marked_target(DEMO_MARKER, "thesis.tex"), code="demo.foreign_out"),
+    C("demo-out-marker-not-the-demos", "demo", "--staged", "--out", "{precious}", expect=2, watch=("precious",),
+      setup=_marked_target("anything\n", "keys/notes.txt"), code="demo.foreign_out"),
 ]
 
 
