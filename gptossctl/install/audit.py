@@ -27,7 +27,7 @@ from typing import Any
 
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError
 from gptossctl.fsutil import atomic_write
-from gptossctl.install.layout import Layout
+from gptossctl.install.layout import Layout, check_confined
 
 GENESIS = "0" * 64
 LOG = "audit.jsonl"
@@ -234,6 +234,7 @@ def record(root: Path, command: list[str], result: str, *, instance: str | None,
     finding that it went unrecorded; a change that went unrecorded is an error of its own."""
     layout = Layout(root)
     try:
+        check_confined(root)  # a staged root's log is never written through a link that leads out of it
         append(layout.log_dir, command=command, result=result, instance=instance, bundle_digest=digest,
                detail=detail, anchor=layout.audit_anchor)
     except (OSError, GptossctlError) as exc:

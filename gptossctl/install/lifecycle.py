@@ -40,7 +40,14 @@ from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import install_unit, start_and_prove
 from gptossctl.install.environment import LISTING, build_env, check_imports, listing, wheels_in
-from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, check_writable, install_lock
+from gptossctl.install.layout import (
+    SERVICE_USER,
+    Layout,
+    check_confined,
+    check_instance,
+    check_writable,
+    install_lock,
+)
 from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import (
     CONFIG,
@@ -229,6 +236,8 @@ def validate_request(req: InstallRequest) -> None:
     if req.root.exists() and not req.root.is_dir():
         raise UsageError(f"--root {req.root} is not a directory", code="install.bad_root",
                          hint="give a directory to stage into (it is created if missing)")
+    if req.root.is_dir():
+        check_confined(req.root)
     check_python(req.python, option="--python")
     if req.vllm_python is not None:
         check_python(req.vllm_python, option="--vllm-python")

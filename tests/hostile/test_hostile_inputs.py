@@ -397,6 +397,18 @@ def _marked_target(marker: str, *entries: str) -> Callable[[World, Path], dict[s
 DEMO_MARKER = "made by gptossctl demo: replaced by the next run\n"
 
 
+def _root_with_link(rel: str) -> Callable[[World, Path], dict[str, str]]:
+    """F3: a fresh staged root in which `rel` is an absolute link to a folder outside the root."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root, victim = tmp / "fresh", tmp / "victim"
+        victim.mkdir()
+        (victim / "keep.txt").write_text("not the installer's\n")
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).symlink_to(victim)
+        return {"fresh": str(root), "victim": str(victim)}
+    return make
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -764,6 +776,22 @@ CASES: list[Case] = [
       watch=("precious",), setup=_marked_target(DEMO_MARKER, "thesis.tex"), code="demo.foreign_out"),
     C("demo-out-marker-not-the-demos", "demo", "--staged", "--out", "{precious}", expect=2, watch=("precious",),
       setup=_marked_target("anything\n", "keys/notes.txt"), code="demo.foreign_out"),
+    # ------------------------------------------------------------ F3: links inside --root that lead out of it
+    C("install-root-etc-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
+      sys.executable, expect=2, watch=("victim",), setup=_root_with_link("etc/gptoss"),
+      code="install.link_escapes_root"),
+    C("install-root-opt-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
+      sys.executable, expect=2, watch=("victim",), setup=_root_with_link("opt/gptoss"),
+      code="install.link_escapes_root"),
+    C("install-root-instance-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=2, watch=("victim",),
+      setup=_root_with_link("opt/gptoss/tiny-gpt-oss"), code="install.link_escapes_root"),
+    C("install-root-audit-log-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=2, watch=("victim",), setup=_root_with_link("var/log/gptoss"),
+      code="install.link_escapes_root"),
+    C("install-root-state-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
+      sys.executable, expect=2, watch=("victim",), setup=_root_with_link("var/lib/gptossctl"),
+      code="install.link_escapes_root"),
 ]
 
 
