@@ -253,6 +253,19 @@ def check_output_file(path: Path, *, what: str) -> Path:
     return check_output_path(path, what=what)
 
 
+def check_not_inside(out: Path, sources: Sequence[Path], *, code: str, option: str = "--out",
+                     hint: str = "write the output outside every source; it would change what it reads") -> None:
+    """Refuse an output (or a --root) that is one of the sources or lies inside a source directory: split,
+    copy, join, delta, apply and install would write into what they read (the bundle then fails verification
+    with an extra file), and pack would pack itself. Links are resolved on both sides."""
+    where = Path(os.path.realpath(out))
+    for src in sources:
+        real = Path(os.path.realpath(src))
+        if where == real or (real.is_dir() and where.is_relative_to(real)):
+            how = "the same place as" if where == real else "inside"
+            raise UsageError(f"{option} {out} is {how} the source {src}", code=code, hint=hint)
+
+
 @contextmanager
 def exclusive_lock(path: Path, *, busy: str, hint: str) -> Iterator[None]:
     """One holder at a time (flock on `path`, released when the process ends, even by SIGKILL)."""

@@ -45,6 +45,7 @@ from gptossctl.bundle.pieces import (
 from gptossctl.bundle.transfer import TransferOptions
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.fsutil import check_not_inside
 
 if TYPE_CHECKING:
     from gptossctl.bundle.dsse import Envelope
@@ -79,6 +80,7 @@ def _read_base(base: Path, *, needed: BundleRef | None = None) -> tuple[Envelope
 def make_delta(old: Path, new: Path, out: Path, *, part_size: int = FAT32_MAX, policy: TrustPolicy | None = None,
                opts: TransferOptions | None = None) -> DeltaMade:
     """Write the delta that rebuilds NEW on a host that holds OLD."""
+    check_not_inside(out, [old, new], code="delta.out_inside_source")
     old_env, old_manifest = _read_base(old)
     new_env = read_envelope(new)
     checked = check_envelope(new_env, policy)
@@ -110,6 +112,7 @@ def needed_base(places: Sequence[Path]) -> BundleRef | None:
 def apply_delta(places: Sequence[Path], base: Path, out: Path, *, policy: TrustPolicy | None = None,
                 opts: TransferOptions | None = None) -> Joined:
     """Rebuild the new bundle at `out` from the delta parts and the base they name."""
+    check_not_inside(out, [*places, base], code="apply.out_inside_source")
     ps = collect_parts(places, policy)
     if ps.kind != "delta" or ps.base is None:
         raise UsageError("these are the parts of a whole bundle, not a delta", code="apply.not_a_delta",

@@ -34,7 +34,7 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
-from gptossctl.fsutil import atomic_write
+from gptossctl.fsutil import atomic_write, check_not_inside
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
@@ -174,6 +174,10 @@ class Plan:
         return self.req.start and not self.layout.staged
 
 
+# Refusals of the root itself: its audit log would be written inside a bundle or outside the root.
+_ROOT_REFUSED = frozenset({"install.out_inside_source", "install.link_escapes_root"})
+
+
 def install(req: InstallRequest, *, on_step: StepCallback | None = None, progress: Progress | None = None,
             on_total: Progress | None = None) -> InstallResult:
     """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
@@ -182,7 +186,7 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
         result = _install(req, steps, progress, on_total)
     except GptossctlError as exc:
         exc.data.setdefault("steps", steps.to_dicts())
-        if not req.dry_run:
+        if not req.dry_run and exc.code not in _ROOT_REFUSED:
             audit.record(req.root, req.command(), f"failed: {exc.code}", instance=exc.data.get("instance", req.instance),
                          digest=exc.data.get("bundle_sha256"), detail=exc.message, failure=exc)
         raise
@@ -236,6 +240,8 @@ def validate_request(req: InstallRequest) -> None:
     if req.root.exists() and not req.root.is_dir():
         raise UsageError(f"--root {req.root} is not a directory", code="install.bad_root",
                          hint="give a directory to stage into (it is created if missing)")
+    check_not_inside(req.root, [req.bundle] + ([req.base] if req.base else []), code="install.out_inside_source",
+                     option="--root", hint="stage into a folder outside the bundle, its parts and its base")
     if req.root.is_dir():
         check_confined(req.root)
     check_python(req.python, option="--python")

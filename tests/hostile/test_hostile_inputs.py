@@ -409,6 +409,14 @@ def _root_with_link(rel: str) -> Callable[[World, Path], dict[str, str]]:
     return make
 
 
+def _split_parts(w: World, tmp: Path) -> dict[str, str]:
+    parts = tmp / "parts"
+    r = subprocess.run([str(GPTOSSCTL), "bundle", "split", w.paths["bundle"], "--out", str(parts), "--part-size",
+                        "1108480"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {"parts": str(parts)}
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -792,6 +800,24 @@ CASES: list[Case] = [
     C("install-root-state-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
       sys.executable, expect=2, watch=("victim",), setup=_root_with_link("var/lib/gptossctl"),
       code="install.link_escapes_root"),
+    # ------------------------------------------------------------ F11: an output inside its own source
+    C("split-out-inside-bundle", "bundle", "split", "{b}", "--out", "{b}/payload/parts", "--part-size", "1108480",
+      expect=2, watch=("b",), setup=_bundle_variant(lambda b: None), code="split.out_inside_source"),
+    C("copy-out-inside-bundle", "bundle", "copy", "{b}", "{b}/payload/copy", expect=2, watch=("b",),
+      setup=_bundle_variant(lambda b: None), code="copy.out_inside_source"),
+    C("copy-out-is-source", "bundle", "copy", "{b}", "{b}", expect=2, watch=("b",),
+      setup=_bundle_variant(lambda b: None), code="copy.out_inside_source"),
+    C("join-out-inside-parts", "bundle", "join", "{parts}", "--out", "{parts}/j", expect=2, watch=("parts",),
+      setup=_split_parts, code="join.out_inside_source"),
+    C("delta-out-inside-new", "bundle", "delta", "{bundle}", "{b}", "--out", "{b}/payload/d", expect=2,
+      watch=("b",), setup=_bundle_variant(lambda b: None), code="delta.out_inside_source"),
+    C("apply-out-inside-base", "bundle", "apply", "{parts}", "--base", "{bundle}", "--out", "{bundle}/payload/n",
+      expect=2, watch=("bundle", "parts"), setup=_split_parts, code="apply.out_inside_source"),
+    C("install-root-inside-bundle", "install", "{b}", "--trust", *P, "--root", "{b}/payload/root", "--vllm-python",
+      sys.executable, expect=2, watch=("b",), setup=_bundle_variant(lambda b: None),
+      code="install.out_inside_source"),
+    C("install-root-is-bundle", "install", "{b}", "--trust", *P, "--root", "{b}", "--vllm-python", sys.executable,
+      expect=2, watch=("b",), setup=_bundle_variant(lambda b: None), code="install.out_inside_source"),
 ]
 
 
