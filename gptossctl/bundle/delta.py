@@ -112,7 +112,6 @@ def needed_base(places: Sequence[Path]) -> BundleRef | None:
 def apply_delta(places: Sequence[Path], base: Path, out: Path, *, policy: TrustPolicy | None = None,
                 opts: TransferOptions | None = None) -> Joined:
     """Rebuild the new bundle at `out` from the delta parts and the base they name."""
-    check_not_inside(out, [*places, base], code="apply.out_inside_source")
     ps = collect_parts(places, policy)
     if ps.kind != "delta" or ps.base is None:
         raise UsageError("these are the parts of a whole bundle, not a delta", code="apply.not_a_delta",
@@ -126,6 +125,7 @@ def apply_delta(places: Sequence[Path], base: Path, out: Path, *, policy: TrustP
             f"(manifest sha256 {manifest_digest(base_env)})", code="apply.wrong_base",
             findings=[Finding("delta.wrong_base", str(base), f"needs base {ps.base.describe()}")],
             hint=f"pass --base with {ps.base.name} v{ps.base.version}, the bundle this delta was made against")
+    check_not_inside(out, [*places, base], code="apply.out_inside_source")  # before anything is written
     sources: dict[PieceKey, list[Source]] = ps.sources()
     for key, src in base_sources(ps.checked.manifest, base_manifest, base).items():
         sources.setdefault(key, []).append(src)

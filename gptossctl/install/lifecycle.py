@@ -22,7 +22,8 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
-from gptossctl.fsutil import atomic_write, check_not_inside
+from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
@@ -174,6 +175,7 @@ class Plan:
         return self.req.start and not self.layout.staged
 
 
+INCOMING = ".incoming"  # under opt/gptoss: where parts and deltas are rebuilt into a bundle before install
 # Refusals of the root itself: its audit log would be written inside a bundle or outside the root.
 _ROOT_REFUSED = frozenset({"install.out_inside_source", "install.link_escapes_root"})
 
@@ -183,7 +185,8 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
     """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
     steps = Steps(on_step)
     try:
-        result = _install(req, steps, progress, on_total)
+        with _assembled_removed_on_failure(req):
+            result = _install(req, steps, progress, on_total)
     except GptossctlError as exc:
         exc.data.setdefault("steps", steps.to_dicts())
         if not req.dry_run and exc.code not in _ROOT_REFUSED:
@@ -195,6 +198,31 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
                      + (", started" if result.started else ""))
     return result
+
+
+@contextmanager
+def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
+    """A refused or failed install from parts or a delta leaves nothing of what it assembled: the rebuilt
+    bundle in opt/gptoss/.incoming, and the folders made for it on a fresh root, go ("nothing changed").
+    What was there before (an earlier run's leftovers) is not ours to remove."""
+    if req.dry_run or is_bundle(req.bundle):
+        yield
+        return
+    scratch = Layout(req.root).base / INCOMING
+    fresh = [d for d in (scratch, scratch.parent, scratch.parent.parent) if not d.exists()]  # deepest first
+    before = set(scratch.iterdir()) if scratch.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        for p in sorted(set(scratch.iterdir()) - before) if scratch.is_dir() else []:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                discard(p)
+        for d in fresh:
+            with suppress(OSError):
+                d.rmdir()  # only when empty: the lock file or a release keeps it
+        raise
 
 
 def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> InstallResult:
@@ -213,7 +241,7 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
             except BaseException:
                 _forget_failed_first_install(layout, plan.previous)
                 raise
-        if rebuilt.bundle != req.bundle:  # the release holds it now; a failure keeps it for a quick retry
+        if rebuilt.bundle != req.bundle:  # the release holds it now (a failure removes it too: see install)
             shutil.rmtree(rebuilt.bundle, ignore_errors=True)
         return result
     except GptossctlError as exc:
@@ -269,7 +297,7 @@ def materialized(req: InstallRequest, steps: Steps, progress: Progress | None,
     layout = Layout(req.root)
     base = req.base or _installed_base(layout, req.bundle)
     with steps("materialize", f"rebuilding the bundle from {req.bundle}") as d:
-        path = materialize(req.bundle, base=base, scratch=layout.base / ".incoming", policy=req.policy,
+        path = materialize(req.bundle, base=base, scratch=layout.base / INCOMING, policy=req.policy,
                            progress=progress, on_total=on_total)
         d.append(f"{path} rebuilt" + (f" on the base {base}" if base else ""))
     return replace(req, bundle=path)

@@ -417,6 +417,31 @@ def _split_parts(w: World, tmp: Path) -> dict[str, str]:
     return {"parts": str(parts)}
 
 
+def _parts_and_roots(*, drop_part: bool = False) -> Callable[[World, Path], dict[str, str]]:
+    """F12: the bundle as parts (one of them missing when asked), a copy of the staged root, and a fresh root
+    whose opt/ must not appear."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        paths = _split_parts(w, tmp)
+        if drop_part:
+            sorted(Path(paths["parts"]).glob("*.part"))[-1].unlink()
+        root = _root_copy(w, tmp)
+        fresh = tmp / "fresh"
+        fresh.mkdir()
+        return {**paths, "root2": str(root), "fresh": str(fresh), "fresh_opt": str(fresh / "opt")}
+    return make
+
+
+def _delta(w: World, tmp: Path) -> dict[str, str]:
+    """A delta from the world's bundle (release 5) to a release 7 packed from the same model."""
+    env = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode(), "HF_HUB_OFFLINE": "1"}
+    for argv in (["bundle", "pack", w.paths["recipe"], "--model-dir", w.paths["model"], "--out", str(tmp / "v7"),
+                  "--key", w.paths["key"], "--version", "7"],
+                 ["bundle", "delta", w.paths["bundle"], str(tmp / "v7"), "--out", str(tmp / "d")]):
+        r = subprocess.run([str(GPTOSSCTL), *argv], capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return {"d": str(tmp / "d")}
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -811,13 +836,26 @@ CASES: list[Case] = [
       setup=_split_parts, code="join.out_inside_source"),
     C("delta-out-inside-new", "bundle", "delta", "{bundle}", "{b}", "--out", "{b}/payload/d", expect=2,
       watch=("b",), setup=_bundle_variant(lambda b: None), code="delta.out_inside_source"),
-    C("apply-out-inside-base", "bundle", "apply", "{parts}", "--base", "{bundle}", "--out", "{bundle}/payload/n",
-      expect=2, watch=("bundle", "parts"), setup=_split_parts, code="apply.out_inside_source"),
+    C("apply-out-inside-base", "bundle", "apply", "{d}", "--base", "{bundle}", "--out", "{bundle}/payload/n",
+      expect=2, watch=("bundle", "d"), setup=_delta, code="apply.out_inside_source"),
+    C("apply-out-inside-delta", "bundle", "apply", "{d}", "--base", "{bundle}", "--out", "{d}/n",
+      expect=2, watch=("bundle", "d"), setup=_delta, code="apply.out_inside_source"),
     C("install-root-inside-bundle", "install", "{b}", "--trust", *P, "--root", "{b}/payload/root", "--vllm-python",
       sys.executable, expect=2, watch=("b",), setup=_bundle_variant(lambda b: None),
       code="install.out_inside_source"),
     C("install-root-is-bundle", "install", "{b}", "--trust", *P, "--root", "{b}", "--vllm-python", sys.executable,
       expect=2, watch=("b",), setup=_bundle_variant(lambda b: None), code="install.out_inside_source"),
+    # ------------------------------------------------------------ F12: a refused install from parts leaves nothing
+    C("install-parts-refused-after-assembly", "install", "{parts}", "--trust", *P, "--root", "{root2}",
+      "--instance", "other", "--port", "8125", "--profile", "no-such-profile", "--vllm-python", sys.executable,
+      expect={1, 2}, watch=("root2", "parts"), setup=_parts_and_roots()),
+    C("install-parts-untrusted-fresh-root", "install", "{parts}", "--trust", "{bobpub}", "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=1, watch=("fresh_opt", "parts"), setup=_parts_and_roots()),
+    C("install-parts-missing-one", "install", "{parts}", "--trust", *P, "--root", "{root2}", "--instance", "other",
+      "--port", "8125", "--vllm-python", sys.executable, expect=1, watch=("root2", "parts"),
+      setup=_parts_and_roots(drop_part=True)),
+    C("install-parts-missing-one-fresh-root", "install", "{parts}", "--trust", *P, "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=1, watch=("fresh_opt", "parts"), setup=_parts_and_roots(drop_part=True)),
 ]
 
 
