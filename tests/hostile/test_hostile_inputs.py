@@ -916,3 +916,25 @@ def test_unwritable_stdout_is_exit_4_in_one_line(argv: list[str], redirect: str,
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "stdout" in lines[0], lines
+
+
+# ---------------------------------------------------------------- F17: no secret survives into a support bundle
+def test_support_bundle_redacts_every_member_and_reads_back_every_value(world: World, tmp_path: Path) -> None:
+    """A drop-in with a *_PASSPHRASE and a bearer token in a malformed assignment (systemd echoes the token in
+    its own warning, which goes into the archive as a command output): neither may be anywhere in it."""
+    import tarfile
+
+    root = _root_copy(world, tmp_path)
+    d = root / "etc/systemd/system/gptoss@tiny-gpt-oss.service.d"
+    d.mkdir(parents=True)
+    secrets = ("hunter2hunter2", "sk-abcdefghijklmnopqrstuvwxyz012345", "s3cr3t-db-pass")
+    (d / "other.conf").write_text(f'[Service]\nEnvironment="MY_PASSPHRASE={secrets[0]}"\n'
+                                  f"Environment=X=Bearer {secrets[1]}\nEnvironment=DB_PASS={secrets[2]}\n")
+    out = tmp_path / "sb.tgz"
+    r = _run(["support-bundle", "--root", str(root), "-o", str(out)], {})
+    assert r.returncode == 0, r.stdout[-3000:]
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    leaked = sorted(name for name, data in members.items() for s in secrets if s.encode() in data)
+    assert not leaked, leaked
+    assert any(name.startswith("units/dropins/") for name in members)
