@@ -442,6 +442,35 @@ def _delta(w: World, tmp: Path) -> dict[str, str]:
     return {"d": str(tmp / "d")}
 
 
+def _rolled_forward(change: Callable[[Path], None]) -> Callable[[World, Path], dict[str, str]]:
+    """F19: release 7 installed over the world's release 5, then release 5 changed on disk."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        env = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode(), "HF_HUB_OFFLINE": "1"}
+        root = _root_copy(w, tmp)
+        for argv in (["bundle", "pack", w.paths["recipe"], "--model-dir", w.paths["model"], "--out",
+                      str(tmp / "v7"), "--key", w.paths["key"], "--version", "7"],
+                     ["install", str(tmp / "v7"), "--trust", w.paths["pub"], "--root", str(root), "--vllm-python",
+                      sys.executable]):
+            r = subprocess.run([str(GPTOSSCTL), *argv], capture_output=True, text=True, timeout=300, env=env)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        change(root / "opt/gptoss/tiny-gpt-oss/releases/5")
+        return {"root2": str(root)}
+    return make
+
+
+def _append(rel: str, data: bytes) -> Callable[[Path], None]:
+    def change(release: Path) -> None:
+        with open(release / rel, "ab") as f:
+            f.write(data)
+    return change
+
+
+def _edit_record(release: Path) -> None:
+    rec = json.loads((release / "release.json").read_text())
+    rec["port"] = 22
+    (release / "release.json").write_text(json.dumps(rec, indent=2) + "\n")
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -856,6 +885,13 @@ CASES: list[Case] = [
       setup=_parts_and_roots(drop_part=True)),
     C("install-parts-missing-one-fresh-root", "install", "{parts}", "--trust", *P, "--root", "{fresh}",
       "--vllm-python", sys.executable, expect=1, watch=("fresh_opt", "parts"), setup=_parts_and_roots(drop_part=True)),
+    # ------------------------------------------------------------ F19: rollback re-hashes its target
+    C("rollback-to-changed-payload", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
+      setup=_rolled_forward(_append("payload/model/config.json", b"x")), code="rollback.drift"),
+    C("rollback-to-changed-unit", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
+      setup=_rolled_forward(_append("unit.service", b"ExecStartPre=+/bin/true\n")), code="rollback.drift"),
+    C("rollback-to-edited-record", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
+      setup=_rolled_forward(_edit_record), code="rollback.drift"),
 ]
 
 
