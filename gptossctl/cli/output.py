@@ -8,16 +8,17 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, NoReturn, Protocol, TextIO, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gptossctl.errors import Finding, GptossctlError, UsageError
+from gptossctl.errors import Finding, GptossctlError, Interrupted, UsageError
 
 RESULT_SCHEMA = "gptossctl.result/1"
 stderr = Console(stderr=True, highlight=False)
@@ -105,7 +106,15 @@ def print_findings(findings: tuple[Finding, ...] | list[Finding] | Any) -> None:
     stderr.print(table)
 
 
+def ignore_interrupts() -> None:
+    """From here on the process reports and exits with the status it reports (a SIGINT would otherwise end it
+    by the signal after 'ok' was printed)."""
+    with suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def fail(exc: GptossctlError, *, as_json: bool, data: dict[str, Any] | None = None) -> NoReturn:
+    ignore_interrupts()
     if as_json:
         emit_json(document(status="failed" if exc.exit_code == 1 else "error", exit_code=exc.exit_code,
                            data={**exc.data, **(data or {})}, findings=exc.findings, error=exc))
@@ -126,9 +135,10 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
         if state.debug:
             stderr.print_exception()
         fail(exc, as_json=as_json)
-    except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/red]")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # a command that does not catch it itself: still one document, exit 130
+        ignore_interrupts()
+        fail(Interrupted("interrupted before the command finished", hint="run the same command again; check "
+                         "'gptossctl status' if it was changing the system"), as_json=as_json)
     except typer.Exit:
         raise
     except typer.Abort:  # a prompt answered with Ctrl-C or end of input
@@ -140,6 +150,7 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
         bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",
                              hint="rerun with --debug and report the traceback")
         fail(bug, as_json=as_json)
+    ignore_interrupts()  # the work is done: a Ctrl-C now must not kill the process after (or while) it reports
     code = exit_code(result)
     if as_json:
         emit_json(document(status="ok" if code == 0 else "failed", exit_code=code, data=result.to_dict(),

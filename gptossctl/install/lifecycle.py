@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from gptossctl.adapters.gpus import Captures
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
-from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
+from gptossctl.errors import CheckFailed, Finding, GptossctlError, Interrupted, UsageError
 from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
@@ -187,6 +188,8 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
     try:
         with _assembled_removed_on_failure(req):
             result = _install(req, steps, progress, on_total)
+    except KeyboardInterrupt:
+        raise _interrupted(req, steps) from None
     except GptossctlError as exc:
         exc.data.setdefault("steps", steps.to_dicts())
         if not req.dry_run and exc.code not in _ROOT_REFUSED:
@@ -198,6 +201,22 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
                      + (", started" if result.started else ""))
     return result
+
+
+def _interrupted(req: InstallRequest, steps: Steps) -> Interrupted:
+    """Ctrl-C during an install: what was done (the steps) goes into the audit log, with a second Ctrl-C
+    ignored while it is written; the error is one result document, exit 130. A release that was being unpacked
+    or activated was put back by the steps' own clean-up on the way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    done = [s["step"] for s in steps.to_dicts() if s.get("status") == "ok"]
+    exc = Interrupted("install interrupted" + (f" after: {', '.join(done)}" if done else " before any change"),
+                      code="install.interrupted",
+                      hint="run the same install again (it converges); 'gptossctl status' and 'gptossctl audit "
+                           "verify' show where it stopped")
+    exc.data["steps"] = steps.to_dicts()
+    if not req.dry_run:
+        audit.record(req.root, req.command(), "interrupted", instance=req.instance, detail=exc.message, failure=exc)
+    return exc
 
 
 @contextmanager

@@ -974,3 +974,39 @@ def test_support_bundle_redacts_every_member_and_reads_back_every_value(world: W
     leaked = sorted(name for name, data in members.items() for s in secrets if s.encode() in data)
     assert not leaked, leaked
     assert any(name.startswith("units/dropins/") for name in members)
+
+
+# ---------------------------------------------------------------- F13: Ctrl-C during install
+@pytest.mark.parametrize("after_steps", [1, 2, 4, 6, 8])
+def test_install_interrupted_reports_one_document_and_records_it(after_steps: int, world: World,
+                                                                 tmp_path: Path) -> None:
+    """SIGINT (as Ctrl-C sends it) once the install has announced `after_steps` steps. Whatever the moment:
+    exactly one result document whose exit code is the process's (130 install.interrupted, or 0 when it had
+    finished), an audit entry for the interruption, no temporary file anywhere, and a rerun that converges."""
+    import signal as sig
+
+    root = tmp_path / "r"
+    argv = [str(GPTOSSCTL), "install", world.paths["bundle"], "--trust", world.paths["pub"], "--root", str(root),
+            "--vllm-python", sys.executable, "--json"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "COLUMNS": "200"},
+                         preexec_fn=lambda: sig.signal(sig.SIGINT, sig.SIG_DFL))
+    assert p.stderr is not None
+    seen = 0
+    while seen < after_steps and (line := p.stderr.readline()):
+        seen += line.lstrip().startswith(b"-")
+    p.send_signal(sig.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert b"Traceback" not in err, err[-3000:]
+    doc = json.loads(out)  # exactly one document, also when interrupted
+    assert p.returncode in (0, 130) and doc["exit_code"] == p.returncode, (p.returncode, doc.get("error"))
+    if p.returncode == 130:
+        assert doc["error"]["code"] == "install.interrupted", doc["error"]
+        last = json.loads((root / LOGFILE).read_text().splitlines()[-1])
+        assert last["result"] == "interrupted", last
+    leftovers = [str(q) for q in root.rglob("*.tmp")]
+    assert not leftovers, leftovers
+    assert _run(["audit", "verify", "--root", str(root)], {}).returncode == 0
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert not list(root.rglob("*.tmp"))
