@@ -26,7 +26,7 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.compliance.checks import run_checks
 from gptossctl.compliance.evidence import dropins, installed_dists
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
-from gptossctl.fsutil import atomic_write, new_output
+from gptossctl.fsutil import atomic_write, new_output, read_bytes
 from gptossctl.install import audit
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.operations import status
@@ -40,6 +40,7 @@ REDACTED = "[REDACTED]"
 _ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASS|CREDENTIAL|BEARER|AUTH)[A-Z0-9_.-]*"
                          r"[\"']?\s*[=:]\s*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)")
 _BEARER = re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)")
+COLLECT_LIMIT = 256 << 20  # an audit log of years; anything larger is not what it claims to be
 _MIN_SECRET = 6  # shorter values would redact ordinary words everywhere; they are caught by name instead
 
 
@@ -120,9 +121,11 @@ def _safe(what: Callable[[], Any]) -> Any:
 
 
 def _text(p: Path) -> str | None:
+    """A collected file's text, or None: a FIFO or device put where a unit or the audit log should be is
+    skipped, never read (it would block the collection forever)."""
     try:
-        return p.read_text(errors="replace")
-    except OSError:
+        return read_bytes(p, what="file", limit=COLLECT_LIMIT).decode("utf-8", "replace")
+    except GptossctlError:
         return None
 
 

@@ -471,6 +471,17 @@ def _edit_record(release: Path) -> None:
     (release / "release.json").write_text(json.dumps(rec, indent=2) + "\n")
 
 
+def _anchor_deleted_then_refusal(w: World, tmp: Path) -> dict[str, str]:
+    """F4: the anchor deleted, then a later (refused) install appends an entry: it must not write a new anchor
+    on top, which would hide the deletion."""
+    root = _root_copy(w, tmp)
+    (root / ANCHOR).unlink()
+    subprocess.run([str(GPTOSSCTL), "install", w.paths["bundle"], "--trust", w.paths["pub"], "--root", str(root),
+                    "--host", "0.0.0.0", "--vllm-python", sys.executable], capture_output=True, timeout=120)
+    assert len((root / LOGFILE).read_text().splitlines()) >= 2
+    return {"root2": str(root)}
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -892,6 +903,10 @@ CASES: list[Case] = [
       setup=_rolled_forward(_append("unit.service", b"ExecStartPre=+/bin/true\n")), code="rollback.drift"),
     C("rollback-to-edited-record", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
       setup=_rolled_forward(_edit_record), code="rollback.drift"),
+    C("audit-anchor-deleted-then-appended", "audit", "verify", "--root", "{root2}", expect=1,
+      code="audit.anchor_missing", setup=_anchor_deleted_then_refusal),
+    C("support-bundle-audit-log-fifo", "support-bundle", "--root", "{root2}", "-o", "{root2}.tgz", expect={0},
+      setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
 ]
 
 
