@@ -36,8 +36,9 @@ from gptossctl.secretnames import is_secret_name
 REDACTED = "[REDACTED]"
 # NAME=value or NAME: value wherever it sits (env files, Environment= lines with several quoted assignments,
 # YAML, journal lines), for any variable named like a secret, in any case.
-# Broader than secretnames (PASS anywhere): redacting a harmless BYPASS=1 costs nothing.
-_ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASS|CREDENTIAL|BEARER|AUTH)[A-Z0-9_.-]*"
+# PASS as a part of a name (DB_PASS), not a word of its own: a report's `"pass": 20` is a count.
+_ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|BEARER"
+                         r"|[_.-]PASS(?![A-Z]))[A-Z0-9_.-]*"
                          r"[\"']?\s*[=:]\s*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)")
 _BEARER = re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)")
 COLLECT_LIMIT = 256 << 20  # an audit log of years; anything larger is not what it claims to be
@@ -79,11 +80,12 @@ class Redactor:
         if len(value) >= _MIN_SECRET and REDACTED not in value:
             self.secrets.add(value)
 
-    def learn(self, text: str) -> None:
-        """Every value this text would have redacted by pattern (a NAME=value, a bearer token) becomes a secret
-        to remove everywhere: the same token echoed without its name (systemd's "Invalid environment
-        assignment, ignoring: sk-..." warning) goes too, and the read-back check looks for each one."""
-        for m in _ASSIGNMENT.finditer(text):
+    def learn(self, text: str, *, assignments: bool = True) -> None:
+        """Every value this text would have redacted by pattern becomes a secret to remove everywhere, and to
+        look for in the read-back: the same token echoed without its name (systemd's "Invalid environment
+        assignment, ignoring: sk-..." warning) goes too. Bearer tokens are learned from any text; NAME=value
+        assignments only from configuration (in a command's output, `KeyringMode= Service ...` is no secret)."""
+        for m in _ASSIGNMENT.finditer(text) if assignments else ():
             value = m.group(2).strip("\"'")
             if _learnable(m.group(1), value):
                 self.add(value)
@@ -202,7 +204,7 @@ def write_support_bundle(root: Path, instance: str, output: Path | None = None, 
     redact.add_key_files(root, [*_unit_paths(layout), *_dropins(layout)])
     parts = collect(root, instance)
     for text in parts.values():  # every member, command outputs too, through the one redactor
-        redact.learn(text)
+        redact.learn(text, assignments=False)
     buf = io.BytesIO()
     prefix = output.name.removesuffix(".tar.gz").removesuffix(".tgz")
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
