@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import sys
@@ -74,6 +75,9 @@ def _usage_message(text: str) -> str:
     return errors[-1] if errors else "the command line is incomplete or wrong"
 
 
+_STDOUT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EBADF)
+
+
 def main() -> None:
     """The console script: typer in standalone mode (usage errors exit 2 with usage text), one JSON document
     with --json whatever happens, exit 4 when stdout cannot take it, and exit 70 only for a bug of ours."""
@@ -107,6 +111,9 @@ def _main() -> None:
     except StdoutLost:
         raise
     except Exception as exc:  # noqa: BLE001 - outside any command (parsing, callbacks): still a bug of ours
+        if isinstance(exc, OSError) and exc.errno in _STDOUT_ERRNOS:
+            # Outside any command only click writes (--help, --version, usage): its stdout is what failed.
+            raise StdoutLost(exc.strerror or str(exc)) from None
         if state.debug:
             raise
         bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",

@@ -955,6 +955,8 @@ STDOUT_CASES = [
     ("human-full", ["hw", "check", "--nvidia-smi-xml", "{h100}"], ">/dev/full"),
     ("human-closed", ["hw", "check", "--nvidia-smi-xml", "{h100}"], ">&-"),
     ("json-failure-full", ["keys", "show", "{missing}", "--json"], ">/dev/full"),
+    ("help-full", ["--help"], ">/dev/full"),
+    ("version-full", ["--version"], ">/dev/full"),
 ]
 
 
