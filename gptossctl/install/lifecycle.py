@@ -207,7 +207,8 @@ def _interrupted(req: InstallRequest, steps: Steps) -> Interrupted:
     """Ctrl-C during an install: what was done (the steps) goes into the audit log, with a second Ctrl-C
     ignored while it is written; the error is one result document, exit 130. A release that was being unpacked
     or activated was put back by the steps' own clean-up on the way out."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with suppress(ValueError):  # not the main thread: nothing to ignore there
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     done = [s["step"] for s in steps.to_dicts() if s.get("status") == "ok"]
     exc = Interrupted("install interrupted" + (f" after: {', '.join(done)}" if done else " before any change"),
                       code="install.interrupted",
