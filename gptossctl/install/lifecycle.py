@@ -204,9 +204,9 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
 
 
 def _interrupted(req: InstallRequest, steps: Steps) -> Interrupted:
-    """Ctrl-C during an install: what was done (the steps) goes into the audit log, with a second Ctrl-C
-    ignored while it is written; the error is one result document, exit 130. A release that was being unpacked
-    or activated was put back by the steps' own clean-up on the way out."""
+    """Ctrl-C during an install: the steps that finished go into the audit log (a second Ctrl-C is ignored
+    while it is written), so what changed is on record; the error is one result document, exit 130. Running
+    the same install again converges."""
     with suppress(ValueError):  # not the main thread: nothing to ignore there
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     done = [s["step"] for s in steps.to_dicts() if s.get("status") == "ok"]
