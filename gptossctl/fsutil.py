@@ -13,8 +13,8 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,7 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, *, replace_li
     if not replace_link and path.is_symlink():
         raise UsageError(f"{path} is a symbolic link", code="output.is_link",
                          hint="give a path that is not a link; gptossctl never writes through one")
+    _refuse_special(path, what="output")  # a rename over /dev/null would replace the device node itself
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
@@ -172,14 +173,30 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, *, replace_li
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from None
+        discard(tmp)
+        raise write_error(path, exc) from None
+    except BaseException:  # Ctrl-C mid-write: no temporary file left beside the output
+        discard(tmp)
+        raise
 
 
-def _write_error(path: Path, exc: OSError) -> Exception:
-    if exc.errno == errno.ENOSPC:
+def discard(path: Path) -> None:
+    """Remove a temporary file on an error path, where a second error (a read-only disk) must not replace the
+    first."""
+    with suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def write_error(path: Path, exc: OSError) -> Exception:
+    """An OSError from writing `path` as the error a sysadmin can act on: a full or failing disk is exit 4, no
+    rights exit 3, anything else exit 2."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ServiceUnavailable(f"disk full while writing {path}", code="output.disk_full",
                                   hint="free space and run the command again; nothing half-written was kept")
+    if exc.errno == errno.EIO:
+        return ServiceUnavailable(f"I/O error while writing {path}", code="output.io_error",
+                                  hint="check the disk (dmesg, smartctl) and run the command again; nothing "
+                                       "half-written was kept")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return EnvironmentNotReady(f"cannot write {path}: {exc.strerror}", code="output.not_writable",
                                    hint="run as a user that may write there (root for system paths), or choose "
@@ -188,34 +205,79 @@ def _write_error(path: Path, exc: OSError) -> Exception:
                       hint="give a path in an existing, writable directory")
 
 
-def new_output(path: Path, *, force: bool, what: str) -> None:
-    """Refuse an output path that exists (unless force) or is a link, before any work is done."""
+def _refuse_special(path: Path, *, what: str) -> None:
+    """Refuse a path that exists as something other than a regular file or a link (a device, FIFO, socket or
+    directory): an output renamed over it would destroy it (a copy of /dev/null, /dev/full)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot look at {what} {path}: {exc.strerror}", code="output.unwritable",
+                         hint=f"give a path for the {what} in an existing, readable directory") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {path} is a directory", code="output.is_directory",
+                         hint=f"give a file name for the {what}")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise UsageError(f"{what} {path} exists and is not a regular file (a device, FIFO or socket)",
+                         code="output.not_a_file", hint=f"give a new file name for the {what}; gptossctl never "
+                         "replaces a device, FIFO or socket")
+
+
+def check_output_path(path: Path, *, what: str, force: bool = True) -> Path:
+    """The one check for a file a command writes on request (reports, archives, JUnit, textfiles), before any
+    work is done: not a link, not a directory, device, FIFO or socket, in a directory that exists, and (unless
+    `force`) not an existing file."""
     if path.is_symlink():
         raise UsageError(f"{what} {path} is a symbolic link", code="output.is_link",
                          hint="give a path that is not a link; gptossctl never writes through one")
-    if path.is_dir():
-        raise UsageError(f"{what} {path} is a directory", code="output.is_directory",
-                         hint=f"give a file name for the {what}")
+    _refuse_special(path, what=what)
     if path.exists() and not force:
         raise UsageError(f"{what} {path} already exists", code="output.exists",
                          hint="choose a new path, or pass --force to replace it")
     if not path.parent.is_dir():
         raise UsageError(f"the directory of {what} {path} does not exist", code="output.no_directory",
                          hint=f"create {path.parent} first, or give another path")
+    return path
+
+
+def check_output_paths(outputs: Sequence[tuple[Path | None, str]]) -> None:
+    """check_output_path for each named output, and no file named twice (the second would silently replace the
+    first): `outputs` is (path or None, the option that named it)."""
+    seen: dict[Path, str] = {}
+    for path, what in outputs:
+        if path is None:
+            continue
+        check_output_path(path, what=what)
+        same = Path(os.path.realpath(path.parent)) / path.name
+        if same in seen:
+            raise UsageError(f"{seen[same]} and {what} name the same file {path}", code="output.same_path",
+                             hint="give each output its own path")
+        seen[same] = what
+
+
+def new_output(path: Path, *, force: bool, what: str) -> None:
+    """Refuse an output path that exists (unless force), is a link or is not a regular file, before any work
+    is done."""
+    check_output_path(path, what=what, force=force)
 
 
 def check_output_file(path: Path, *, what: str) -> Path:
-    """An output that is rewritten on every run (reports, textfiles): it may exist, but not as a directory."""
-    if path.is_dir():
-        raise UsageError(f"{what} {path} is a directory", code="output.is_directory",
-                         hint=f"give a file name for the {what}")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{what} {path} lies under {parent}, which is a file", code="output.no_directory",
-                         hint=f"give a path for the {what} in a directory")
-    return path
+    """An output that is rewritten on every run (reports, textfiles): it may exist as a regular file."""
+    return check_output_path(path, what=what)
+
+
+def check_not_inside(out: Path, sources: Sequence[Path], *, code: str, option: str = "--out",
+                     hint: str = "write the output outside every source; it would change what it reads") -> None:
+    """Refuse an output (or a --root) that is one of the sources or lies inside a source directory: split,
+    copy, join, delta, apply and install would write into what they read (the bundle then fails verification
+    with an extra file), and pack would pack itself. Links are resolved on both sides."""
+    where = Path(os.path.realpath(out))
+    for src in sources:
+        real = Path(os.path.realpath(src))
+        if where == real or (real.is_dir() and where.is_relative_to(real)):
+            how = "the same place as" if where == real else "inside"
+            raise UsageError(f"{option} {out} is {how} the source {src}", code=code, hint=hint)
 
 
 @contextmanager
@@ -225,7 +287,7 @@ def exclusive_lock(path: Path, *, busy: str, hint: str) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        raise write_error(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
+# PASS on its own (DB_PASS, PASS) but not inside a word (BYPASS, PASSTHROUGH, COMPASS).
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|BEARER|(?<![A-Z])PASS(?![A-Z])",
+                         re.I)
 
 
 def is_secret_name(name: str) -> bool:

@@ -36,6 +36,7 @@ from gptossctl.bundle.transfer import (
 )
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.fsutil import check_not_inside
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def copy_bundle(src: Path | Sequence[Path], dst: Path, *, policy: TrustPolicy | 
     for s in srcs:
         if not s.exists():
             raise UsageError(f"{s} does not exist", code="copy.not_found")
+    check_not_inside(dst, srcs, code="copy.out_inside_source", option="DESTINATION")
     bundles = [s for s in srcs if s.is_dir() and (s / ENVELOPE).exists()]
     if bundles and len(srcs) > 1:
         raise UsageError("a bundle directory is copied on its own", code="copy.mixed_sources",

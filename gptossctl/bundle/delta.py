@@ -45,6 +45,7 @@ from gptossctl.bundle.pieces import (
 from gptossctl.bundle.transfer import TransferOptions
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.fsutil import check_not_inside
 
 if TYPE_CHECKING:
     from gptossctl.bundle.dsse import Envelope
@@ -79,6 +80,7 @@ def _read_base(base: Path, *, needed: BundleRef | None = None) -> tuple[Envelope
 def make_delta(old: Path, new: Path, out: Path, *, part_size: int = FAT32_MAX, policy: TrustPolicy | None = None,
                opts: TransferOptions | None = None) -> DeltaMade:
     """Write the delta that rebuilds NEW on a host that holds OLD."""
+    check_not_inside(out, [old, new], code="delta.out_inside_source")
     old_env, old_manifest = _read_base(old)
     new_env = read_envelope(new)
     checked = check_envelope(new_env, policy)
@@ -123,6 +125,7 @@ def apply_delta(places: Sequence[Path], base: Path, out: Path, *, policy: TrustP
             f"(manifest sha256 {manifest_digest(base_env)})", code="apply.wrong_base",
             findings=[Finding("delta.wrong_base", str(base), f"needs base {ps.base.describe()}")],
             hint=f"pass --base with {ps.base.name} v{ps.base.version}, the bundle this delta was made against")
+    check_not_inside(out, [*places, base], code="apply.out_inside_source")  # before anything is written
     sources: dict[PieceKey, list[Source]] = ps.sources()
     for key, src in base_sources(ps.checked.manifest, base_manifest, base).items():
         sources.setdefault(key, []).append(src)

@@ -6,6 +6,7 @@ GPTOSSCTL_KEY_PASSPHRASE or a prompt, never from argv (argv is world-readable in
 
 from __future__ import annotations
 
+import errno
 import getpass
 import hashlib
 import os
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptossctl.errors import EnvironmentNotReady, UsageError
-from gptossctl.fsutil import read_bytes
+from gptossctl.fsutil import discard, fsync_dir, read_bytes, write_error
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PASSPHRASE_ENV = "GPTOSSCTL_KEY_PASSPHRASE"
 KEY_FILE_LIMIT = 64 << 10  # a PEM key is a few hundred bytes
+MAX_PASSPHRASE = 1023  # cryptography refuses longer ones (ValueError)
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PassphraseSource = Callable[[str], bytes | None]
 
@@ -107,14 +109,74 @@ def generate_key(out_dir: Path, name: str, *, passphrase: bytes | None) -> Gener
     )
     priv_path, pub_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
     for p in (priv_path, pub_path):
-        if p.exists():
-            raise UsageError(f"{p} already exists", hint="choose another --name or move the old key away")
-    # O_EXCL + mode at creation: the key is never readable by others, not even for an instant.
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    pub_path.write_bytes(pub_pem)
+        if p.exists() or p.is_symlink():
+            raise UsageError(f"{p} already exists", code="key.exists",
+                             hint="choose another --name or move the old key away")
+    _write_pair(((priv_path, pem, 0o600), (pub_path, pub_pem, 0o644)))
     return GeneratedKey(keyid_of(private.public_key()), priv_path, pub_path, passphrase is not None)
+
+
+def _write_pair(halves: tuple[tuple[Path, bytes, int], ...]) -> None:
+    """Both halves to temporary names first, each whole and fsynced, then linked to their names (a link
+    never replaces an existing file): a full disk or a refusal leaves neither half, never a 0-byte key that
+    blocks the rerun."""
+    temps: list[Path] = []
+    done: list[Path] = []
+    try:
+        for path, data, mode in halves:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            # O_EXCL + mode at creation: the key is never readable by others, not even for an instant.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for (path, _data, _mode), tmp in zip(halves, temps, strict=True):
+            _link_new(tmp, path)
+            done.append(path)
+        fsync_dir(halves[0][0].parent)
+    except FileExistsError as exc:
+        for path in done:
+            discard(path)
+        raise UsageError(f"{exc.filename} appeared while the key was written", code="key.exists",
+                         hint="choose another --name or move the old key away") from None
+    except OSError as exc:
+        for path in done:
+            discard(path)
+        raise write_error(Path(exc.filename or halves[0][0]), exc) from None
+    finally:
+        for tmp in temps:
+            discard(tmp)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Give `tmp` the name `path` unless that exists; a file system without hard links (a FAT stick) gets a
+    rename after a check instead."""
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.rename(tmp, path)
+
+
+def checked_passphrase(value: str | bytes) -> bytes:
+    """A passphrase the key format can take: UTF-8 (a non-UTF-8 environment variable arrives as surrogates)
+    and at most 1023 bytes (the limit of the PKCS#8 encryption cryptography uses)."""
+    try:
+        raw = value if isinstance(value, bytes) else value.encode("utf-8")
+        raw.decode("utf-8")
+    except UnicodeError:
+        raise UsageError("the passphrase is not valid UTF-8 text", code="key.bad_passphrase",
+                         hint=f"set {PASSPHRASE_ENV} to UTF-8 text (check the terminal's or the secret "
+                              "store's encoding)") from None
+    if len(raw) > MAX_PASSPHRASE:
+        raise UsageError(f"the passphrase is {len(raw)} bytes, more than the {MAX_PASSPHRASE} a key file can take",
+                         code="key.bad_passphrase", hint=f"use a passphrase of at most {MAX_PASSPHRASE} bytes")
+    return raw
 
 
 def load_public_key(path: Path) -> PublicKey:
@@ -140,9 +202,9 @@ def load_public_key(path: Path) -> PublicKey:
 def env_or_prompt_passphrase(prompt: str) -> bytes | None:
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
-        return value.encode()
+        return checked_passphrase(value)
     if os.isatty(0):
-        return getpass.getpass(prompt).encode() or None
+        return checked_passphrase(getpass.getpass(prompt)) or None
     return None
 
 
@@ -167,6 +229,8 @@ def load_signing_key(path: Path, *, passphrase: PassphraseSource = env_or_prompt
                 code="key.passphrase_missing",
                 hint=f"set {PASSPHRASE_ENV} or run on a terminal to be prompted",
             )
+    if secret:
+        secret = checked_passphrase(secret)  # whatever the source: never a crash inside cryptography
     try:
         key = serialization.load_pem_private_key(data, password=secret)
     except (ValueError, TypeError):

@@ -56,6 +56,7 @@ from gptossctl.bundle.transfer import (
 )
 from gptossctl.bundle.verify import CheckedEnvelope, TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.fsutil import check_not_inside
 
 if TYPE_CHECKING:
     from gptossctl.bundle.dsse import Envelope
@@ -206,6 +207,7 @@ def split_bundle(bundle: Path, out: Path, *, part_size: int = FAT32_MAX, policy:
 
     if not bundle.is_dir():
         raise UsageError(f"{bundle} is not a bundle directory", code="split.not_a_bundle")
+    check_not_inside(out, [bundle], code="split.out_inside_source")
     envelope = read_envelope(bundle)
     checked = _checked(envelope, policy, verb="split")
     envelope_json = envelope.to_json()  # the checked copy in memory, never the file again
@@ -461,6 +463,7 @@ def part_failures(failures: list[Failure]) -> list[Finding]:
 def join_parts(places: Sequence[Path], out: Path, *, policy: TrustPolicy | None = None,
                opts: TransferOptions | None = None) -> Joined:
     """Join parts found in `places` (any order, duplicates fine) into the bundle directory `out`."""
+    check_not_inside(out, places, code="join.out_inside_source")
     ps = collect_parts(places, policy)
     if ps.kind == "delta":
         raise UsageError("these are the parts of a delta, not of a whole bundle", code="join.is_delta",

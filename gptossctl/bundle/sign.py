@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +14,7 @@ from gptossctl.bundle.layout import ENVELOPE
 from gptossctl.bundle.manifest import Manifest, parse_manifest
 from gptossctl.bundle.verify import read_envelope, verify_bundle
 from gptossctl.errors import UsageError
+from gptossctl.fsutil import atomic_write
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,9 @@ def cosign_bundle(root: Path, key: SigningKey, *, check_files: bool = True) -> S
         raise UsageError(f"key {key.keyid[:16]} has already signed this bundle", code="sign.already_signed")
 
     signed = envelope.with_signature(Signature(key.keyid, key.sign(envelope.signed_message())))
-    tmp = root / (ENVELOPE + ".tmp")
-    tmp.write_bytes(signed.to_json())
-    os.replace(tmp, root / ENVELOPE)  # atomic: an interrupted co-sign leaves the old envelope
+    # Atomic, and the temporary file removed on every error (a full disk, Ctrl-C): a failed co-sign leaves the
+    # bundle byte-identical, never a stray file that 'bundle verify' would call bundle.extra_file.
+    atomic_write(root / ENVELOPE, signed.to_json(), stat.S_IMODE((root / ENVELOPE).stat().st_mode))
     return SignResult(root, key.keyid, tuple(s.keyid for s in signed.signatures))
 
 

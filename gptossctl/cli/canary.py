@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from gptossctl.cli.output import JsonOpt, run, stderr, stdout
+from gptossctl.fsutil import check_output_paths
 
 canary_app = typer.Typer(no_args_is_help=True, help="Measure the service against a workload, the current stack "
                                                     "and a baseline; schedule a week of it; chart the trend.")
@@ -106,6 +107,7 @@ def canary_run(
         from gptossctl.probe.canary.run import run_request
         from gptossctl.probe.canary.schedule import run_scheduled
 
+        check_output_paths([(junit, "--junit")])
         with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
             task = bar.add_task("canary", total=None)
 

@@ -57,11 +57,9 @@ def check(
         from gptossctl.compliance.evidence import ComplianceOptions
         from gptossctl.compliance.outputs import to_junit, to_sarif, to_textfile
         from gptossctl.durations import parse_duration
-        from gptossctl.fsutil import atomic_write, check_output_file
+        from gptossctl.fsutil import atomic_write, check_output_paths
 
-        for path, what in ((report, "--report"), (sarif, "--sarif"), (junit, "--junit"), (textfile, "--textfile")):
-            if path is not None:
-                check_output_file(path, what=what)
+        check_output_paths([(report, "--report"), (sarif, "--sarif"), (junit, "--junit"), (textfile, "--textfile")])
         policy = trust_policy(trust, threshold=threshold, revoked=revoked) if trust else None
         opts = ComplianceOptions(policy=policy, max_exposure=max_exposure,
                                  expiry_warning=timedelta(seconds=parse_duration(expiry_warning)))

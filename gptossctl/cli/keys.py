@@ -13,12 +13,12 @@ app = typer.Typer(no_args_is_help=True, help="Create and show Ed25519 signing ke
 
 
 def _new_passphrase() -> bytes:
-    from gptossctl.bundle.keys import PASSPHRASE_ENV
+    from gptossctl.bundle.keys import PASSPHRASE_ENV, checked_passphrase
     from gptossctl.errors import EnvironmentNotReady
 
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
-        return value.encode()
+        return checked_passphrase(value)
     if not os.isatty(0):
         raise EnvironmentNotReady("no passphrase for the new key", code="key.passphrase_missing",
                                   hint=f"set {PASSPHRASE_ENV}, run on a terminal, or pass --unencrypted")
@@ -29,7 +29,7 @@ def _new_passphrase() -> bytes:
         from gptossctl.errors import UsageError
 
         raise UsageError("passphrases were empty or did not match", code="key.passphrase_mismatch")
-    return first.encode()
+    return checked_passphrase(first)
 
 
 @app.command("generate")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import os
 import sys
 from typing import Any, TextIO
 
@@ -11,7 +13,7 @@ import typer
 
 from gptossctl import __version__
 from gptossctl.cli import bundle, canary, compliance, demo, hw, keys, probe, profiles, service
-from gptossctl.cli.output import document, emit_json, state
+from gptossctl.cli.output import StdoutLost, document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
 
 app = typer.Typer(
@@ -73,9 +75,27 @@ def _usage_message(text: str) -> str:
     return errors[-1] if errors else "the command line is incomplete or wrong"
 
 
+_STDOUT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EBADF)
+
+
 def main() -> None:
     """The console script: typer in standalone mode (usage errors exit 2 with usage text), one JSON document
-    with --json whatever happens, and exit 70 only for a bug of ours."""
+    with --json whatever happens, exit 4 when stdout cannot take it, and exit 70 only for a bug of ours."""
+    try:
+        _main()
+    except StdoutLost as exc:
+        try:  # the interpreter flushes stdout on the way out: point fd 1 at /dev/null so that cannot fail again
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, 1)
+            os.close(fd)
+        except OSError:
+            pass
+        sys.stderr.write(f"gptossctl: cannot write the result to stdout ({exc}): free the disk or fix the "
+                         "redirection, and run the command again\n")
+        sys.exit(4)
+
+
+def _main() -> None:
     as_json = "--json" in sys.argv[1:]
     tee = _StderrTee(sys.stderr) if as_json else None
     try:
@@ -88,7 +108,12 @@ def main() -> None:
             emit_json(document(status="error", exit_code=2, error=UsageError(
                 message, code="usage", hint="see the usage above, or run the command with --help")))
         sys.exit(code)
+    except StdoutLost:
+        raise
     except Exception as exc:  # noqa: BLE001 - outside any command (parsing, callbacks): still a bug of ours
+        if isinstance(exc, OSError) and exc.errno in _STDOUT_ERRNOS:
+            # Outside any command only click writes (--help, --version, usage): its stdout is what failed.
+            raise StdoutLost(exc.strerror or str(exc)) from None
         if state.debug:
             raise
         bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",

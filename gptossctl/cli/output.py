@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, NoReturn, Protocol, TypeVar
+from contextlib import contextmanager, suppress
+from typing import Any, NoReturn, Protocol, TextIO, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gptossctl.errors import Finding, GptossctlError, UsageError
+from gptossctl.errors import Finding, GptossctlError, Interrupted, UsageError
 
 RESULT_SCHEMA = "gptossctl.result/1"
 stderr = Console(stderr=True, highlight=False)
@@ -58,10 +59,40 @@ def document(*, status: str, exit_code: int, data: dict[str, Any] | None = None,
     return doc
 
 
+class StdoutLost(Exception):
+    """stdout is closed or cannot be written (a full disk, /dev/full): the result cannot be delivered, which
+    main() reports on stderr in one line with exit 4, never as a traceback or as a bug."""
+
+
+def _stdout() -> TextIO:
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`)
+        raise StdoutLost("stdout is closed")
+    return sys.stdout
+
+
 def emit_json(doc: dict[str, Any]) -> None:
     state.emitted = True
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
-    sys.stdout.flush()
+    text = json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n"
+    out = _stdout()
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise  # a reader that went away (| head): click's own handling, as before
+    except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+        raise StdoutLost(getattr(exc, "strerror", None) or str(exc)) from None
+
+
+def render_out(render: Callable[[T], None], result: T) -> None:
+    """Human output onto stdout, with a failed write turned into StdoutLost."""
+    out = _stdout()
+    try:
+        render(result)
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise StdoutLost(getattr(exc, "strerror", None) or str(exc)) from None
 
 
 def print_findings(findings: tuple[Finding, ...] | list[Finding] | Any) -> None:
@@ -79,7 +110,15 @@ def print_findings(findings: tuple[Finding, ...] | list[Finding] | Any) -> None:
     stderr.print(table)
 
 
+def ignore_interrupts() -> None:
+    """From here on the process reports and exits with the status it reports (a SIGINT would otherwise end it
+    by the signal after 'ok' was printed)."""
+    with suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def fail(exc: GptossctlError, *, as_json: bool, data: dict[str, Any] | None = None) -> NoReturn:
+    ignore_interrupts()
     if as_json:
         emit_json(document(status="failed" if exc.exit_code == 1 else "error", exit_code=exc.exit_code,
                            data={**exc.data, **(data or {})}, findings=exc.findings, error=exc))
@@ -100,9 +139,10 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
         if state.debug:
             stderr.print_exception()
         fail(exc, as_json=as_json)
-    except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/red]")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # a command that does not catch it itself: still one document, exit 130
+        ignore_interrupts()
+        fail(Interrupted("interrupted before the command finished", hint="run the same command again; check "
+                         "'gptossctl status' if it was changing the system"), as_json=as_json)
     except typer.Exit:
         raise
     except typer.Abort:  # a prompt answered with Ctrl-C or end of input
@@ -114,12 +154,13 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
         bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",
                              hint="rerun with --debug and report the traceback")
         fail(bug, as_json=as_json)
+    ignore_interrupts()  # the work is done: a Ctrl-C now must not kill the process after (or while) it reports
     code = exit_code(result)
     if as_json:
         emit_json(document(status="ok" if code == 0 else "failed", exit_code=code, data=result.to_dict(),
                            findings=getattr(result, "findings", ())))
     else:
-        render(result)
+        render_out(render, result)
     raise typer.Exit(code)
 
 

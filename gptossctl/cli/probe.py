@@ -45,16 +45,20 @@ def smoke(
     def action():  # type: ignore[no-untyped-def]
         from dataclasses import replace
 
+        from gptossctl.fsutil import atomic_write, check_output_path
         from gptossctl.probe.junit import Case, junit_xml
         from gptossctl.probe.smoke import SmokeOptions, run_smoke
+
+        if junit:
+            check_output_path(junit, what="--junit")  # before the first request: a bad path costs nothing
 
         opts = SmokeOptions(model=model, tools=tools, reasoning=reasoning)
         if reasoning_prompt:
             opts = replace(opts, reasoning_prompt=reasoning_prompt)
         report = run_smoke(endpoint(url, api_key_file), opts)
         if junit:
-            junit.write_bytes(junit_xml("gptossctl.smoke", [Case(c.id, c.status, c.evidence, c.seconds)
-                                                            for c in report.checks]))
+            atomic_write(junit, junit_xml("gptossctl.smoke", [Case(c.id, c.status, c.evidence, c.seconds)
+                                                              for c in report.checks]))
         return report
 
     def render(r) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,6 @@ Prometheus textfile for node_exporter."""
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from gptossctl import __version__
 from gptossctl.compliance.result import ComplianceReport
 from gptossctl.compliance.rules import RULES
+from gptossctl.fsutil import atomic_write
 from gptossctl.probe.junit import Case, junit_xml
 
 
@@ -70,7 +70,7 @@ def to_sarif(report: ComplianceReport) -> dict[str, Any]:
 
 def to_textfile(report: ComplianceReport, path: Path) -> None:
     """Prometheus node_exporter textfile (written atomically, as the collector requires)."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     reg = CollectorRegistry()
     status = Gauge("gptoss_compliance_check_status", "Compliance check result: 0 pass, 1 warn, 2 fail",
@@ -85,6 +85,4 @@ def to_textfile(report: ComplianceReport, path: Path) -> None:
     release.labels(report.instance).set(report.release or 0)
     last = Gauge("gptoss_compliance_last_run_timestamp_seconds", "When the check ran", ["instance"], registry=reg)
     last.labels(report.instance).set(report.generated.timestamp())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), reg)
-    os.chmod(path, 0o644)
+    atomic_write(path, generate_latest(reg), 0o644)  # never renamed over a device or FIFO (fsutil checks)

@@ -26,19 +26,34 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.compliance.checks import run_checks
 from gptossctl.compliance.evidence import dropins, installed_dists
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
-from gptossctl.fsutil import atomic_write, new_output
+from gptossctl.fsutil import atomic_write, new_output, read_bytes
 from gptossctl.install import audit
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.operations import status
 from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, current_version
+from gptossctl.secretnames import is_secret_name
 
 REDACTED = "[REDACTED]"
 # NAME=value or NAME: value wherever it sits (env files, Environment= lines with several quoted assignments,
 # YAML, journal lines), for any variable named like a secret, in any case.
-_ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)[A-Z0-9_.-]*"
+# PASS as a part of a name (DB_PASS), not a word of its own: a report's `"pass": 20` is a count.
+_ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|BEARER"
+                         r"|[_.-]PASS(?![A-Z]))[A-Z0-9_.-]*"
                          r"[\"']?\s*[=:]\s*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(r"(?i)(bearer\s+)([A-Za-z0-9._~+/=-]+)")
+COLLECT_LIMIT = 256 << 20  # an audit log of years; anything larger is not what it claims to be
 _MIN_SECRET = 6  # shorter values would redact ordinary words everywhere; they are caught by name instead
+
+
+_NOT_SECRET = re.compile(r"(?i)tokeni[sz]er|max_?\w*tokens|keyid|key_?id|signers|keys?\W*$")
+
+
+def _learnable(assignment: str, value: str) -> bool:
+    """A value to remove everywhere (and to look for in the read-back): named like a secret, and not a
+    tokenizer path, a token count or a key id, which are redacted where they stand but are no secret."""
+    name = assignment.strip().rstrip("=:").strip().strip("\"'")
+    return is_secret_name(name) and not _NOT_SECRET.search(name) and not value.startswith("/") \
+        and not value.replace(".", "").isdigit()
 
 
 @dataclass
@@ -58,13 +73,24 @@ class Redactor:
             for ref in re.findall(r"(?m)^\s*EnvironmentFile=-?(\S+)", body):
                 texts.append(_text(root / ref.lstrip("/")) or "")
         for text in texts:
-            for m in _ASSIGNMENT.finditer(text):
-                self.add(m.group(2).strip("\"'"))
+            self.learn(text)
 
     def add(self, value: str) -> None:
         value = value.strip()
-        if len(value) >= _MIN_SECRET:
+        if len(value) >= _MIN_SECRET and REDACTED not in value:
             self.secrets.add(value)
+
+    def learn(self, text: str, *, assignments: bool = True) -> None:
+        """Every value this text would have redacted by pattern becomes a secret to remove everywhere, and to
+        look for in the read-back: the same token echoed without its name (systemd's "Invalid environment
+        assignment, ignoring: sk-..." warning) goes too. Bearer tokens are learned from any text; NAME=value
+        assignments only from configuration (in a command's output, `KeyringMode= Service ...` is no secret)."""
+        for m in _ASSIGNMENT.finditer(text) if assignments else ():
+            value = m.group(2).strip("\"'")
+            if _learnable(m.group(1), value):
+                self.add(value)
+        for m in _BEARER.finditer(text):
+            self.add(m.group(2))
 
     def __call__(self, text: str) -> str:
         for s in sorted(self.secrets, key=len, reverse=True):
@@ -97,9 +123,11 @@ def _safe(what: Callable[[], Any]) -> Any:
 
 
 def _text(p: Path) -> str | None:
+    """A collected file's text, or None: a FIFO or device put where a unit or the audit log should be is
+    skipped, never read (it would block the collection forever)."""
     try:
-        return p.read_text(errors="replace")
-    except OSError:
+        return read_bytes(p, what="file", limit=COLLECT_LIMIT).decode("utf-8", "replace")
+    except GptossctlError:
         return None
 
 
@@ -175,6 +203,8 @@ def write_support_bundle(root: Path, instance: str, output: Path | None = None, 
     redact = Redactor()
     redact.add_key_files(root, [*_unit_paths(layout), *_dropins(layout)])
     parts = collect(root, instance)
+    for text in parts.values():  # every member, command outputs too, through the one redactor
+        redact.learn(text, assignments=False)
     buf = io.BytesIO()
     prefix = output.name.removesuffix(".tar.gz").removesuffix(".tgz")
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:

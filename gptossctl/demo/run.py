@@ -18,6 +18,10 @@ from gptossctl.errors import Finding, GptossctlError, UsageError
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 
 MARKER = ".gptossctl-demo"  # in every directory the demo made: the only kind it will ever replace
+MARKER_TEXT = "made by gptossctl demo: replaced by the next run\n"
+# Every top-level entry a demo writes (staged: keys, model, bundle, root; full: work, bundles, container, ...).
+DEMO_ENTRIES = frozenset({MARKER, "keys", "tiny-gpt-oss", "bundle", "bundle-tampered", "root", "work", "bundles",
+                          "container", "journal.txt", "canary"})
 
 
 @dataclass
@@ -53,15 +57,32 @@ class DemoResult:
 def prepare_out(out: Path) -> None:
     """Start from an empty `out`: a directory an earlier demo made is replaced, anything else is refused."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UsageError(f"--out {out} is not a directory", code="demo.bad_out",
+        raise UsageError(f"--out {out} is " + ("a symbolic link" if out.is_symlink() else "not a directory"),
+                         code="demo.bad_out",
                          hint="give a new directory (or one an earlier demo made) for the demo's files")
     if out.exists():
-        if not (out / MARKER).is_file() and any(out.iterdir()):
-            raise UsageError(f"--out {out} holds files the demo did not make; it replaces only its own directories",
-                             code="demo.foreign_out", hint="give a new directory, e.g. --out demo-out")
+        foreign = foreign_entries(out)
+        if foreign:
+            raise UsageError(f"--out {out} holds what the demo did not make ({', '.join(foreign[:5])}); it "
+                             "replaces only its own directories", code="demo.foreign_out",
+                             hint="give a new directory, e.g. --out demo-out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("made by gptossctl demo: replaced by the next run\n")
+    (out / MARKER).write_text(MARKER_TEXT)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """What in `out` keeps the demo from replacing it: an empty folder is free; otherwise it must hold the
+    marker, exactly as the demo writes it, and nothing at the top level but what a demo writes (a marker
+    copied into someone's home directory must not make it deletable)."""
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return []
+    marker = out / MARKER
+    if marker.is_symlink() or not marker.is_file() or marker.stat().st_size != len(MARKER_TEXT) \
+            or marker.read_bytes() != MARKER_TEXT.encode():
+        return [f"{MARKER} missing or not the demo's"] + [e for e in entries if e != MARKER]
+    return [e for e in entries if e not in DEMO_ENTRIES]
 
 
 def run_demo(out: Path, *, staged: bool = False, inputs: FullInputs | None = None,

@@ -13,11 +13,13 @@ written: the collector's copy is what such an attacker cannot reach.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import getpass
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError
 from gptossctl.fsutil import atomic_write
-from gptossctl.install.layout import Layout
+from gptossctl.install.layout import Layout, check_confined
 
 GENESIS = "0" * 64
 LOG = "audit.jsonl"
@@ -79,11 +81,13 @@ def append(log_dir: Path, *, command: list[str], result: str, instance: str | No
     log_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(log_dir, 0o750)
     path = log_dir / LOG
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    fd = _open_log(path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
     with os.fdopen(fd, "r+b") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         f.seek(0)
         seq, prev = _last(f.read().split(b"\n"))
+        # A deleted anchor is evidence: writing a new one on top of a cut log would make the cut invisible.
+        keep_anchor = anchor is not None and (seq == 0 or _read_anchor(anchor) is not None)
         entry: dict[str, Any] = {
             "seq": seq + 1,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -96,7 +100,7 @@ def append(log_dir: Path, *, command: list[str], result: str, instance: str | No
         os.fsync(f.fileno())
         head = f"{entry['seq']} {entry['hash']}\n"
         atomic_write(log_dir / HEAD, head, 0o640)
-        if anchor is not None:
+        if anchor is not None and keep_anchor:
             atomic_write(anchor, json.dumps({"schema": ANCHOR_SCHEMA, "seq": entry["seq"], "hash": entry["hash"],
                                              "log": str(path)}) + "\n", 0o640)
     return entry
@@ -112,10 +116,49 @@ class AuditReport:
         return {"path": str(self.path), "entries": self.entries, "head": self.head, "intact": True}
 
 
-def _read_anchor(anchor: Path | None) -> tuple[int, str] | None:
-    if anchor is None or not anchor.is_file():
+def _open_log(path: Path, flags: int) -> int:
+    """The log (or its head or anchor) as a regular file, never through a link and never blocking: a FIFO or
+    a link to /dev/zero put in its place must not hang the command (exit 1: tampering, not a crash)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckFailed(f"{path} is a symbolic link", code="audit.tampered", findings=[Finding(
+                "audit.not_a_file", str(path), "a symbolic link stands where the audit file should be")],
+                hint="keep it as evidence, then restore the file from your log collector's copy") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckFailed(f"{path} is not a regular file", code="audit.tampered", findings=[Finding(
+            "audit.not_a_file", str(path), "a device, FIFO, socket or directory stands where the audit file "
+            "should be")], hint="keep it as evidence, then restore the file from your log collector's copy")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_small(path: Path) -> bytes | None:
+    """The first MAX_LINE bytes of a head or anchor file; None when it is missing, unreadable or not a file."""
+    try:
+        fd = _open_log(path, os.O_RDONLY)
+    except (OSError, CheckFailed):
         return None
-    entry = _entry(anchor.read_bytes()[:MAX_LINE])
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read(MAX_LINE)
+        except OSError:
+            return None
+
+
+def _read_anchor(anchor: Path | None) -> tuple[int, str] | None:
+    """(seq, hash) the anchor records; (-1, "unreadable") for a damaged one; None when there is none (missing,
+    a directory, unreadable: once the log has entries, verify calls that a finding)."""
+    if anchor is None:
+        return None
+    raw = _read_small(anchor)
+    if raw is None:
+        return None
+    entry = _entry(raw)
     return (int(entry["seq"]), str(entry["hash"])) if entry else (-1, "unreadable")
 
 
@@ -155,21 +198,27 @@ def verify(log_dir: Path, *, anchor: Path | None = None) -> AuditReport:
                 " the log was deleted")], hint="restore the log from your log collector's copy and investigate")
         return AuditReport(path, 0, None)
     try:
-        lines = path.read_bytes().split(b"\n")
+        with os.fdopen(_open_log(path, os.O_RDONLY), "rb") as f:
+            lines = f.read().split(b"\n")
     except OSError as exc:
         raise CheckFailed(f"the audit log cannot be read: {exc.strerror}", code="audit.unreadable",
                           hint="run as root; the log is 0640 root") from None
     findings, seen, seq, last_hash, count = _walk(lines, path)
     head = log_dir / HEAD
-    if head.exists():
-        want_seq, _, want_hash = head.read_bytes()[:200].decode("ascii", "replace").strip().partition(" ")
+    head_text = _read_small(head) if head.exists() or head.is_symlink() else None
+    if head_text is not None:
+        want_seq, _, want_hash = head_text[:200].decode("ascii", "replace").strip().partition(" ")
         if (str(seq), last_hash) != (want_seq, want_hash):
             findings.append(Finding("audit.truncated", str(path), f"the log ends at entry {seq}, the head file records "
                                     f"entry {want_seq}: entries were cut from the end or the head was replaced"))
     elif count:
         findings.append(Finding("audit.head_missing", str(head), "the head file is missing: the end of the log cannot "
                                 "be checked against it"))
-    if anchored is not None and seen.get(anchored[0]) != anchored[1]:
+    if anchor is not None and anchored is None and count:
+        findings.append(Finding("audit.anchor_missing", str(anchor), f"the log holds {count} entries but the anchor "
+                                "is missing, unreadable or not a file: cutting entries off the end cannot be "
+                                "detected, and deleting the anchor is how such a cut is hidden"))
+    elif anchored is not None and seen.get(anchored[0]) != anchored[1]:
         findings.append(Finding("audit.truncated", str(path), f"the anchor {anchor} records entry {anchored[0]}, which "
                                 "the log no longer holds as written: entries were cut or the log was replaced"))
     if findings:
@@ -185,6 +234,7 @@ def record(root: Path, command: list[str], result: str, *, instance: str | None,
     finding that it went unrecorded; a change that went unrecorded is an error of its own."""
     layout = Layout(root)
     try:
+        check_confined(root)  # a staged root's log is never written through a link that leads out of it
         append(layout.log_dir, command=command, result=result, instance=instance, bundle_digest=digest,
                detail=detail, anchor=layout.audit_anchor)
     except (OSError, GptossctlError) as exc:

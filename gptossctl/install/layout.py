@@ -213,6 +213,51 @@ def check_writable(layout: Layout) -> None:
                                       hint="run as root (sudo), or stage into a tree you own with --root DIR")
 
 
+# Where install writes under a root: each of these, every instance folder in the first four, and every release.
+_WRITTEN = ("opt/gptoss", "etc/gptoss", "var/lib/gptoss", "var/cache/gptoss", "etc/systemd/system",
+            "etc/sysusers.d", "var/lib/gptossctl", "var/lib/gptoss-compliance", "var/log/gptoss")
+
+
+def check_confined(root: Path) -> None:
+    """A staged --root keeps everything install writes inside it: a symbolic link on the way to any of it
+    (etc/gptoss -> /etc/gptoss, a release folder -> /home/victim) that leads out of the root is refused,
+    naming the link, before anything is written (exit 2, install.link_escapes_root)."""
+    if root.resolve() == Path("/"):
+        return
+    real_root = Path(os.path.realpath(root))
+    paths = [root / d for d in _WRITTEN]
+    for d in _WRITTEN[:4]:
+        _confined(root, real_root, root / d)
+        for inst in _children(root / d):
+            paths.append(inst)
+            if d == "opt/gptoss":
+                paths += [inst / "releases", *_children(inst / "releases")]
+    for p in paths:
+        _confined(root, real_root, p)
+
+
+def _children(d: Path) -> list[Path]:
+    try:
+        return sorted(d.iterdir()) if d.is_dir() else []
+    except OSError:
+        return []
+
+
+def _confined(root: Path, real_root: Path, path: Path) -> None:
+    at = root
+    for part in path.relative_to(root).parts:
+        at = at / part
+        if at.is_symlink():
+            target = Path(os.path.realpath(at))
+            if not target.is_relative_to(real_root):
+                raise UsageError(f"{at} is a symbolic link to {target}, outside --root {root}: install would "
+                                 "write there", code="install.link_escapes_root",
+                                 hint=f"remove the link {at} (a staged install writes only inside its root), or "
+                                      "stage into a root without links that lead out of it")
+        elif not at.exists():
+            return
+
+
 @contextmanager
 def install_lock(layout: Layout) -> Iterator[None]:
     """One change at a time per host: a second installer is refused, not interleaved."""

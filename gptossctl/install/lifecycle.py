@@ -22,7 +22,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,14 +35,21 @@ from gptossctl.adapters.gpus import Captures
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
-from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
-from gptossctl.fsutil import atomic_write
+from gptossctl.errors import CheckFailed, Finding, GptossctlError, Interrupted, UsageError
+from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import install_unit, start_and_prove
 from gptossctl.install.environment import LISTING, build_env, check_imports, listing, wheels_in
-from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, check_writable, install_lock
+from gptossctl.install.layout import (
+    SERVICE_USER,
+    Layout,
+    check_confined,
+    check_instance,
+    check_writable,
+    install_lock,
+)
 from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import (
     CONFIG,
@@ -59,7 +68,7 @@ from gptossctl.install.release import (
     switch_current,
     write_release,
 )
-from gptossctl.install.render import render_release, ships_vocab, unit_template
+from gptossctl.install.render import check_python, render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
 from gptossctl.install.rolling import (
     Activation,
@@ -168,15 +177,23 @@ class Plan:
         return self.req.start and not self.layout.staged
 
 
+INCOMING = ".incoming"  # under opt/gptoss: where parts and deltas are rebuilt into a bundle before install
+# Refusals of the root itself: its audit log would be written inside a bundle or outside the root.
+_ROOT_REFUSED = frozenset({"install.out_inside_source", "install.link_escapes_root"})
+
+
 def install(req: InstallRequest, *, on_step: StepCallback | None = None, progress: Progress | None = None,
             on_total: Progress | None = None) -> InstallResult:
     """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
     steps = Steps(on_step)
     try:
-        result = _install(req, steps, progress, on_total)
+        with _assembled_removed_on_failure(req):
+            result = _install(req, steps, progress, on_total)
+    except KeyboardInterrupt:
+        raise _interrupted(req, steps) from None
     except GptossctlError as exc:
         exc.data.setdefault("steps", steps.to_dicts())
-        if not req.dry_run:
+        if not req.dry_run and exc.code not in _ROOT_REFUSED:
             audit.record(req.root, req.command(), f"failed: {exc.code}", instance=exc.data.get("instance", req.instance),
                          digest=exc.data.get("bundle_sha256"), detail=exc.message, failure=exc)
         raise
@@ -185,6 +202,48 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
                      + (", started" if result.started else ""))
     return result
+
+
+def _interrupted(req: InstallRequest, steps: Steps) -> Interrupted:
+    """Ctrl-C during an install: the steps that finished go into the audit log (a second Ctrl-C is ignored
+    while it is written), so what changed is on record; the error is one result document, exit 130. Running
+    the same install again converges."""
+    with suppress(ValueError):  # not the main thread: nothing to ignore there
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    done = [s["step"] for s in steps.to_dicts() if s.get("status") == "ok"]
+    exc = Interrupted("install interrupted" + (f" after: {', '.join(done)}" if done else " before any change"),
+                      code="install.interrupted",
+                      hint="run the same install again (it converges); 'gptossctl status' and 'gptossctl audit "
+                           "verify' show where it stopped")
+    exc.data["steps"] = steps.to_dicts()
+    if not req.dry_run:
+        audit.record(req.root, req.command(), "interrupted", instance=req.instance, detail=exc.message, failure=exc)
+    return exc
+
+
+@contextmanager
+def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
+    """A refused or failed install from parts or a delta leaves nothing of what it assembled: the rebuilt
+    bundle in opt/gptoss/.incoming, and the folders made for it on a fresh root, go ("nothing changed").
+    What was there before (an earlier run's leftovers) is not ours to remove."""
+    if req.dry_run or is_bundle(req.bundle):
+        yield
+        return
+    scratch = Layout(req.root).base / INCOMING
+    fresh = [d for d in (scratch, scratch.parent, scratch.parent.parent) if not d.exists()]  # deepest first
+    before = set(scratch.iterdir()) if scratch.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        for p in sorted(set(scratch.iterdir()) - before) if scratch.is_dir() else []:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                discard(p)
+        for d in fresh:
+            with suppress(OSError):
+                d.rmdir()  # only when empty: the lock file or a release keeps it
+        raise
 
 
 def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> InstallResult:
@@ -203,7 +262,7 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
             except BaseException:
                 _forget_failed_first_install(layout, plan.previous)
                 raise
-        if rebuilt.bundle != req.bundle:  # the release holds it now; a failure keeps it for a quick retry
+        if rebuilt.bundle != req.bundle:  # the release holds it now (a failure removes it too: see install)
             shutil.rmtree(rebuilt.bundle, ignore_errors=True)
         return result
     except GptossctlError as exc:
@@ -230,6 +289,13 @@ def validate_request(req: InstallRequest) -> None:
     if req.root.exists() and not req.root.is_dir():
         raise UsageError(f"--root {req.root} is not a directory", code="install.bad_root",
                          hint="give a directory to stage into (it is created if missing)")
+    check_not_inside(req.root, [req.bundle] + ([req.base] if req.base else []), code="install.out_inside_source",
+                     option="--root", hint="stage into a folder outside the bundle, its parts and its base")
+    if req.root.is_dir():
+        check_confined(req.root)
+    check_python(req.python, option="--python")
+    if req.vllm_python is not None:
+        check_python(req.vllm_python, option="--vllm-python")
     if req.vllm_python is not None and not _on_target(req.root, req.vllm_python).is_file():
         raise UsageError(f"--vllm-python {req.vllm_python} is not a file"
                          + (f" under {req.root} or on this host" if req.root != Path("/") else ""),
@@ -252,7 +318,7 @@ def materialized(req: InstallRequest, steps: Steps, progress: Progress | None,
     layout = Layout(req.root)
     base = req.base or _installed_base(layout, req.bundle)
     with steps("materialize", f"rebuilding the bundle from {req.bundle}") as d:
-        path = materialize(req.bundle, base=base, scratch=layout.base / ".incoming", policy=req.policy,
+        path = materialize(req.bundle, base=base, scratch=layout.base / INCOMING, policy=req.policy,
                            progress=progress, on_total=on_total)
         d.append(f"{path} rebuilt" + (f" on the base {base}" if base else ""))
     return replace(req, bundle=path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,22 @@ from typing import Any
 
 from gptossctl.adapters.openai_http import health
 from gptossctl.adapters.systemd import Systemd, delete_user
+from gptossctl.bundle.layout import MANIFEST
+from gptossctl.bundle.verify import verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
 from gptossctl.install import audit
 from gptossctl.install.activate import install_unit, start_and_prove
+from gptossctl.install.environment import LISTING, VENV
 from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, install_lock
 from gptossctl.install.lifecycle import InstallResult
 from gptossctl.install.release import (
+    CONFIG,
+    ENV_FILE,
+    LOOPBACK,
+    RELEASE_JSON,
+    ROUTER_CONFIG,
+    ROUTER_UNIT_COPY,
+    UNIT_COPY,
     ReleaseRecord,
     current_version,
     installed_versions,
@@ -152,6 +163,8 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
         raise CheckFailed(f"no release to roll back to (installed: {installed_versions(layout) or 'none'})",
                           code="rollback.no_release", hint="install the bundle you want instead")
     steps = Steps(on_step)
+    with steps("verify", f"re-hashing release {target} against its signed manifest"):
+        check_release_intact(layout, rec)
     result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint,
                            layout.router_unit_name if rec.replicated else layout.unit_name,
                            layout.release(target), layout.staged, False, steps=steps.records, replicas=rec.replicas)
@@ -175,6 +188,46 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
         switch_current(layout, target)
         result.started = True
         return result
+
+
+def check_release_intact(layout: Layout, rec: ReleaseRecord) -> None:
+    """The release about to serve again is what was installed: every payload byte matches its signed manifest
+    (the manifest being the one recorded at install), the rendered files are the ones recorded, and the record
+    binds only where install allows. Exit 1 (rollback.drift) naming each difference; nothing switched."""
+    release = layout.release(rec.version)
+    own = {VENV, LISTING, CONFIG, ENV_FILE, UNIT_COPY, RELEASE_JSON, *rec.rendered}
+    own |= {n for r in rec.replicas for n in r.files} | ({ROUTER_CONFIG, ROUTER_UNIT_COPY} if rec.replicated else set())
+    findings: list[Finding] = []
+    try:
+        verify_bundle(release, None)  # integrity only: what was trusted was decided at install
+    except CheckFailed as exc:
+        findings += [f for f in exc.findings if not (f.code == "bundle.extra_file" and f.subject in own)
+                     and not f.code.startswith("signature.") and f.code not in ("bundle.expired", "bundle.not_yet_valid")]
+    except GptossctlError as exc:
+        findings.append(Finding("bundle.unreadable", str(release), exc.message))
+    try:
+        digest = hashlib.sha256((release / MANIFEST).read_bytes()).hexdigest()
+    except OSError as exc:
+        digest = f"unreadable ({exc.strerror})"
+    if digest != rec.manifest_sha256:
+        findings.append(Finding("release.manifest_changed", str(release / MANIFEST), f"manifest sha256 {digest}, "
+                                f"release.json records {rec.manifest_sha256}"))
+    for name, want in sorted(rec.rendered.items()):
+        try:
+            got = hashlib.sha256((release / name).read_bytes()).hexdigest()
+        except OSError as exc:
+            got = f"unreadable ({exc.strerror})"
+        if got != want:
+            findings.append(Finding("release.rendered_changed", str(release / name), f"sha256 {got}, rendered "
+                                    f"as {want}"))
+    if rec.host not in (LOOPBACK, "localhost", "::1") or not 1024 <= rec.port <= 65535:
+        findings.append(Finding("release.record_changed", str(release / RELEASE_JSON),
+                                f"binds {rec.host}:{rec.port}, which install never records"))
+    if findings:
+        raise CheckFailed(f"release {rec.version} was changed on disk since it was installed: not switching to it",
+                          code="rollback.drift", findings=findings,
+                          hint=f"reinstall release {rec.version} from its bundle (gptossctl install BUNDLE --repair), "
+                               "or roll back to another release; 'gptossctl compliance check' shows the same drift")
 
 
 def _activate_target(act: Activation, rec: ReleaseRecord, cur: int | None) -> None:

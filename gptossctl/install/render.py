@@ -31,6 +31,27 @@ OFFLINE_ENV: Mapping[str, str] = {
     "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
 }
 
+# A path written into ExecStart= verbatim: a newline would add directives (User=root), whitespace would split
+# the command, and systemd expands %, $, quotes and backslash escapes there.
+_UNSAFE_IN_EXEC = re.compile(r"[\x00-\x20\x7f-\x9f%\\$\"'`;]|\s")
+
+
+def check_python(path: Path | str, *, option: str = "--vllm-python") -> Path:
+    """The interpreter a unit runs, refused (exit 2, install.bad_python) when systemd would not run exactly
+    that file: not absolute, or holding a character ExecStart= gives a meaning (control characters,
+    whitespace, %, $, quotes, backslash)."""
+    text = str(path)
+    bad = _UNSAFE_IN_EXEC.search(text)
+    if bad is not None:
+        raise UsageError(f"{option} {text!r} holds {bad.group()!r}, which systemd's ExecStart= would not pass "
+                         "through as written (a newline adds directives, a space splits the command)",
+                         code="install.bad_python", hint=f"give {option} as an absolute path without whitespace, "
+                         "control characters, %, $, quotes or backslashes (move or link the environment there)")
+    if not text.startswith("/"):
+        raise UsageError(f"{option} {text!r} is not an absolute path", code="install.bad_python",
+                         hint=f"give {option} as an absolute path, e.g. /opt/vllm/bin/python")
+    return Path(text)
+
 
 @dataclass(frozen=True)
 class UnitInputs:
@@ -61,6 +82,7 @@ def render_unit(template: str, inp: UnitInputs) -> str:
     if inp.vendor != "cpu" and not inp.gpus:
         raise UsageError("a GPU service needs its GPU indices", code="service.no_gpus")
     devices, groups = _devices(inp)
+    check_python(inp.python, option="the recorded interpreter")  # compliance renders from the record again
     values = {
         "python": str(inp.python),
         "env_file": str(inp.env_file),

@@ -37,6 +37,7 @@ from gptossctl.bundle.layout import (
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
 from gptossctl.bundle.transfer import human_bytes
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
+from gptossctl.fsutil import check_not_inside
 from gptossctl.pack.gather import Gathered, gather
 from gptossctl.pack.sbom import SbomInput, build_sbom
 from gptossctl.pack.spec import BundleSpec, parse_duration
@@ -307,11 +308,8 @@ def check_out(out: Path, *, sources: Sequence[Path]) -> None:
         kind = "a link" if out.is_symlink() else "a directory" if out.is_dir() else "a file"
         raise UsageError(f"{out} already exists ({kind})", code="pack.exists",
                          hint="choose a new --out; a bundle is never overwritten in place")
-    where = out.absolute().resolve()
-    for src in sources:
-        if where.is_relative_to(src.absolute().resolve()):
-            raise UsageError(f"--out {out} is inside the source {src}", code="pack.out_inside_source",
-                             hint="write the bundle outside the model directory and the wheelhouse")
+    check_not_inside(out, sources, code="pack.out_inside_source",
+                     hint="write the bundle outside the model directory and the wheelhouse")
 
 
 def _result_of(rec: dict[str, Any]) -> CopyResult:

@@ -31,3 +31,11 @@ def test_a_rerun_replaces_only_the_demos_own_directory(cli, tmp_path: Path) -> N
     (mine / "notes.txt").write_text("keep\n")
     code, doc = cli("demo", "--staged", "--out", str(mine))
     assert code == 2 and doc["error"]["code"] == "demo.foreign_out" and (mine / "notes.txt").read_text() == "keep\n"
+
+
+def test_a_staged_demo_writes_only_the_entries_it_may_replace(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from gptossctl.demo.run import DEMO_ENTRIES
+
+    out = tmp_path / "demo"
+    assert cli("demo", "--staged", "--out", str(out))[0] == 0
+    assert {p.name for p in out.iterdir()} <= DEMO_ENTRIES  # else a rerun would refuse its own directory

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -136,12 +138,14 @@ class Case:
     env: tuple[tuple[str, str], ...] = ()
     watch: tuple[str, ...] = ()  # world paths that a refusal must leave untouched
     setup: Callable[[World, Path], dict[str, str]] | None = None  # extra placeholders, made in the case's tmp
+    code: str | None = None  # the error code (or first finding's code) the refusal must carry
 
 
 def C(id: str, *argv: str, expect: int | set[int] | None = None, env: dict[str, str] | None = None,
-      watch: tuple[str, ...] = (), setup: Callable[[World, Path], dict[str, str]] | None = None) -> Case:
+      watch: tuple[str, ...] = (), setup: Callable[[World, Path], dict[str, str]] | None = None,
+      code: str | None = None) -> Case:
     exp = frozenset({1, 2, 3, 4}) if expect is None else frozenset({expect} if isinstance(expect, int) else expect)
-    return Case(id, argv, exp, tuple((env or {}).items()), watch, setup)
+    return Case(id, argv, exp, tuple((env or {}).items()), watch, setup, code)
 
 
 # ---------------------------------------------------------------- set-ups that make broken state
@@ -269,6 +273,213 @@ def _suite(text: str) -> Callable[[World, Path], dict[str, str]]:
 
 def _baseline(text: str) -> Callable[[World, Path], dict[str, str]]:
     return lambda w, tmp: {"bl": _write(tmp / "baseline.json", text)}
+
+
+def _special_outputs(w: World, tmp: Path) -> dict[str, str]:
+    """A copy of /dev/null (never the real one), a FIFO, a link and a plain folder to write reports into."""
+    out = tmp / "out"
+    out.mkdir()
+    os.mknod(out / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkfifo(out / "fifo")
+    (out / "link.json").symlink_to(out / "elsewhere.json")
+    return {"dev": str(out / "null"), "fifo": str(out / "fifo"), "link": str(out / "link.json"), "o": str(out)}
+
+
+INJECTION = "\nUser=root\nExecStartPre=+/bin/touch /pwned"
+
+
+def _python_named(name: str) -> Callable[[World, Path], dict[str, str]]:
+    """A real file whose path holds what ExecStart= would misread (a newline, a space, a %)."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        d = tmp / name
+        d.mkdir(parents=True)
+        (d / "python").write_bytes(Path(sys.executable).read_bytes())
+        (d / "python").chmod(0o755)
+        return {"py": str(d / "python")}
+    return make
+
+
+def _injected_python_record(w: World, tmp: Path) -> dict[str, str]:
+    """An installed release whose recorded interpreter (and so its unit) carries injected directives, as an
+    install of the unfixed code left it: compliance must not call that unit 'the approved rendering'."""
+    root = _root_copy(w, tmp)
+    rel = root / "opt/gptoss/tiny-gpt-oss/releases/5"
+    rec = json.loads((rel / "release.json").read_text())
+    old, new = rec["python"], rec["python"] + INJECTION
+    for unit in (rel / "unit.service", root / "etc/systemd/system/gptoss@tiny-gpt-oss.service"):
+        unit.write_text(unit.read_text().replace(f"ExecStart={old} ", f"ExecStart={new} "))
+    rec["python"] = new
+    rec["rendered"]["unit.service"] = hashlib.sha256((rel / "unit.service").read_bytes()).hexdigest()
+    (rel / "release.json").write_text(json.dumps(rec, indent=2) + "\n")
+    return {"root2": str(root)}
+
+
+def _audit_change(change: Callable[[Path], None]) -> Callable[[World, Path], dict[str, str]]:
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root = _root_copy(w, tmp)
+        change(root)
+        return {"root2": str(root)}
+    return make
+
+
+ANCHOR = "var/lib/gptossctl/audit.anchor"
+LOGFILE = "var/log/gptoss/audit.jsonl"
+
+
+def _replace(rel: str, make: Callable[[Path], object]) -> Callable[[Path], None]:
+    def change(root: Path) -> None:
+        (root / rel).unlink()
+        make(root / rel)
+    return change
+
+
+def _cut_and_hide(w: World, tmp: Path) -> dict[str, str]:
+    """F4: a second entry (a refused install), then the log cut back to its first entry, the plain-text head
+    rewritten to match, and the anchor deleted: the cut must still show."""
+    root = _root_copy(w, tmp)
+    subprocess.run([str(GPTOSSCTL), "install", w.paths["bundle"], "--trust", w.paths["pub"], "--root", str(root),
+                    "--host", "0.0.0.0", "--vllm-python", sys.executable], capture_output=True, timeout=120)
+    log = root / LOGFILE
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 2, "the set-up needs a log of two entries or more"
+    log.write_bytes(lines[0])
+    first = json.loads(lines[0])
+    (root / "var/log/gptoss/audit.head").write_text(f"{first['seq']} {first['hash']}\n")
+    (root / ANCHOR).unlink()
+    return {"root2": str(root)}
+
+
+def _small_disk(*, bundle: bool = False, fill: bool = True, read_only: bool = False
+                ) -> Callable[[World, Path], dict[str, str]]:
+    """A 2 MiB tmpfs (unmounted by the test), with a copy of the bundle and a key folder, then filled to the
+    last byte (disk full) or remounted read-only; and a co-signing key outside it (not yet a signer)."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        co = tmp / "co.key"
+        co.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        co.chmod(0o600)
+        full = tmp / "full"
+        full.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(full)], check=True)
+        (full / "k").mkdir()
+        if bundle:
+            shutil.copytree(w.paths["bundle"], full / "b", symlinks=True)
+        if fill:
+            fd = os.open(full / "fill", os.O_WRONLY | os.O_CREAT)
+            try:
+                while os.write(fd, b"\0" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(full)], check=True)
+        return {"full": str(full), "b": str(full / "b"), "co": str(co)}
+    return make
+
+
+def _marked_target(marker: str, *entries: str) -> Callable[[World, Path], dict[str, str]]:
+    """F2: someone's folder holding a demo marker (copied, or written by hand) next to their own files."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        d = tmp / "precious"
+        d.mkdir()
+        (d / ".gptossctl-demo").write_text(marker)
+        for e in entries:
+            _write(d / e, "years of work\n")
+        return {"precious": str(d)}
+    return make
+
+
+DEMO_MARKER = "made by gptossctl demo: replaced by the next run\n"
+
+
+def _root_with_link(rel: str) -> Callable[[World, Path], dict[str, str]]:
+    """F3: a fresh staged root in which `rel` is an absolute link to a folder outside the root."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        root, victim = tmp / "fresh", tmp / "victim"
+        victim.mkdir()
+        (victim / "keep.txt").write_text("not the installer's\n")
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).symlink_to(victim)
+        return {"fresh": str(root), "victim": str(victim)}
+    return make
+
+
+def _split_parts(w: World, tmp: Path) -> dict[str, str]:
+    parts = tmp / "parts"
+    r = subprocess.run([str(GPTOSSCTL), "bundle", "split", w.paths["bundle"], "--out", str(parts), "--part-size",
+                        "1108480"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {"parts": str(parts)}
+
+
+def _parts_and_roots(*, drop_part: bool = False) -> Callable[[World, Path], dict[str, str]]:
+    """F12: the bundle as parts (one of them missing when asked), a copy of the staged root, and a fresh root
+    whose opt/ must not appear."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        paths = _split_parts(w, tmp)
+        if drop_part:
+            sorted(Path(paths["parts"]).glob("*.part"))[-1].unlink()
+        root = _root_copy(w, tmp)
+        fresh = tmp / "fresh"
+        fresh.mkdir()
+        return {**paths, "root2": str(root), "fresh": str(fresh), "fresh_opt": str(fresh / "opt")}
+    return make
+
+
+def _delta(w: World, tmp: Path) -> dict[str, str]:
+    """A delta from the world's bundle (release 5) to a release 7 packed from the same model."""
+    env = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode(), "HF_HUB_OFFLINE": "1"}
+    for argv in (["bundle", "pack", w.paths["recipe"], "--model-dir", w.paths["model"], "--out", str(tmp / "v7"),
+                  "--key", w.paths["key"], "--version", "7"],
+                 ["bundle", "delta", w.paths["bundle"], str(tmp / "v7"), "--out", str(tmp / "d")]):
+        r = subprocess.run([str(GPTOSSCTL), *argv], capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return {"d": str(tmp / "d")}
+
+
+def _rolled_forward(change: Callable[[Path], None]) -> Callable[[World, Path], dict[str, str]]:
+    """F19: release 7 installed over the world's release 5, then release 5 changed on disk."""
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        env = {**os.environ, "GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode(), "HF_HUB_OFFLINE": "1"}
+        root = _root_copy(w, tmp)
+        for argv in (["bundle", "pack", w.paths["recipe"], "--model-dir", w.paths["model"], "--out",
+                      str(tmp / "v7"), "--key", w.paths["key"], "--version", "7"],
+                     ["install", str(tmp / "v7"), "--trust", w.paths["pub"], "--root", str(root), "--vllm-python",
+                      sys.executable]):
+            r = subprocess.run([str(GPTOSSCTL), *argv], capture_output=True, text=True, timeout=300, env=env)
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        change(root / "opt/gptoss/tiny-gpt-oss/releases/5")
+        return {"root2": str(root)}
+    return make
+
+
+def _append(rel: str, data: bytes) -> Callable[[Path], None]:
+    def change(release: Path) -> None:
+        with open(release / rel, "ab") as f:
+            f.write(data)
+    return change
+
+
+def _edit_record(release: Path) -> None:
+    rec = json.loads((release / "release.json").read_text())
+    rec["port"] = 22
+    (release / "release.json").write_text(json.dumps(rec, indent=2) + "\n")
+
+
+def _anchor_deleted_then_refusal(w: World, tmp: Path) -> dict[str, str]:
+    """F4: the anchor deleted, then a later (refused) install appends an entry: it must not write a new anchor
+    on top, which would hide the deletion."""
+    root = _root_copy(w, tmp)
+    (root / ANCHOR).unlink()
+    subprocess.run([str(GPTOSSCTL), "install", w.paths["bundle"], "--trust", w.paths["pub"], "--root", str(root),
+                    "--host", "0.0.0.0", "--vllm-python", sys.executable], capture_output=True, timeout=120)
+    assert len((root / LOGFILE).read_text().splitlines()) >= 2
+    return {"root2": str(root)}
 
 
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
@@ -556,6 +767,146 @@ CASES: list[Case] = [
     C("demo-full-without-wheels", "demo", "--out", "{dir}/dm", expect=2),
     C("demo-full-wheelhouse-missing", "demo", "--out", "{dir}/dm2", "--wheelhouse", "{missing}",
       "--bootstrap-wheels", "{missing}", expect=2),
+    # ------------------------------------------------------------ F1/F16: report and archive outputs
+    C("compliance-report-device", "compliance", "check", "--root", "{root}", "--report", "{dev}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-junit-fifo", "compliance", "check", "--root", "{root}", "--junit", "{fifo}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-sarif-device", "compliance", "check", "--root", "{root}", "--sarif", "{dev}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-textfile-device", "compliance", "check", "--root", "{root}", "--textfile", "{dev}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("compliance-report-link", "compliance", "check", "--root", "{root}", "--report", "{link}", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.is_link"),
+    C("compliance-report-junit-same-path", "compliance", "check", "--root", "{root}", "--report", "{o}/r.xml",
+      "--junit", "{o}/./r.xml", expect=2, watch=("o", "root"), setup=_special_outputs, code="output.same_path"),
+    C("compliance-report-missing-directory", "compliance", "check", "--root", "{root}", "--report",
+      "{o}/nodir/x/r.json", expect=2, watch=("o", "root"), setup=_special_outputs, code="output.no_directory"),
+    C("support-bundle-force-device", "support-bundle", "--root", "{root}", "-o", "{dev}", "--force", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("support-bundle-force-fifo", "support-bundle", "--root", "{root}", "-o", "{fifo}", "--force", expect=2,
+      watch=("o", "root"), setup=_special_outputs, code="output.not_a_file"),
+    C("smoke-junit-device", "smoke", "--url", "http://127.0.0.1:{port}", "--junit", "{dev}", expect=2,
+      watch=("o",), setup=_special_outputs, code="output.not_a_file"),
+    C("smoke-junit-missing-directory", "smoke", "--url", "http://127.0.0.1:{port}", "--junit", "{o}/no/j.xml",
+      expect=2, watch=("o",), setup=_special_outputs, code="output.no_directory"),
+    C("canary-junit-device", "canary", "run", "--url", "http://127.0.0.1:{port}", "--junit", "{dev}", expect=2,
+      watch=("o",), setup=_special_outputs, code="output.not_a_file"),
+    C("canary-junit-link", "canary", "run", "--url", "http://127.0.0.1:{port}", "--junit", "{link}", expect=2,
+      watch=("o",), setup=_special_outputs, code="output.is_link"),
+    # ------------------------------------------------------------ F7: the interpreter written into ExecStart=
+    C("install-vllm-python-newline-injection", "install", "{bundle}", "--trust", *P, "--root", "{root}",
+      "--instance", "fresh", "--vllm-python", "{py}", expect=2, watch=("root",),
+      setup=_python_named("inj" + INJECTION), code="install.bad_python"),
+    C("install-vllm-python-space", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance", "fresh",
+      "--vllm-python", "{py}", expect=2, watch=("root",), setup=_python_named("sp ace"), code="install.bad_python"),
+    C("install-vllm-python-percent", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "fresh", "--vllm-python", "{py}", expect=2, watch=("root",), setup=_python_named("py%i"),
+      code="install.bad_python"),
+    C("install-vllm-python-relative", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "fresh", "--vllm-python", "python3", expect=2, watch=("root",), code="install.bad_python"),
+    C("install-python-newline-injection", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
+      "fresh", "--python", "/usr/bin/python3" + INJECTION, expect=2, watch=("root",), code="install.bad_python"),
+    C("compliance-recorded-python-injected", "compliance", "check", "--root", "{root2}", expect=1,
+      setup=_injected_python_record, code="compliance.config.unit"),
+    # ------------------------------------------------------------ F4/F8: the audit anchor and log
+    C("audit-anchor-deleted", "audit", "verify", "--root", "{root2}", expect=1, code="audit.anchor_missing",
+      setup=_audit_change(lambda r: (r / ANCHOR).unlink())),
+    C("audit-anchor-directory", "audit", "verify", "--root", "{root2}", expect=1, code="audit.anchor_missing",
+      setup=_audit_change(_replace(ANCHOR, lambda p: p.mkdir()))),
+    C("audit-cut-head-rewritten-anchor-deleted", "audit", "verify", "--root", "{root2}", expect=1,
+      code="audit.anchor_missing", setup=_cut_and_hide),
+    C("compliance-audit-anchor-deleted", "compliance", "check", "--root", "{root2}", expect=1,
+      code="compliance.audit.chain", setup=_audit_change(lambda r: (r / ANCHOR).unlink())),
+    C("audit-log-fifo", "audit", "verify", "--root", "{root2}", expect=1, code="audit.not_a_file",
+      setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    C("audit-log-link-to-dev-zero", "audit", "verify", "--root", "{root2}", expect=1, code="audit.not_a_file",
+      setup=_audit_change(_replace(LOGFILE, lambda p: p.symlink_to("/dev/zero")))),
+    C("compliance-audit-log-fifo", "compliance", "check", "--root", "{root2}", expect=1,
+      code="compliance.audit.chain", setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    C("install-refused-audit-log-fifo", "install", "{bundle}", "--trust", *P, "--root", "{root2}", "--host",
+      "0.0.0.0", "--vllm-python", sys.executable, expect=2, code="install.exposed_bind",
+      setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    # ------------------------------------------------------------ F5: keys and signatures on a full or read-only disk
+    C("keys-generate-disk-full", "keys", "generate", "--out", "{full}/k", "--name", "b", env=ENV_PASS, expect=4,
+      watch=("full",), setup=_small_disk(), code="output.disk_full"),
+    C("keys-generate-read-only", "keys", "generate", "--out", "{full}/k", "--name", "b", env=ENV_PASS,
+      expect={2, 3}, watch=("full",), setup=_small_disk(fill=False, read_only=True)),
+    C("sign-disk-full-leaves-bundle-intact", "bundle", "sign", "{b}", "--key", "{co}", expect=4, watch=("full",),
+      setup=_small_disk(bundle=True), code="output.disk_full"),
+    C("sign-read-only-bundle", "bundle", "sign", "{b}", "--key", "{co}", expect=3, watch=("full",),
+      setup=_small_disk(bundle=True, fill=False, read_only=True), code="output.not_writable"),
+    C("keys-generate-passphrase-too-long", "keys", "generate", "--out", "{dir}/kp1", "--name", "p",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "a" * 1024}, expect=2, code="key.bad_passphrase"),
+    C("keys-generate-passphrase-not-utf8", "keys", "generate", "--out", "{dir}/kp2", "--name", "p",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "\udcff"}, expect=2, code="key.bad_passphrase"),
+    C("sign-passphrase-not-utf8", "bundle", "sign", "{bundle}", "--key", "{key}",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "\udcff"}, expect=2, watch=("bundle",), code="key.bad_passphrase"),
+    C("sign-passphrase-too-long", "bundle", "sign", "{bundle}", "--key", "{key}",
+      env={"GPTOSSCTL_KEY_PASSPHRASE": "a" * 1024}, expect=2, watch=("bundle",), code="key.bad_passphrase"),
+    # ------------------------------------------------------------ F2: demo --out replaces only a demo's own folder
+    C("demo-out-marker-beside-foreign-files", "demo", "--staged", "--out", "{precious}", expect=2,
+      watch=("precious",), setup=_marked_target(DEMO_MARKER, "thesis.tex"), code="demo.foreign_out"),
+    C("demo-out-marker-not-the-demos", "demo", "--staged", "--out", "{precious}", expect=2, watch=("precious",),
+      setup=_marked_target("anything\n", "keys/notes.txt"), code="demo.foreign_out"),
+    # ------------------------------------------------------------ F3: links inside --root that lead out of it
+    C("install-root-etc-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
+      sys.executable, expect=2, watch=("victim",), setup=_root_with_link("etc/gptoss"),
+      code="install.link_escapes_root"),
+    C("install-root-opt-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
+      sys.executable, expect=2, watch=("victim",), setup=_root_with_link("opt/gptoss"),
+      code="install.link_escapes_root"),
+    C("install-root-instance-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=2, watch=("victim",),
+      setup=_root_with_link("opt/gptoss/tiny-gpt-oss"), code="install.link_escapes_root"),
+    C("install-root-audit-log-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=2, watch=("victim",), setup=_root_with_link("var/log/gptoss"),
+      code="install.link_escapes_root"),
+    C("install-root-state-links-out", "install", "{bundle}", "--trust", *P, "--root", "{fresh}", "--vllm-python",
+      sys.executable, expect=2, watch=("victim",), setup=_root_with_link("var/lib/gptossctl"),
+      code="install.link_escapes_root"),
+    # ------------------------------------------------------------ F11: an output inside its own source
+    C("split-out-inside-bundle", "bundle", "split", "{b}", "--out", "{b}/payload/parts", "--part-size", "1108480",
+      expect=2, watch=("b",), setup=_bundle_variant(lambda b: None), code="split.out_inside_source"),
+    C("copy-out-inside-bundle", "bundle", "copy", "{b}", "{b}/payload/copy", expect=2, watch=("b",),
+      setup=_bundle_variant(lambda b: None), code="copy.out_inside_source"),
+    C("copy-out-is-source", "bundle", "copy", "{b}", "{b}", expect=2, watch=("b",),
+      setup=_bundle_variant(lambda b: None), code="copy.out_inside_source"),
+    C("join-out-inside-parts", "bundle", "join", "{parts}", "--out", "{parts}/j", expect=2, watch=("parts",),
+      setup=_split_parts, code="join.out_inside_source"),
+    C("delta-out-inside-new", "bundle", "delta", "{bundle}", "{b}", "--out", "{b}/payload/d", expect=2,
+      watch=("b",), setup=_bundle_variant(lambda b: None), code="delta.out_inside_source"),
+    C("apply-out-inside-base", "bundle", "apply", "{d}", "--base", "{bundle}", "--out", "{bundle}/payload/n",
+      expect=2, watch=("bundle", "d"), setup=_delta, code="apply.out_inside_source"),
+    C("apply-out-inside-delta", "bundle", "apply", "{d}", "--base", "{bundle}", "--out", "{d}/n",
+      expect=2, watch=("bundle", "d"), setup=_delta, code="apply.out_inside_source"),
+    C("install-root-inside-bundle", "install", "{b}", "--trust", *P, "--root", "{b}/payload/root", "--vllm-python",
+      sys.executable, expect=2, watch=("b",), setup=_bundle_variant(lambda b: None),
+      code="install.out_inside_source"),
+    C("install-root-is-bundle", "install", "{b}", "--trust", *P, "--root", "{b}", "--vllm-python", sys.executable,
+      expect=2, watch=("b",), setup=_bundle_variant(lambda b: None), code="install.out_inside_source"),
+    # ------------------------------------------------------------ F12: a refused install from parts leaves nothing
+    C("install-parts-refused-after-assembly", "install", "{parts}", "--trust", *P, "--root", "{root2}",
+      "--instance", "other", "--port", "8125", "--profile", "no-such-profile", "--vllm-python", sys.executable,
+      expect={1, 2}, watch=("root2", "parts"), setup=_parts_and_roots()),
+    C("install-parts-untrusted-fresh-root", "install", "{parts}", "--trust", "{bobpub}", "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=1, watch=("fresh_opt", "parts"), setup=_parts_and_roots()),
+    C("install-parts-missing-one", "install", "{parts}", "--trust", *P, "--root", "{root2}", "--instance", "other",
+      "--port", "8125", "--vllm-python", sys.executable, expect=1, watch=("root2", "parts"),
+      setup=_parts_and_roots(drop_part=True)),
+    C("install-parts-missing-one-fresh-root", "install", "{parts}", "--trust", *P, "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=1, watch=("fresh_opt", "parts"), setup=_parts_and_roots(drop_part=True)),
+    # ------------------------------------------------------------ F19: rollback re-hashes its target
+    C("rollback-to-changed-payload", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
+      setup=_rolled_forward(_append("payload/model/config.json", b"x")), code="rollback.drift"),
+    C("rollback-to-changed-unit", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
+      setup=_rolled_forward(_append("unit.service", b"ExecStartPre=+/bin/true\n")), code="rollback.drift"),
+    C("rollback-to-edited-record", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
+      setup=_rolled_forward(_edit_record), code="rollback.drift"),
+    C("audit-anchor-deleted-then-appended", "audit", "verify", "--root", "{root2}", expect=1,
+      code="audit.anchor_missing", setup=_anchor_deleted_then_refusal),
+    C("support-bundle-audit-log-fifo", "support-bundle", "--root", "{root2}", "-o", "{root2}.tgz", expect={0},
+      setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
 ]
 
 
@@ -577,6 +928,9 @@ def test_hostile_input_is_refused_cleanly(case: Case, world: World, tmp_path: Pa
         err = doc.get("error") or {}
         assert r.returncode in case.expect, f"exit {r.returncode}: {err.get('code')}: {err.get('message', '')[:300]}"
         assert doc["schema"] == "gptossctl.result/1" and doc["exit_code"] == r.returncode
+        if case.code:
+            codes = [err.get("code")] + [f.get("code") for f in doc.get("findings", [])]
+            assert case.code in codes, f"expected {case.code}, got {codes}: {err.get('message', '')[:300]}"
         if r.returncode and err:  # refused: the error says what and what to do
             assert err.get("code") and err.get("message") and err.get("hint"), f"no next step said: {err}"
             assert "internal error" not in err["message"], doc
@@ -587,5 +941,89 @@ def test_hostile_input_is_refused_cleanly(case: Case, world: World, tmp_path: Pa
             changed = sorted(k for k in set(after) | set(before[name]) if after.get(k) != before[name].get(k))
             assert not changed, f"{name} changed by a refused command: {changed[:10]}"
     finally:
-        if "ro" in extra:
-            subprocess.run(["umount", extra["ro"]], check=False)
+        for mounted in ("ro", "full"):
+            if mounted in extra:
+                subprocess.run(["umount", extra[mounted]], check=False)
+
+
+# ---------------------------------------------------------------- F10: a stdout that cannot take the result
+# Not a CASES entry: the result document itself is what cannot be delivered. /dev/full is opened for writing,
+# never replaced; `>&-` starts the command with fd 1 closed.
+STDOUT_CASES = [
+    ("json-closed", ["profiles", "list", "--nvidia-smi-xml", "{h100}", "--json"], ">&-"),
+    ("json-full", ["profiles", "list", "--nvidia-smi-xml", "{h100}", "--json"], ">/dev/full"),
+    ("human-full", ["hw", "check", "--nvidia-smi-xml", "{h100}"], ">/dev/full"),
+    ("human-closed", ["hw", "check", "--nvidia-smi-xml", "{h100}"], ">&-"),
+    ("json-failure-full", ["keys", "show", "{missing}", "--json"], ">/dev/full"),
+    ("help-full", ["--help"], ">/dev/full"),
+    ("version-full", ["--version"], ">/dev/full"),
+]
+
+
+@pytest.mark.parametrize("argv,redirect", [(a, r) for _i, a, r in STDOUT_CASES], ids=[i for i, _a, _r in STDOUT_CASES])
+def test_unwritable_stdout_is_exit_4_in_one_line(argv: list[str], redirect: str, world: World) -> None:
+    cmd = " ".join(shlex.quote(a) for a in [str(GPTOSSCTL), *(world.fmt(a) for a in argv)]) + " " + redirect
+    r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "stdout" in lines[0], lines
+
+
+# ---------------------------------------------------------------- F17: no secret survives into a support bundle
+def test_support_bundle_redacts_every_member_and_reads_back_every_value(world: World, tmp_path: Path) -> None:
+    """A drop-in with a *_PASSPHRASE and a bearer token in a malformed assignment (systemd echoes the token in
+    its own warning, which goes into the archive as a command output): neither may be anywhere in it."""
+    import tarfile
+
+    root = _root_copy(world, tmp_path)
+    d = root / "etc/systemd/system/gptoss@tiny-gpt-oss.service.d"
+    d.mkdir(parents=True)
+    secrets = ("hunter2hunter2", "sk-abcdefghijklmnopqrstuvwxyz012345", "s3cr3t-db-pass")
+    (d / "other.conf").write_text(f'[Service]\nEnvironment="MY_PASSPHRASE={secrets[0]}"\n'
+                                  f"Environment=X=Bearer {secrets[1]}\nEnvironment=DB_PASS={secrets[2]}\n")
+    out = tmp_path / "sb.tgz"
+    r = _run(["support-bundle", "--root", str(root), "-o", str(out)], {})
+    assert r.returncode == 0, r.stdout[-3000:]
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    leaked = sorted(name for name, data in members.items() for s in secrets if s.encode() in data)
+    assert not leaked, leaked
+    assert any(name.startswith("units/dropins/") for name in members)
+
+
+# ---------------------------------------------------------------- F13: Ctrl-C during install
+@pytest.mark.parametrize("after_steps", [1, 2, 4, 6, 8])
+def test_install_interrupted_reports_one_document_and_records_it(after_steps: int, world: World,
+                                                                 tmp_path: Path) -> None:
+    """SIGINT (as Ctrl-C sends it) once the install has announced `after_steps` steps. Whatever the moment:
+    exactly one result document whose exit code is the process's (130 install.interrupted, or 0 when it had
+    finished), an audit entry for the interruption, no temporary file anywhere, and a rerun that converges."""
+    import signal as sig
+
+    root = tmp_path / "r"
+    argv = [str(GPTOSSCTL), "install", world.paths["bundle"], "--trust", world.paths["pub"], "--root", str(root),
+            "--vllm-python", sys.executable, "--json"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "COLUMNS": "200"},
+                         preexec_fn=lambda: sig.signal(sig.SIGINT, sig.SIG_DFL))
+    assert p.stderr is not None
+    seen = 0
+    while seen < after_steps and (line := p.stderr.readline()):
+        seen += line.lstrip().startswith(b"-")
+    p.send_signal(sig.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert b"Traceback" not in err, err[-3000:]
+    doc = json.loads(out)  # exactly one document, also when interrupted
+    assert p.returncode in (0, 130) and doc["exit_code"] == p.returncode, (p.returncode, doc.get("error"))
+    if p.returncode == 130:
+        assert doc["error"]["code"] == "install.interrupted", doc["error"]
+        last = json.loads((root / LOGFILE).read_text().splitlines()[-1])
+        assert last["result"] == "interrupted", last
+    leftovers = [str(q) for q in root.rglob("*.tmp")]
+    assert not leftovers, leftovers
+    assert _run(["audit", "verify", "--root", str(root)], {}).returncode == 0
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert not list(root.rglob("*.tmp"))

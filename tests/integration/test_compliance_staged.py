@@ -102,6 +102,7 @@ def sarif_multitool() -> Path:
 def test_a_clean_install_passes_every_check_and_every_format_loads(cli, tree: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                    sarif_multitool: Path) -> None:
     out = tmp_path / "out"
+    out.mkdir()  # report paths must be in an existing directory (output.no_directory)
     code, doc = _check(cli, tree, "--sarif", str(out / "c.sarif"), "--junit", str(out / "c.xml"),
                        "--report", str(out / "c.json"), "--textfile", str(out / "c.prom"))
     assert code == 0, json.dumps(doc["data"], indent=1)
@@ -297,6 +298,7 @@ def test_trust_expiry_and_outputs_of_a_failing_run(cli, tree: Path, keys, tmp_pa
     # A failing run in every format.
     _weights(tree)
     out = tmp_path / "out"
+    out.mkdir()  # report paths must be in an existing directory (output.no_directory)
     code, doc = _check(cli, tree, "--sarif", str(out / "c.sarif"), "--junit", str(out / "c.xml"),
                        "--textfile", str(out / "c.prom"))
     assert code == 1
