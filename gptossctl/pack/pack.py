@@ -37,7 +37,7 @@ from gptossctl.bundle.layout import (
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
 from gptossctl.bundle.transfer import human_bytes
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
-from gptossctl.fsutil import check_not_inside
+from gptossctl.fsutil import check_not_inside, write_error
 from gptossctl.pack.gather import Gathered, gather
 from gptossctl.pack.sbom import SbomInput, build_sbom
 from gptossctl.pack.spec import BundleSpec, parse_duration
@@ -254,7 +254,14 @@ def _copy_all(todo: Sequence[PlannedFile], partial: Path, journal: IO[str], resu
     def one(pf: PlannedFile) -> None:
         dst = partial / PAYLOAD / pf.dest
         dst.parent.mkdir(parents=True, exist_ok=True)
-        res = copy_and_hash(pf.src, dst, shard_size=shard_size, progress=progress or (lambda _n: None))
+        try:
+            res = copy_and_hash(pf.src, dst, shard_size=shard_size, progress=progress or (lambda _n: None))
+        except OSError as exc:
+            if exc.filename is not None and Path(exc.filename) == Path(pf.src):
+                raise EnvironmentNotReady(f"cannot read {pf.src}: {exc.strerror}", code="pack.source_unreadable",
+                                          hint="run pack as a user that may read every model file (or make "
+                                               "them readable); files already packed are kept to resume") from None
+            raise write_error(dst, exc) from None
         if res.size != pf.size:
             raise CheckFailed(f"{pf.src} changed size while being packed", code="pack.source_changed",
                               hint="pack from a source that nothing is writing to")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +172,27 @@ def test_pack_refuses_an_output_inside_its_source(cli, keys: dict[str, KeyPair],
     code, doc = _pack(cli, keys, model, model / "bundle")
     assert code == 2 and doc["error"]["code"] == "pack.out_inside_source"
     assert not (model / "bundle.partial").exists()
+
+
+def test_an_unreadable_model_file_is_named_not_a_crash(keys: dict[str, KeyPair],
+                                                       request: pytest.FixtureRequest) -> None:
+    """As a user who may not read one model file (a root-only file in a shared model tree): exit 3 naming it,
+    through the console script, never exit 70."""
+    work = Path(tempfile.mkdtemp(prefix="gptossctl-pack-"))  # pytest's tmp tree is root-only (0700)
+    request.addfinalizer(lambda: shutil.rmtree(work, ignore_errors=True))
+    model = write_tiny_model(work / "model")
+    key = work / "a.key"
+    key.write_bytes(keys["alice"].private.read_bytes())
+    (model / "config.json").chmod(0)
+    os.chown(key, 65534, 65534)
+    key.chmod(0o600)
+    work.chmod(0o777)
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          str(Path(sys.executable).with_name("gptossctl")), "bundle", "pack", RECIPE, "--model-dir",
+                          str(model), "--out", str(work / "out"), "--key", str(key), "--json"],
+                         capture_output=True, text=True, env=ENV, check=False)
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    doc = json.loads(res.stdout)
+    assert res.returncode == 3 and doc["error"]["code"] == "pack.source_unreadable", doc
+    assert str(model / "config.json") in doc["error"]["message"]
+    assert not (work / "out").exists()
