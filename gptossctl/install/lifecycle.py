@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -68,7 +69,7 @@ from gptossctl.install.release import (
     switch_current,
     write_release,
 )
-from gptossctl.install.render import check_python, render_release, ships_vocab, unit_template
+from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
 from gptossctl.install.rolling import (
     Activation,
@@ -85,6 +86,7 @@ from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import choose_api_key, commit_state, release_api_key
 from gptossctl.install.unpack import unpack_release
+from gptossctl.templates import check_python
 
 SYSUSERS = f'u {SERVICE_USER} - "gpt-oss vLLM service" /var/lib/gptoss /usr/sbin/nologin\n'
 Progress = Callable[[int], None]
@@ -294,6 +296,7 @@ def validate_request(req: InstallRequest) -> None:
     if req.root.is_dir():
         check_confined(req.root)
     check_python(req.python, option="--python")
+    check_python(sys.executable, option="gptossctl's own interpreter (the compliance timer runs it)")
     if req.vllm_python is not None:
         check_python(req.vllm_python, option="--vllm-python")
     if req.vllm_python is not None and not _on_target(req.root, req.vllm_python).is_file():

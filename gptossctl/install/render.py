@@ -17,7 +17,7 @@ from gptossctl.errors import UsageError
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import CONFIG, ENV_FILE, LOOPBACK
 from gptossctl.resources import data_dir
-from gptossctl.templates import fill_template
+from gptossctl.templates import check_python, fill_template
 
 if TYPE_CHECKING:
     from gptossctl.bundle.manifest import Manifest
@@ -33,24 +33,6 @@ OFFLINE_ENV: Mapping[str, str] = {
 
 # A path written into ExecStart= verbatim: a newline would add directives (User=root), whitespace would split
 # the command, and systemd expands %, $, quotes and backslash escapes there.
-_UNSAFE_IN_EXEC = re.compile(r"[\x00-\x20\x7f-\x9f%\\$\"'`;]|\s")
-
-
-def check_python(path: Path | str, *, option: str = "--vllm-python") -> Path:
-    """The interpreter a unit runs, refused (exit 2, install.bad_python) when systemd would not run exactly
-    that file: not absolute, or holding a character ExecStart= gives a meaning (control characters,
-    whitespace, %, $, quotes, backslash)."""
-    text = str(path)
-    bad = _UNSAFE_IN_EXEC.search(text)
-    if bad is not None:
-        raise UsageError(f"{option} {text!r} holds {bad.group()!r}, which systemd's ExecStart= would not pass "
-                         "through as written (a newline adds directives, a space splits the command)",
-                         code="install.bad_python", hint=f"give {option} as an absolute path without whitespace, "
-                         "control characters, %, $, quotes or backslashes (move or link the environment there)")
-    if not text.startswith("/"):
-        raise UsageError(f"{option} {text!r} is not an absolute path", code="install.bad_python",
-                         hint=f"give {option} as an absolute path, e.g. /opt/vllm/bin/python")
-    return Path(text)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from gptossctl.fsutil import atomic_write
 from gptossctl.probe.canary.run import CanaryReport, RunRequest, Thresholds, check_request, run_request
 from gptossctl.probe.canary.suite import builtin_dir
 from gptossctl.resources import data_dir
-from gptossctl.templates import fill_template
+from gptossctl.templates import check_python, fill_template
 
 SCHEDULE_SCHEMA = "gptossctl.canary-schedule/1"
 UNITS = ("gptoss-canary@.service", "gptoss-canary@.timer")
@@ -229,6 +229,7 @@ def plan_schedule(req: ScheduleRequest) -> tuple[ScheduleRecord, dict[Path, tupl
     if r.suite is None:
         r = replace(r, suite="demo")
     check_request(r)  # exactly what `canary run` checks (URLs, thresholds, suite, baseline, keys), exit 2
+    check_python(sys.executable, option="gptossctl's own interpreter (the canary service runs it)")
     layout = ScheduleLayout(req.root or Path("/"))
     runs = run_times(_first_run(req.start), req.every_s, req.for_s)
     record = _record(req, runs, layout)
