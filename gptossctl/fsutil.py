@@ -187,6 +187,33 @@ def discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def os_error(exc: BaseException) -> Exception | None:
+    """An error the operating system raised about a path the user gave (too long, a link loop, not a
+    directory, no rights, a full or read-only disk) as the error a sysadmin can act on; None for anything else
+    (a bug of ours). The last net under every command: the commands check their own paths first."""
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop"):  # pathlib's resolve()
+        return UsageError(f"a path is a symbolic link loop ({exc})", code="path.link_loop",
+                          hint="fix or remove the link, or give another path")
+    if not isinstance(exc, OSError):
+        return None
+    where = exc.filename if exc.filename is not None else "a path"
+    if exc.errno == errno.ENAMETOOLONG:
+        return UsageError(f"a path is too long: {str(where)[:200]}...", code="path.too_long",
+                          hint="shorten it: a name may have at most 255 bytes, a path 4096")
+    if exc.errno == errno.ELOOP:
+        return UsageError(f"{where} is a symbolic link loop", code="path.link_loop",
+                          hint="fix or remove the link, or give another path")
+    if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EEXIST):
+        return UsageError(f"{where}: {exc.strerror}", code="path.invalid",
+                          hint="check the path: every part before the last must be a directory, and an output "
+                               "must not exist yet")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        return write_error(Path(str(where)), exc) if exc.errno != errno.EACCES or exc.filename is None else \
+            EnvironmentNotReady(f"no permission for {where}: {exc.strerror}", code="path.not_permitted",
+                                hint="run as a user that may read and write there (root for system paths)")
+    return None
+
+
 def write_error(path: Path, exc: OSError) -> Exception:
     """An OSError from writing `path` as the error a sysadmin can act on: a full or failing disk is exit 4, no
     rights exit 3, anything else exit 2."""

@@ -9,12 +9,12 @@ import typer
 from rich.markup import escape
 
 from gptossctl.cli.options import (
+    ExistingRootOpt,
     ExposureOpt,
     ForceOpt,
     InstanceOpt,
     JsonOpt,
     RevokedOpt,
-    RootOpt,
     ThresholdOpt,
     trust_policy,
 )
@@ -28,7 +28,7 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 @app.command("check")
 def check(
     instance: InstanceOpt = None,
-    root: RootOpt = Path("/"),
+    root: ExistingRootOpt = Path("/"),
     trust: list[Path] = typer.Option([], "--trust", help="Verify the installed manifest against these public keys "
                                       "instead of the ones recorded at install (repeatable)."),
     threshold: ThresholdOpt = 1,
@@ -95,7 +95,7 @@ def check(
 
 def support_bundle(
     instance: InstanceOpt = None,
-    root: RootOpt = Path("/"),
+    root: ExistingRootOpt = Path("/"),
     output: Path | None = typer.Option(None, "--output", "-o", help="Archive to write (default "
                                        "gptoss-support-INSTANCE-TIME.tar.gz here), mode 0600; never an "
                                        "existing path unless --force, never through a link."),

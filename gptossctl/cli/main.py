@@ -15,6 +15,7 @@ from gptossctl import __version__
 from gptossctl.cli import bundle, canary, compliance, demo, hw, keys, probe, profiles, service
 from gptossctl.cli.output import StdoutLost, document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
+from gptossctl.fsutil import os_error
 
 app = typer.Typer(
     name="gptossctl",
@@ -81,6 +82,10 @@ _STDOUT_ERRNOS = (errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EBADF)
 def main() -> None:
     """The console script: typer in standalone mode (usage errors exit 2 with usage text), one JSON document
     with --json whatever happens, exit 4 when stdout cannot take it, and exit 70 only for a bug of ours."""
+    # What gptossctl creates gets the modes it asks for, whatever the caller's umask: under 000 the release
+    # and /etc/gptoss were world-writable, under 077 the service user could not read its own model. Files
+    # that hold secrets are created 0600 explicitly.
+    os.umask(0o022)
     try:
         _main()
     except StdoutLost as exc:
@@ -116,10 +121,11 @@ def _main() -> None:
             raise StdoutLost(exc.strerror or str(exc)) from None
         if state.debug:
             raise
-        bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",
-                             hint="rerun with --debug and report the traceback")
+        mapped = os_error(exc)  # a path the system refused (too long, a loop): bad input, not a bug
+        bug = mapped if isinstance(mapped, GptossctlError) else GptossctlError(
+            f"internal error: {exc.__class__.__name__}: {exc}", hint="rerun with --debug and report the traceback")
         if as_json:
-            emit_json(document(status="error", exit_code=70, error=bug))
+            emit_json(document(status="error", exit_code=bug.exit_code, error=bug))
         else:
-            sys.stderr.write(f"error (internal): {bug.message}\nnext: {bug.hint}\n")
-        sys.exit(70)
+            sys.stderr.write(f"error ({bug.code}): {bug.message}\nnext: {bug.hint}\n")
+        sys.exit(bug.exit_code)

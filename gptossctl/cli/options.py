@@ -45,8 +45,23 @@ def _instance(value: str | None) -> str | None:
 
 
 def _root(value: Path) -> Path:
-    if value.exists() and not value.is_dir():
+    try:
+        bad = value.exists() and not value.is_dir()
+    except OSError as exc:  # too long, a loop
+        raise typer.BadParameter(f"{str(value)[:200]}: {exc.strerror}") from None
+    if bad:
         raise typer.BadParameter(f"{value} is not a directory")
+    return value
+
+
+def _existing_root(value: Path) -> Path:
+    try:
+        is_dir = value.is_dir()
+    except OSError as exc:  # too long, a loop
+        raise typer.BadParameter(f"{str(value)[:200]}: {exc.strerror}") from None
+    if not is_dir:
+        raise typer.BadParameter(f"{value} is not a directory" if value.exists() or value.is_symlink()
+                                 else f"{value} does not exist")
     return value
 
 
@@ -71,6 +86,9 @@ MinVersionOpt = Annotated[int | None, typer.Option("--min-version", min=1, max=M
 PortOpt = Annotated[int, typer.Option("--port", min=1024, max=65535, help="Port vLLM listens on (1024-65535).")]
 RootOpt = Annotated[Path, typer.Option("--root", callback=_root, help="Stage into (or look at) this tree instead of "
                                        "the host: units enabled with systemctl --root, nothing started.")]
+ExistingRootOpt = Annotated[Path, typer.Option("--root", callback=_existing_root,
+                                               help="Look at this tree (an image, a staged root) instead of the "
+                                                    "host.")]
 InstanceOpt = Annotated[str | None, typer.Option("--instance", callback=_instance,
                                                  help="Instance name (default: the model's served name).")]
 UrlOpt = Annotated[str, typer.Option("--url", callback=check_url, help="Service base URL.")]

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gptossctl.errors import Finding, GptossctlError, Interrupted, UsageError
+from gptossctl.fsutil import os_error
 
 RESULT_SCHEMA = "gptossctl.result/1"
 stderr = Console(stderr=True, highlight=False)
@@ -151,6 +152,9 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         if state.debug:
             stderr.print_exception()
+        mapped = os_error(exc)  # the system refused a path the user gave: bad input, not a bug
+        if isinstance(mapped, GptossctlError):
+            fail(mapped, as_json=as_json)
         bug = GptossctlError(f"internal error: {exc.__class__.__name__}: {exc}",
                              hint="rerun with --debug and report the traceback")
         fail(bug, as_json=as_json)

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from gptossctl.cli.hw import AmdOpt, CsvOpt, RocmOpt, TpOpt, XmlOpt
 from gptossctl.cli.options import (
+    ExistingRootOpt,
     InstanceOpt,
     JsonOpt,
     PortOpt,
@@ -124,7 +125,7 @@ def install(
     run(action, as_json=as_json, render=render)
 
 
-def status(instance: InstanceOpt = None, root: RootOpt = Path("/"), as_json: JsonOpt = False) -> None:
+def status(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"), as_json: JsonOpt = False) -> None:
     """Unit state, health, version, profile and endpoint of each instance.
 
     Exit 0 when every instance is active, healthy and its unit runs the current release; 1 otherwise.
@@ -154,7 +155,7 @@ def status(instance: InstanceOpt = None, root: RootOpt = Path("/"), as_json: Jso
     run(action, as_json=as_json, render=render, exit_code=lambda r: 0 if r.ok else 1)
 
 
-def rollback(instance: InstanceOpt = None, root: RootOpt = Path("/"),
+def rollback(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"),
              to: int | None = typer.Option(None, "--to", min=1, max=10**15,
                                            help="Release version (default: the one before current)."),
              health_timeout: str = TimeoutOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
@@ -176,7 +177,7 @@ def rollback(instance: InstanceOpt = None, root: RootOpt = Path("/"),
     run(action, as_json=as_json, render=render)
 
 
-def uninstall(instance: InstanceOpt = None, root: RootOpt = Path("/"),
+def uninstall(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"),
               purge: bool = typer.Option(False, "--purge", help="Also remove the API key, state, caches and, with "
                                          "the last instance, the service user."),
               yes: YesOpt = False, as_json: JsonOpt = False) -> None:
@@ -203,7 +204,7 @@ audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit log o
 
 
 @audit_app.command("verify")
-def audit_verify(root: RootOpt = Path("/"), as_json: JsonOpt = False) -> None:
+def audit_verify(root: ExistingRootOpt = Path("/"), as_json: JsonOpt = False) -> None:
     """Check the audit log's hash chain. Exit 1 naming the first edited, deleted or cut entry."""
 
     def action():  # type: ignore[no-untyped-def]

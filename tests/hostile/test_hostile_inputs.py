@@ -260,6 +260,12 @@ def _existing(w: World, tmp: Path) -> dict[str, str]:
     return {"existing": str(f), "link": str(link), "t": str(tmp)}
 
 
+def _link_loop(w: World, tmp: Path) -> dict[str, str]:
+    (tmp / "l1").symlink_to(tmp / "l2")
+    (tmp / "l2").symlink_to(tmp / "l1")
+    return {"loop": str(tmp / "l1")}
+
+
 def _demo_target(w: World, tmp: Path) -> dict[str, str]:
     d = tmp / "precious"
     d.mkdir()
@@ -907,6 +913,22 @@ CASES: list[Case] = [
       code="audit.anchor_missing", setup=_anchor_deleted_then_refusal),
     C("support-bundle-audit-log-fifo", "support-bundle", "--root", "{root2}", "-o", "{root2}.tgz", expect={0},
       setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
+    # Second independent pass (adversarial2): paths the operating system refuses, checked before any command
+    # touches them or mapped at the top (never exit 70).
+    *(C(f"long-name-{name}", *argv, expect=2, code=code, env=ENV_PASS) for name, code, argv in (
+        ("inspect", "path.too_long", ("bundle", "inspect", "{dir}/" + "x" * 300)),
+        ("verify", "path.too_long", ("bundle", "verify", "{dir}/" + "x" * 300, "--trust", "{pub}")),
+        ("keys", "path.too_long", ("keys", "generate", "--out", "{dir}/" + "x" * 300, "--name", "a")),
+        ("trend", "path.too_long", ("canary", "trend", "{dir}/" + "x" * 300)),
+        ("status-root", "usage", ("status", "--root", "{dir}/" + "x" * 300)),
+        ("install-root", "usage", ("install", "{bundle}", "--trust", "{pub}", "--root", "{dir}/" + "x" * 300)),
+    )),
+    C("install-root-link-loop", "install", "{bundle}", "--trust", "{pub}", "--root", "{loop}/r", "--yes",
+      "--vllm-python", sys.executable, expect=2, code="path.link_loop", setup=_link_loop),
+    C("status-root-link-loop", "status", "--root", "{loop}", expect=2, code="usage", setup=_link_loop),
+    C("audit-verify-root-missing", "audit", "verify", "--root", "{missing}", expect=2, code="usage"),
+    C("compliance-root-missing", "compliance", "check", "--root", "{missing}", expect=2, code="usage"),
+    C("demo-out-below-a-file", "demo", "--staged", "--out", "{garbage}/x", expect=2, code="path.invalid"),
 ]
 
 
@@ -1027,3 +1049,19 @@ def test_install_interrupted_reports_one_document_and_records_it(after_steps: in
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:]
     assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_install_modes_do_not_follow_the_callers_umask(world: World, tmp_path: Path, umask: int) -> None:
+    """Under umask 000 the release and /etc/gptoss were world-writable; under 077 the service user could not
+    reach its own model. What install creates gets the modes it asks for."""
+    root = tmp_path / "root"
+    r = subprocess.run([str(GPTOSSCTL), "install", world.paths["bundle"], "--trust", world.paths["pub"], "--root",
+                        str(root), "--vllm-python", sys.executable, "--json"], capture_output=True, text=True,
+                       timeout=600, preexec_fn=lambda: os.umask(umask))
+    assert r.returncode == 0, r.stdout[-3000:]
+    for d in ("opt/gptoss", "opt/gptoss/tiny-gpt-oss/releases", "etc/gptoss", "opt/gptoss/tiny-gpt-oss/releases/5",
+              "opt/gptoss/tiny-gpt-oss/releases/5/payload/model"):
+        assert (root / d).stat().st_mode & 0o777 == 0o755, d
+    assert (root / "opt/gptoss/tiny-gpt-oss/releases/5/payload/model/config.json").stat().st_mode & 0o777 == 0o644
+    assert (root / "etc/gptoss/tiny-gpt-oss/api-key").stat().st_mode & 0o777 == 0o600
