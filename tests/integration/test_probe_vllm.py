@@ -198,13 +198,17 @@ def test_canary_counts_the_chunks_vllm_bench_counts(server: str, key_file: Path,
                     "--endpoint", "/v1/chat/completions", "--base-url", server, "--model", NAME,
                     "--tokenizer", model_root(server, KEY, NAME), "--dataset-name", "random",
                     "--random-input-len", "16", "--random-output-len", "16", "--ignore-eos", "--num-prompts", "8",
-                    "--max-concurrency", "2", "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
+                    "--max-concurrency", "1", "--save-result", "--save-detailed", "--result-dir", str(tmp_path),
                     "--result-filename", "vb.json", "--seed", "0"], check=True, env=env, capture_output=True)
     vb = json.loads((tmp_path / "vb.json").read_text())
     from gptossctl.adapters.openai_http import Endpoint
     from gptossctl.probe.canary.load import RequestSpec, Target, run_load
 
     spec = RequestSpec("r", ({"role": "user", "content": "alpha bravo charlie delta echo"},), 16, ignore_eos=True)
-    results, _ = run_load([Target("gpt-oss", Endpoint(server, KEY), NAME)], [spec] * 8, concurrency=2)
-    assert {len(i) + 1 for i in vb["itls"]} == {len(r.itl) + 1 for r in results}, (vb["itls"][0], results[0].itl)
+    results, _ = run_load([Target("gpt-oss", Endpoint(server, KEY), NAME)], [spec] * 8, concurrency=1)
+    # On busy shared cores vLLM may merge a request's tokens into fewer chunks (its output collector catches
+    # up), so single requests can differ by chance; the most chunks either client saw for one request cannot:
+    # every token in its own chunk, one stamp each (text-only stamping saw fewer).
+    ours, theirs = [len(r.itl) + 1 for r in results], [len(i) + 1 for i in vb["itls"]]
+    assert max(ours) == max(theirs), (theirs, ours)
     assert all(r.output_tokens == 16 and r.ttft is not None and r.ttft <= (r.e2el or 0) for r in results)
