@@ -47,8 +47,11 @@ def big_bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
+    # Ctrl-C as a terminal delivers it: a runner started in the background (SIGINT ignored, inherited
+    # through exec) must not make the copy deaf to it.
     return subprocess.Popen([console_script(), "bundle", "copy", *args, "--json"], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _records(work: Path) -> int:
