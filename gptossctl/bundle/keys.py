@@ -213,6 +213,9 @@ def load_signing_key(path: Path, *, passphrase: PassphraseSource = env_or_prompt
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     data = read_bytes(path, what="signing key", code="key.unreadable", limit=KEY_FILE_LIMIT)
+    if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
+        raise UsageError(f"{path} is a public key: signing needs the private key", code="key.is_public",
+                         hint=f"pass the .key file made with it ({path.with_suffix('.key').name}, if named alike)")
     st = path.stat()
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(

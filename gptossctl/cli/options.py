@@ -124,6 +124,6 @@ def trust_policy(trust: list[Path], *, threshold: int = 1, revoked: list[str] | 
     from gptossctl.bundle.keys import load_public_key
     from gptossctl.bundle.verify import TrustPolicy
 
-    skew = timedelta(seconds=parse_duration(clock_skew)) if clock_skew else timedelta(minutes=5)
+    skew = timedelta(seconds=parse_duration(clock_skew)) if clock_skew is not None else timedelta(minutes=5)
     return TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
                        revoked=revoked_ids(revoked or []), clock_skew=skew, min_version=min_version)

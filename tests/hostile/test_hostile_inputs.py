@@ -929,6 +929,10 @@ CASES: list[Case] = [
     C("audit-verify-root-missing", "audit", "verify", "--root", "{missing}", expect=2, code="usage"),
     C("compliance-root-missing", "compliance", "check", "--root", "{missing}", expect=2, code="usage"),
     C("demo-out-below-a-file", "demo", "--staged", "--out", "{garbage}/x", expect=2, code="path.invalid"),
+    C("sign-with-the-public-key", "bundle", "sign", "{bundle}", "--key", "{pub}", expect=2, code="key.is_public",
+      env=ENV_PASS, watch=("bundle",)),
+    C("verify-clock-skew-empty", "bundle", "verify", "{bundle}", "--trust", "{pub}", "--clock-skew=", expect=2,
+      code="usage.bad_duration"),
 ]
 
 
