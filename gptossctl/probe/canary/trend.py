@@ -141,9 +141,12 @@ def build_trend(directory: Path, *, max_regression: float = 0.20) -> Trend:
 
 
 def check_trend_out(out: Path) -> Path:
-    """The folder trend.html and trend.json go to: an existing directory or a new one, never a file or a link."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise UsageError(f"--out {out} is {'a symbolic link' if out.is_symlink() else 'a file'}, not a directory",
+    """The folder trend.html and trend.json go to: an existing directory (a link to one is fine: systemd's
+    DynamicUser state directories are links into /var/lib/private) or a new one; never a file or a dangling
+    link. The two files themselves are never written through a link."""
+    dangling = out.is_symlink() and not out.exists()
+    if dangling or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {out} is {'a dangling symbolic link' if dangling else 'a file'}, not a directory",
                          code="output.not_directory",
                          hint="give a directory for trend.html and trend.json (it is created when missing)")
     return out
