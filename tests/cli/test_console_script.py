@@ -64,7 +64,7 @@ def test_version_and_help_exit_0() -> None:
 
 
 def test_no_private_module_of_a_dependency_is_imported() -> None:
-    """`typer._click` changed under us in a minor release: import only what libraries document."""
+    """typer's private click module changed under us in a minor release: import only what libraries document."""
     offenders = []
     pattern = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import\s+([\w, ()]+)|import\s+([\w.]+))", re.M)
     for path in sorted((REPO / "gptossctl").rglob("*.py")):
