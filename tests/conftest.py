@@ -17,10 +17,9 @@ from gptossctl.pack.spec import load_spec
 from gptossctl.resources import data_dir
 
 PASSPHRASE = b"correct horse battery staple"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.is_dir():  # CI clones the repo next to shared/
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
+# Real captures and model file lists, copied into the repository with their sources (tests/data/gpu/SOURCES.md,
+# tests/data/gpt-oss/FILES.md): a clone of the project alone runs the whole suite.
+FIXTURES = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)

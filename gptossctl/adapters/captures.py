@@ -3,7 +3,7 @@
 Accepted: `nvidia-smi -q -x` (XML), `nvidia-smi --query-gpu=... --format=csv` (with header, with or
 without units), `rocm-smi --showproductname --showmeminfo vram --json`, `amd-smi static --json`.
 Real captures differ between driver and ROCm versions (schema v9 to v13, "N/A" and "Not Found",
-`Card Series` / `Card series`, bytes or MiB); every quirk seen in ../shared/fixtures is handled or
+`Card Series` / `Card series`, bytes or MiB); every quirk seen in tests/data/gpu is handled or
 refused with a message that says how to capture what is needed.
 """
 
