@@ -81,9 +81,10 @@ def _service_uid(ev: Evidence) -> int | None:
     return None
 
 
-# Where the service keeps compiled kernels (the unit's VLLM_CACHE_ROOT and TRITON_CACHE_DIR, under its cache
-# directory): the one place under the service's own directories where code it runs may be.
-KERNEL_CACHES = ("vllm", "triton")
+# Where the service keeps the kernels it compiles: its VLLM_CACHE_ROOT and TRITON_CACHE_DIR (under the cache
+# directory) and FlashInfer's JIT cache (under HOME, the state directory): the only places under the service's
+# own directories where code it runs may be.
+KERNEL_CACHES = {"cache": (("vllm",), ("triton",)), "state": ((".cache", "flashinfer"),)}
 CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
 _RELEASE_LINK = re.compile(r"releases/\d+")
 
@@ -97,6 +98,7 @@ class _Walk:
     service_uid: int | None
     bad: dict[str, str] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
+    climbed: set[Path] = field(default_factory=set)
 
     def flag(self, p: Path, why: str) -> None:
         self.bad.setdefault(self.ev.live(p), why)
@@ -152,8 +154,9 @@ class _Walk:
         """Every directory above p up to / (up to the staging root when staged), as the kernel follows it."""
         root = self.ev.layout.root
         for parent in p.parents:
-            if not parent.is_relative_to(root) or str(parent) in self.seen:
-                break
+            if not parent.is_relative_to(root) or parent in self.climbed:
+                break  # outside the staging root, or already checked with everything above it
+            self.climbed.add(parent)
             try:
                 st, lst = parent.stat(), parent.lstat()
             except OSError:
@@ -165,44 +168,43 @@ class _Walk:
             if parent == root:
                 break
 
-    def service_dir(self, top: Path) -> None:
+    def service_dir(self, top: Path, kernels: tuple[tuple[str, ...], ...]) -> None:
         """The service's own state or cache directory: the service user may own it, but nobody else may write
         it, and it holds nothing to execute: no file with an x bit and no Python or shared object (.py, .pyc, .so,
-        .pth), but in the kernel caches (cache/vllm, cache/triton). Links are not followed."""
+        .pth), but in its kernel caches. Links are not followed."""
         if not top.is_dir() or top.is_symlink():
             return
         allowed = {self.owner} | ({self.service_uid} if self.service_uid is not None else set())
-        for d, dirs, files in os.walk(top):
-            for name in ["", *dirs, *files]:
-                p = Path(d) / name if name else Path(d)
-                if name == "" and p != top:
-                    continue
+        paths = [top] + [Path(d) / n for d, dirs, files in os.walk(top) for n in dirs + files]
+        for p in paths:
+            try:
                 st = p.lstat()
-                self.seen.add(str(p))
-                if stat.S_ISLNK(st.st_mode):
-                    continue
-                mode = stat.S_IMODE(st.st_mode)
-                wrong = [] if st.st_uid in allowed else [f"owned by neither uid {self.owner} nor {SERVICE_USER}"]
-                wrong += [w for bit, w in ((0o022, "group- or world-writable"), (stat.S_ISUID, "setuid"),
-                                           (stat.S_ISGID, "setgid")) if mode & bit]
-                in_kernels = p.relative_to(top).parts[:1] in [(k,) for k in KERNEL_CACHES]
-                if stat.S_ISREG(st.st_mode) and not in_kernels:
-                    wrong += ["executable"] if mode & 0o111 else []
-                    wrong += ["code the service could run"] if p.suffix in CODE_SUFFIXES else []
-                if wrong:
-                    self.flag(p, f"{self.ev.live(p)} is {mode:04o} owned by uid {st.st_uid}: {', '.join(wrong)}")
+            except OSError:  # the running service removed it meanwhile
+                continue
+            self.seen.add(str(p))
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            wrong = [] if st.st_uid in allowed else [f"owned by neither uid {self.owner} nor {SERVICE_USER}"]
+            wrong += [w for bit, w in ((0o022, "group- or world-writable"), (stat.S_ISUID, "setuid"),
+                                       (stat.S_ISGID, "setgid")) if mode & bit]
+            if stat.S_ISREG(st.st_mode) and not any(p.relative_to(top).parts[:len(k)] == k for k in kernels):
+                wrong += ["executable"] if mode & 0o111 else []
+                wrong += ["code the service could run"] if p.suffix in CODE_SUFFIXES else []
+            if wrong:
+                self.flag(p, f"{self.ev.live(p)} is {mode:04o} owned by uid {st.st_uid}: {', '.join(wrong)}")
 
 
-def permission_set(ev: Evidence) -> tuple[list[Path], list[Path], list[Path]]:
-    """(trees walked whole, single paths, the service's own directories): everything whose permissions the
-    instance's integrity rests on. Each one's parents are checked too."""
+def permission_set(ev: Evidence) -> tuple[list[Path], list[Path], list[tuple[Path, tuple[tuple[str, ...], ...]]]]:
+    """(trees walked whole, single paths, the service's own directories with their kernel caches): everything
+    whose permissions the instance's integrity rests on."""
     layout = ev.layout
     trees = [layout.opt, layout.etc, layout.audit_anchor.parent, layout.log_dir]
     singles = [layout.base, layout.lock, layout.sysusers, layout.api_key, layout.router_key]
     for v in ev.units:
         singles += [v.unit.path, *v.dropins, *([v.fragment] if v.fragment is not None else [])]
     shapes = [layout.replica(r.index) for r in ev.rec.replicas] if ev.rec.replicated else [layout]
-    own = [d for s in shapes for d in (s.state, s.cache)]
+    own = [(d, KERNEL_CACHES[kind]) for s in shapes for d, kind in ((s.state, "state"), (s.cache, "cache"))]
     return trees, list(dict.fromkeys(singles)), own
 
 
@@ -215,19 +217,22 @@ def check_permissions(ev: Evidence) -> CheckResult:
         walk.tree(t)
     for p in singles:
         walk.path(p)
-    for d in own:
-        walk.service_dir(d)
-    for p in [*trees, *singles, *own]:
+    for d, kernels in own:
+        walk.service_dir(d, kernels)
+    # Every directory above, but the audit log's: /var/log is root:syslog 0775 on Ubuntu, and the log is held to
+    # its anchor in /var/lib/gptossctl, whose parents are checked.
+    for p in [*(t for t in trees if t != ev.layout.log_dir), *singles, *(d for d, _k in own)]:
         if p.exists() or p.is_symlink():
             walk.parents(p)
     if walk.bad:
         return CheckResult("access.permissions", "fail", cap([walk.bad[k] for k in sorted(walk.bad)]),
                            tuple(sorted(walk.bad))[:12])
     top = "/" if not ev.layout.staged else f"the staging root {ev.layout.root}"
-    present = [ev.live(d) for d in own if d.is_dir()]
+    present = [ev.live(d) for d, _k in own if d.is_dir()]
     return CheckResult("access.permissions", "pass", (
         f"{len(walk.seen)} paths under {', '.join(ev.live(t) for t in trees)}, the units and their drop-ins, the "
-        f"credentials, and every directory above them up to {top}: owned by uid {walk.owner}, none group- or "
-        "world-writable, no setuid or setgid, no link gptossctl did not make",
+        f"credentials, and every directory above them (but the audit log's) up to {top}: owned by uid "
+        f"{walk.owner}, none group- or world-writable, no setuid or setgid, no link gptossctl did not make",
         f"the service's own directories ({', '.join(present) or 'none yet'}): written only by root or "
-        f"{SERVICE_USER}, no executable, no .py/.pyc/.so/.pth outside cache/{{{','.join(KERNEL_CACHES)}}}"))
+        f"{SERVICE_USER}, no executable, no .py/.pyc/.so/.pth outside the kernel caches "
+        f"({', '.join(f'{k}/' + '/'.join(p) for k, ps in KERNEL_CACHES.items() for p in ps)})"))

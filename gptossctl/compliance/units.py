@@ -170,4 +170,4 @@ def view(layout: Layout, systemd: Systemd, unit: Installed) -> UnitView:
     told = [Path(p) for p in re.split(r"\s+", props.get("DropInPaths", "").strip()) if p]
     frag = props.get("FragmentPath") or None
     return UnitView(unit, Path(frag) if frag else found, tuple(dict.fromkeys([*told, *dropins])),
-                    need_reload=props.get("NeedDaemonReload") == "yes", asked=True)
+                    need_reload=props.get("NeedDaemonReload") == "yes", asked=bool(props))
