@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptossctl.compliance.units import SEARCH_PATH, applied_dropins, dropin_dir_names, fragment
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.compliance.units import SEARCH_PATH, Installed, applied_dropins, dropin_dir_names, fragment, view
+from gptossctl.install.layout import Layout
 
 
 def test_dropin_names_follow_systemd_template_dash_prefix_and_type_wide() -> None:
@@ -47,3 +49,23 @@ def test_the_first_unit_file_on_the_path_wins_and_an_instance_file_beats_the_tem
     instance.parent.mkdir(parents=True)
     instance.write_text("")
     assert fragment(tmp_path, "gptoss-compliance@x.timer") == instance
+
+
+class _AskedSystemd(Systemd):
+    """systemd as `systemctl show` answers on a live host (no subprocess)."""
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        assert props == ("DropInPaths", "FragmentPath", "NeedDaemonReload")
+        return {"DropInPaths": "/run/systemd/system.control/gptoss@x.service.d/50-CPUWeight.conf "
+                               "/etc/systemd/system/service.d/10-site.conf",
+                "FragmentPath": "/run/systemd/transient/gptoss@x.service", "NeedDaemonReload": "yes"}
+
+
+def test_live_what_systemd_reports_is_what_is_checked() -> None:
+    layout = Layout(Path("/"), "x")
+    unit = Installed(layout.unit_name, layout.unit_path, "")
+    v = view(layout, _AskedSystemd(None), unit)
+    assert v.asked and v.need_reload
+    assert v.fragment == Path("/run/systemd/transient/gptoss@x.service")
+    assert v.dropins[:2] == (Path("/run/systemd/system.control/gptoss@x.service.d/50-CPUWeight.conf"),
+                             Path("/etc/systemd/system/service.d/10-site.conf"))
