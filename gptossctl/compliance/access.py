@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptossctl.adapters.openai_http import key_enforced
@@ -79,39 +81,158 @@ def _service_uid(ev: Evidence) -> int | None:
     return None
 
 
-def check_permissions(ev: Evidence) -> CheckResult:
-    service_uid = _service_uid(ev)
-    trees = [ev.layout.opt, ev.layout.etc, ev.layout.log_dir]
-    singles = [ev.layout.unit_path, ev.layout.base, ev.layout.unit_dir / "gptoss-compliance@.service",
-               ev.layout.unit_dir / "gptoss-compliance@.timer"]
-    singles += [path for _name, path, _copy in replicas.units(ev)] if ev.rec.replicated else []
-    bad: list[str] = []
-    seen = 0
+# Where the service keeps the kernels it compiles: its VLLM_CACHE_ROOT and TRITON_CACHE_DIR (under the cache
+# directory) and FlashInfer's JIT cache (under HOME, the state directory): the only places under the service's
+# own directories where code it runs may be.
+KERNEL_CACHES = {"cache": (("vllm",), ("triton",)), "state": ((".cache", "flashinfer"),)}
+CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
+_RELEASE_LINK = re.compile(r"releases/\d+")
 
-    def look(p: str, st: os.stat_result) -> None:
-        nonlocal seen
-        seen += 1
-        if stat.S_ISLNK(st.st_mode):
+
+@dataclass
+class _Walk:
+    """The permission invariant, path by path: what is wrong with each offending path, how many were seen."""
+
+    ev: Evidence
+    owner: int
+    service_uid: int | None
+    bad: dict[str, str] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    climbed: set[Path] = field(default_factory=set)
+
+    def flag(self, p: Path, why: str) -> None:
+        self.bad.setdefault(self.ev.live(p), why)
+
+    def strict(self, p: Path, st: os.stat_result) -> None:
+        """Owned by root (the tree's owner when staged), no group or other write, no setuid or setgid."""
+        self.seen.add(str(p))
+        mode, wrong = stat.S_IMODE(st.st_mode), []
+        if st.st_uid != self.owner:
+            wrong.append(f"not owned by uid {self.owner}")
+        wrong += [w for bit, w in ((0o020, "group-writable"), (0o002, "world-writable"), (stat.S_ISUID, "setuid"),
+                                   (stat.S_ISGID, "setgid")) if mode & bit]
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            wrong.append("not a regular file or directory")
+        if wrong:
+            self.flag(p, f"{self.ev.live(p)} is {mode:04o} owned by uid {st.st_uid}: {', '.join(wrong)}")
+
+    def path(self, p: Path) -> None:
+        """One installed path: a symbolic link only where gptossctl makes one."""
+        try:
+            st = p.lstat()
+        except OSError:
             return
-        if st.st_mode & 0o002:
-            bad.append(f"{ev.live(Path(p))} is world-writable ({stat.S_IMODE(st.st_mode):04o})")
-        elif service_uid is not None and st.st_uid == service_uid:
-            bad.append(f"{ev.live(Path(p))} is owned by the service user {SERVICE_USER}")
+        if not stat.S_ISLNK(st.st_mode):
+            self.strict(p, st)
+            return
+        self.seen.add(str(p))
+        target = os.readlink(p)
+        if not self._ours(p, target):
+            self.flag(p, f"{self.ev.live(p)} is a symbolic link (to {target}) that gptossctl did not make")
+        elif st.st_uid != self.owner:
+            self.flag(p, f"{self.ev.live(p)} is a symbolic link owned by uid {st.st_uid}: not owned by uid "
+                         f"{self.owner}")
 
-    for tree in trees:
-        if not tree.exists():
-            continue
-        look(str(tree), tree.lstat())
-        for d, dirs, files in os.walk(tree):
+    def _ours(self, p: Path, target: str) -> bool:
+        """`current -> releases/N`, and the links uv makes in a release's environment (drift.environment
+        holds each one to its recorded target)."""
+        layout = self.ev.layout
+        if p == layout.current:
+            return bool(_RELEASE_LINK.fullmatch(target))
+        rel = p.relative_to(layout.releases).parts if p.is_relative_to(layout.releases) else ()
+        return len(rel) > 2 and rel[1] == "venv"
+
+    def tree(self, top: Path) -> None:
+        self.path(top)
+        if top.is_symlink() or not top.is_dir():
+            return
+        for d, dirs, files in os.walk(top):
             for name in dirs + files:
-                p = os.path.join(d, name)
-                look(p, os.lstat(p))
-    for single in singles:
-        if single.exists() or single.is_symlink():
-            look(str(single), single.lstat())
-    if bad:
-        return CheckResult("access.permissions", "fail", cap(bad), tuple(sorted({b.split(" ")[0] for b in bad}))[:12])
-    return CheckResult("access.permissions", "pass", (f"{seen} paths under {ev.live(ev.layout.opt)}, "
-                                                      f"{ev.live(ev.layout.etc)}, {ev.live(ev.layout.log_dir)} "
-                                                      "and the units: none world-writable or owned by "
-                                                      f"{SERVICE_USER}",))
+                self.path(Path(d) / name)
+
+    def parents(self, p: Path) -> None:
+        """Every directory above p up to / (up to the staging root when staged), as the kernel follows it."""
+        root = self.ev.layout.root
+        for parent in p.parents:
+            if not parent.is_relative_to(root) or parent in self.climbed:
+                break  # outside the staging root, or already checked with everything above it
+            self.climbed.add(parent)
+            try:
+                st, lst = parent.stat(), parent.lstat()
+            except OSError:
+                continue
+            if stat.S_ISLNK(lst.st_mode) and lst.st_uid != self.owner:
+                self.flag(parent, f"{self.ev.live(parent)} is a symbolic link owned by uid {lst.st_uid}: not owned "
+                                  f"by uid {self.owner}")
+            self.strict(parent, st)
+            if parent == root:
+                break
+
+    def service_dir(self, top: Path, kernels: tuple[tuple[str, ...], ...]) -> None:
+        """The service's own state or cache directory: the service user may own it, but nobody else may write
+        it, and it holds nothing to execute: no file with an x bit and no Python or shared object (.py, .pyc, .so,
+        .pth), but in its kernel caches. Links are not followed."""
+        if not top.is_dir() or top.is_symlink():
+            return
+        allowed = {self.owner} | ({self.service_uid} if self.service_uid is not None else set())
+        paths = [top] + [Path(d) / n for d, dirs, files in os.walk(top) for n in dirs + files]
+        for p in paths:
+            try:
+                st = p.lstat()
+            except OSError:  # the running service removed it meanwhile
+                continue
+            self.seen.add(str(p))
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            wrong = [] if st.st_uid in allowed else [f"owned by neither uid {self.owner} nor {SERVICE_USER}"]
+            wrong += [w for bit, w in ((0o022, "group- or world-writable"), (stat.S_ISUID, "setuid"),
+                                       (stat.S_ISGID, "setgid")) if mode & bit]
+            if stat.S_ISREG(st.st_mode) and not any(p.relative_to(top).parts[:len(k)] == k for k in kernels):
+                wrong += ["executable"] if mode & 0o111 else []
+                wrong += ["code the service could run"] if p.suffix in CODE_SUFFIXES else []
+            if wrong:
+                self.flag(p, f"{self.ev.live(p)} is {mode:04o} owned by uid {st.st_uid}: {', '.join(wrong)}")
+
+
+def permission_set(ev: Evidence) -> tuple[list[Path], list[Path], list[tuple[Path, tuple[tuple[str, ...], ...]]]]:
+    """(trees walked whole, single paths, the service's own directories with their kernel caches): everything
+    whose permissions the instance's integrity rests on."""
+    layout = ev.layout
+    trees = [layout.opt, layout.etc, layout.audit_anchor.parent, layout.log_dir]
+    singles = [layout.base, layout.lock, layout.sysusers, layout.api_key, layout.router_key]
+    for v in ev.units:
+        singles += [v.unit.path, *v.dropins, *([v.fragment] if v.fragment is not None else [])]
+    shapes = [layout.replica(r.index) for r in ev.rec.replicas] if ev.rec.replicated else [layout]
+    own = [(d, KERNEL_CACHES[kind]) for s in shapes for d, kind in ((s.state, "state"), (s.cache, "cache"))]
+    return trees, list(dict.fromkeys(singles)), own
+
+
+def check_permissions(ev: Evidence) -> CheckResult:
+    """Every installed path and every directory above it: owned by root, not group- or world-writable, no
+    setuid or setgid, no link gptossctl did not make; the service's state and cache hold nothing to run."""
+    walk = _Walk(ev, _owner_uid(ev), _service_uid(ev))
+    trees, singles, own = permission_set(ev)
+    for t in trees:
+        walk.tree(t)
+    for p in singles:
+        walk.path(p)
+    for d, kernels in own:
+        walk.service_dir(d, kernels)
+    # Every directory above, but the audit log's: /var/log is root:syslog 0775 on Ubuntu, and the log is held to
+    # its anchor in /var/lib/gptossctl, whose parents are checked.
+    for p in [*(t for t in trees if t != ev.layout.log_dir), *singles, *(d for d, _k in own)]:
+        if p.exists() or p.is_symlink():
+            walk.parents(p)
+    if walk.bad:
+        return CheckResult("access.permissions", "fail", cap([walk.bad[k] for k in sorted(walk.bad)]),
+                           tuple(sorted(walk.bad))[:12])
+    top = "/" if not ev.layout.staged else f"the staging root {ev.layout.root}"
+    present = [ev.live(d) for d, _k in own if d.is_dir()]
+    return CheckResult("access.permissions", "pass", (
+        f"{len(walk.seen)} paths under {', '.join(ev.live(t) for t in trees)}, the units and their drop-ins, the "
+        f"credentials, and every directory above them (but the audit log's) up to {top}: owned by uid "
+        f"{walk.owner}, none group- or world-writable, no setuid or setgid, no link gptossctl did not make",
+        f"the service's own directories ({', '.join(present) or 'none yet'}): written only by root or "
+        f"{SERVICE_USER}, no executable, no .py/.pyc/.so/.pth outside the kernel caches "
+        f"({', '.join(f'{k}/' + '/'.join(p) for k, ps in KERNEL_CACHES.items() for p in ps)})"))

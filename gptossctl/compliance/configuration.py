@@ -9,9 +9,10 @@ import yaml
 
 from gptossctl.adapters.proc_net import listeners
 from gptossctl.compliance import replicas
-from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, dropins, parse_env, read_text, shown
+from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, parse_env, read_text, shown
 from gptossctl.compliance.result import CheckResult
-from gptossctl.install.release import CONFIG, ENV_FILE, UNIT_COPY
+from gptossctl.compliance.units import SEARCH_PATH, UnitView
+from gptossctl.install.release import CONFIG, ENV_FILE
 
 
 def _diff(expected: str, actual: str, name: str) -> list[str]:
@@ -20,37 +21,52 @@ def _diff(expected: str, actual: str, name: str) -> list[str]:
             if not ln.startswith(("---", "+++", "@@"))]
 
 
-def check_unit(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_unit(ev)
-    unit_path = ev.layout.unit_path
-    locs: tuple[str, ...] = (ev.live(unit_path),)
-    installed = read_text(unit_path)
+def _unit_problems(ev: Evidence, v: UnitView) -> list[str]:
+    """One unit as systemd applies it: the file we wrote is the approved rendering (and the release's copy),
+    systemd loads that file, merges no drop-in but the ones gptossctl wrote (as rendered), and has no reload
+    pending."""
+    u, bad = v.unit, []
+    installed = read_text(u.path)
     if installed is None:
-        return CheckResult("config.unit", "fail", (f"{ev.live(unit_path)} is missing",), locs)
-    if ev.rendered is None:
-        return CheckResult("config.unit", "fail", (ev.render_error or "no approved unit",), locs)
-    bad = []
-    expected = ev.rendered["unit"]
-    if installed != expected:
-        bad += [f"{ev.live(unit_path)} differs from the unit rendered from the signed template:"]
-        bad += _diff(expected, installed, "unit")
-    if read_text(ev.release / UNIT_COPY) != expected:
-        bad.append(f"{ev.live(ev.release / UNIT_COPY)} differs from the approved rendering")
-    extra = dropins(ev.layout)
-    if extra:
-        bad += [f"drop-in {ev.live(p)} changes the unit" for p in extra]
-        locs += tuple(ev.live(p) for p in extra)
-    if ev.systemd.live:
-        props = ev.systemd.show(ev.layout.unit_name, "NeedDaemonReload", "FragmentPath")
-        if props.get("NeedDaemonReload") == "yes":
-            bad.append("systemd runs a different unit than the file on disk (daemon-reload pending)")
-        if props.get("FragmentPath") not in (None, "", str(ev.layout.live_path(unit_path))):
-            bad.append(f"systemd loads the unit from {props['FragmentPath']}, not {ev.live(unit_path)}")
+        bad.append(f"{ev.live(u.path)} is missing")
+    elif u.expected is None:
+        bad.append(f"{ev.live(u.path)}: {u.why}")
+    elif installed != u.expected:
+        bad += [f"{ev.live(u.path)} differs from the unit rendered from the signed template:" if u.copy else
+                f"{ev.live(u.path)} differs from what gptossctl renders {u.why}:", *_diff(u.expected, installed, u.name)]
+    if u.copy is not None and u.expected is not None and read_text(u.copy) != u.expected:
+        bad.append(f"{ev.live(u.copy)} differs from the approved rendering")
+    for p in v.dropins:
+        if p not in u.own_dropins:
+            bad.append(f"drop-in {ev.live(p)} changes {u.name}")
+        elif read_text(p) != u.own_dropins[p]:
+            bad.append(f"drop-in {ev.live(p)} of {u.name} differs from what its schedule renders")
+    bad += [f"drop-in {ev.live(p)} of {u.name} (written by gptossctl) is missing" for p in u.own_dropins
+            if p not in v.dropins]
+    if v.fragment is None:
+        bad.append(f"systemd finds no unit file for {u.name}")
+    elif ev.live(v.fragment) != ev.live(u.path):
+        bad.append(f"systemd loads {u.name} from {ev.live(v.fragment)}, not {ev.live(u.path)}")
+    if v.need_reload:
+        bad.append(f"systemd runs a different {u.name} than the files on disk (daemon-reload pending)")
+    return bad
+
+
+def check_unit(ev: Evidence) -> CheckResult:
+    """Every unit gptossctl installed (the vLLM unit or each replica's and the router's, the compliance service
+    and timer, scheduled canaries), each as systemd applies it (compliance.units)."""
+    bad = [b for v in ev.units for b in _unit_problems(ev, v)]
+    locs = [ev.live(v.unit.path) for v in ev.units] + [ev.live(p) for v in ev.units for p in v.dropins]
     if bad:
-        return CheckResult("config.unit", "fail", cap(bad), locs)
-    return CheckResult("config.unit", "pass", (f"{ev.live(unit_path)} is exactly the approved rendering "
-                                               f"of release {ev.rec.version}; no drop-ins",), locs)
+        return CheckResult("config.unit", "fail", cap(bad), tuple(dict.fromkeys(locs)))
+    how = "as systemd reports them (systemctl show)" if any(v.asked for v in ev.units) else \
+        f"walking systemd's unit search path ({len(SEARCH_PATH)} directories)"
+    serving = (f"{len(ev.rec.replicas)} replica units and the router unit are" if ev.rec.replicated else
+               f"{ev.live(ev.layout.unit_path)} is")
+    return CheckResult("config.unit", "pass", (
+        f"{serving} exactly the approved rendering of release {ev.rec.version}; no drop-ins",
+        f"{len(ev.units)} units checked ({', '.join(v.unit.name for v in ev.units)}), {how}: each loaded from the "
+        "file gptossctl wrote, no drop-in but a canary schedule's own"), tuple(dict.fromkeys(locs)))
 
 
 def check_release_files(ev: Evidence) -> CheckResult:

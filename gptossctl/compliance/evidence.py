@@ -18,6 +18,7 @@ from gptossctl.bundle.dsse import parse_envelope
 from gptossctl.bundle.layout import ENVELOPE
 from gptossctl.bundle.manifest import Manifest, parse_manifest
 from gptossctl.bundle.verify import TrustPolicy, verify_bundle
+from gptossctl.compliance.units import UnitView, installed_units, view
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
 from gptossctl.hardware.profiles import load_profile, load_profiles
 from gptossctl.install.layout import Layout, check_instance
@@ -59,6 +60,9 @@ class Evidence:
     # With replicas: each replica's environment file (name -> text, None when unreadable), read once;
     # `rendered` is then keyed by the release's file names, the router's included.
     replica_envs: dict[str, str | None] = field(default_factory=dict)
+    # Every unit gptossctl installed for the instance (serving, router, compliance, canaries) as systemd
+    # applies it: the file it loads and every drop-in (compliance.units).
+    units: tuple[UnitView, ...] = ()
 
     def live(self, p: Path) -> str:
         return str(self.layout.live_path(p))
@@ -135,7 +139,9 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
                     rendered=rendered, render_error=render_error,
                     active=systemd.live and systemd.active_state(unit) == "active",
                     env_text=env_text, env=None if env_text is None else parse_env(env_text),
-                    replica_envs={r.files[1]: read_text(release / r.files[1]) for r in rec.replicas})
+                    replica_envs={r.files[1]: read_text(release / r.files[1]) for r in rec.replicas},
+                    units=tuple(view(layout, systemd, u) for u in installed_units(layout, rec, release, rendered,
+                                                                                   render_error)))
 
 
 def _policy(layout: Layout, opts: ComplianceOptions) -> tuple[TrustPolicy | None, str]:
@@ -193,18 +199,6 @@ def _rerender(layout: Layout, release: Path, rec: ReleaseRecord,
     except (GptossctlError, OSError) as exc:
         return api_key, None, f"cannot render the approved configuration again: {getattr(exc, 'message', exc)!s}"
     return api_key, rendered, None
-
-
-def dropins(layout: Layout, unit: str | None = None) -> list[Path]:
-    """Drop-ins that change one of the instance's units (its vLLM unit by default): its own, its template's,
-    and every service's."""
-    root, unit = layout.root, unit or layout.unit_name
-    template = unit.split("@", 1)[0] + "@.service"
-    found = []
-    for base in ("etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"):
-        for d in (f"{unit}.d", f"{template}.d", "service.d"):
-            found += sorted((root / base / d).glob("*.conf"))
-    return found
 
 
 def installed_dists(venv: Path) -> dict[str, str]:

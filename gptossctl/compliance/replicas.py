@@ -17,7 +17,7 @@ import yaml
 
 from gptossctl.adapters.openai_http import health, key_enforced
 from gptossctl.adapters.proc_net import listeners
-from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, dropins, parse_env, read_text, shown
+from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, parse_env, read_text, shown
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import UsageError
 from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, unit_release
@@ -42,38 +42,6 @@ def diff(expected: str, actual: str, name: str) -> list[str]:
 
 def _result(rule: str, bad: list[str], good: list[str], locs: list[str]) -> CheckResult:
     return CheckResult(rule, "fail" if bad else "pass", cap(bad or good), tuple(dict.fromkeys(locs)))
-
-
-def _unit_problems(ev: Evidence, name: str, path: Path, copy: str) -> list[str]:
-    assert ev.rendered is not None
-    installed, expected = read_text(path), ev.rendered[copy]
-    if installed is None:
-        return [f"{ev.live(path)} is missing"]
-    bad = []
-    if installed != expected:
-        bad += [f"{ev.live(path)} differs from the unit rendered from the signed template:",
-                *diff(expected, installed, name)]
-    if read_text(ev.release / copy) != expected:
-        bad.append(f"{ev.live(ev.release / copy)} differs from the approved rendering")
-    bad += [f"drop-in {ev.live(p)} changes {name}" for p in dropins(ev.layout, name)]
-    if ev.systemd.live:
-        props = ev.systemd.show(name, "NeedDaemonReload", "FragmentPath")
-        if props.get("NeedDaemonReload") == "yes":
-            bad.append(f"systemd runs a different {name} than the file on disk (daemon-reload pending)")
-        if props.get("FragmentPath") not in (None, "", str(ev.layout.live_path(path))):
-            bad.append(f"systemd loads {name} from {props['FragmentPath']}, not {ev.live(path)}")
-    return bad
-
-
-def check_unit(ev: Evidence) -> CheckResult:
-    listed = units(ev)
-    locs = [ev.live(path) for _n, path, _c in listed]
-    if ev.rendered is None:
-        return CheckResult("config.unit", "fail", (ev.render_error or "no approved units",), tuple(locs))
-    bad = [b for name, path, copy in listed for b in _unit_problems(ev, name, path, copy)]
-    locs += [ev.live(p) for name, _p, _c in listed for p in dropins(ev.layout, name)]
-    return _result("config.unit", bad, [f"{len(listed) - 1} replica units and the router unit are exactly the "
-                                        f"approved rendering of release {ev.rec.version}; no drop-ins"], locs)
 
 
 def _env_problems(ev: Evidence, name: str) -> list[str]:

@@ -36,9 +36,10 @@ RULES: tuple[Rule, ...] = (
          ("SI-7", "CM-3"),
          "keep the changed files for investigation, then rebuild it from the signed bundle: "
          "gptossctl install BUNDLE --trust KEY.pub --repair"),
-    Rule("config.unit", "The systemd unit is the one rendered from the signed template, with no drop-ins",
+    Rule("config.unit", "Every unit gptossctl installed is as rendered, loaded from its file, with no drop-ins",
          "high", ("CM-2", "CM-6"),
-         "remove local edits and drop-ins (put site settings in a profile and repack), then "
+         "remove local edits, drop-ins and unit files that shadow gptossctl's (systemctl cat UNIT shows what "
+         "systemd applies; put site settings in a profile and repack), then "
          "gptossctl install BUNDLE --trust KEY.pub --repair"),
     Rule("config.release_files", "vllm.yaml and service.env are as rendered from the signed profile", "high",
          ("CM-2", "CM-6"),
@@ -64,9 +65,10 @@ RULES: tuple[Rule, ...] = (
          ("AC-6", "SC-28"),
          "chmod 0600 (files) / 0700 (directory) and chown root:root; if a secret was readable by others, "
          "rotate the key: delete /etc/gptoss/INSTANCE/api-key and reinstall with --repair"),
-    Rule("access.permissions", "Nothing installed is world-writable or writable by the service user",
+    Rule("access.permissions", "Everything installed, and every directory above it, is root's alone",
          "medium", ("AC-6", "CM-5"),
-         "chmod o-w the paths listed and chown them to root; then run gptossctl install --repair"),
+         "chown root the paths listed, chmod go-w and u-s,g-s them, remove links and executables that "
+         "gptossctl did not make; then run gptossctl install --repair"),
     Rule("license.model", "The model's LICENSE and USAGE_POLICY were shipped with it", "medium", ("CM-10",),
          "repack the bundle from the model repository's snapshot (bundle pack keeps LICENSE and USAGE_POLICY)"),
     Rule("provenance.sbom", "The SBOM is shipped and lists exactly the installed packages", "medium",

@@ -24,7 +24,8 @@ from gptossctl import __version__
 from gptossctl.adapters.gpus import probe_live
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.compliance.checks import run_checks
-from gptossctl.compliance.evidence import dropins, installed_dists
+from gptossctl.compliance.evidence import installed_dists
+from gptossctl.compliance.units import applied_dropins
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write, new_output, read_bytes
 from gptossctl.install import audit
@@ -187,7 +188,9 @@ def _unit_paths(layout: Layout) -> list[Path]:
 
 
 def _dropins(layout: Layout) -> list[Path]:
-    return sorted({d for p in _unit_paths(layout) for d in dropins(layout, p.name)})
+    """Every drop-in systemd applies to one of the instance's units or its compliance service and timer."""
+    names = [p.name for p in _unit_paths(layout)] + [layout.compliance_unit, layout.compliance_timer]
+    return sorted({d for n in names for d in applied_dropins(layout.root, n)})
 
 
 def _hardware() -> dict[str, Any]:

@@ -442,3 +442,141 @@ def test_compliance_on_a_missing_instance_is_a_usage_error(cli, tmp_path: Path) 
     (tmp_path / "opt/gptoss/other").mkdir(parents=True)
     code, doc = cli("compliance", "check", "--root", str(tmp_path), "--instance", "absent")
     assert code == 2 and doc["error"]["code"] == "compliance.not_installed"
+
+
+# ---------------------------------------------------------------- what systemd applies, and who may write what
+# Drop-ins from every directory of systemd's unit search path and every drop-in name systemd consults
+# (systemd.unit(5)), on every unit gptossctl installs; a unit file of the same name earlier in the search path.
+
+DROPINS = {
+    "system.control": f"etc/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf",
+    "transient": f"run/systemd/transient/gptoss@{INSTANCE}.service.d/50-site.conf",
+    "usr/local template": "usr/local/lib/systemd/system/gptoss@.service.d/50-site.conf",
+    "generator.late, type-wide": "run/systemd/generator.late/service.d/50-site.conf",
+    "dash prefix (the compliance service)": "etc/systemd/system/gptoss-.service.d/50-site.conf",
+    "the compliance timer": f"etc/systemd/system/gptoss-compliance@{INSTANCE}.timer.d/50-site.conf",
+    "the compliance timer's template": "run/systemd/system/gptoss-compliance@.timer.d/50-site.conf",
+}
+
+
+@pytest.mark.parametrize("case", list(DROPINS))
+def test_a_dropin_anywhere_systemd_reads_one_fails_the_unit_check(cli, tree: Path, case: str) -> None:  # type: ignore[no-untyped-def]
+    dropin = tree / DROPINS[case]
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text("[Unit]\nDescription=site override\n")
+    code, doc = _check(cli, tree)
+    assert code == 1 and _failed(doc) == {"config.unit"}, _status(doc)
+    by = {c["id"]: c for c in doc["data"]["checks"]}
+    assert any(f"/{DROPINS[case]}" in e for e in by["config.unit"]["evidence"]), by["config.unit"]["evidence"]
+    assert f"/{DROPINS[case]}" in by["config.unit"]["locations"]
+
+
+SHADOWS = {  # the file that shadows ours -> ours
+    f"run/systemd/system.control/gptoss@{INSTANCE}.service": f"gptoss@{INSTANCE}.service",
+    f"etc/systemd/system.control/gptoss-compliance@{INSTANCE}.service": "gptoss-compliance@.service",
+    "run/systemd/transient/gptoss-compliance@.timer": "gptoss-compliance@.timer",
+    # later on the path, but an instance's own file wins over the template we install
+    f"run/systemd/system/gptoss-compliance@{INSTANCE}.timer": "gptoss-compliance@.timer",
+}
+
+
+@pytest.mark.parametrize("shadow", list(SHADOWS))
+def test_a_unit_file_that_shadows_ours_fails_the_unit_check(cli, tree: Path, shadow: str) -> None:  # type: ignore[no-untyped-def]
+    ours = tree / "etc/systemd/system" / SHADOWS[shadow]
+    (tree / shadow).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ours, tree / shadow)  # even the same text: systemd loads that file, not ours
+    code, doc = _check(cli, tree)
+    assert code == 1 and "config.unit" in _failed(doc), _status(doc)
+    evidence = " ".join({c["id"]: c for c in doc["data"]["checks"]}["config.unit"]["evidence"])
+    assert f"/{shadow}" in evidence and "not /etc/systemd/system/" in evidence, evidence
+
+
+def test_an_edited_compliance_unit_fails_the_unit_check(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]
+    _edit(tree / "etc/systemd/system/gptoss-compliance@.service", "compliance check --instance %i",
+          "compliance check --instance default")
+    code, doc = _check(cli, tree)
+    assert code == 1 and _failed(doc) == {"config.unit"}, _status(doc)
+    evidence = {c["id"]: c for c in doc["data"]["checks"]}["config.unit"]["evidence"]
+    assert any("gptoss-compliance@.service differs" in e for e in evidence), evidence
+
+
+def _other_owner(root: Path) -> None:
+    os.chown(_rel(root) / "vllm.yaml", 1000, 1000)
+
+
+def _group_writable_dir(root: Path) -> None:
+    os.chmod(_rel(root) / "payload", 0o775)
+
+
+def _setuid(root: Path) -> None:
+    os.chmod(_rel(root) / "payload/model/config.json", 0o4644)
+
+
+def _setgid_dir(root: Path) -> None:
+    os.chmod(root / "etc/gptoss" / INSTANCE / "trust", 0o2755)
+
+
+def _group_writable_parent(root: Path) -> None:
+    os.chmod(root / "opt", 0o775)
+
+
+def _unit_dir_other_owner(root: Path) -> None:
+    os.chown(root / "etc/systemd/system", 1000, 1000)
+
+
+def _planted_link(root: Path) -> None:
+    (root / "opt/gptoss" / INSTANCE / "releases" / "latest").symlink_to("5")
+
+
+def _state_dir_code(root: Path) -> None:
+    state = _state_dir(root)
+    (state / "sitecustomize.py").write_text("import os\n")
+
+
+def _state_dir_executable(root: Path) -> None:
+    state = _state_dir(root)
+    (state / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(state / "run.sh", 0o700)
+
+
+def _state_dir(root: Path) -> Path:
+    """The service's StateDirectory, as systemd makes it: 0700, owned by the service user."""
+    uid = next(int(ln.split(":")[2]) for ln in (root / "etc/passwd").read_text().splitlines()
+               if ln.startswith("gptoss:"))
+    state = root / "var/lib/gptoss" / INSTANCE
+    state.mkdir(parents=True, mode=0o700)
+    (state / "usage.json").write_text("{}\n")
+    for p in (state, state / "usage.json"):
+        os.chown(p, uid, uid)
+    return state
+
+
+PERMISSIONS = {
+    "file owned by uid 1000": (_other_owner, "owned by uid 1000"),
+    "group-writable directory": (_group_writable_dir, "group-writable"),
+    "setuid file": (_setuid, "setuid"),
+    "setgid directory": (_setgid_dir, "setgid"),
+    "group-writable parent (/opt)": (_group_writable_parent, "/opt is 0775"),
+    "unit directory owned by uid 1000": (_unit_dir_other_owner, "/etc/systemd/system is 0755 owned by uid 1000"),
+    "symbolic link gptossctl did not make": (_planted_link, "is a symbolic link"),
+    "Python code in the state directory": (_state_dir_code, "sitecustomize.py"),
+    "executable in the state directory": (_state_dir_executable, "run.sh"),
+}
+
+
+@pytest.mark.parametrize("case", list(PERMISSIONS))
+def test_permissions_are_an_invariant_over_every_installed_path_and_its_parents(cli, tree: Path, case: str) -> None:  # type: ignore[no-untyped-def]
+    tamper, said = PERMISSIONS[case]
+    tamper(tree)
+    code, doc = _check(cli, tree)
+    assert code == 1 and _failed(doc) == {"access.permissions"}, _status(doc)
+    evidence = " ".join({c["id"]: c for c in doc["data"]["checks"]}["access.permissions"]["evidence"])
+    assert said in evidence, evidence
+
+
+def test_the_service_state_directory_owned_by_the_service_user_passes(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]
+    _state_dir(tree)
+    code, doc = _check(cli, tree)
+    assert code == 0 and set(_status(doc).values()) == {"pass"}, _status(doc)
+    evidence = " ".join({c["id"]: c for c in doc["data"]["checks"]}["access.permissions"]["evidence"])
+    assert f"/var/lib/gptoss/{INSTANCE}" in evidence, evidence

@@ -230,6 +230,8 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     assert "listening on 127.0.0.1" in " ".join(by["config.bind"]["evidence"])
     assert "GET /health 200" in " ".join(by["service.running"]["evidence"])
     assert by["provenance.sbom"]["status"] == "pass" and by["drift.environment"]["status"] == "pass"
+    # Live, systemd itself is asked what it applies to each unit (systemctl show DropInPaths, FragmentPath).
+    assert "as systemd reports them (systemctl show)" in by["config.unit"]["evidence"][1], by["config.unit"]
 
     # 1. A weight file edited: drift.payload, and --repair restores it from the bundle and restarts.
     (weights,) = box.path(f"{rel}/payload/model").glob("*.safetensors")
@@ -272,6 +274,19 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     assert set(_failed_checks(report)) == {"audit.chain"}, _failed_checks(report)
     assert "audit.jsonl:2" in " ".join(_failed_checks(report)["audit.chain"]["evidence"])
     log.write_text(original_log)
+
+    # 5. A drop-in where `systemctl set-property --runtime` writes one (/run/systemd/system.control): config.unit.
+    dropin = box.path(f"/run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text("[Unit]\nDescription=site override\n")
+    box.run("systemctl", "daemon-reload")
+    report = _timer_report(box)
+    assert set(_failed_checks(report)) == {"config.unit"}, _failed_checks(report)
+    assert f"drop-in /run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf changes " \
+           f"gptoss@{INSTANCE}.service" in _failed_checks(report)["config.unit"]["evidence"]
+    dropin.unlink()
+    dropin.parent.rmdir()
+    box.run("systemctl", "daemon-reload")
 
     # Everything put back: the timer's report is clean again, and the key is in no report.
     assert _timer_report(box)["ok"] is True

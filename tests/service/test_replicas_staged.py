@@ -10,6 +10,7 @@ every H100 of the capture holds a replica and the layout is the one `hw check` p
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -311,3 +312,68 @@ def test_the_support_bundle_holds_every_replica_and_the_router_and_no_key(cli, t
     assert all(key.encode() not in data for data in members.values())
     assert b"VLLM_API_KEY=[REDACTED]" in members["release/service-r7.env"]
     assert b"CUDA_VISIBLE_DEVICES=7" in members["release/service-r7.env"]
+
+
+# ---------------------------------------------------------------- what systemd applies to every unit, and permissions
+
+
+def test_compliance_sees_every_dropin_systemd_applies_to_a_replica_the_router_or_a_canary(cli, tree: Path,  # type: ignore[no-untyped-def]
+                                                                                           tmp_path: Path) -> None:
+    cases = {  # a drop-in, and the unit it reaches
+        "etc/systemd/system/gptoss-.service.d/50-site.conf": f"gptoss-router@{INSTANCE}.service",  # dash prefix
+        f"etc/systemd/system.control/gptoss@{INSTANCE}-r3.service.d/50-site.conf": f"gptoss@{INSTANCE}-r3.service",
+        "usr/local/lib/systemd/system/gptoss@.service.d/50-site.conf": f"gptoss@{INSTANCE}-r0.service",
+        f"run/systemd/transient/gptoss-compliance@{INSTANCE}.timer.d/50-site.conf": f"gptoss-compliance@{INSTANCE}.timer",
+    }
+    for rel, unit in cases.items():
+        dropin = tree / rel
+        dropin.parent.mkdir(parents=True)
+        dropin.write_text("[Unit]\nDescription=site override\n")
+        checks = _report(cli, tree)
+        assert _failed(checks) == {"config.unit"}, (rel, {i: c["evidence"] for i, c in checks.items()
+                                                          if c["status"] == "fail"})
+        assert f"drop-in /{rel} changes {unit}" in checks["config.unit"]["evidence"], checks["config.unit"]["evidence"]
+        shutil.rmtree(dropin.parent)
+    # A canary schedule laid in the same tree: its units and its own two drop-ins, as rendered, pass ...
+    key = tmp_path / "canary-key"
+    key.write_text("k" * 43 + "\n")
+    code, doc = cli("canary", "schedule", "--name", "week", "--every", "1h", "--for", "1d", "--start",
+                    "2030-01-06T00:00:00+00:00", "--url", "http://127.0.0.1:8000", "--api-key-file", str(key),
+                    "--root", str(tree))
+    assert code == 0, doc
+    checks = _report(cli, tree)
+    assert _failed(checks) == set(), {i: c["evidence"] for i, c in checks.items() if c["status"] == "fail"}
+    assert "gptoss-canary@week.timer" in checks["config.unit"]["evidence"][1]
+    # ... a third drop-in, or one of its own edited, does not.
+    schedule = _units(tree) / "gptoss-canary@week.timer.d/schedule.conf"
+    schedule.write_text(schedule.read_text() + "OnCalendar=2031-01-01 00:00:00 UTC\n")
+    extra = _units(tree) / "gptoss-canary@week.service.d/90-wider.conf"
+    extra.write_text("[Service]\nIPAddressAllow=any\n")
+    evidence = _report(cli, tree)["config.unit"]["evidence"]
+    assert "drop-in /etc/systemd/system/gptoss-canary@week.timer.d/schedule.conf of gptoss-canary@week.timer " \
+           "differs from what its schedule renders" in evidence, evidence
+    assert "drop-in /etc/systemd/system/gptoss-canary@week.service.d/90-wider.conf changes gptoss-canary@week.service" \
+        in evidence, evidence
+
+
+def test_permissions_hold_for_every_replica_and_the_router(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]
+    uid = next(int(ln.split(":")[2]) for ln in (tree / "etc/passwd").read_text().splitlines() if ln.startswith("gptoss:"))
+    state = tree / "var/lib/gptoss" / f"{INSTANCE}-r5"  # replica 5's StateDirectory, as systemd makes it
+    state.mkdir(parents=True, mode=0o700)
+    os.chown(state, uid, uid)
+    checks = _report(cli, tree)
+    assert _failed(checks) == set(), {i: c["evidence"] for i, c in checks.items() if c["status"] == "fail"}
+    assert f"/var/lib/gptoss/{INSTANCE}-r5" in checks["access.permissions"]["evidence"][1]
+    (state / "sitecustomize.py").write_text("import os\n")
+    os.chown(state / "sitecustomize.py", uid, uid)
+    cred = tree / "etc/gptoss" / INSTANCE / "router-key.map"
+    os.chown(cred, 1000, 0)
+    os.chmod(tree / "etc/systemd/system", 0o775)
+    checks = _report(cli, tree)
+    assert _failed(checks) == {"access.permissions", "access.secrets"}
+    evidence = checks["access.permissions"]["evidence"]
+    assert f"/var/lib/gptoss/{INSTANCE}-r5/sitecustomize.py is 0644 owned by uid {uid}: code the service could run" \
+        in evidence, evidence
+    owner = tree.stat().st_uid  # root; staged, whoever owns the staging tree
+    assert f"/etc/gptoss/{INSTANCE}/router-key.map is 0600 owned by uid 1000: not owned by uid {owner}" in evidence
+    assert f"/etc/systemd/system is 0775 owned by uid {owner}: group-writable" in evidence
