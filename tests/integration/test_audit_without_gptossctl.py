@@ -123,6 +123,7 @@ def test_auditor_script_reads_the_envelope_as_json_not_by_lines(bundle: Path, ke
     ("other_payload", "manifest.json is not the payload of manifest.dsse.json"),
     ("sig_not_base64", "is not base64"),
     ("trailing_text", "text after the envelope"),
+    ("oversized", "larger than any real manifest"),  # valid JSON padded past gptossctl's 64 MiB limit
 ])
 def test_auditor_script_refuses_an_envelope_gptossctl_refuses(bundle: Path, keys: dict[str, KeyPair],
                                                               change: str, why: str) -> None:
@@ -141,6 +142,8 @@ def test_auditor_script_refuses_an_envelope_gptossctl_refuses(bundle: Path, keys
         sigs.append({"keyid": keys["mallory"].keyid, "sig": "abc"})
     elif change == "trailing_text":
         tail = '{"signatures": []}'
+    elif change == "oversized":
+        tail = " " * (64 << 20)
     (bundle / "manifest.dsse.json").write_text(json.dumps(env, indent=1) + "\n" + tail)
     res = audit(bundle, keys["alice"].public)
     assert res.returncode == 1 and why in res.stdout, res.stdout + res.stderr

@@ -42,6 +42,8 @@ kofn_verify_ed25519() {
 # base64 that decodes. Writes DIR/sigs ("KEYID SIG" lines) and DIR/payload.b64; FAIL and 1 otherwise.
 kofn_envelope() {
   [ -f "$1" ] && [ ! -L "$1" ] || { echo "FAIL: $1 is missing or not a regular file"; return 1; }
+  # gptossctl's limit (dsse.MAX_ENVELOPE_BYTES): whitespace padding must not pass here and fail there.
+  [ "$(wc -c < "$1")" -le 67108864 ] || { echo "FAIL: manifest.dsse.json is larger than any real manifest"; return 1; }
   if [ -n "$(LC_ALL=C tr -d '\t\n\r -~' < "$1" | head -c 1 | od -An -c)" ]; then
     echo "FAIL: manifest.dsse.json holds bytes gptossctl never writes (not printable ASCII)"
     return 1
