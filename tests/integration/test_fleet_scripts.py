@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gptossctl.bundle.sign import cosign_bundle
 from gptossctl.pack.pack import pack_bundle
@@ -390,3 +391,22 @@ def test_a_failed_first_install_on_the_canary_leaves_nothing_and_touches_no_othe
     assert states["h0"]["current"] is None
     assert [c for c in _commands(states["h0"]) if c in ("rollback", "uninstall")] == expect
     assert states["h1"]["calls"] == []
+
+
+def test_nothing_from_the_bundle_runs_before_the_k_of_n_gate() -> None:
+    # The role's task order, read from the role itself: before the OpenSSL gate only folders are made and
+    # files copied (the keys, the bundle; the pull runs the role's own fetch-bundle.py); the gate gets the
+    # threshold the later gptossctl step uses; the bootstrap (the bundle's uv and gptossctl) comes after.
+    tasks = yaml.safe_load((FILES.parent / "tasks" / "main.yml").read_text())
+    modules = [next(k for k in t if k.startswith("ansible.builtin.")) for t in tasks]
+    gate = next(i for i, t in enumerate(tasks) if "bootstrap-verify.sh" in str(t.get("ansible.builtin.script", "")))
+    before = set(modules[:gate])
+    assert before <= {"ansible.builtin.set_fact", "ansible.builtin.file", "ansible.builtin.copy",
+                      "ansible.builtin.script"}, before
+    assert all("fetch-bundle.py" in str(t["ansible.builtin.script"]) for t in tasks[:gate]
+               if "ansible.builtin.script" in t)
+    assert "gptoss_rollout.threshold" in tasks[gate]["ansible.builtin.script"]["cmd"]
+    bootstrap = next(i for i, t in enumerate(tasks) if "/usr/local/bin/uv" in str(t))
+    verify = next(i for i, t in enumerate(tasks) if "'verify'" in str(t))
+    assert gate < bootstrap < verify
+    assert "gptoss_rollout.threshold" in str(tasks[verify])
