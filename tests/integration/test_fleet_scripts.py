@@ -1,10 +1,13 @@
 """The two scripts the rollout runs on a host before gptossctl exists there, on real bundles: the pull
 from a site mirror (ansible/roles/gptoss_bundle/files/fetch-bundle.py, against a real web server on
-loopback) and the OpenSSL check of what gptossctl is bootstrapped from (bootstrap-verify.sh)."""
+loopback) and the OpenSSL check of what gptossctl is bootstrapped from (bootstrap-verify.sh), whose k-of-n
+verdict must agree with docs/audit-verify.sh and with `gptossctl bundle verify --threshold` (a table)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import shutil
 import socket
 import subprocess
@@ -13,13 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gptossctl.bundle.sign import cosign_bundle
 from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
 
 pytestmark = pytest.mark.integration
-FILES = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "gptoss_bundle" / "files"
+REPO = Path(__file__).resolve().parents[2]
+FILES = REPO / "ansible" / "roles" / "gptoss_bundle" / "files"
+AUDIT = REPO / "docs" / "audit-verify.sh"
+BIN = Path(sys.executable).parent
 RECIPE = """schema: gptossctl.bundle-spec/1
 name: wheeled
 description: a tiny bundle with a wheelhouse
@@ -74,9 +82,9 @@ def fetch(url: str, dest: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, check=False)
 
 
-def bootstrap_verify(bundle: Path, *pubs: Path) -> subprocess.CompletedProcess[str]:
+def bootstrap_verify(bundle: Path, threshold: int, *pubs: Path) -> subprocess.CompletedProcess[str]:
     # Only what a fresh host has: sh, OpenSSL, coreutils.
-    return subprocess.run(["sh", str(FILES / "bootstrap-verify.sh"), str(bundle), *map(str, pubs)],
+    return subprocess.run(["sh", str(FILES / "bootstrap-verify.sh"), str(bundle), str(threshold), *map(str, pubs)],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, check=False)
 
 
@@ -124,16 +132,19 @@ def test_pull_refuses_a_path_that_leaves_the_bundle(mirror: tuple[str, Path], tm
 
 
 def test_bootstrap_check_accepts_the_signed_bundle(wheeled: Path, keys: dict[str, KeyPair]) -> None:
-    res = bootstrap_verify(wheeled, keys["mallory"].public, keys["alice"].public)
-    assert res.returncode == 0 and res.stdout.startswith(f"OK: signed by {keys['alice'].keyid}"), res.stdout
+    res = bootstrap_verify(wheeled, 1, keys["mallory"].public, keys["alice"].public)
+    last = res.stdout.splitlines()[-1]
+    assert res.returncode == 0 and last.startswith(f"OK: signed by {keys['alice'].keyid} (alice.pub)"), res.stdout
 
 
+# The messages changed with the k-of-n check (it names each key's verdict): "untrusted" and "manifest" now
+# say how many given keys signed, and which given key's signature does not match.
 @pytest.mark.parametrize("tamper, why", [
-    ("untrusted", "no valid signature by a trusted key"),
+    ("untrusted", "0 of the given keys signed, 1 required"),
     ("wheel", "a wheel does not match"),
     ("extra", "payload/wheels differs from the signed list"),
     ("sums", "SHA256SUMS is not the signed list"),
-    ("manifest", "no valid signature by a trusted key"),
+    ("manifest", "signature does not match manifest.json"),
 ])
 def test_bootstrap_check_refuses_what_gptossctl_must_not_be_installed_from(
         wheeled: Path, keys: dict[str, KeyPair], tmp_path: Path, tamper: str, why: str) -> None:
@@ -154,8 +165,108 @@ def test_bootstrap_check_refuses_what_gptossctl_must_not_be_installed_from(
     elif tamper == "manifest":
         m = b / "manifest.json"
         m.write_text(m.read_text().replace('"version": 3', '"version": 4'))
-    res = bootstrap_verify(b, trusted)
-    assert res.returncode != 0 and why in res.stdout, res.stdout + res.stderr
+    res = bootstrap_verify(b, 1, trusted)
+    assert res.returncode == 1 and why in res.stdout, res.stdout + res.stderr
+
+
+def test_bootstrap_check_is_the_auditors_signature_check_word_for_word() -> None:
+    # One rule in two self-contained scripts (the role's script travels alone to the host): the block is
+    # kept in docs/audit-verify.sh and copied by scripts/sync-kofn-shell.sh; a hand edit of either fails here.
+    def block(path: Path) -> str:
+        text = path.read_text()
+        begin, end = text.index("# ---- BEGIN kofn signature check"), text.index("# ---- END kofn signature check")
+        return text[begin:end]
+
+    assert "kofn_signatures" in block(AUDIT)
+    assert block(FILES / "bootstrap-verify.sh") == block(AUDIT)
+    check = subprocess.run(["sh", str(REPO / "scripts" / "sync-kofn-shell.sh"), "--check"], capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0, check.stderr
+
+
+def test_bootstrap_check_refuses_a_threshold_above_the_distinct_keys(wheeled: Path, keys: dict[str, KeyPair],
+                                                                       tmp_path: Path) -> None:
+    twin = tmp_path / "alice-again.pub"
+    shutil.copy(keys["alice"].public, twin)
+    for args in ((3, keys["alice"].public, keys["bob"].public), (2, keys["alice"].public, twin), (0, twin)):
+        res = bootstrap_verify(wheeled, *args)  # type: ignore[arg-type]
+        assert res.returncode == 2 and "threshold" in res.stderr and not res.stdout, (args, res.stdout, res.stderr)
+
+
+# ---------------------------------------------------------------- k of n: three verifiers, one verdict
+# Trust {alice, bob}. mallory is a key nobody gave: her signature is ignored, never counted. A given key's
+# signature that does not verify is tampering: it fails whatever the other signatures say.
+@pytest.fixture(scope="module")
+def signed(wheeled: Path, keys: dict[str, KeyPair], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("signed")
+    out = {"alice": wheeled}
+    for name, cosigner in (("alice+bob", "bob"), ("alice+mallory", "mallory")):
+        out[name] = work / name
+        shutil.copytree(wheeled, out[name])
+        cosign_bundle(out[name], keys[cosigner].signer())
+    out["alice+bob(corrupt)"] = work / "corrupt"
+    shutil.copytree(out["alice+bob"], out["alice+bob(corrupt)"])
+    env_path = out["alice+bob(corrupt)"] / "manifest.dsse.json"
+    env = json.loads(env_path.read_text())
+    for sig in env["signatures"]:
+        if sig["keyid"] == keys["bob"].keyid:
+            raw = bytearray(base64.b64decode(sig["sig"]))
+            raw[10] ^= 0x01
+            sig["sig"] = base64.b64encode(bytes(raw)).decode()
+    env_path.write_text(json.dumps(env, indent=1) + "\n")
+    return out
+
+
+AGREEMENT = [  # (signed by, threshold, the signers counted when it passes, or the reasons it fails)
+    ("alice", 1, {"alice"}, set()),
+    ("alice", 2, set(), {"threshold"}),
+    ("alice+bob", 1, {"alice", "bob"}, set()),
+    ("alice+bob", 2, {"alice", "bob"}, set()),
+    # gptossctl refuses any unknown signer until the trust-root branch lands (then it ignores it too).
+    ("alice+mallory", 1, {"alice"}, set()),
+    ("alice+mallory", 2, set(), {"threshold"}),
+    ("alice+bob(corrupt)", 1, set(), {"invalid"}),
+    ("alice+bob(corrupt)", 2, set(), {"invalid", "threshold"}),
+]
+
+
+def _verdict(verifier: str, bundle: Path, threshold: int, keys: dict[str, KeyPair]
+             ) -> tuple[int, set[str], set[str], str]:
+    """(exit code, names of the keys counted, failure reasons, output) from one verifier."""
+    names = {k.keyid: n for n, k in keys.items()}
+    trust = [keys["alice"].public, keys["bob"].public]
+    if verifier == "gptossctl":
+        res = subprocess.run([str(BIN / "gptossctl"), "bundle", "verify", str(bundle), "--threshold", str(threshold),
+                              *(f"--trust={k}" for k in trust), "--json"], capture_output=True, text=True, check=False)
+        doc = json.loads(res.stdout)
+        codes = {f["code"] for f in doc.get("findings", [])}
+        reasons = {r for c, r in (("signature.invalid", "invalid"), ("signature.threshold_not_met", "threshold"))
+                   if c in codes}
+        counted = {names[k] for k in doc["data"].get("signers", [])} if res.returncode == 0 else set()
+        return res.returncode, counted, reasons, res.stdout
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    argv = (["sh", str(AUDIT), str(bundle), "--threshold", str(threshold)] if verifier == "audit-verify.sh"
+            else ["sh", str(FILES / "bootstrap-verify.sh"), str(bundle), str(threshold)])
+    res = subprocess.run([*argv, *map(str, trust)], capture_output=True, text=True, env=env, check=False)
+    counted = {names[line.split()[3]] for line in res.stdout.splitlines() if line.startswith("signed by key ")}
+    reasons = set()
+    if "FAIL: signature does not match manifest.json" in res.stdout:
+        reasons.add("invalid")
+    if f"{threshold} required (threshold)" in res.stdout:
+        reasons.add("threshold")
+    return res.returncode, counted if res.returncode == 0 else set(), reasons, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("verifier", ["audit-verify.sh", "bootstrap-verify.sh", "gptossctl"])
+@pytest.mark.parametrize("signers, threshold, counted, reasons", AGREEMENT,
+                         ids=[f"{s}-at-{t}" for s, t, _, _ in AGREEMENT])
+def test_every_verifier_gives_the_same_k_of_n_verdict(signed: dict[str, Path], keys: dict[str, KeyPair],
+                                                      verifier: str, signers: str, threshold: int,
+                                                      counted: set[str], reasons: set[str]) -> None:
+    rc, got_counted, got_reasons, out = _verdict(verifier, signed[signers], threshold, keys)
+    assert (rc, got_counted, got_reasons) == (0 if not reasons else 1, counted, reasons), out
+    if verifier != "gptossctl" and "mallory" in signers:
+        assert f"unknown signer {keys['mallory'].keyid}: not one of the given keys, ignored" in out
 
 
 # ---------------------------------------------------------------- the playbook's ordering and rescue logic
@@ -208,7 +319,6 @@ done(70, error="unexpected command " + " ".join(args))
 
 def _logic_run(tmp_path: Path, bundle: Path, trust: Path, hosts: dict[str, dict[str, object]],
                batch: int = 2) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, object]]]:
-    import json
     import os
 
     inv: dict[str, dict[str, object]] = {}
@@ -281,3 +391,22 @@ def test_a_failed_first_install_on_the_canary_leaves_nothing_and_touches_no_othe
     assert states["h0"]["current"] is None
     assert [c for c in _commands(states["h0"]) if c in ("rollback", "uninstall")] == expect
     assert states["h1"]["calls"] == []
+
+
+def test_nothing_from_the_bundle_runs_before_the_k_of_n_gate() -> None:
+    # The role's task order, read from the role itself: before the OpenSSL gate only folders are made and
+    # files copied (the keys, the bundle; the pull runs the role's own fetch-bundle.py); the gate gets the
+    # threshold the later gptossctl step uses; the bootstrap (the bundle's uv and gptossctl) comes after.
+    tasks = yaml.safe_load((FILES.parent / "tasks" / "main.yml").read_text())
+    modules = [next(k for k in t if k.startswith("ansible.builtin.")) for t in tasks]
+    gate = next(i for i, t in enumerate(tasks) if "bootstrap-verify.sh" in str(t.get("ansible.builtin.script", "")))
+    before = set(modules[:gate])
+    assert before <= {"ansible.builtin.set_fact", "ansible.builtin.file", "ansible.builtin.copy",
+                      "ansible.builtin.script"}, before
+    assert all("fetch-bundle.py" in str(t["ansible.builtin.script"]) for t in tasks[:gate]
+               if "ansible.builtin.script" in t)
+    assert "gptoss_rollout.threshold" in tasks[gate]["ansible.builtin.script"]["cmd"]
+    bootstrap = next(i for i, t in enumerate(tasks) if "/usr/local/bin/uv" in str(t))
+    verify = next(i for i, t in enumerate(tasks) if "'verify'" in str(t))
+    assert gate < bootstrap < verify
+    assert "gptoss_rollout.threshold" in str(tasks[verify])

@@ -1,30 +1,223 @@
 #!/bin/sh
 # Before gptossctl exists on a host, check what it is about to be bootstrapped from, with OpenSSL 3 and
-# sha256sum only (the same steps as docs/audit-verify.sh): one trusted key's Ed25519 signature over
-# manifest.json (DSSE), the bundle not expired, SHA256SUMS the signed list, and every wheel under
-# payload/wheels matching it. `gptossctl bundle verify` then checks everything (k of n, every byte).
-# usage: sh bootstrap-verify.sh BUNDLE_DIR TRUSTED_KEY.pub [MORE_KEYS.pub ...]
+# sha256sum only (the steps of docs/audit-verify.sh): at least THRESHOLD distinct trusted keys signed
+# manifest.json (DSSE) and no trusted key's signature fails, the bundle has not expired, SHA256SUMS is the
+# signed list, and every wheel under payload/wheels matches it. Nothing from the bundle runs before this
+# passes; `gptossctl bundle verify` then checks everything (the same k of n, every byte).
+# usage: sh bootstrap-verify.sh BUNDLE_DIR THRESHOLD TRUSTED_KEY.pub [MORE_KEYS.pub ...]
+# Exit 0 pass; 1 with a FAIL line; 2 usage (THRESHOLD above the number of distinct keys, a bad key).
 set -eu
+
+# ---- BEGIN kofn signature check (source of truth; scripts/sync-kofn-shell.sh copies this block verbatim
+# into ansible/roles/gptoss_bundle/files/bootstrap-verify.sh, and a test asserts both copies are equal)
+KOFN_TYPE=application/vnd.gptossctl.manifest+json
+
+# The key's algorithm, as OpenSSL describes the key. One kofn_keyid_ALG and one kofn_verify_ALG per
+# algorithm: an ECDSA P-256 key ("Public-Key: (256 bit)" ... "ASN1 OID: prime256v1") is added here.
+kofn_alg() {
+  kofn_text=$(openssl pkey -pubin -in "$1" -text_pub -noout 2>/dev/null) || return 1
+  case $kofn_text in
+    "ED25519 Public-Key:"*) echo ed25519 ;;
+    *) return 1 ;;
+  esac
+}
+
+# Ed25519: the key id is SHA-256 of the raw 32-byte public key (the last 32 bytes of its 44-byte DER
+# form). $1 is the script's own copy of the key, so $1.der is a scratch file of ours.
+kofn_keyid_ed25519() {
+  openssl pkey -pubin -in "$1" -outform DER -out "$1.der" 2>/dev/null || return 1
+  [ "$(wc -c < "$1.der")" -eq 44 ] || return 1
+  tail -c 32 "$1.der" | sha256sum | cut -d' ' -f1
+}
+
+# kofn_verify_ed25519 KEY.pub MESSAGE SIGNATURE: Ed25519 over the raw message (PureEdDSA).
+kofn_verify_ed25519() {
+  openssl pkeyutl -verify -pubin -inkey "$1" -rawin -in "$2" -sigfile "$3" >/dev/null 2>&1
+}
+
+# kofn_envelope ENVELOPE DIR: parse the DSSE envelope as JSON tokens, not by line positions, so a
+# re-indented envelope reads the same. Accepts exactly what gptossctl's parser accepts in the form
+# gptossctl writes (printable ASCII, strings of base64/hex/type characters, no escapes): the keys
+# payloadType, payload and signatures once each, every signature exactly {keyid, sig}, key ids unique,
+# base64 that decodes. Writes DIR/sigs ("KEYID SIG" lines) and DIR/payload.b64; FAIL and 1 otherwise.
+kofn_envelope() {
+  [ -f "$1" ] && [ ! -L "$1" ] || { echo "FAIL: $1 is missing or not a regular file"; return 1; }
+  # gptossctl's limit (dsse.MAX_ENVELOPE_BYTES): whitespace padding must not pass here and fail there.
+  [ "$(wc -c < "$1")" -le 67108864 ] || { echo "FAIL: manifest.dsse.json is larger than any real manifest"; return 1; }
+  if [ -n "$(LC_ALL=C tr -d '\t\n\r -~' < "$1" | head -c 1 | od -An -c)" ]; then
+    echo "FAIL: manifest.dsse.json holds bytes gptossctl never writes (not printable ASCII)"
+    return 1
+  fi
+  LC_ALL=C tr '\t\n\r' '   ' < "$1" | LC_ALL=C awk -v out="$2" -v want="$KOFN_TYPE" '
+    function bad(why) { print "FAIL: manifest.dsse.json is malformed: " why; failed = 1; exit 1 }
+    function tok() { return (p <= nt) ? t[p] : "" }
+    function expect(c) { if (tok() != c) bad("expected " c " at token " p); p++ }
+    function str(   x) { if (tok() != "\"") bad("expected a string at token " p); x = v[p]; p++; return x }
+    function b64(s) {  # what base64.b64decode(validate=True) takes
+      return length(s) % 4 == 0 && s ~ /^[A-Za-z0-9+\/]*=?=?$/
+    }
+    function signature(   k, kid, sig, hassig, n) {
+      expect("{")
+      n = 0
+      while (1) {
+        k = str(); expect(":")
+        if (k == "keyid" && kid == "") { kid = str(); if (kid == "") bad("an empty keyid") }
+        else if (k == "sig" && !hassig) { sig = str(); hassig = 1 }
+        else bad("a signature must have keyid and sig, once each (got " k ")")
+        n++
+        if (tok() != ",") break
+        p++
+      }
+      expect("}")
+      if (n != 2) bad("a signature must have exactly keyid and sig")
+      if (!b64(sig)) bad("the signature of key " kid " is not base64")
+      if (kid in seen) bad("key id " kid " signs twice")
+      seen[kid] = 1
+      print kid " " sig > (out "/sigs")
+    }
+    {
+      nf = split($0, f, "\"")
+      if (nf % 2 == 0) bad("a string is not closed")
+      nt = 0
+      for (i = 1; i <= nf; i++) {
+        if (i % 2 == 0) {
+          gsub(/\\\//, "/", f[i])  # "\/" is how some serialisers write "/"; no other escape occurs
+          if (f[i] !~ /^[A-Za-z0-9+\/=._-]*$/) bad("a string holds characters gptossctl never writes")
+          t[++nt] = "\""; v[nt] = f[i]
+          continue
+        }
+        s = f[i]; gsub(/ /, "", s)
+        if (s !~ /^[]{}:,[]*$/) bad("unexpected characters outside strings")
+        for (j = 1; j <= length(s); j++) t[++nt] = substr(s, j, 1)
+      }
+      p = 1
+      printf "" > (out "/sigs")
+      expect("{")
+      while (1) {
+        k = str(); expect(":")
+        if (k in top) bad("key " k " appears twice")
+        top[k] = 1
+        if (k == "payloadType") ptype = str()
+        else if (k == "payload") payload = str()
+        else if (k == "signatures") {
+          expect("[")
+          if (tok() == "]") p++
+          else {
+            while (1) { signature(); if (tok() != ",") break; p++ }
+            expect("]")
+          }
+        }
+        else bad("unexpected key " k)
+        if (tok() != ",") break
+        p++
+      }
+      expect("}")
+      if (p <= nt) bad("text after the envelope")
+      if (!("payloadType" in top) || !("payload" in top) || !("signatures" in top))
+        bad("expected the keys payloadType, payload and signatures")
+      if (ptype != want) bad("payloadType is not " want)
+      if (!b64(payload)) bad("payload is not base64")
+      print payload > (out "/payload.b64")
+      done = 1
+    }
+    END { if (!done && !failed) { print "FAIL: manifest.dsse.json is empty"; exit 1 } }
+  ' || return 1
+}
+
+# kofn_signatures BUNDLE_DIR THRESHOLD WORKDIR KEY.pub...: the k-of-n verdict. Passes (0) when at least
+# THRESHOLD distinct given keys (by key id: one key given twice counts once) have a valid signature over
+# PAE(payloadType, manifest.json). A signature by a key not given is ignored ("unknown signer"); a
+# signature by a given key that does not verify fails (1): it is evidence of tampering, not a missing
+# vote. manifest.json must also be the envelope's payload byte for byte. Usage errors return 2.
+# Sets KOFN_SIGNERS to "KEYID (file), ..." of the keys that signed.
+kofn_signatures() {
+  kofn_b=$1 kofn_n=$2 kofn_w=$3
+  shift 3
+  case $kofn_n in
+    ''|*[!0-9]*|0*) echo "threshold '$kofn_n' is not a whole number of at least 1" >&2; return 2 ;;
+  esac
+  [ ${#kofn_n} -le 6 ] || { echo "threshold $kofn_n is larger than any key set" >&2; return 2; }
+  [ $# -ge 1 ] || { echo "no trusted keys given: give at least one KEY.pub" >&2; return 2; }
+  mkdir "$kofn_w/kofn"
+  : > "$kofn_w/kofn/keys"
+  kofn_i=0
+  for kofn_pub in "$@"; do
+    kofn_i=$((kofn_i + 1))
+    # Our own copy: the key that is identified is the key that verifies, whatever happens to the file.
+    cp "$kofn_pub" "$kofn_w/kofn/in.$kofn_i" 2>/dev/null || { echo "$kofn_pub: cannot read it" >&2; return 2; }
+    kofn_k=$kofn_w/kofn/in.$kofn_i
+    kofn_a=$(kofn_alg "$kofn_k") || { echo "$kofn_pub: not a public key this script can check (Ed25519)" >&2; return 2; }
+    kofn_id=$("kofn_keyid_$kofn_a" "$kofn_k") || { echo "$kofn_pub: cannot compute its key id" >&2; return 2; }
+    case $kofn_id in
+      *[!0-9a-f]*|'') echo "$kofn_pub: cannot compute its key id" >&2; return 2 ;;
+    esac
+    [ ${#kofn_id} -eq 64 ] || { echo "$kofn_pub: cannot compute its key id" >&2; return 2; }
+    kofn_name=$(basename "$kofn_pub")
+    if [ -f "$kofn_w/kofn/name.$kofn_id" ]; then  # the same key again: one vote, both names shown
+      printf '%s, %s' "$(cat "$kofn_w/kofn/name.$kofn_id")" "$kofn_name" > "$kofn_w/kofn/name.$kofn_id"
+      continue
+    fi
+    mv "$kofn_k" "$kofn_w/kofn/key.$kofn_id"
+    printf '%s' "$kofn_name" > "$kofn_w/kofn/name.$kofn_id"
+    echo "$kofn_id $kofn_a" >> "$kofn_w/kofn/keys"
+  done
+  kofn_d=$(wc -l < "$kofn_w/kofn/keys")
+  if [ "$kofn_n" -gt "$kofn_d" ]; then
+    echo "threshold $kofn_n needs at least $kofn_n distinct keys; $kofn_d given" >&2
+    return 2
+  fi
+
+  kofn_envelope "$kofn_b/manifest.dsse.json" "$kofn_w/kofn" || return 1
+  [ -f "$kofn_b/manifest.json" ] && [ ! -L "$kofn_b/manifest.json" ] \
+    || { echo "FAIL: manifest.json is missing or not a regular file"; return 1; }
+  # PAE(type, body) = "DSSEv1" SP len(type) SP type SP len(body) SP body: what every signature covers.
+  printf 'DSSEv1 %d %s %d ' "${#KOFN_TYPE}" "$KOFN_TYPE" "$(wc -c < "$kofn_b/manifest.json")" > "$kofn_w/kofn/pae"
+  cat "$kofn_b/manifest.json" >> "$kofn_w/kofn/pae"
+
+  kofn_good=0 kofn_bad=0 KOFN_SIGNERS=""
+  while read -r kofn_id kofn_a; do
+    kofn_name=$(cat "$kofn_w/kofn/name.$kofn_id")
+    kofn_sig=$(sed -n "s/^$kofn_id //p" "$kofn_w/kofn/sigs")
+    if [ -z "$kofn_sig" ]; then
+      echo "no signature by key $kofn_id ($kofn_name)"
+      continue
+    fi
+    if printf '%s' "$kofn_sig" | base64 -d > "$kofn_w/kofn/sig" 2>/dev/null \
+        && "kofn_verify_$kofn_a" "$kofn_w/kofn/key.$kofn_id" "$kofn_w/kofn/pae" "$kofn_w/kofn/sig"; then
+      echo "signed by key $kofn_id ($kofn_name)"
+      kofn_good=$((kofn_good + 1))
+      KOFN_SIGNERS="$KOFN_SIGNERS${KOFN_SIGNERS:+, }$kofn_id ($kofn_name)"
+    else
+      echo "FAIL: signature does not match manifest.json: key $kofn_id ($kofn_name) (manifest edited or signature damaged)"
+      kofn_bad=$((kofn_bad + 1))
+    fi
+  done < "$kofn_w/kofn/keys"
+  # Signatures by keys not given: named, never counted, never a failure by themselves.
+  awk 'NR == FNR { given[$1] = 1; next }
+       !($1 in given) { print "unknown signer " $1 ": not one of the given keys, ignored" }' \
+    "$kofn_w/kofn/keys" "$kofn_w/kofn/sigs"
+
+  # Every reason is named (as gptossctl lists every finding), then the verdict.
+  [ "$kofn_bad" -eq 0 ] || echo "FAIL: $kofn_bad signature(s) by given keys do not verify"
+  [ "$kofn_good" -ge "$kofn_n" ] || echo "FAIL: $kofn_good of the given keys signed, $kofn_n required (threshold)"
+  [ "$kofn_bad" -eq 0 ] && [ "$kofn_good" -ge "$kofn_n" ] || return 1
+  base64 -d "$kofn_w/kofn/payload.b64" 2>/dev/null | cmp -s - "$kofn_b/manifest.json" \
+    || { echo "FAIL: manifest.json is not the payload of manifest.dsse.json"; return 1; }
+  return 0
+}
+# ---- END kofn signature check
+
+[ $# -ge 3 ] || { echo "usage: sh bootstrap-verify.sh BUNDLE_DIR THRESHOLD TRUSTED_KEY.pub [MORE_KEYS.pub ...]" >&2; exit 2; }
 B=$1
-shift
+N=$2
+shift 2
+[ -d "$B" ] || { echo "$B is not a directory" >&2; exit 2; }
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-TYPE=application/vnd.gptossctl.manifest+json
-printf 'DSSEv1 %d %s %d ' "${#TYPE}" "$TYPE" "$(wc -c < "$B/manifest.json")" > "$W/pae.bin"
-cat "$B/manifest.json" >> "$W/pae.bin"
 
-SIGNER=""
-for PUB in "$@"; do
-  KEYID=$(openssl pkey -pubin -in "$PUB" -outform DER | tail -c 32 | sha256sum | cut -d' ' -f1)
-  grep -A1 "\"keyid\": \"$KEYID\"" "$B/manifest.dsse.json" | sed -n 's/.*"sig": "\([^"]*\)".*/\1/p' > "$W/sig.b64"
-  [ -s "$W/sig.b64" ] || continue
-  base64 -d "$W/sig.b64" > "$W/sig.bin"
-  if openssl pkeyutl -verify -pubin -inkey "$PUB" -rawin -in "$W/pae.bin" -sigfile "$W/sig.bin" >/dev/null 2>&1; then
-    SIGNER=$KEYID
-    break
-  fi
-done
-[ -n "$SIGNER" ] || { echo "FAIL: no valid signature by a trusted key on $B/manifest.json"; exit 1; }
+rc=0
+kofn_signatures "$B" "$N" "$W" "$@" || rc=$?
+[ "$rc" -eq 0 ] || exit "$rc"
 
 EXPIRES=$(sed -n 's/^ "expires": "\(.*\)",$/\1/p' "$B/manifest.json")
 NOW=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
@@ -42,4 +235,4 @@ grep '  payload/wheels/' "$B/SHA256SUMS" | cut -c 67- | LC_ALL=C sort > "$W/want
 cmp -s "$W/have" "$W/want" || { echo "FAIL: payload/wheels differs from the signed list"; exit 1; }
 grep '  payload/wheels/' "$B/SHA256SUMS" > "$W/wheels.sums"
 (cd "$B" && sha256sum --check --strict --quiet "$W/wheels.sums") || { echo "FAIL: a wheel does not match"; exit 1; }
-echo "OK: signed by $SIGNER, expires $EXPIRES, $(wc -l < "$W/wheels.sums") wheels verified"
+echo "OK: signed by $KOFN_SIGNERS ($N required), expires $EXPIRES, $(wc -l < "$W/wheels.sums") wheels verified"
