@@ -232,3 +232,27 @@ def test_pack_refuses_a_name_that_is_not_nfc(world: World, tmp_path: Path) -> No
     doc = _doc(r := _pack(world, model, out))
     assert r.returncode == 2 and _codes(doc)[0] == "pack.unsafe_path", doc
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- 3. no value breaks a unit's line
+
+@pytest.mark.parametrize("flag", ["--api-key-file", "--compare-api-key-file"])
+@pytest.mark.parametrize("brk", ["\n", "\r", "\u2028"], ids=["lf", "cr", "ls"])
+def test_canary_schedule_refuses_a_line_break_in_a_key_file_path(flag: str, brk: str, world: World,
+                                                                 tmp_path: Path) -> None:
+    """A key file named `k<LF>User=root` exists and holds a key: the drop-in would carry the
+    directive. Refused exit 2 before anything is written (staged: the whole root stays empty)."""
+    keydir = tmp_path / "keys"
+    keydir.mkdir()
+    key = keydir / f"k{brk}User=root"
+    key.write_text("canary-schedule-key-0123456789abcdef\n")
+    key.chmod(0o600)
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = ["canary", "schedule", "--name", "wk", "--root", str(root), "--url", f"http://127.0.0.1:{world.paths['port']}",
+            "--every", "1h", "--for", "1d"]
+    if flag == "--compare-api-key-file":
+        argv += ["--compare-url", f"http://127.0.0.1:{world.paths['port']}"]
+    doc = _doc(r := _run([*argv, flag, str(key)], {}))
+    assert r.returncode == 2 and _codes(doc)[0] == "service.unsafe_unit_value", doc
+    assert not any(root.rglob("*")), sorted(map(str, root.rglob("*")))
