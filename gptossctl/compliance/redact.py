@@ -38,9 +38,11 @@ _MIN_SECRET = 6  # shorter values would redact ordinary words everywhere; they a
 # assignments, YAML, journal lines), for any variable named like a secret, in any case. PASS as a part of a
 # name (DB_PASS), not a word of its own: a report's `"pass": 20` is a count.
 _ASSIGNMENT = re.compile(r"(?i)(\b[A-Z0-9_.-]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|BEARER"
-                         r"|AUTHORIZATION|AUTH(?!OR)|COOKIE|[_.-]PASS(?![A-Z]))[A-Z0-9_.-]*"
+                         r"|AUTH(?!OR)|COOKIE|[_.-]PASS(?![A-Z]))[A-Z0-9_.-]*"
                          r"[\"']?\s*[=:]\s*)(\"[^\"\n]*\"|'[^'\n]*'|[^\s\"']+)")
-_NOT_SECRET = re.compile(r"(?i)tokeni[sz]er|max_?\w*tokens|keyid|key_?id|signers|keys?\W*$|_file$|_path$|_dir$")
+# Named like a secret but none: a tokenizer, a token count, a key id, a bare `keys:` heading, a file's path.
+# (Not "ends in KEY": that let OPENAI_API_KEY and VLLM_API_KEY values go unlearned.)
+_NOT_SECRET = re.compile(r"(?i)tokeni[sz]er|max_?\w*tokens|keyid|key_?id|signers|^\W*keys?\W*$|_file$|_path$|_dir$")
 
 # (b) Each pattern: group 1 is kept, group 2 is the secret.
 _URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)([^\s/@\"'<>]+)(?=@)")
@@ -67,7 +69,7 @@ def _learnable(assignment: str, value: str) -> bool:
     tokenizer path, a token count, a key id or a file's path, which are redacted where they stand but are no
     secret."""
     name = assignment.strip().rstrip("=:").strip().strip("\"'")
-    return (is_secret_name(name) or re.search(r"(?i)auth(?!or)|authorization|cookie", name) is not None) \
+    return (is_secret_name(name) or re.search(r"(?i)auth(?!or)|cookie", name) is not None) \
         and not _NOT_SECRET.search(name) and not value.startswith("/") and not value.replace(".", "").isdigit()
 
 
@@ -172,7 +174,7 @@ class Redactor:
         text = _PEM.sub(lambda m: f"-----BEGIN {m.group(1)}-----\n{REDACTED}\n-----END {m.group(1)}-----", text)
         for pattern in _STRUCTURES:  # (b)
             text = pattern.sub(_keep_first, text)
-        text = _ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)  # (c)
+        text = _ASSIGNMENT.sub(_by_name, text)  # (c)
         self.ran.update(("structure", "name"))
         return text
 
@@ -190,6 +192,15 @@ class Redactor:
         if _PEM.search(text.replace(f"\n{REDACTED}\n", "")) and REDACTED not in text:
             found.append("a PEM private key block")
         return found
+
+
+_ALREADY = " (redacted)"  # compliance evidence's own marker: "VLLM_API_KEY: approved (redacted), found ..."
+
+
+def _by_name(m: re.Match[str]) -> str:
+    if m.string.startswith(_ALREADY, m.end()):
+        return m.group(0)  # a word about a value already withheld, not the value
+    return m.group(1) + REDACTED
 
 
 def _keep_first(m: re.Match[str]) -> str:
