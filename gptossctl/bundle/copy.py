@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptossctl.bundle.assemble import assemble_bundle
-from gptossctl.bundle.layout import ENVELOPE
 from pydantic import ValidationError
 
+from gptossctl.bundle.assemble import assemble_bundle
+from gptossctl.bundle.layout import ENVELOPE
 from gptossctl.bundle.partfile import INDEX_NAME, PartFile, PartIndex
 from gptossctl.bundle.parts import INCOMING, PartSet, collect_parts, part_failures
 from gptossctl.bundle.pieces import PieceKey, PieceRef, Source, bundle_sources, manifest_pieces

@@ -105,8 +105,9 @@ def support_bundle(
     as_json: JsonOpt = False,
 ) -> None:
     """Collect the unit, redacted configuration, journal tail, hardware inventory, status, compliance report
-    and audit log into one archive for support. Every API key is removed; the archive is searched for them
-    before it is written. Exit 0 written, 1 a secret survived redaction (nothing written)."""
+    and audit log into one archive for support. Secrets are removed by value, by structure and by name; the
+    archive is read back for them before it is written. Exit 0 written, 1 a secret survived redaction
+    (nothing written)."""
 
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.compliance.support import write_support_bundle

@@ -5,6 +5,7 @@ on another disk (NFC/NFD twins, case-only twins) are refused at pack and at veri
 Each case was run against the code before its fix and failed there (see the commit messages).
 """
 
+# ruff: noqa: F811 - `world` is the fixture imported from test_hostile_inputs, taken as a parameter
 from __future__ import annotations
 
 import base64
