@@ -26,6 +26,7 @@ from gptossctl.bundle.partfile import MAGIC
 from tests.conftest import PASSPHRASE, KeyPair
 from tests.hostile.test_hostile_inputs import (  # noqa: F401 - `world` is a fixture: importing registers it
     World,
+    _delta,
     _run,
     world,
 )
@@ -151,6 +152,16 @@ def test_copy_leaves_behind_a_parts_json_that_is_not_this_set(world: World, tmp_
     assert r.returncode == 0, doc
     assert sorted(p.name for p in dst.glob("*.part")) == sorted(p.name for p in parts.glob("*.part"))
     assert not (dst / "parts.json").exists()
+
+
+def test_a_delta_whose_unsigned_base_name_is_a_path_is_refused(world: World, tmp_path: Path) -> None:
+    """A delta's base ref is never signed: its name only says which base to bring, so it must be a bundle
+    name; `../../x` makes the part damaged (exit 1) rather than a message or a path."""
+    d = Path(_delta(world, tmp_path)["d"])
+    for p in sorted(d.glob("*.part")):
+        _rewrite_header(p, lambda h: h["base"].update(name="../../x"))
+    doc = _doc(r := _run(["bundle", "verify", str(d), "--trust", world.paths["pub"]], {}))
+    assert r.returncode == 1 and "parts.damaged" in _codes(doc), doc
 
 
 # ---------------------------------------------------------------- 2. one file on another disk
