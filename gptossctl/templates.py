@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from gptossctl.errors import UsageError
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _UNSAFE_IN_EXEC = re.compile(r"[\x00-\x20\x7f-\x9f%\\$\"'`;]|\s")
+# Anything that ends or splits a unit file's line (systemd reads \n and \r; editors and other parsers also
+# \v, \f, NEL, U+2028/2029), and every other control character: a value holding one would add directives.
+_UNSAFE_IN_UNIT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def fill_template(template: str, values: Mapping[str, str]) -> str:
-    """Fill {{ name }} placeholders; a placeholder without a value is an error, never left in a unit."""
+def check_unit_value(value: object, what: str) -> str:
+    """Every value put into a unit or drop-in (paths of releases, interpreters, key files, model directories,
+    instance names) goes through here: a newline or other control character is refused (exit 2,
+    service.unsafe_unit_value) before anything is written."""
+    text = str(value)
+    bad = _UNSAFE_IN_UNIT.search(text)
+    if bad is not None:
+        raise UsageError(f"{what} {text!r} holds the control character {bad.group()!r}: in a systemd unit a line "
+                         "break would add directives of its own", code="service.unsafe_unit_value",
+                         hint=f"give {what} without newlines or control characters (rename or link the file)")
+    return text
+
+
+def fill_template(template: str, values: Mapping[str, str], *, lines: Collection[str] = ()) -> str:
+    """Fill {{ name }} placeholders; a placeholder without a value is an error, never left in a unit. Every
+    value passes check_unit_value; those named in `lines` are several directives, checked line by line."""
     unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
     if unknown:
         raise UsageError(f"unit template has unknown placeholders: {', '.join(unknown)}", code="service.bad_template")
+    for name, value in values.items():
+        for line in value.split("\n") if name in lines else (value,):
+            check_unit_value(line, f"the unit's {name}")
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 

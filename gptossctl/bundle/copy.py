@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from gptossctl.bundle.assemble import assemble_bundle
 from gptossctl.bundle.layout import ENVELOPE
-from gptossctl.bundle.partfile import INDEX_NAME, PartFile
-from gptossctl.bundle.parts import INCOMING, collect_parts, part_failures
+from gptossctl.bundle.partfile import INDEX_NAME, PartFile, PartIndex
+from gptossctl.bundle.parts import INCOMING, PartSet, collect_parts, part_failures
 from gptossctl.bundle.pieces import PieceKey, PieceRef, Source, bundle_sources, manifest_pieces
 from gptossctl.bundle.transfer import (
     JOURNAL_NAME,
@@ -35,8 +37,8 @@ from gptossctl.bundle.transfer import (
     write_error,
 )
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
-from gptossctl.errors import CheckFailed, Finding, UsageError
-from gptossctl.fsutil import check_not_inside
+from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
+from gptossctl.fsutil import check_not_inside, read_bytes
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def _copy_parts(srcs: list[Path], dst: Path, policy: TrustPolicy | None, opts: T
     try:
         copied = _move_in(work, dst, [p for p in todo if p.header.entry.name not in failed])
         for src in srcs:
-            if (src / INDEX_NAME).is_file() and not (dst / INDEX_NAME).exists():
+            if not (dst / INDEX_NAME).exists() and _index_matches(src / INDEX_NAME, ps):
                 shutil.copyfile(src / INDEX_NAME, dst / INDEX_NAME)
         sync_dir(dst)
     except OSError as exc:
@@ -127,6 +129,18 @@ def _copy_parts(srcs: list[Path], dst: Path, policy: TrustPolicy | None, opts: T
     (work / JOURNAL_NAME).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     return Copied(tuple(srcs), dst, "parts", report, ps.checked.signers, tuple(copied), tuple(there), tuple(ps.findings))
+
+
+def _index_matches(path: Path, ps: PartSet) -> bool:
+    """parts.json is not signed: it is carried along only when it describes exactly this set (the signed
+    bundle, the checked layout); any other is left behind rather than copied next to the parts."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        idx = PartIndex.model_validate_json(read_bytes(path, what="part index"))
+    except (ValidationError, GptossctlError, ValueError):
+        return False
+    return idx.bundle == ps.bundle and idx.layout == ps.layout and idx.kind == ps.kind and idx.base == ps.base
 
 
 def _move_in(work: Path, dst: Path, parts: list[PartFile]) -> list[str]:

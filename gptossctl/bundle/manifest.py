@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gptossctl.bundle.hashing import shard_count
-from gptossctl.bundle.layout import unsafe_path_reason
+from gptossctl.bundle.layout import path_collisions, unsafe_path_reason
 from gptossctl.errors import CheckFailed, Finding
 from gptossctl.fsutil import DuplicateKey, refuse_duplicate_keys
 
@@ -124,21 +124,23 @@ def _malformed(message: str) -> CheckFailed:
 
 
 def path_findings(manifest: Manifest) -> list[Finding]:
-    """Unsafe and duplicate paths (also a file that is another file's directory)."""
+    """Unsafe and duplicate paths (also a file that is another file's directory), and paths that differ
+    but name one file on another disk: equal after NFC and case folding (bundle.path_collision)."""
     findings: list[Finding] = []
     seen: set[str] = set()
     for f in manifest.files:
         reason = unsafe_path_reason(f.path)
         if reason:
             findings.append(Finding("manifest.unsafe_path", f.path, f"path {reason}"))
-        # Case-folded too: the same bundle must mean the same files on a case-insensitive disk.
-        key = f.path.casefold()
-        if key in seen:
+        if f.path in seen:
             findings.append(Finding("manifest.duplicate_path", f.path, "listed more than once"))
-        seen.add(key)
+        seen.add(f.path)
+    for path, other in path_collisions(f.path for f in manifest.files):
+        findings.append(Finding("bundle.path_collision", path,
+                                f"is the same file as {other!r} on a disk that normalises Unicode (macOS) or "
+                                "ignores case (FAT, exFAT, NTFS)", hint="pack again with distinct file names"))
     dirs = {"/".join(f.path.split("/")[:i]) for f in manifest.files for i in range(1, f.path.count("/") + 1)}
     for f in manifest.files:
         if f.path in dirs:
             findings.append(Finding("manifest.duplicate_path", f.path, "is both a file and a directory"))
     return findings
-

@@ -10,7 +10,9 @@ A part is self-describing, so a receiver behind a data diode needs nothing else:
 
 Every byte is accounted for: the header is parsed strictly, the padding must be zero, and each piece
 is hashed against the digest the signers signed for it. The header itself is not signed and needs no
-signature: whatever it claims is checked against the signed manifest it carries.
+signature: whatever it claims is checked against the signed manifest it carries. Its name and version are
+hints at most: the bundle a part set is reported as, and every path made for it, come from the signed
+manifest; a header that disagrees with it is a finding (header_problems), never a path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gptossctl.bundle.dsse import Envelope, parse_envelope
 from gptossctl.bundle.pieces import PieceKey, PieceRef, manifest_digest
@@ -41,6 +43,7 @@ PREFIX_LEN = len(MAGIC) + _LEN_DIGITS + 1
 MAX_HEADER = 64 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+_BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # as the manifest's name (manifest._NAME)
 
 
 def _hex64(v: str) -> str:
@@ -52,6 +55,12 @@ def _hex64(v: str) -> str:
 def _file_name(v: str) -> str:
     if not _FILE_NAME.match(v):
         raise ValueError("must be a plain file name (letters, digits, '.', '_', '-')")
+    return v
+
+
+def _bundle_name(v: str) -> str:
+    if not _BUNDLE_NAME.match(v):
+        raise ValueError("must be a bundle name (lowercase letters, digits, '.', '_', '-')")
     return v
 
 
@@ -89,11 +98,20 @@ class PartHeader(BaseModel):
     schema_: Literal["gptossctl.part/1"] = Field(alias="schema")
     kind: Kind
     bundle: BundleRef
-    base: BundleRef | None = None  # a delta: the bundle whose pieces it does not carry
+    # A delta: the bundle whose pieces it does not carry. Never signed (the new bundle's manifest does not
+    # name it): its digest is matched against the base given, its name only says which base to bring.
+    base: BundleRef | None = None
     part: int = Field(ge=1)  # 1-based, as people count
     body: int = Field(ge=ALIGN)
     envelope: str  # base64 of the bundle's manifest.dsse.json, byte for byte
     layout: tuple[PartEntry, ...] = Field(min_length=1)
+
+    @field_validator("base")
+    @classmethod
+    def _base_name(cls, v: BundleRef | None) -> BundleRef | None:
+        if v is not None:
+            _bundle_name(v.name)
+        return v
 
     @property
     def entry(self) -> PartEntry:
@@ -262,6 +280,25 @@ def _envelope(header: PartHeader) -> tuple[bytes, Envelope]:
     if manifest_digest(envelope) != header.bundle.manifest_sha256:
         raise DamagedPart("the envelope in the header is not the manifest the header names")
     return env_json, envelope
+
+
+def header_problems(header: PartHeader, signed: BundleRef) -> list[str]:
+    """What a header claims that the signed manifest it carries does not say (empty: nothing): its name,
+    version and manifest digest, and the name of every part of its layout (derived from the signed name)."""
+    problems: list[str] = []
+    claimed = header.bundle
+    if (claimed.name, claimed.version, claimed.manifest_sha256) != (signed.name, signed.version,
+                                                                     signed.manifest_sha256):
+        problems.append(f"the header names {claimed.name!r} v{claimed.version} (manifest sha256 "
+                        f"{claimed.manifest_sha256[:12]}), the signed manifest it carries is {signed.name!r} "
+                        f"v{signed.version} (manifest sha256 {signed.manifest_sha256[:12]})")
+    n = len(header.layout)
+    for i, entry in enumerate(header.layout, 1):
+        want = part_name(signed, header.base, i, n)
+        if entry.name != want:
+            problems.append(f"part {i} of the layout is named {entry.name!r}; the signed manifest names it {want!r}")
+            break
+    return problems
 
 
 def layout_problems(header: PartHeader, pieces: dict[PieceKey, PieceRef]) -> list[str]:

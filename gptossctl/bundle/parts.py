@@ -34,6 +34,7 @@ from gptossctl.bundle.partfile import (
     PartEntry,
     PartFile,
     RenderedLayout,
+    header_problems,
     index_bytes,
     layout_problems,
     read_part,
@@ -318,9 +319,17 @@ def _checked_set(group: list[PartFile], policy: TrustPolicy | None, findings: li
     first = max(group, key=lambda p: len(p.envelope.signatures))
     checked = check_envelope(first.envelope, policy)
     findings += checked.findings
+    # What the set is called, and every path made for it, comes from the signed manifest; headers are hints.
+    signed = _ref(checked.manifest, first.envelope)
     pieces = {p.key: p for p in manifest_pieces(checked.manifest)}
     good: list[PartFile] = []
     for part in group:
+        lies = header_problems(part.header, signed)
+        if lies:
+            findings.append(Finding("parts.header_mismatch", str(part.path), "; ".join(lies[:2]),
+                                    hint=f"this part's header was edited: it is not used; copy this part of "
+                                         f"{signed.name} v{signed.version} again from its medium"))
+            continue
         problems = layout_problems(part.header, pieces)
         if problems:
             findings.append(Finding("parts.damaged", str(part.path), "; ".join(problems[:3]),
@@ -331,8 +340,8 @@ def _checked_set(group: list[PartFile], policy: TrustPolicy | None, findings: li
     for part in good:
         layouts[part.header.layout] = layouts.get(part.header.layout, 0) + 1
     layout = max(layouts, key=lambda lay: layouts[lay]) if layouts else first.header.layout
-    h = first.header
-    return PartSet(h.kind, h.bundle, h.base, first.envelope, first.envelope_json, checked, good, layout, findings)
+    h = good[0].header if good else first.header
+    return PartSet(h.kind, signed, h.base, first.envelope, first.envelope_json, checked, good, layout, findings)
 
 
 def missing_findings(ps: PartSet, available: set[PieceKey]) -> list[Finding]:

@@ -214,7 +214,7 @@ def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None =
         raise write_error(exc, work) from None
     try:
         try:
-            done, reset = _read_journal(work, journal)
+            done, reset = _read_journal(work, journal, {j.dst for j in jobs})
         except OSError as exc:
             raise write_error(exc, work / JOURNAL_NAME) from None
         todo = [j for j in jobs if j.record not in done]
@@ -245,8 +245,10 @@ def _open_journal(work: Path) -> IO[str]:
     return journal
 
 
-def _read_journal(work: Path, journal: IO[str]) -> tuple[set[JournalRecord], str | None]:
-    """The records still backed by bytes on disk, and why an existing journal was discarded (None: it was not)."""
+def _read_journal(work: Path, journal: IO[str], planned: set[str]) -> tuple[set[JournalRecord], str | None]:
+    """The records still backed by bytes on disk, and why an existing journal was discarded (None: it was not).
+    The journal is not signed: a record's `dst` is looked at only when it is a destination this run planned
+    (from signed content), so a line naming `../../etc/shadow` never reaches the filesystem."""
     journal.seek(0)
     text = journal.read(MAX_JOURNAL + 1)
     lines = text.splitlines()
@@ -261,7 +263,7 @@ def _read_journal(work: Path, journal: IO[str]) -> tuple[set[JournalRecord], str
     for line in lines[1:]:
         rec = JournalRecord.from_json(line)
         # A record counts only while its bytes are still there (a crash can lose a new directory entry).
-        if rec is not None and _size(work / rec.dst) >= rec.offset + rec.length:
+        if rec is not None and rec.dst in planned and _size(work / rec.dst) >= rec.offset + rec.length:
             done.add(rec)
     return done, None
 

@@ -55,7 +55,7 @@ def check(
 
         from gptossctl.compliance.checks import run_checks
         from gptossctl.compliance.evidence import ComplianceOptions
-        from gptossctl.compliance.outputs import to_junit, to_sarif, to_textfile
+        from gptossctl.compliance.outputs import REPORT_MODE, to_junit, to_sarif, to_textfile
         from gptossctl.durations import parse_duration
         from gptossctl.fsutil import atomic_write, check_output_paths
 
@@ -64,12 +64,14 @@ def check(
         opts = ComplianceOptions(policy=policy, max_exposure=max_exposure,
                                  expiry_warning=timedelta(seconds=parse_duration(expiry_warning)))
         r = run_checks(root, pick_instance(root, instance), opts)
+        # 0600: host details, even with every secret redacted. The textfile stays 0644 (node_exporter reads it;
+        # it holds check ids and counts, no evidence).
         if report:
-            atomic_write(report, json.dumps(r.to_dict(), indent=1) + "\n")
+            atomic_write(report, json.dumps(r.to_dict(), indent=1) + "\n", REPORT_MODE)
         if sarif:
-            atomic_write(sarif, json.dumps(to_sarif(r), indent=1) + "\n")
+            atomic_write(sarif, json.dumps(to_sarif(r), indent=1) + "\n", REPORT_MODE)
         if junit:
-            atomic_write(junit, to_junit(r))
+            atomic_write(junit, to_junit(r), REPORT_MODE)
         if textfile:
             to_textfile(r, textfile)
         return r
@@ -103,8 +105,9 @@ def support_bundle(
     as_json: JsonOpt = False,
 ) -> None:
     """Collect the unit, redacted configuration, journal tail, hardware inventory, status, compliance report
-    and audit log into one archive for support. Every API key is removed; the archive is searched for them
-    before it is written. Exit 0 written, 1 a secret survived redaction (nothing written)."""
+    and audit log into one archive for support. Secrets are removed by value, by structure and by name; the
+    archive is read back for them before it is written. Exit 0 written, 1 a secret survived redaction
+    (nothing written)."""
 
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.compliance.support import write_support_bundle
@@ -112,7 +115,10 @@ def support_bundle(
         return write_support_bundle(root, pick_instance(root, instance), output, force=force)
 
     def render(r: Any) -> None:
-        stdout.print(f"[green]written[/green] {r.path} ({len(r.members)} files, "
-                     f"{r.redacted} secret(s) redacted): safe to send")
+        verdict = "safe to send" if r.safe else (
+            "[yellow]not known to be safe[/yellow]: " + escape("; ".join(r.gaps) or "a redaction layer did not run")
+            + " (read it before sending)")
+        stdout.print(f"[green]written[/green] {escape(str(r.path))} ({len(r.members)} files, "
+                     f"{r.redacted} secret(s) redacted, layers: {', '.join(r.layers)}): {verdict}")
 
     run(action, as_json=as_json, render=render)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from gptossctl.compliance import access, configuration, integrity, provenance
 from gptossctl.compliance.evidence import ComplianceOptions, Evidence, current, gather, open_instance
+from gptossctl.compliance.redact import instance_redactor, redact_report
 from gptossctl.compliance.result import CheckResult, ComplianceReport
+from gptossctl.install.layout import Layout
 
 CHECKS: tuple[Callable[[Evidence], CheckResult], ...] = (
     integrity.check_signatures, integrity.check_expiry, integrity.check_payload, integrity.check_environment,
@@ -25,7 +27,13 @@ CHECKS: tuple[Callable[[Evidence], CheckResult], ...] = (
 
 
 def run_checks(root: Path, instance: str, opts: ComplianceOptions = ComplianceOptions()) -> ComplianceReport:
+    """Every check; the report's evidence is redacted (compliance.redact) before anyone writes it anywhere."""
     layout = open_instance(root, instance)
+    return redact_report(_run_checks(layout, opts), instance_redactor(layout))
+
+
+def _run_checks(layout: Layout, opts: ComplianceOptions) -> ComplianceReport:
+    root, instance = layout.root, layout.instance
     cur, rec = current(layout)
     report = ComplianceReport(instance, root, cur, opts.now or datetime.now(UTC))
     if rec is None:

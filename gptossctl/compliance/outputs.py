@@ -14,6 +14,8 @@ from gptossctl.compliance.rules import RULES
 from gptossctl.fsutil import atomic_write
 from gptossctl.probe.junit import Case, junit_xml
 
+REPORT_MODE = 0o600  # JSON, SARIF and JUnit reports: evidence names host details (secrets are redacted upstream)
+
 
 def to_junit(report: ComplianceReport) -> bytes:
     cases = [Case(f"{c.id}: {c.rule.title}", "fail" if c.status == "fail" else "pass",

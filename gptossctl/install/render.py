@@ -76,7 +76,7 @@ def render_unit(template: str, inp: UnitInputs) -> str:
         # Tensor-parallel workers share memory through System V IPC: private IPC only at TP 1.
         "private_ipc": "PrivateIPC=yes" if inp.tensor_parallel == 1 else "",
     }
-    text = fill_template(template, values)
+    text = fill_template(template, values, lines=("device_allow",))
     lines = [ln for ln in text.splitlines() if ln.strip() != "SupplementaryGroups="]
     return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
 

@@ -32,6 +32,7 @@ from gptossctl.bundle.layout import (
     PARTIAL_SUFFIX,
     PAYLOAD,
     SUMS,
+    path_collisions,
     unsafe_path_reason,
 )
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
@@ -106,6 +107,13 @@ def plan_pack(
 ) -> tuple[list[PlannedFile], Gathered]:
     """Every file the bundle will hold, gathered into local files (fetched into scratch unless dry_run)."""
     g = gather(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse, dry_run=dry_run)
+    clash = path_collisions(dest for _src, dest, _c, _s in g.items)
+    if clash:
+        path, other = clash[0]
+        raise UsageError(f"{path!r} and {other!r} would be one file on a disk that normalises Unicode (macOS) or "
+                         f"ignores case (FAT, exFAT, NTFS){f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}",
+                         code="bundle.path_collision", hint="rename one of them (NFC, distinct beyond case), "
+                                                            "then pack again")
     planned = []
     for src, dest, component, _size in g.items:
         reason = unsafe_path_reason(dest)

@@ -377,3 +377,24 @@ def test_permissions_hold_for_every_replica_and_the_router(cli, tree: Path) -> N
     owner = tree.stat().st_uid  # root; staged, whoever owns the staging tree
     assert f"/etc/gptoss/{INSTANCE}/router-key.map is 0600 owned by uid 1000: not owned by uid {owner}" in evidence
     assert f"/etc/systemd/system is 0775 owned by uid {owner}: group-writable" in evidence
+
+
+def test_compliance_reports_of_replicas_carry_no_secret_from_a_tampered_replica_or_router(  # type: ignore[no-untyped-def]
+        cli, tree: Path, tmp_path: Path) -> None:
+    """The replicas' unit diffs (compliance.replicas) go through the same redactor: a replica unit carrying the
+    real key and a proxy password, and the router unit an Authorization header, leak into no report; 0600."""
+    key = (tree / "etc/gptoss" / INSTANCE / "api-key").read_text().strip()
+    r3 = _units(tree) / f"gptoss@{INSTANCE}-r3.service"
+    r3.write_text(r3.read_text().replace("[Service]\n", f"[Service]\nEnvironment=VLLM_API_KEY={key}\n"
+                                         "Environment=HTTP_PROXY=http://u:p@h:1\n", 1))
+    router = _units(tree) / f"gptoss-router@{INSTANCE}.service"
+    router.write_text(router.read_text().replace("[Service]\n", "[Service]\n# Authorization: Bearer "
+                                                 "Zq8wYt3vXk2Lm9Np4Rs7Uv0Wx\n", 1))
+    outs = {"--report": tmp_path / "r.json", "--sarif": tmp_path / "r.sarif", "--junit": tmp_path / "r.xml"}
+    code, doc = cli("compliance", "check", "--root", str(tree), "--instance", INSTANCE,
+                    *[a for k, p in outs.items() for a in (k, str(p))])
+    assert code == 1 and "VLLM_API_KEY" in json.dumps(doc), doc
+    texts = {"stdout": json.dumps(doc), **{k: p.read_text() for k, p in outs.items()}}
+    leaked = sorted(n for n, t in texts.items() if key in t or "u:p@h" in t or "Zq8wYt3vXk2Lm9Np4Rs7Uv0Wx" in t)
+    assert not leaked, leaked
+    assert {oct(p.stat().st_mode & 0o777) for p in outs.values()} == {"0o600"}

@@ -35,7 +35,7 @@ from gptossctl.fsutil import atomic_write
 from gptossctl.probe.canary.run import CanaryReport, RunRequest, Thresholds, check_request, run_request
 from gptossctl.probe.canary.suite import builtin_dir
 from gptossctl.resources import data_dir
-from gptossctl.templates import check_python, fill_template
+from gptossctl.templates import check_python, check_unit_value, fill_template
 
 SCHEDULE_SCHEMA = "gptossctl.canary-schedule/1"
 UNITS = ("gptoss-canary@.service", "gptoss-canary@.timer")
@@ -187,6 +187,10 @@ def _allowed_addresses(urls: list[str]) -> tuple[list[str], list[str]]:
 
 
 def render_service_dropin(record: ScheduleRecord) -> tuple[str, list[str]]:
+    for what, value in (("--api-key-file", record.api_key_file), ("--compare-api-key-file",
+                                                                   record.compare_api_key_file)):
+        if value is not None:
+            check_unit_value(value, what)  # a newline would add directives (ExecStartPre=, User=root)
     lines = ["# Written by `gptossctl canary schedule`: the API keys as credentials (read by systemd as root,",
              "# handed to the dynamic user) and the only addresses the canary may reach.", "[Service]"]
     if record.api_key_file:
