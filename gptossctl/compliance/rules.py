@@ -36,6 +36,10 @@ RULES: tuple[Rule, ...] = (
          ("SI-7", "CM-3"),
          "keep the changed files for investigation, then rebuild it from the signed bundle: "
          "gptossctl install BUNDLE --trust KEY.pub --repair"),
+    Rule("record.sealed", "The release record, environment listing, API key and rendered files are the ones "
+         "sealed in the audit chain at install", "high", ("AU-9", "CM-3", "SI-7"),
+         "keep the changed files as evidence, then reinstall from the signed bundle (gptossctl install BUNDLE "
+         "--trust KEY.pub --repair); a release installed before seals existed is sealed by reinstalling it"),
     Rule("config.unit", "The systemd unit is the one rendered from the signed template, with no drop-ins",
          "high", ("CM-2", "CM-6"),
          "remove local edits and drop-ins (put site settings in a profile and repack), then "

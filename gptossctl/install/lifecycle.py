@@ -71,6 +71,7 @@ from gptossctl.install.release import (
 )
 from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
+from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.rolling import (
     Activation,
     bring_up,
@@ -190,7 +191,7 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
     steps = Steps(on_step)
     try:
         with _assembled_removed_on_failure(req):
-            result = _install(req, steps, progress, on_total)
+            result, checked = _install(req, steps, progress, on_total)
     except KeyboardInterrupt:
         raise _interrupted(req, steps) from None
     except GptossctlError as exc:
@@ -200,9 +201,11 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
                          digest=exc.data.get("bundle_sha256"), detail=exc.message, failure=exc)
         raise
     if not req.dry_run:
+        sealed = make_seal(Layout(req.root, result.instance), result.version)
         audit.record(req.root, req.command(), "ok" if result.changed else "unchanged", instance=result.instance,
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
-                     + (", started" if result.started else ""))
+                     + (", started" if result.started else ""), attach={"seal": sealed} if sealed else None,
+                     checked=checked)
     return result
 
 
@@ -248,8 +251,10 @@ def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
         raise
 
 
-def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> InstallResult:
+def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
+             on_total: Progress | None) -> tuple[InstallResult, audit.AuditReport | None]:
     validate_request(req)  # (1)
+    checked = None if req.dry_run else audit.require_intact(req.root)  # no change its entry could not record
     rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
     bundle = verify(rebuilt, steps, progress, on_total)  # (2)
     layout = Layout(req.root, check_instance(req.instance or default_instance(bundle.manifest)))
@@ -257,7 +262,10 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
         plan = make_plan(rebuilt, steps, bundle, layout)  # (3)
         result = _result(plan, steps)
         if req.dry_run:
-            return dry_run(plan, steps, result)
+            return dry_run(plan, steps, result), None
+        if checked is not None and not req.repair:  # a release reused as it stands must be as it was sealed
+            require_as_sealed(layout, plan.version, checked.records, code="install.record_changed",
+                              hint=f"reinstall it from the signed bundle: gptossctl install {req.bundle} --repair")
         with install_lock(layout):
             try:
                 result = apply(plan, steps, result)  # (4)-(9)
@@ -266,7 +274,7 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
                 raise
         if rebuilt.bundle != req.bundle:  # the release holds it now (a failure removes it too: see install)
             shutil.rmtree(rebuilt.bundle, ignore_errors=True)
-        return result
+        return result, checked
     except GptossctlError as exc:
         exc.data.setdefault("instance", layout.instance)
         exc.data.setdefault("bundle_sha256", verified_digest(bundle))
