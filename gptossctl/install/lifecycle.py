@@ -71,7 +71,6 @@ from gptossctl.install.release import (
 )
 from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
-from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.rolling import (
     Activation,
     bring_up,
@@ -83,6 +82,7 @@ from gptossctl.install.rolling import (
     roll,
     serving_units,
 )
+from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import choose_api_key, commit_state, release_api_key

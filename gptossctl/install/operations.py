@@ -34,7 +34,6 @@ from gptossctl.install.release import (
     switch_current,
     unit_release,
 )
-from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.rolling import (
     Activation,
     bring_up,
@@ -45,6 +44,7 @@ from gptossctl.install.rolling import (
     retire,
     roll,
 )
+from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, Steps
 from gptossctl.install.timer import remove_compliance_timer
 from gptossctl.install.trust import choose_api_key
