@@ -200,3 +200,45 @@ def test_an_install_without_a_seal_is_a_warning_to_roll_forward(cli, two: Path) 
     assert cli("audit", "reset", "--reason", "older gptossctl", "--yes", "--root", str(root))[0] == 0
     sealed = _checks(cli, root)["record.sealed"]
     assert sealed["status"] == "warn" and any("reinstall" in e for e in sealed["evidence"]), sealed
+
+
+def test_a_rollback_target_whose_record_changed_since_its_seal_is_refused(cli, two: Path) -> None:  # type: ignore[no-untyped-def]
+    """Rollback re-hashes its target's payload and rendered files; the record itself is checked against its seal
+    (an interpreter named in release.json alone would otherwise be served)."""
+    root = two
+    rec = root / "opt/gptoss" / INSTANCE / "releases/1/release.json"
+    _edit(rec, json.dumps(sys.executable), json.dumps("/tmp/evil/python"))
+    code, doc = cli("rollback", "--root", str(root))
+    assert code == 1 and doc["error"]["code"] == "rollback.drift", doc
+    assert [f["subject"] for f in doc["findings"] if f["code"] == "record.sealed"][0].endswith("releases/1/release.json")
+    assert os.readlink(root / "opt/gptoss" / INSTANCE / "current") == "releases/2"
+
+
+def test_reset_sets_aside_whatever_stands_in_the_logs_place(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A FIFO where the log should be: verify says so without hanging; reset moves it aside unread."""
+    root = tmp_path / "root"
+    (root / "var/log/gptoss").mkdir(parents=True)
+    os.mkfifo(root / LOG)
+    code, doc = cli("audit", "verify", "--root", str(root))
+    assert code == 1 and doc["findings"][0]["code"] == "audit.not_a_file"
+    code, doc = cli("audit", "reset", "--reason", "a FIFO stood there", "--yes", "--root", str(root))
+    assert code == 0, doc
+    assert [f["code"] for f in doc["data"]["reset"]["findings"]] == ["audit.not_a_file"]
+    (kept,) = (root / "var/log/gptoss").glob("audit.jsonl.broken-*")
+    assert kept.is_fifo() and cli("audit", "verify", "--root", str(root))[0] == 0
+
+
+def test_an_install_that_would_reuse_a_release_changed_since_its_seal_is_refused(cli, two: Path, keys,  # type: ignore[no-untyped-def]
+                                                                                 tmp_path: Path) -> None:
+    """Reinstalling the current bundle reuses its release as it stands: a record changed since its seal would be
+    sealed again as approved. Refused, naming the file; --repair unpacks it again from the signed bundle."""
+    root = two
+    rec = root / "opt/gptoss" / INSTANCE / "releases/2/release.json"
+    _edit(rec, json.dumps(sys.executable), json.dumps("/tmp/evil/python"))
+    changed = rec.read_bytes()
+    code, doc = _install(cli, tmp_path / "b2", keys, root)
+    assert code == 1 and doc["error"]["code"] == "install.record_changed", doc
+    assert "--repair" in doc["error"]["hint"] and rec.read_bytes() == changed
+    assert _install(cli, tmp_path / "b2", keys, root, "--repair")[0] == 0
+    assert json.loads(rec.read_text())["python"] == sys.executable
+    assert _checks(cli, root)["record.sealed"]["status"] == "pass"
