@@ -254,7 +254,7 @@ def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
 def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
              on_total: Progress | None) -> tuple[InstallResult, audit.AuditReport | None]:
     validate_request(req)  # (1)
-    checked = None if req.dry_run else audit.require_intact(req.root)  # no change its entry could not record
+    checked = _audit_intact(req, steps)  # no change is made that its audit entry could not record
     rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
     bundle = verify(rebuilt, steps, progress, on_total)  # (2)
     layout = Layout(req.root, check_instance(req.instance or default_instance(bundle.manifest)))
@@ -279,6 +279,21 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
         exc.data.setdefault("instance", layout.instance)
         exc.data.setdefault("bundle_sha256", verified_digest(bundle))
         raise
+
+
+def _audit_intact(req: InstallRequest, steps: Steps) -> audit.AuditReport | None:
+    """The chain verified before anything changes (exit 1, audit.tampered, when broken); a dry run only says
+    whether the install would be refused for it."""
+    if req.dry_run:
+        try:
+            audit.require_intact(req.root)
+        except CheckFailed as exc:
+            steps.skip("audit", f"dry run: the install would be refused: {exc.message} ({exc.code})")
+        return None
+    with steps("audit", "verifying the audit chain before changing anything") as d:
+        checked = audit.require_intact(req.root)
+        d.append(f"{checked.entries} entries, chain, head and anchor intact")
+    return checked
 
 
 def validate_request(req: InstallRequest) -> None:

@@ -80,7 +80,11 @@ def test_a_change_is_refused_before_it_starts_on_a_broken_chain(cli, two: Path, 
     _cut_tail(root)
     log = (root / LOG).read_bytes()
     if command == "install":
-        code, doc = _install(cli, pack(tmp_path / "b3", tiny_model, [keys["alice"]], version=3), keys, root)
+        b3 = pack(tmp_path / "b3", tiny_model, [keys["alice"]], version=3)
+        code, doc = _install(cli, b3, keys, root, "--dry-run")  # a dry run says the install would be refused
+        assert code == 0 and any(s["step"] == "audit" and "audit.tampered" in s["detail"] for s in doc["data"]["steps"])
+        code, doc = _install(cli, b3, keys, root)
+        assert [s["step"] for s in doc["data"]["steps"]] == ["audit"], doc["data"]["steps"]  # refused first
     else:
         code, doc = cli(command, "--root", str(root))
     assert code == 1 and doc["error"]["code"] == "audit.tampered", doc
