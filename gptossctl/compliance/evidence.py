@@ -79,8 +79,11 @@ class Sealed:
 
 
 def read_chain(layout: Layout) -> Chain:
+    """The chain of the instance's root; the instance checked counts as installed even without a current
+    release (its folder is there: compliance only opens an installed instance), so a missing log is caught."""
+    installed = sorted({*audit.installed_instances(layout.root), layout.instance})
     try:
-        return Chain(audit.inspect_root(layout.root))
+        return Chain(audit.inspect(layout.log_dir, anchor=layout.audit_anchor, installed=installed))
     except GptossctlError as exc:
         return Chain(None, exc.message)
 
