@@ -208,11 +208,59 @@ def audit_verify(root: ExistingRootOpt = Path("/"), as_json: JsonOpt = False) ->
     """Check the audit log's hash chain. Exit 1 naming the first edited, deleted or cut entry."""
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.install.audit import verify
-        from gptossctl.install.layout import Layout
+        from gptossctl.install.audit import verify_root
 
-        layout = Layout(root)
-        return verify(layout.log_dir, anchor=layout.audit_anchor)
+        return verify_root(root)
+
+    def render(r) -> None:  # type: ignore[no-untyped-def]
+        stdout.print(f"[green]intact[/green]: {r.entries} entries in {escape(str(r.path))}"
+                     + (f", head {r.head[:16]}…" if r.head else ""))
+        if r.pending_reset:
+            stderr.print(f"[yellow]the chain was reset at entry {r.pending_reset['seq']} and not yet acknowledged: "
+                         "gptossctl audit acknowledge --yes[/yellow]")
+
+    run(action, as_json=as_json, render=render)
+
+
+def _confirm_audit(yes: bool, what: str) -> None:
+    if not yes:
+        raise UsageError(f"{what} writes to the audit chain and is itself recorded", code="audit.confirm",
+                         hint="pass --yes to confirm")
+
+
+@audit_app.command("reset")
+def audit_reset(reason: str | None = typer.Option(None, "--reason", help="Why the chain broke and who investigated "
+                                                   "(recorded in the new chain's first entry)."),
+                root: ExistingRootOpt = Path("/"), yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Move a broken audit log aside (kept as evidence) and start a new chain whose first entry records the
+    break; compliance flags it until 'gptossctl audit acknowledge'.
+
+    Exit 0 reset, 1 the log cannot be read, 2 without --yes or --reason, or when the chain is intact.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.install.audit import reset
+
+        _confirm_audit(yes, "audit reset")
+        return reset(root, reason=reason)
 
     run(action, as_json=as_json, render=lambda r: stdout.print(
-        f"[green]intact[/green]: {r.entries} entries in {r.path}" + (f", head {r.head[:16]}…" if r.head else "")))
+        f"[yellow]reset[/yellow]: a new chain starts at entry {r.entry['seq']}; the broken files are kept as "
+        + escape(", ".join(r.kept) or "nothing") + "; acknowledge once reviewed: gptossctl audit acknowledge --yes"))
+
+
+@audit_app.command("acknowledge")
+def audit_acknowledge(root: ExistingRootOpt = Path("/"), yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Record that the newest reset of the audit chain was reviewed (compliance stops flagging it).
+
+    Exit 0 acknowledged, 1 the chain is broken, 2 without --yes or when no reset waits.
+    """
+
+    def action():  # type: ignore[no-untyped-def]
+        from gptossctl.install.audit import acknowledge
+
+        _confirm_audit(yes, "audit acknowledge")
+        return acknowledge(root)
+
+    run(action, as_json=as_json, render=lambda r: stdout.print(
+        f"[green]acknowledged[/green] the reset at entry {r.entry['acknowledge']['reset_seq']} (entry {r.entry['seq']})"))

@@ -20,6 +20,7 @@ from gptossctl.install.layout import Layout
 
 CHECKS: tuple[Callable[[Evidence], CheckResult], ...] = (
     integrity.check_signatures, integrity.check_expiry, integrity.check_payload, integrity.check_environment,
+    provenance.check_sealed,
     configuration.check_unit, configuration.check_release_files, configuration.check_exposure,
     configuration.check_offline, configuration.check_usage_stats, configuration.check_bind,
     access.check_api_key, access.check_secrets, access.check_permissions,

@@ -21,10 +21,13 @@ from gptossctl.bundle.verify import TrustPolicy, verify_bundle
 from gptossctl.compliance.units import UnitView, installed_units, view
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
 from gptossctl.hardware.profiles import load_profile, load_profiles
+from gptossctl.install import audit
+from gptossctl.install.environment import LISTING
 from gptossctl.install.layout import Layout, check_instance
-from gptossctl.install.release import ENV_FILE, ReleaseRecord, current_version, read_release
+from gptossctl.install.release import ENV_FILE, RELEASE_JSON, ReleaseRecord, current_version, read_release
 from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import render_replicated
+from gptossctl.install.seal import differences, newest_seal
 from gptossctl.install.trust import load_trust
 from gptossctl.secretnames import SECRET_NAME
 
@@ -38,6 +41,61 @@ class ComplianceOptions:
     max_exposure: float = 2.0
     expiry_warning: timedelta = timedelta(days=30)
     now: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The audit chain as read once: its state (None when it cannot be read, with why)."""
+
+    state: audit.ChainState | None
+    error: str | None = None
+
+    @property
+    def records(self) -> tuple[dict[str, object], ...]:
+        return self.state.records if self.state is not None else ()
+
+    @property
+    def broken(self) -> bool:
+        return self.state is None or bool(self.state.findings)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """The newest seal of the current release in the chain, and every sealed file that differs from it."""
+
+    seal: dict[str, object] | None
+    diffs: tuple[tuple[Path, str], ...] = ()
+
+    def changed(self, name: str) -> bool:
+        return any(p.name == name for p, _m in self.diffs)
+
+    @property
+    def record_changed(self) -> bool:
+        """release.json is not the record sealed at install: nothing read from it is trusted."""
+        return self.changed(RELEASE_JSON)
+
+    @property
+    def listing_changed(self) -> bool:
+        return self.changed(LISTING)
+
+
+def read_chain(layout: Layout) -> Chain:
+    """The chain of the instance's root; the instance checked counts as installed even without a current
+    release (its folder is there: compliance only opens an installed instance), so a missing log is caught."""
+    installed = sorted({*audit.installed_instances(layout.root), layout.instance})
+    try:
+        return Chain(audit.inspect(layout.log_dir, anchor=layout.audit_anchor, installed=installed))
+    except GptossctlError as exc:
+        return Chain(None, exc.message)
+
+
+def sealed(layout: Layout, rec: ReleaseRecord, chain: Chain) -> Sealed:
+    seal = newest_seal(chain.records, layout.instance, rec.version)
+    return Sealed(seal, tuple(differences(layout, rec.version, seal)) if seal is not None else ())
+
+
+RECORD_CHANGED = (f"{RELEASE_JSON} differs from the record sealed in the audit chain at install: what it says "
+                  "(interpreter, environment, profile, ports) is not trusted")
 
 
 @dataclass(frozen=True)
@@ -63,6 +121,8 @@ class Evidence:
     # Every unit gptossctl installed for the instance (serving, router, compliance, canaries) as systemd
     # applies it: the file it loads and every drop-in (compliance.units).
     units: tuple[UnitView, ...] = ()
+    chain: Chain = field(default_factory=lambda: Chain(None, "not read"))
+    sealed: Sealed = field(default_factory=lambda: Sealed(None))
 
     def live(self, p: Path) -> str:
         return str(self.layout.live_path(p))
@@ -132,7 +192,9 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     env_text = read_text(release / ENV_FILE)
     policy, note = _policy(layout, opts)
     findings, manifest = _verify(layout, release, policy, note)
-    api_key, rendered, render_error = _rerender(layout, release, rec, manifest)
+    chain = read_chain(layout)
+    seal = sealed(layout, rec, chain)
+    api_key, rendered, render_error = _rerender(layout, release, rec, manifest, seal)
     unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
     return Evidence(layout=layout, systemd=systemd, opts=opts, now=opts.now or datetime.now(UTC), release=release,
                     rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, api_key=api_key,
@@ -141,7 +203,8 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
                     env_text=env_text, env=None if env_text is None else parse_env(env_text),
                     replica_envs={r.files[1]: read_text(release / r.files[1]) for r in rec.replicas},
                     units=tuple(view(layout, systemd, u) for u in installed_units(layout, rec, release, rendered,
-                                                                                   render_error)))
+                                                                                   render_error)),
+                    chain=chain, sealed=seal)
 
 
 def _policy(layout: Layout, opts: ComplianceOptions) -> tuple[TrustPolicy | None, str]:
@@ -174,13 +237,17 @@ def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
     return tuple(findings), manifest
 
 
-def _rerender(layout: Layout, release: Path, rec: ReleaseRecord,
-              manifest: Manifest | None) -> tuple[str | None, dict[str, str] | None, str | None]:
-    """(api key, the approved rendering, why there is none) from the recorded inputs and the signed files."""
+def _rerender(layout: Layout, release: Path, rec: ReleaseRecord, manifest: Manifest | None,
+              seal: Sealed) -> tuple[str | None, dict[str, str] | None, str | None]:
+    """(api key, the approved rendering, why there is none) from the recorded inputs and the signed files. The
+    record is one input: one that differs from its seal renders nothing (an edited record and host file would
+    agree)."""
     try:
         api_key = read_api_key(layout.api_key)
     except GptossctlError as exc:
         return None, None, f"the API key {layout.live_path(layout.api_key)} is unreadable: {exc.message}"
+    if seal.record_changed:
+        return api_key, None, RECORD_CHANGED
     if manifest is None:
         return api_key, None, "the signed manifest is unreadable: nothing to render the approved configuration from"
     try:

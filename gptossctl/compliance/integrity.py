@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from gptossctl.bundle.dsse import parse_envelope
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST
-from gptossctl.compliance.evidence import MAX_EVIDENCE, Evidence, cap, is_date, is_signature
+from gptossctl.compliance.evidence import MAX_EVIDENCE, RECORD_CHANGED, Evidence, cap, is_date, is_signature
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import GptossctlError
 from gptossctl.install.environment import LISTING, VENV, compare_listing
@@ -74,6 +74,12 @@ def check_payload(ev: Evidence) -> CheckResult:
 
 
 def check_environment(ev: Evidence) -> CheckResult:
+    if ev.sealed.record_changed or ev.sealed.listing_changed:  # neither says what install built any more
+        return CheckResult("drift.environment", "fail", (RECORD_CHANGED if ev.sealed.record_changed else
+                                                         f"{LISTING} differs from the listing sealed in the audit "
+                                                         "chain at install: the environment cannot be compared "
+                                                         "with what install built",),
+                           (ev.live(ev.release / (RELEASE_JSON if ev.sealed.record_changed else LISTING)),))
     if ev.rec.external_env:
         return CheckResult("drift.environment", "warn", (f"the service runs the site's environment "
                                                          f"{ev.rec.python} (--vllm-python), not one built "

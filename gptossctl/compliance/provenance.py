@@ -4,15 +4,15 @@ the audit chain intact, and the service running the current release."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from gptossctl.adapters.openai_http import health
 from gptossctl.compliance import replicas
-from gptossctl.compliance.evidence import Evidence, cap, installed_dists
+from gptossctl.compliance.evidence import RECORD_CHANGED, Chain, Evidence, cap, installed_dists, read_chain
 from gptossctl.compliance.result import CheckResult
-from gptossctl.errors import CheckFailed
 from gptossctl.install import audit
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import unit_release
+from gptossctl.install.release import RELEASE_JSON, unit_release
 
 
 def check_license(ev: Evidence) -> CheckResult:
@@ -55,6 +55,8 @@ def check_sbom(ev: Evidence) -> CheckResult:
         if str(c.get("purl", "")).startswith("pkg:pypi/"):
             listed[canonicalize_name(c["name"])] = c["version"]
     evidence = [f"SBOM lists {len(listed)} Python packages (CycloneDX {bom.get('specVersion')})"]
+    if ev.sealed.record_changed:
+        return CheckResult("provenance.sbom", "fail", (RECORD_CHANGED,), locs + (ev.live(ev.release / RELEASE_JSON),))
     if ev.rec.external_env:
         return CheckResult("provenance.sbom", "warn", (*evidence, "the service runs the site's environment "
                                                        f"{ev.rec.python}, which the SBOM does not cover"), locs)
@@ -70,21 +72,62 @@ def check_sbom(ev: Evidence) -> CheckResult:
 
 
 def check_audit(ev: Evidence) -> CheckResult:
-    return audit_chain(ev.layout)
+    return chain_result(ev.layout, ev.chain)
 
 
 def audit_chain(layout: Layout) -> CheckResult:
-    log = layout.log_dir / audit.LOG
-    live = str(layout.live_path(log))
-    locs = (live,)
-    if not log.exists():
-        return CheckResult("audit.chain", "fail", (f"{live} is missing, yet an instance is installed: "
-                                                   "the log was removed",), locs)
-    try:
-        r = audit.verify(layout.log_dir, anchor=layout.audit_anchor)
-    except CheckFailed as exc:
-        return CheckResult("audit.chain", "fail", cap([f"{f.subject}: {f.message}" for f in exc.findings]), locs)
-    return CheckResult("audit.chain", "pass", (f"{r.entries} entries, chain, head and anchor intact",), locs)
+    return chain_result(layout, read_chain(layout))
+
+
+def chain_result(layout: Layout, chain: Chain) -> CheckResult:
+    """Intact, and no reset waiting for acknowledgement. A reset fails until acknowledged: the entries before it
+    cannot be verified any more, and a daily check that only gates on failures must not pass that quietly."""
+    locs = (str(layout.live_path(layout.log_dir / audit.LOG)),)
+    state = chain.state
+    if state is None:
+        return CheckResult("audit.chain", "fail", (f"the audit log cannot be read: {chain.error}",), locs)
+    if state.findings:
+        return CheckResult("audit.chain", "fail", cap([f"{f.subject}: {f.message}" for f in state.findings]), locs)
+    pending = audit.pending_reset(state.records)
+    if pending is not None:
+        return CheckResult("audit.chain", "fail", (_reset_said(pending), "review the broken chain kept as evidence, "
+                                                   "then acknowledge the reset: gptossctl audit acknowledge --yes"),
+                           locs)
+    done = audit.last_reset(state.records)
+    return CheckResult("audit.chain", "pass", (f"{state.entries} entries, chain, head and anchor intact",)
+                       + ((_reset_said(done) + "; acknowledged",) if done else ()), locs)
+
+
+def _reset_said(entry: dict[str, Any]) -> str:
+    reset = entry["reset"]
+    prev = reset.get("previous") or {}
+    before = f"entry {prev.get('seq')} ({prev.get('from')})" if prev else "an unknown entry"
+    return (f"the chain was reset at entry {entry['seq']} ({entry.get('time')}, by {entry.get('user')}): "
+            f"{reset.get('reason')}; the previous chain ended at {before}; kept as "
+            f"{', '.join(map(str, reset.get('kept') or [])) or 'nothing'}")
+
+
+def check_sealed(ev: Evidence) -> CheckResult:
+    """The release record, environment listing, API key and rendered files are what the newest seal of the
+    current release in the audit chain says: one function for one vLLM unit or replicas and a router (the
+    seal lists every rendered file of the release)."""
+    locs = (ev.live(ev.release / RELEASE_JSON),)
+    seal, diffs = ev.sealed.seal, ev.sealed.diffs
+    broken = " (and the audit chain does not verify: see audit.chain)" if ev.chain.broken else ""
+    if seal is None:
+        return CheckResult("record.sealed", "warn", (f"release {ev.rec.version} has no seal in the audit chain"
+                                                     f"{broken}: installed by an older gptossctl; reinstall or roll "
+                                                     "forward to seal it: gptossctl install BUNDLE --repair",), locs)
+    if diffs:
+        return CheckResult("record.sealed", "fail", cap([f"{ev.live(p)}: {m}" for p, m in diffs]),
+                           tuple(dict.fromkeys(ev.live(p) for p, _m in diffs)))
+    files = seal.get("files")
+    n = len(files) if isinstance(files, dict) else 0
+    said = (f"{RELEASE_JSON}, {'the environment listing, ' if seal.get('listing') else ''}the API key and {n} "
+            f"rendered files match the seal of release {ev.rec.version}")
+    # A broken chain fails audit.chain; the files still match what its entries sealed, and it says so.
+    return CheckResult("record.sealed", "pass", (said + (", read from a chain that does not verify (see "
+                                                         "audit.chain)" if broken else ""),), locs)
 
 
 def check_running(ev: Evidence) -> CheckResult:

@@ -36,6 +36,10 @@ RULES: tuple[Rule, ...] = (
          ("SI-7", "CM-3"),
          "keep the changed files for investigation, then rebuild it from the signed bundle: "
          "gptossctl install BUNDLE --trust KEY.pub --repair"),
+    Rule("record.sealed", "The release record, environment listing, API key and rendered files are the ones "
+         "sealed in the audit chain at install", "high", ("AU-9", "CM-3", "SI-7"),
+         "keep the changed files as evidence, then reinstall from the signed bundle (gptossctl install BUNDLE "
+         "--trust KEY.pub --repair); a release installed before seals existed is sealed by reinstalling it"),
     Rule("config.unit", "Every unit gptossctl installed is as rendered, loaded from its file, with no drop-ins",
          "high", ("CM-2", "CM-6"),
          "remove local edits, drop-ins and unit files that shadow gptossctl's (systemctl cat UNIT shows what "

@@ -112,8 +112,7 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     out["status.json"] = json.dumps(_safe(lambda: status(root, instance)), indent=1, default=str)
     out["compliance.json"] = json.dumps(_safe(lambda: run_checks(root, instance).to_dict()), indent=1,
                                         default=str)
-    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify(layout.log_dir, anchor=layout.audit_anchor)
-                                                .to_dict()), indent=1)
+    out["audit/verify.json"] = json.dumps(_safe(lambda: audit.verify_root(root).to_dict()), indent=1)
     if (t := _text(layout.log_dir / audit.LOG)) is not None:
         out["audit/audit.jsonl"] = t
     out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)

@@ -82,6 +82,7 @@ from gptossctl.install.rolling import (
     roll,
     serving_units,
 )
+from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import choose_api_key, commit_state, release_api_key
@@ -190,7 +191,7 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
     steps = Steps(on_step)
     try:
         with _assembled_removed_on_failure(req):
-            result = _install(req, steps, progress, on_total)
+            result, checked = _install(req, steps, progress, on_total)
     except KeyboardInterrupt:
         raise _interrupted(req, steps) from None
     except GptossctlError as exc:
@@ -200,9 +201,11 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
                          digest=exc.data.get("bundle_sha256"), detail=exc.message, failure=exc)
         raise
     if not req.dry_run:
+        sealed = make_seal(Layout(req.root, result.instance), result.version)
         audit.record(req.root, req.command(), "ok" if result.changed else "unchanged", instance=result.instance,
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
-                     + (", started" if result.started else ""))
+                     + (", started" if result.started else ""), attach={"seal": sealed} if sealed else None,
+                     checked=checked)
     return result
 
 
@@ -248,8 +251,10 @@ def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
         raise
 
 
-def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None) -> InstallResult:
+def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
+             on_total: Progress | None) -> tuple[InstallResult, audit.AuditReport | None]:
     validate_request(req)  # (1)
+    checked = _audit_intact(req, steps)  # no change is made that its audit entry could not record
     rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
     bundle = verify(rebuilt, steps, progress, on_total)  # (2)
     layout = Layout(req.root, check_instance(req.instance or default_instance(bundle.manifest)))
@@ -257,7 +262,10 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
         plan = make_plan(rebuilt, steps, bundle, layout)  # (3)
         result = _result(plan, steps)
         if req.dry_run:
-            return dry_run(plan, steps, result)
+            return dry_run(plan, steps, result), None
+        if checked is not None and not req.repair:  # a release reused as it stands must be as it was sealed
+            require_as_sealed(layout, plan.version, checked.records, code="install.record_changed",
+                              hint=f"reinstall it from the signed bundle: gptossctl install {req.bundle} --repair")
         with install_lock(layout):
             try:
                 result = apply(plan, steps, result)  # (4)-(9)
@@ -266,11 +274,26 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
                 raise
         if rebuilt.bundle != req.bundle:  # the release holds it now (a failure removes it too: see install)
             shutil.rmtree(rebuilt.bundle, ignore_errors=True)
-        return result
+        return result, checked
     except GptossctlError as exc:
         exc.data.setdefault("instance", layout.instance)
         exc.data.setdefault("bundle_sha256", verified_digest(bundle))
         raise
+
+
+def _audit_intact(req: InstallRequest, steps: Steps) -> audit.AuditReport | None:
+    """The chain verified before anything changes (exit 1, audit.tampered, when broken); a dry run only says
+    whether the install would be refused for it."""
+    if req.dry_run:
+        try:
+            audit.require_intact(req.root)
+        except CheckFailed as exc:
+            steps.skip("audit", f"dry run: the install would be refused: {exc.message} ({exc.code})")
+        return None
+    with steps("audit", "verifying the audit chain before changing anything") as d:
+        checked = audit.require_intact(req.root)
+        d.append(f"{checked.entries} entries, chain, head and anchor intact")
+    return checked
 
 
 def validate_request(req: InstallRequest) -> None:

@@ -44,6 +44,7 @@ from gptossctl.install.rolling import (
     retire,
     roll,
 )
+from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, Steps
 from gptossctl.install.timer import remove_compliance_timer
 from gptossctl.install.trust import choose_api_key
@@ -141,18 +142,21 @@ def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout
              on_step: StepCallback | None = None) -> InstallResult:
     command = ["rollback", f"--instance={instance}"] + ([f"--to={to}"] if to is not None else [])
     try:
-        r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step)
+        checked = audit.require_intact(root)  # no change its entry could not record
+        r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step, checked=checked)
     except GptossctlError as exc:
         audit.record(root, command, f"failed: {exc.code}", instance=instance, detail=exc.message, failure=exc)
         raise
     rec = read_release(r.release)
+    sealed = make_seal(Layout(root, instance), r.version)
     audit.record(root, command, "ok", instance=instance, digest=rec.manifest_sha256 if rec else None,
-                 detail=f"release {r.previous} -> {r.version}")
+                 detail=f"release {r.previous} -> {r.version}", attach={"seal": sealed} if sealed else None,
+                 checked=checked)
     return r
 
 
 def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: float,
-              on_step: StepCallback | None) -> InstallResult:
+              on_step: StepCallback | None, checked: audit.AuditReport) -> InstallResult:
     layout = Layout(root, check_instance(instance))
     systemd = _systemd(layout)
     cur = current_version(layout)
@@ -165,6 +169,9 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
     steps = Steps(on_step)
     with steps("verify", f"re-hashing release {target} against its signed manifest"):
         check_release_intact(layout, rec)
+        require_as_sealed(layout, target, checked.records, code="rollback.drift",
+                          hint=f"reinstall release {target} from its bundle (gptossctl install BUNDLE --repair), or "
+                               "roll back to another release; 'gptossctl compliance check' shows the same drift")
     result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint,
                            layout.router_unit_name if rec.replicated else layout.unit_name,
                            layout.release(target), layout.staged, False, steps=steps.records, replicas=rec.replicas)
@@ -263,11 +270,12 @@ def uninstall(root: Path, instance: str, *, purge: bool = False) -> Uninstalled:
     it records the uninstall too."""
     command = ["uninstall", f"--instance={instance}"] + (["--purge"] if purge else [])
     try:
+        checked = audit.require_intact(root)  # no change its entry could not record
         out = _uninstall(root, instance, purge=purge)
     except GptossctlError as exc:
         audit.record(root, command, f"failed: {exc.code}", instance=instance, detail=exc.message, failure=exc)
         raise
-    audit.record(root, command, "ok", instance=instance,
+    audit.record(root, command, "ok", instance=instance, checked=checked,
                  detail=f"removed {len(out.removed)} paths, kept {len(out.kept)}")
     return out
 

@@ -488,6 +488,41 @@ def _anchor_deleted_then_refusal(w: World, tmp: Path) -> dict[str, str]:
     return {"root2": str(root)}
 
 
+def _audit_dirs(root: Path, broken: bool) -> dict[str, str]:
+    """The root copy with its audit files exposed as watched paths (the harness skips them under a root)."""
+    if broken:  # the newest entry cut off the end: verify calls it tampered, so a reset is allowed
+        log = root / LOGFILE
+        log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:-1]))
+    return {"root2": str(root), "logdir": str(root / "var/log/gptoss"), "statedir": str(root / "var/lib/gptossctl")}
+
+
+def _audit_broken(w: World, tmp: Path) -> dict[str, str]:
+    return _audit_dirs(_root_copy(w, tmp), broken=True)
+
+
+def _audit_intact(w: World, tmp: Path) -> dict[str, str]:
+    return _audit_dirs(_root_copy(w, tmp), broken=False)
+
+
+def _audit_reset_pending(w: World, tmp: Path) -> dict[str, str]:
+    """A chain reset and not yet acknowledged."""
+    out = _audit_broken(w, tmp)
+    r = subprocess.run([str(GPTOSSCTL), "audit", "reset", "--reason", "test", "--yes", "--root", out["root2"]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    return out
+
+
+def _audit_log_links_out(w: World, tmp: Path) -> dict[str, str]:
+    """A broken log whose folder is a link out of the root: reset must not move or write anything there."""
+    root = _root_copy(w, tmp)
+    victim = tmp / "victim"
+    shutil.move(str(root / "var/log/gptoss"), victim)
+    (root / "var/log/gptoss").symlink_to(victim)
+    (victim / "audit.jsonl").write_text("")
+    return {"root2": str(root), "victim": str(victim)}
+
+
 SUITE_HEAD = "schema: gptossctl.canary-suite/1\nname: x\nworkflows:\n  - name: w\n    cases:\n"
 P = ("{pub}",)
 ENV_PASS = {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()}
@@ -911,6 +946,37 @@ CASES: list[Case] = [
       setup=_rolled_forward(_edit_record), code="rollback.drift"),
     C("audit-anchor-deleted-then-appended", "audit", "verify", "--root", "{root2}", expect=1,
       code="audit.anchor_missing", setup=_anchor_deleted_then_refusal),
+    # ------------------------------------------------------------ audit reset / acknowledge misuse
+    C("audit-reset-unconfirmed", "audit", "reset", "--reason", "x", "--root", "{root2}", expect=2,
+      code="audit.confirm", watch=("logdir", "statedir"), setup=_audit_broken),
+    C("audit-reset-no-reason", "audit", "reset", "--yes", "--root", "{root2}", expect=2, code="audit.bad_reason",
+      watch=("logdir", "statedir"), setup=_audit_broken),
+    C("audit-reset-blank-reason", "audit", "reset", "--reason", "  \t ", "--yes", "--root", "{root2}", expect=2,
+      code="audit.bad_reason", watch=("logdir", "statedir"), setup=_audit_broken),
+    C("audit-reset-reason-newline", "audit", "reset", "--reason", "ok\n{{\"seq\": 99}}", "--yes", "--root", "{root2}",
+      expect=2, code="audit.bad_reason", watch=("logdir", "statedir"), setup=_audit_broken),
+    C("audit-reset-reason-escape", "audit", "reset", "--reason", "ok\x1b[2J", "--yes", "--root", "{root2}",
+      expect=2, code="audit.bad_reason", watch=("logdir", "statedir"), setup=_audit_broken),
+    C("audit-reset-reason-huge", "audit", "reset", "--reason", "x" * 5000, "--yes", "--root", "{root2}", expect=2,
+      code="audit.bad_reason", watch=("logdir", "statedir"), setup=_audit_broken),
+    C("audit-reset-intact-chain", "audit", "reset", "--reason", "x", "--yes", "--root", "{root2}", expect=2,
+      code="audit.nothing_to_reset", watch=("logdir", "statedir"), setup=_audit_intact),
+    C("audit-reset-fresh-root", "audit", "reset", "--reason", "x", "--yes", "--root", "{dir}", expect=2,
+      code="audit.nothing_to_reset"),
+    C("audit-reset-log-links-out", "audit", "reset", "--reason", "x", "--yes", "--root", "{root2}", expect=2,
+      code="install.link_escapes_root", watch=("victim",), setup=_audit_log_links_out),
+    C("audit-acknowledge-unconfirmed", "audit", "acknowledge", "--root", "{root2}", expect=2, code="audit.confirm",
+      watch=("logdir", "statedir"), setup=_audit_reset_pending),
+    C("audit-acknowledge-nothing-reset", "audit", "acknowledge", "--yes", "--root", "{root2}", expect=2,
+      code="audit.nothing_to_acknowledge", watch=("logdir", "statedir"), setup=_audit_intact),
+    C("audit-acknowledge-broken-chain", "audit", "acknowledge", "--yes", "--root", "{root2}", expect=1,
+      code="audit.tampered", watch=("logdir", "statedir"), setup=_audit_broken),
+    C("compliance-audit-reset-unacknowledged", "compliance", "check", "--root", "{root2}", expect=1,
+      code="compliance.audit.chain", setup=_audit_reset_pending),
+    C("uninstall-on-cut-chain", "uninstall", "--root", "{root2}", "--yes", expect=1, code="audit.tampered",
+      watch=("root2", "logdir", "statedir"), setup=_audit_broken),
+    C("rollback-on-cut-chain", "rollback", "--root", "{root2}", "--yes", expect=1, code="audit.tampered",
+      watch=("root2", "logdir", "statedir"), setup=_audit_broken),
     C("support-bundle-audit-log-fifo", "support-bundle", "--root", "{root2}", "-o", "{root2}.tgz", expect={0},
       setup=_audit_change(_replace(LOGFILE, lambda p: os.mkfifo(p)))),
     # Second independent pass (adversarial2): paths the operating system refuses, checked before any command

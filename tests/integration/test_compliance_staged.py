@@ -25,7 +25,7 @@ INSTANCE = "tiny-gpt-oss"
 SARIF_TOOL = "5.7.0"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptossctl-tests"
 RULE_IDS = ["release.current", "bundle.signatures", "bundle.expiry", "drift.payload", "drift.environment",
-            "config.unit", "config.release_files", "config.exposure", "config.offline", "config.usage_stats",
+            "record.sealed", "config.unit", "config.release_files", "config.exposure", "config.offline", "config.usage_stats",
             "config.bind", "access.api_key", "access.secrets", "access.permissions", "license.model",
             "provenance.sbom", "audit.chain", "service.running"]
 
@@ -219,6 +219,42 @@ def _extra_dist(root: Path) -> None:
     (site / "smuggled-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: smuggled\nVersion: 1.0\n")
 
 
+def _listing_with_module(root: Path) -> None:
+    """A module edited and the environment's listing rewritten to match it: only the seal still knows."""
+    import hashlib
+
+    (init,) = (_rel(root) / "venv/lib").glob("python*/site-packages/tinydep/__init__.py")
+    init.write_text(init.read_text() + "import os  # planted\n")
+    listing = _rel(root) / "venv-manifest.json"
+    doc = json.loads(listing.read_text())
+    rel = str(init.relative_to(_rel(root) / "venv"))
+    assert rel in doc["files"]
+    doc["files"][rel] = hashlib.sha256(init.read_bytes()).hexdigest()
+    listing.write_text(json.dumps(doc, indent=0) + "\n")
+
+
+def _python_with_unit(root: Path) -> None:
+    """release.json names another interpreter, and the unit (installed and the release's copy) runs it."""
+    python = json.loads((_rel(root) / "release.json").read_text())["python"]
+    _edit(_rel(root) / "release.json", json.dumps(python), json.dumps("/tmp/evil/bin/python"))
+    for unit in (_rel(root) / "unit.service", root / f"etc/systemd/system/gptoss@{INSTANCE}.service"):
+        text = unit.read_text()
+        assert python in text
+        unit.write_text(text.replace(python, "/tmp/evil/bin/python"))
+
+
+def _external_flag(root: Path) -> None:
+    """release.json claims the site's environment: the venv and SBOM checks would look away."""
+    _edit(_rel(root) / "release.json", '"external_env": false', '"external_env": true')
+
+
+def _key_with_env(root: Path) -> None:
+    """The API key file replaced, and service.env rendered for the new key."""
+    old = _key(root)
+    (root / "etc/gptoss" / INSTANCE / "api-key").write_text("k" * 43 + "\n")
+    _edit(_rel(root) / "service.env", f"VLLM_API_KEY={old}", "VLLM_API_KEY=" + "k" * 43)
+
+
 def _audit_entry(root: Path) -> None:
     log = root / "var/log/gptoss/audit.jsonl"
     lines = log.read_text().splitlines()
@@ -246,9 +282,16 @@ TAMPER = {
     "unit line edited": (_unit_line, {"config.unit"}),
     "drop-in loosening the sandbox": (_dropin, {"config.unit", "config.exposure"}),
     "env file made world-readable": (_env_mode, {"access.secrets"}),
-    "usage statistics turned on": (_usage_stats, {"config.usage_stats", "config.release_files"}),
-    "bound to every address": (_bind, {"config.bind", "config.release_files"}),
-    "API key replaced in the env file": (_api_key, {"access.api_key", "config.release_files"}),
+    # The release's rendered copies are sealed in the audit chain at install: record.sealed names them too.
+    "usage statistics turned on": (_usage_stats, {"config.usage_stats", "config.release_files", "record.sealed"}),
+    "bound to every address": (_bind, {"config.bind", "config.release_files", "record.sealed"}),
+    "API key replaced in the env file": (_api_key, {"access.api_key", "config.release_files", "record.sealed"}),
+    "venv listing rewritten with the module": (_listing_with_module, {"record.sealed", "drift.environment"}),
+    "release.json python rewritten with the unit": (_python_with_unit, {
+        "record.sealed", "config.unit", "config.release_files", "drift.environment", "provenance.sbom"}),
+    "release.json claims an external environment": (_external_flag, {
+        "record.sealed", "config.unit", "config.release_files", "drift.environment", "provenance.sbom"}),
+    "API key file replaced with the env file": (_key_with_env, {"record.sealed"}),
     "module edited in the environment": (_module, {"drift.environment"}),
     ".pth file planted in the environment": (_pth, {"drift.environment"}),
     "package smuggled into the environment": (_extra_dist, {"drift.environment", "provenance.sbom"}),

@@ -295,8 +295,10 @@ def test_compliance_covers_the_replicas_and_catches_a_tampered_router(cli, tree:
     env = tree / "opt/gptoss" / INSTANCE / "releases/1/service-r5.env"
     env.write_text(env.read_text().replace("CUDA_VISIBLE_DEVICES=5", "CUDA_VISIBLE_DEVICES=0"))
     checks = _report(cli, tree)
-    assert _failed(checks) == {"config.release_files"}
+    # The release's copy is sealed in the audit chain at install too (one check over every unit's files).
+    assert _failed(checks) == {"config.release_files", "record.sealed"}
     assert "service-r5.env: CUDA_VISIBLE_DEVICES: approved 5, found 0" in checks["config.release_files"]["evidence"]
+    assert any("releases/1/service-r5.env: rendered file" in e for e in checks["record.sealed"]["evidence"])
 
 
 def test_the_support_bundle_holds_every_replica_and_the_router_and_no_key(cli, tree: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
