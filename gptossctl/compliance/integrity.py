@@ -36,6 +36,11 @@ def check_signatures(ev: Evidence) -> CheckResult:
     if bad or m is None:
         return CheckResult("bundle.signatures", "fail", cap(bad),
                            (ev.live(ev.release / ENVELOPE), ev.live(ev.release / MANIFEST)))
+    if ev.trust_state == "legacy":
+        return CheckResult("bundle.signatures", "warn", (*evidence, f"{m.name} v{m.version}: signatures meet the "
+                                                         "threshold of the listed keys; no trust root yet: migrate "
+                                                         "by reinstalling the current bundle"),
+                           (ev.live(ev.release / ENVELOPE),))
     return CheckResult("bundle.signatures", "pass", (*evidence, f"{m.name} v{m.version}: signatures meet the "
                                                     "threshold under the trusted keys"),
                        (ev.live(ev.release / ENVELOPE),))
