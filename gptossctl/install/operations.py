@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +139,13 @@ def status_report(root: Path = Path("/"), instance: str | None = None) -> Status
 
 
 def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout: float = 1800.0,
-             on_step: StepCallback | None = None, allow_expired: bool = False) -> InstallResult:
+             on_step: StepCallback | None = None, allow_expired: bool = False,
+             now: datetime | None = None) -> InstallResult:
     command = ["rollback", f"--instance={instance}"] + ([f"--to={to}"] if to is not None else []) + \
         (["--allow-expired"] if allow_expired else [])
     try:
         r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step,
-                      allow_expired=allow_expired)
+                      allow_expired=allow_expired, now=now)
     except GptossctlError as exc:
         audit.record(root, command, f"failed: {exc.code}", instance=instance, detail=exc.message, failure=exc)
         raise
@@ -155,7 +157,8 @@ def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout
 
 
 def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: float,
-              on_step: StepCallback | None, allow_expired: bool = False) -> InstallResult:
+              on_step: StepCallback | None, allow_expired: bool = False,
+              now: datetime | None = None) -> InstallResult:
     layout = Layout(root, check_instance(instance))
     systemd = _systemd(layout)
     cur = current_version(layout)
@@ -169,7 +172,7 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
     with steps("verify", f"re-hashing release {target} against its signed manifest"):
         check_release_intact(layout, rec)
     with steps("trust", f"release {target} against the current trust root") as d:
-        d.append(check_release_trusted(layout, target, allow_expired=allow_expired))
+        d.append(check_release_trusted(layout, target, allow_expired=allow_expired, now=now))
     result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint,
                            layout.router_unit_name if rec.replicated else layout.unit_name,
                            layout.release(target), layout.staged, False, steps=steps.records, replicas=rec.replicas)
@@ -195,7 +198,7 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
         return result
 
 
-def check_release_trusted(layout: Layout, version: int, *, allow_expired: bool) -> str:
+def check_release_trusted(layout: Layout, version: int, *, allow_expired: bool, now: datetime | None = None) -> str:
     """The release about to serve again must be signed as the CURRENT trust root requires, whatever was trusted
     when it was installed: a signer removed or revoked since then refuses it (rollback.untrusted). A bundle past
     its expiry serves again only with --allow-expired (rollback.expired)."""
@@ -204,7 +207,7 @@ def check_release_trusted(layout: Layout, version: int, *, allow_expired: bool) 
         raise CheckFailed(f"instance {layout.instance} has no trust to check release {version} against",
                           code="rollback.untrusted", hint="reinstall the bundle you want (gptossctl install BUNDLE "
                           "--trust KEY.pub): the install sets the instance's trust root")
-    checked = check_envelope(read_envelope(layout.release(version)), root.policy("release"))
+    checked = check_envelope(read_envelope(layout.release(version)), root.policy("release", now=now))
     signature = [f for f in checked.findings if f.code.startswith("signature.")]
     if signature:
         raise CheckFailed(f"release {version} is not signed as the current trust requires ({note})",

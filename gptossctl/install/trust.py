@@ -141,8 +141,8 @@ class TrustPlan:
                 f"{after.roles['release'].threshold}), expires {after.to_doc()['expires']}")
 
 
-def _differs(current: TrustRoot, asked: str) -> CheckFailed:
-    return CheckFailed(f"{asked} differs from the instance's trust root (version {current.version}: release signers "
+def _differs(current: TrustRoot, asked: str) -> UsageError:
+    return UsageError(f"{asked} differs from the instance's trust root (version {current.version}: release signers "
                        f"{', '.join(current.names(current.roles['release'].keyids))}, threshold "
                        f"{current.roles['release'].threshold})", code="trust.differs_from_root",
                        hint="trust changes only by rotation: " + ROTATE_HINT + "; or drop --trust/--threshold to "
@@ -181,6 +181,9 @@ def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | 
         return TrustPlan(legacy.policy("release", **kw), unsigned(legacy), None,
                          f"migrated {layout.trust_dir} (policy.json and the keys it lists) into a trust root")
     if given is not None:
+        if given.root.expired(now):
+            raise CheckFailed(f"--trust-root {root_file} expired at {given.root.to_doc()['expires']}",
+                              code="trust.root_expired", hint="make and sign a fresh root ('gptossctl trust new')")
         return TrustPlan(given.root.policy("release"), given, None, f"first root from --trust-root {root_file}")
     if policy is None:
         raise UsageError("no trusted keys given: a first install needs --trust KEY.pub (with --threshold) or "
