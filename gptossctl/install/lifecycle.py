@@ -34,8 +34,8 @@ from typing import Any, NoReturn
 from gptossctl import __version__
 from gptossctl.adapters.gpus import Captures
 from gptossctl.adapters.systemd import Systemd
-from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.manifest import parse_manifest
+from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, read_envelope, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, Interrupted, UsageError
 from gptossctl.fsutil import atomic_write, check_not_inside, discard

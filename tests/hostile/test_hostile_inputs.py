@@ -184,9 +184,9 @@ def _signed_root_doc(mutate: Callable[[dict[str, Any]], Any] | None = None, *, p
     import base64
     from datetime import UTC, datetime, timedelta
 
+    from gptossctl.bundle.dsse import pae
     from gptossctl.bundle.keys import load_public_key, load_signing_key
     from gptossctl.bundle.trustroot import PAYLOAD_TYPE, new_root
-    from gptossctl.bundle.dsse import pae
 
     key = load_signing_key(Path(_KEYS["key"]), passphrase=lambda _p: PASSPHRASE)
     root = new_root([("alice", load_public_key(Path(_KEYS["pub"])))], 1, expires=datetime.now(UTC) + timedelta(days=9))

@@ -88,7 +88,6 @@ def test_a_refused_upgrade_leaves_trust_key_and_records_as_they_were(cli, tiny_m
     code, doc = cli("install", str(v5), "--trust", str(keys["alice"].public), "--root", str(root),
                     "--vllm-python", sys.executable)
     assert code == 0, doc
-    etc = root / "etc/gptoss" / INSTANCE
     before = _tree_digest(root, f"etc/gptoss/{INSTANCE}", f"opt/gptoss/{INSTANCE}/releases/5",
                           f"etc/systemd/system/gptoss@{INSTANCE}.service")
     # v6 is signed by alice and bob; installed against the instance's root (alice, 1 of 1: bob is an unknown
