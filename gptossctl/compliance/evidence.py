@@ -51,6 +51,7 @@ class Evidence:
     manifest: Manifest | None = None
     policy_note: str = ""
     trust_state: str = "root"  # root | legacy (installed before trust roots) | none | unreadable
+    signed_by: tuple[str, ...] = ()  # "name (key id)" of each counted signature
     api_key: str | None = None
     rendered: dict[str, str] | None = None
     render_error: str | None = None
@@ -128,12 +129,13 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     release = layout.release(rec.version)
     env_text = read_text(release / ENV_FILE)
     policy, note, state = _policy(layout)
-    findings, manifest = _verify(layout, release, policy, note)
+    findings, manifest, signed_by = _verify(layout, release, policy, note)
     findings += _auditor_findings(release, opts.policy)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest)
     unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
     return Evidence(layout=layout, systemd=systemd, opts=opts, now=opts.now or datetime.now(UTC), release=release,
                     rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, trust_state=state,
+                    signed_by=signed_by,
                     api_key=api_key,
                     rendered=rendered, render_error=render_error,
                     active=systemd.live and systemd.active_state(unit) == "active",
@@ -165,14 +167,18 @@ def _auditor_findings(release: Path, policy: TrustPolicy | None) -> tuple[Findin
 
 
 def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
-            note: str) -> tuple[tuple[Finding, ...], Manifest | None]:
-    """One pass over the release's bytes: signatures, dates and every payload file (verify_bundle)."""
+            note: str) -> tuple[tuple[Finding, ...], Manifest | None, tuple[str, ...]]:
+    """One pass over the release's bytes: signatures, dates and every payload file (verify_bundle); and who
+    signed it, by name beside the key id."""
     findings: list[Finding] = []
     manifest = None
+    signed_by: tuple[str, ...] = ()
     try:
         manifest = verify_bundle(release, policy).manifest
     except CheckFailed as exc:
-        findings = list(exc.findings)
+        # An unknown co-signer is a note, not a failure, unless the root requires known signers.
+        findings = [f for f in exc.findings if f.code != "signature.unknown_signer"
+                    or (policy is not None and policy.require_known_signers)]
         try:
             manifest = parse_manifest(parse_envelope((release / ENVELOPE).read_bytes()).payload)
         except (GptossctlError, OSError):
@@ -181,7 +187,13 @@ def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
         findings = [Finding("bundle.unreadable", str(layout.live_path(release)), exc.message)]
     if policy is None:
         findings.append(Finding("signature.no_trust", "trust", note))
-    return tuple(findings), manifest
+    else:
+        try:  # the release holds files beside the bundle's, so the names come from the envelope alone
+            good = check_envelope(parse_envelope((release / ENVELOPE).read_bytes()), policy).signers
+            signed_by = tuple(f"{s['name']} ({str(s['keyid'])[:16]})" for s in policy.signed_by(good))
+        except (GptossctlError, OSError):
+            pass  # reported by verify_bundle above
+    return tuple(findings), manifest, signed_by
 
 
 def _rerender(layout: Layout, release: Path, rec: ReleaseRecord,

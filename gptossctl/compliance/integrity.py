@@ -18,7 +18,7 @@ from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CON
 
 def check_signatures(ev: Evidence) -> CheckResult:
     bad = [f"{f.subject}: {f.message}" for f in ev.verify_findings if is_signature(f)]
-    evidence = [ev.policy_note]
+    evidence = [ev.policy_note] + ([f"signed by {', '.join(ev.signed_by)}"] if ev.signed_by else [])
     try:
         payload = parse_envelope((ev.release / ENVELOPE).read_bytes()).payload
         digest = hashlib.sha256(payload).hexdigest()

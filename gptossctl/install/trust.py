@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gptossctl.adapters.openai_http import read_api_key
-from gptossctl.bundle.keys import load_public_key
+from gptossctl.bundle.keys import PublicKey, load_public_key
 from gptossctl.bundle.trustroot import (
     SignedRoot,
     TrustRoot,
@@ -158,6 +158,11 @@ def _check_asked(current: TrustRoot, policy: TrustPolicy | None, root_file: Sign
         raise _differs(current, "--trust/--threshold")
 
 
+def _named(policy: TrustPolicy) -> list[tuple[str, PublicKey]]:
+    """--trust keys, named after their files (alice.pub -> alice); revoked ones left out."""
+    return [(signer_name(Path(k.source)), k) for k in policy.trusted if k.keyid not in policy.revoked]
+
+
 def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | None,
                now: datetime | None = None) -> TrustPlan:
     """Which trust this install verifies against: the current root (the flags may only repeat it); an older
@@ -178,7 +183,11 @@ def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | 
     legacy = load_legacy(layout)
     if legacy is not None:
         _check_asked(legacy, policy, given)
-        return TrustPlan(legacy.policy("release", **kw), unsigned(legacy), None,
+        if given is not None:
+            legacy = given.root
+        elif policy is not None:  # the same keys: named after their files rather than their ids
+            legacy = new_root(_named(policy), policy.threshold, expires=legacy.expires)
+        return TrustPlan(legacy.policy("release", **kw), given or unsigned(legacy), None,
                          f"migrated {layout.trust_dir} (policy.json and the keys it lists) into a trust root")
     if given is not None:
         if given.root.expired(now):
@@ -189,7 +198,7 @@ def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | 
         raise UsageError("no trusted keys given: a first install needs --trust KEY.pub (with --threshold) or "
                          "--trust-root ROOT.json", code="verify.no_trusted_keys",
                          hint="pass the signer's public key with --trust FILE.pub")
-    named = [(signer_name(Path(k.source)), k) for k in policy.trusted if k.keyid not in policy.revoked]
+    named = _named(policy)
     root = new_root(named, policy.threshold, expires=(now or datetime.now(UTC)) + FIRST_ROOT_LIFETIME)
     return TrustPlan(root.policy("release", **kw), unsigned(root), None,
                      f"first root from --trust {', '.join(n for n, _ in named)}")
