@@ -292,7 +292,8 @@ def check_envelope(envelope: Envelope, policy: TrustPolicy | None) -> CheckedEnv
     if policy is not None:
         report = signature_report(envelope, policy)
         signers, notes = list(report.good), report.notes
-        findings += report.findings
+        # Failing anyway: the uncounted signatures help explain why (never the cause on their own).
+        findings += [*report.findings, *report.notes] if report.findings else []
     try:
         manifest = parse_manifest(envelope.payload)
     except CheckFailed as exc:
@@ -358,7 +359,7 @@ def _verify_started(root: Path, policy: TrustPolicy | None, envelope: Envelope, 
     findings += digest_findings
     if findings:
         raise CheckFailed(f"bundle verification failed with {len(findings)} finding(s)",
-                          code="bundle.verify_failed", findings=[*findings, *checked.notes],
+                          code="bundle.verify_failed", findings=[*findings, *(n for n in checked.notes if n not in findings)],
                           hint="do not install this bundle; see each finding")
     return VerifiedBundle(root, manifest, checked.signers, hashed, envelope,
                           tuple(policy.signed_by(checked.signers)) if policy else (), checked.notes)
