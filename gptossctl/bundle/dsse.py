@@ -54,19 +54,21 @@ class Envelope:
         return (json.dumps(doc, indent=1) + "\n").encode()
 
 
-def _malformed(message: str) -> CheckFailed:
+def _malformed(message: str, subject: str = "manifest.dsse.json") -> CheckFailed:
     return CheckFailed(
         f"signature envelope is malformed: {message}",
         code="bundle.envelope_malformed",
-        findings=[Finding("envelope.malformed", "manifest.dsse.json", message)],
+        findings=[Finding("envelope.malformed", subject, message)],
         hint="the bundle is damaged or was not written by gptossctl: obtain a fresh copy",
     )
 
 
-def parse_envelope(data: bytes) -> Envelope:
-    """Parse strictly: any deviation is a refusal, never an exception of another kind."""
-    if len(data) > MAX_ENVELOPE_BYTES:
-        raise _malformed(f"{len(data)} bytes is larger than any real manifest")
+def parse_envelope(data: bytes, *, payload_type: str = PAYLOAD_TYPE, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
+    """Parse strictly: any deviation is a refusal, never an exception of another kind. `payload_type` is the
+    one type accepted (a trust root is never taken for a manifest, nor the other way round)."""
+    if len(data) > max_bytes:
+        raise _malformed(f"{len(data)} bytes is larger than any real "
+                         + ("manifest" if payload_type == PAYLOAD_TYPE else "document of its kind"))
     try:
         doc = json.loads(data, object_pairs_hook=refuse_duplicate_keys)
     except DuplicateKey as exc:
@@ -76,8 +78,8 @@ def parse_envelope(data: bytes) -> Envelope:
     if not isinstance(doc, dict) or set(doc) != {"payloadType", "payload", "signatures"}:
         raise _malformed("expected exactly the keys payloadType, payload, signatures")
     ptype, payload, sigs = doc["payloadType"], doc["payload"], doc["signatures"]
-    if ptype != PAYLOAD_TYPE:
-        raise _malformed(f"payloadType {str(ptype)[:80]!r} is not {PAYLOAD_TYPE}")
+    if ptype != payload_type:
+        raise _malformed(f"payloadType {str(ptype)[:80]!r} is not {payload_type}")
     if not isinstance(payload, str) or not isinstance(sigs, list):
         raise _malformed("payload must be a string and signatures a list")
     try:

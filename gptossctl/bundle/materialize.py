@@ -41,7 +41,7 @@ def materialize(
     *,
     base: Path | None,
     scratch: Path,
-    policy: TrustPolicy,
+    policy: TrustPolicy | None,  # None: integrity only (the install verifies the rebuilt bundle against its root)
     progress: Progress | None = None,
     on_total: Callable[[int], None] | None = None,
     workers: int | None = None,

@@ -38,6 +38,10 @@ class TrustPolicy:
     clock_skew: timedelta = timedelta(minutes=5)
     min_version: int | None = None  # refuse bundles older than this (rollback protection)
     now: datetime | None = None
+    # key id -> signer name, from a trust root (else from the key file's name: alice.pub -> alice)
+    names: tuple[tuple[str, str], ...] = ()
+    # A trust root may insist that every signature comes from a key it knows (no vendor + site co-signing).
+    require_known_signers: bool = False
 
     def __post_init__(self) -> None:
         if not self.trusted:
@@ -55,6 +59,18 @@ class TrustPolicy:
                 code="verify.bad_threshold",
             )
 
+    def name_of(self, keyid: str) -> str | None:
+        """The signer's name: the trust root's, else the trusted key file's stem; None for an unknown key."""
+        named = dict(self.names).get(keyid)
+        if named:
+            return named
+        source = next((k.source for k in self.trusted if k.keyid == keyid), "")
+        return Path(source).stem if source else None
+
+    def signed_by(self, keyids: Iterable[str]) -> list[dict[str, str | None]]:
+        """Who signed, as people read it: name beside the key id."""
+        return [{"name": self.name_of(k), "keyid": k} for k in keyids]
+
 
 @dataclass(frozen=True)
 class VerifiedBundle:
@@ -64,6 +80,8 @@ class VerifiedBundle:
     bytes_hashed: int
     # The envelope as verified (payload and signatures): later steps use this copy, never the file again.
     envelope: Envelope | None = field(default=None, repr=False)
+    signed_by: tuple[dict[str, str | None], ...] = ()  # name and key id of each counted signature
+    notes: tuple[Finding, ...] = ()  # what was seen and did not fail (a signature by a key not in the trust)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.manifest
@@ -77,6 +95,8 @@ class VerifiedBundle:
             "bytes": m.total_size,
             "bytes_hashed": self.bytes_hashed,
             "signers": list(self.signers),
+            "signed_by": [dict(s) for s in self.signed_by],
+            "notes": [n.to_dict() for n in self.notes],
         }
 
 
@@ -101,33 +121,56 @@ def read_envelope(root: Path) -> Envelope:
     return parse_envelope(path.read_bytes())
 
 
-def check_signatures(envelope: Envelope, policy: TrustPolicy) -> tuple[list[str], list[Finding]]:
-    """Return the key ids of valid trusted signatures and findings for everything else."""
+@dataclass(frozen=True)
+class SignatureReport:
+    good: tuple[str, ...]  # key ids of distinct valid signatures by trusted, unrevoked keys
+    findings: tuple[Finding, ...]  # each one fails verification
+    notes: tuple[Finding, ...]  # reported, never failing
+
+
+def signature_report(envelope: Envelope, policy: TrustPolicy) -> SignatureReport:
+    """Count distinct valid signatures by trusted, unrevoked keys against the threshold.
+
+    A signature by a key the trust does not know is a note: a vendor's signature beside the site's own
+    must not block a bundle whose threshold the site's keys meet (unless the trust root sets
+    require_known_signers). A trusted key whose signature does not verify, or a revoked key, fails: that is
+    tampering or a key the site withdrew, never noise."""
     trusted = {k.keyid: k for k in policy.trusted}
     message = envelope.signed_message()
     good: list[str] = []
     findings: list[Finding] = []
+    notes: list[Finding] = []
     for sig in envelope.signatures:
         subject = f"signature:{sig.keyid[:16]}"
+        name = policy.name_of(sig.keyid)
+        who = f"{name} ({sig.keyid[:16]})" if name else sig.keyid
         if sig.keyid in policy.revoked:
-            findings.append(Finding("signature.revoked_key", subject, "signed by a revoked key",
+            findings.append(Finding("signature.revoked_key", subject, f"signed by revoked key {who}",
                                     hint="re-sign the bundle with a current key"))
         elif sig.keyid not in trusted:
-            # Strict by design: an unknown co-signer means the trust set is incomplete or a key was
-            # slipped in; either way a person must decide, so it is never silently ignored.
-            findings.append(Finding("signature.untrusted_key", subject,
-                                    f"signed by key {sig.keyid} which is not trusted",
-                                    hint="add its public key with --trust if it is legitimate"))
+            unknown = Finding("signature.unknown_signer", subject, f"signed by key {sig.keyid} which this trust "
+                              "does not know: not counted",
+                              hint="ignored unless the trust root sets require_known_signers; add the key to the "
+                                   "trust root ('gptossctl trust rotate') if it should count")
+            (findings if policy.require_known_signers else notes).append(unknown)
         elif not trusted[sig.keyid].verify(sig.sig, message):
-            findings.append(Finding("signature.invalid", subject,
-                                    "signature does not match the manifest (manifest edited or signature damaged)"))
+            findings.append(Finding("signature.invalid", subject, f"signature by {who} does not match the manifest "
+                                    "(manifest edited or signature damaged)"))
         elif sig.keyid not in good:
             good.append(sig.keyid)
     if len(good) < policy.threshold:
         findings.append(Finding("signature.threshold_not_met", "signatures",
-                                f"{len(good)} valid trusted signature(s), {policy.threshold} required",
+                                f"{len(good)} valid trusted signature(s)"
+                                + (f" ({', '.join(str(policy.name_of(k)) for k in good)})" if good else "")
+                                + f", {policy.threshold} required",
                                 hint="have more trusted signers co-sign with 'gptossctl bundle sign'"))
-    return good, findings
+    return SignatureReport(tuple(good), tuple(findings), tuple(notes))
+
+
+def check_signatures(envelope: Envelope, policy: TrustPolicy) -> tuple[list[str], list[Finding]]:
+    """Return the key ids of valid trusted signatures and findings for everything that fails."""
+    report = signature_report(envelope, policy)
+    return list(report.good), list(report.findings)
 
 
 def check_dates(manifest: Manifest, *, now: datetime, skew: timedelta) -> list[Finding]:
@@ -232,6 +275,7 @@ class CheckedEnvelope:
     manifest: Manifest = field(repr=False)
     signers: tuple[str, ...]
     findings: tuple[Finding, ...]
+    notes: tuple[Finding, ...] = ()
 
 
 def check_envelope(envelope: Envelope, policy: TrustPolicy | None) -> CheckedEnvelope:
@@ -244,9 +288,12 @@ def check_envelope(envelope: Envelope, policy: TrustPolicy | None) -> CheckedEnv
 
     findings: list[Finding] = []
     signers: list[str] = []
+    notes: tuple[Finding, ...] = ()
     if policy is not None:
-        signers, sig_findings = check_signatures(envelope, policy)
-        findings += sig_findings
+        report = signature_report(envelope, policy)
+        signers, notes = list(report.good), report.notes
+        # Failing anyway: the uncounted signatures help explain why (never the cause on their own).
+        findings += [*report.findings, *report.notes] if report.findings else []
     try:
         manifest = parse_manifest(envelope.payload)
     except CheckFailed as exc:
@@ -259,7 +306,7 @@ def check_envelope(envelope: Envelope, policy: TrustPolicy | None) -> CheckedEnv
     skew = policy.clock_skew if policy else timedelta(minutes=5)
     findings += check_dates(manifest, now=now, skew=skew)
     findings += check_versions(manifest, min_version=policy.min_version if policy else None)
-    return CheckedEnvelope(manifest, tuple(signers), tuple(findings))
+    return CheckedEnvelope(manifest, tuple(signers), tuple(findings), notes)
 
 
 def verify_bundle(
@@ -312,9 +359,10 @@ def _verify_started(root: Path, policy: TrustPolicy | None, envelope: Envelope, 
     findings += digest_findings
     if findings:
         raise CheckFailed(f"bundle verification failed with {len(findings)} finding(s)",
-                          code="bundle.verify_failed", findings=findings,
+                          code="bundle.verify_failed", findings=[*findings, *(n for n in checked.notes if n not in findings)],
                           hint="do not install this bundle; see each finding")
-    return VerifiedBundle(root, manifest, checked.signers, hashed, envelope)
+    return VerifiedBundle(root, manifest, checked.signers, hashed, envelope,
+                          tuple(policy.signed_by(checked.signers)) if policy else (), checked.notes)
 
 
 def check_tree(manifest: Manifest, tree: _Tree, unsafe: set[str]) -> tuple[list[Finding], list[FileEntry]]:

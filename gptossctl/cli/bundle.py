@@ -14,11 +14,14 @@ from gptossctl.cli.options import (
     RevokedOpt,
     ThresholdOpt,
     TrustOpt,
+    TrustRootOpt,
     VersionOpt,
     WorkersOpt,
     trust_policy,
+    trust_root_policy,
 )
 from gptossctl.cli.output import progress_bar, run, stderr, stdout
+from gptossctl.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True,
                   help="Pack, sign, verify and inspect signed bundles; carry them as parts, copies and deltas.")
@@ -117,9 +120,13 @@ def verify(
     clock_skew: str = typer.Option("5m", "--clock-skew", help="Allowance for clock drift, e.g. 5m, 1h."),
     min_version: MinVersionOpt = None,
     workers: WorkersOpt = None,
+    trust_root: TrustRootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify signatures, expiry and every byte of a bundle (or of parts or a delta), offline.
+
+    Trust: --trust KEY.pub (with --threshold), or --trust-root ROOT.json (its release signers and threshold).
+    A signature by a key neither names is reported and not counted.
 
     Exit 1 with every finding listed (tampering, missing, extra or damaged files and parts, bad
     signatures, expiry).
@@ -128,7 +135,11 @@ def verify(
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.bundle.materialize import verify_source
 
-        policy = trust_policy(trust, threshold=threshold, revoked=revoked, clock_skew=clock_skew,
+        if trust_root is not None and (trust or revoked):
+            raise UsageError("give --trust or --trust-root, not both", code="trust.both_given",
+                             hint="the root names the keys and the threshold")
+        policy = trust_root_policy(trust_root, clock_skew=clock_skew, min_version=min_version) if trust_root \
+            else trust_policy(trust, threshold=threshold, revoked=revoked, clock_skew=clock_skew,
                               min_version=min_version)
         with progress_bar("verifying") as (total, advance):
             return verify_source(bundle, policy, workers=workers, progress=advance, on_total=total)
@@ -191,8 +202,11 @@ def _render_verified(r: Any) -> None:
         return
     stdout.print(
         f"[green]verified[/green] {r.root}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
-        f"{_human_size(r.bytes_hashed)} hashed, {len(r.signers)} trusted signature(s), "
+        f"{_human_size(r.bytes_hashed)} hashed, {len(r.signers)} trusted signature(s) ("
+        + ", ".join(escape(f"{s['name']} {str(s['keyid'])[:16]}") for s in getattr(r, "signed_by", ())) + "), "
         f"expires {r.manifest.expires.isoformat()}")
+    for note in getattr(r, "notes", ()):
+        stderr.print(f"[yellow]note[/yellow] ({note.code}): {escape(note.message)}")
 
 
 def _render_parts(r: Any) -> None:

@@ -29,8 +29,8 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 def check(
     instance: InstanceOpt = None,
     root: ExistingRootOpt = Path("/"),
-    trust: list[Path] = typer.Option([], "--trust", help="Verify the installed manifest against these public keys "
-                                      "instead of the ones recorded at install (repeatable)."),
+    trust: list[Path] = typer.Option([], "--trust", help="Also verify the installed manifest against these public keys, "
+                                      "beside the instance's trust root: both must pass (repeatable)."),
     threshold: ThresholdOpt = 1,
     revoked: RevokedOpt = [],  # noqa: B006 - typer copies list defaults
     max_exposure: ExposureOpt = 2.0,

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, canary, compliance, demo, hw, keys, probe, profiles, service
+from gptossctl.cli import bundle, canary, compliance, demo, hw, keys, probe, profiles, service, trust
 from gptossctl.cli.output import StdoutLost, document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
 from gptossctl.fsutil import os_error
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(trust.app, name="trust")
 app.add_typer(hw.app, name="hw")
 app.add_typer(profiles.app, name="profiles")
 app.command("demo")(demo.demo)

@@ -75,6 +75,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON result doc
 TrustOpt = Annotated[list[Path], typer.Option("--trust", help="Trusted public key (.pub); repeat for several.")]
 ThresholdOpt = Annotated[int, typer.Option("--threshold", min=1, max=64,
                                            help="Distinct trusted signatures required (k of n).")]
+OptionalThresholdOpt = Annotated[int | None, typer.Option("--threshold", min=1, max=64,
+                                                          help="Distinct trusted signatures required (k of n).")]
+TrustRootOpt = Annotated[Path | None, typer.Option("--trust-root", help="A signed trust root file "
+                                                   "(gptossctl.trust-root/1): its release signers and threshold.")]
 RevokedOpt = Annotated[list[str], typer.Option("--revoked", help="Revoked key: a 64-hex key id or a .pub file; "
                                                "repeatable.")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, max=MAX_WORKERS,
@@ -127,3 +131,21 @@ def trust_policy(trust: list[Path], *, threshold: int = 1, revoked: list[str] | 
     skew = timedelta(seconds=parse_duration(clock_skew)) if clock_skew is not None else timedelta(minutes=5)
     return TrustPolicy(tuple(load_public_key(p) for p in trust), threshold=threshold,
                        revoked=revoked_ids(revoked or []), clock_skew=skew, min_version=min_version)
+
+
+def trust_root_policy(path: Path, *, clock_skew: str | None = None, min_version: int | None = None) -> TrustPolicy:
+    """The release policy of a signed trust root file (checked against its own threshold), for ad-hoc use."""
+    from gptossctl.bundle.trustroot import read_root, verify_self
+
+    skew = timedelta(seconds=parse_duration(clock_skew)) if clock_skew is not None else timedelta(minutes=5)
+    return verify_self(read_root(path)).root.policy("release", clock_skew=skew, min_version=min_version)
+
+
+def install_policy(trust: list[Path], threshold: int | None, revoked: list[str]) -> TrustPolicy | None:
+    """An install's --trust/--threshold/--revoked, or None: the instance's trust root decides."""
+    if not trust:
+        if threshold is not None or revoked:
+            raise UsageError("--threshold and --revoked need --trust", code="trust.threshold_without_keys",
+                             hint="name the keys with --trust KEY.pub, or drop the flags to use the instance's root")
+        return None
+    return trust_policy(trust, threshold=threshold or 1, revoked=revoked)

@@ -14,13 +14,14 @@ from gptossctl.cli.options import (
     ExistingRootOpt,
     InstanceOpt,
     JsonOpt,
+    OptionalThresholdOpt,
     PortOpt,
     RevokedOpt,
     RootOpt,
-    ThresholdOpt,
     TrustOpt,
+    TrustRootOpt,
     YesOpt,
-    trust_policy,
+    install_policy,
 )
 from gptossctl.cli.output import progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
@@ -55,8 +56,9 @@ def install(
     base: Path | None = typer.Option(None, "--base", help="For a delta: the bundle it was made against "
                                      "(default: the installed release it names)."),
     trust: TrustOpt = [],  # noqa: B006 - typer copies list defaults
-    threshold: ThresholdOpt = 1,
+    threshold: OptionalThresholdOpt = None,
     revoked: RevokedOpt = [],  # noqa: B006
+    trust_root: TrustRootOpt = None,
     profile: str = typer.Option("auto", "--profile", help="auto (the best that fits) or a profile in the bundle."),
     instance: InstanceOpt = None,
     root: RootOpt = Path("/"),
@@ -86,6 +88,9 @@ def install(
     Several replicas (every GPU that holds one, or --replicas/--tp) serve behind a router on --port, each on
     its own port and GPUs; an upgrade of a running instance then goes replica by replica.
 
+    The first install sets the instance's trust root (from --trust/--threshold, or a signed --trust-root);
+    later ones verify against it ('gptossctl trust rotate' changes it).
+
     Exit 0 installed (or already current), 1 refused or failed (previous release kept serving),
     2 usage, 3 this host cannot run it (no systemd, no GPU probe).
     """
@@ -96,7 +101,7 @@ def install(
         from gptossctl.install.lifecycle import InstallRequest
         from gptossctl.install.lifecycle import install as do_install
 
-        policy = trust_policy(trust, threshold=threshold, revoked=revoked)
+        policy = install_policy(trust, threshold, revoked)
         staged = root.resolve() != Path("/")
         if not staged and not dry_run:
             _confirm(yes, as_json, f"install {bundle}")
@@ -105,7 +110,7 @@ def install(
                              health_timeout=float(parse_duration(health_timeout)), captures=Captures(xml, csv, rocm, amd),
                              python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair, base=base,
                              replicas=replicas, tensor_parallel=tp,
-                             drain_timeout=float(parse_duration(drain_timeout)))
+                             drain_timeout=float(parse_duration(drain_timeout)), trust_root=trust_root)
         with progress_bar("verifying") as (total, advance):
             return do_install(req, on_step=lambda _s, msg: stderr.print(f"[dim]-[/dim] {escape(msg)}"),
                               progress=advance, on_total=total)
@@ -158,8 +163,13 @@ def status(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"), as_j
 def rollback(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"),
              to: int | None = typer.Option(None, "--to", min=1, max=10**15,
                                            help="Release version (default: the one before current)."),
+             allow_expired: bool = typer.Option(False, "--allow-expired", help="Roll back to a release whose "
+                                                "bundle has expired (audited, warned)."),
              health_timeout: str = TimeoutOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
-    """Put an earlier release (still on disk) back in service, proven healthy before `current` moves."""
+    """Put an earlier release (still on disk) back in service, proven healthy before `current` moves.
+
+    Exit 1 when the release was changed on disk, is not signed by the current trust root's release
+    threshold (rollback.untrusted), or has expired without --allow-expired (rollback.expired)."""
 
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.durations import parse_duration
@@ -167,11 +177,13 @@ def rollback(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"),
 
         if root.resolve() == Path("/"):
             _confirm(yes, as_json, "roll back")
-        return do_rollback(root, pick_instance(root, instance), to=to,
+        return do_rollback(root, pick_instance(root, instance), to=to, allow_expired=allow_expired,
                            health_timeout=float(parse_duration(health_timeout)))
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
         _render_steps([s.to_dict() for s in r.steps])
+        if allow_expired:
+            stderr.print("[yellow]--allow-expired: a release whose bundle has expired may serve again[/yellow]")
         stdout.print(f"[green]rolled back[/green] {r.unit} from {r.previous} to release {r.version}")
 
     run(action, as_json=as_json, render=render)

@@ -17,7 +17,7 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.dsse import parse_envelope
 from gptossctl.bundle.layout import ENVELOPE
 from gptossctl.bundle.manifest import Manifest, parse_manifest
-from gptossctl.bundle.verify import TrustPolicy, verify_bundle
+from gptossctl.bundle.verify import TrustPolicy, check_envelope, verify_bundle
 from gptossctl.compliance.units import UnitView, installed_units, view
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
 from gptossctl.hardware.profiles import load_profile, load_profiles
@@ -28,7 +28,7 @@ from gptossctl.install.release import ENV_FILE, RELEASE_JSON, ReleaseRecord, cur
 from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import render_replicated
 from gptossctl.install.seal import differences, newest_seal
-from gptossctl.install.trust import load_trust
+from gptossctl.install.trust import current_trust
 from gptossctl.secretnames import SECRET_NAME
 
 LOOPBACKS = ("127.0.0.1", "::1", "localhost")
@@ -37,7 +37,7 @@ MAX_EVIDENCE = 12
 
 @dataclass(frozen=True)
 class ComplianceOptions:
-    policy: TrustPolicy | None = None  # None: the trust recorded at install
+    policy: TrustPolicy | None = None  # an auditor's own --trust: checked beside the instance's root, never instead
     max_exposure: float = 2.0
     expiry_warning: timedelta = timedelta(days=30)
     now: datetime | None = None
@@ -109,6 +109,8 @@ class Evidence:
     verify_findings: tuple[Finding, ...] = ()
     manifest: Manifest | None = None
     policy_note: str = ""
+    trust_state: str = "root"  # root | legacy (installed before trust roots) | none | unreadable
+    signed_by: tuple[str, ...] = ()  # "name (key id)" of each counted signature
     api_key: str | None = None
     rendered: dict[str, str] | None = None
     render_error: str | None = None
@@ -190,14 +192,17 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     systemd = Systemd(None if not layout.staged else layout.root)
     release = layout.release(rec.version)
     env_text = read_text(release / ENV_FILE)
-    policy, note = _policy(layout, opts)
-    findings, manifest = _verify(layout, release, policy, note)
+    policy, note, state = _policy(layout)
+    findings, manifest, signed_by = _verify(layout, release, policy, note)
+    findings += _auditor_findings(release, opts.policy)
     chain = read_chain(layout)
     seal = sealed(layout, rec, chain)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest, seal)
     unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
     return Evidence(layout=layout, systemd=systemd, opts=opts, now=opts.now or datetime.now(UTC), release=release,
-                    rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, api_key=api_key,
+                    rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, trust_state=state,
+                    signed_by=signed_by,
+                    api_key=api_key,
                     rendered=rendered, render_error=render_error,
                     active=systemd.live and systemd.active_state(unit) == "active",
                     env_text=env_text, env=None if env_text is None else parse_env(env_text),
@@ -207,25 +212,42 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
                     chain=chain, sealed=seal)
 
 
-def _policy(layout: Layout, opts: ComplianceOptions) -> tuple[TrustPolicy | None, str]:
-    if opts.policy is not None:
-        return opts.policy, "trust given on the command line"
+def _policy(layout: Layout) -> tuple[TrustPolicy | None, str, str]:
+    """The instance's trust root (never a directory listing): (policy, where it came from, state)."""
     try:
-        policy = load_trust(layout)
+        root, note = current_trust(layout)
     except GptossctlError as exc:
-        return None, f"the recorded trust is unreadable: {exc.message}"
-    return policy, "trust recorded at install" if policy else "no trust recorded at install"
+        return None, f"the trust root is unreadable: {exc.message}", "unreadable"
+    if root is None:
+        return None, "no trust root recorded at install", "none"
+    return root.policy("release"), note, "root" if note.startswith("trust root") else "legacy"
+
+
+def _auditor_findings(release: Path, policy: TrustPolicy | None) -> tuple[Finding, ...]:
+    """An auditor's --trust is a second check beside the root: both must pass."""
+    if policy is None:
+        return ()
+    try:
+        checked = check_envelope(parse_envelope((release / ENVELOPE).read_bytes()), policy)
+    except (GptossctlError, OSError):
+        return ()  # the root's own pass reports an unreadable envelope
+    return tuple(Finding(f.code, f"--trust {f.subject}", f.message, f.hint) for f in checked.findings
+                 if is_signature(f))
 
 
 def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
-            note: str) -> tuple[tuple[Finding, ...], Manifest | None]:
-    """One pass over the release's bytes: signatures, dates and every payload file (verify_bundle)."""
+            note: str) -> tuple[tuple[Finding, ...], Manifest | None, tuple[str, ...]]:
+    """One pass over the release's bytes: signatures, dates and every payload file (verify_bundle); and who
+    signed it, by name beside the key id."""
     findings: list[Finding] = []
     manifest = None
+    signed_by: tuple[str, ...] = ()
     try:
         manifest = verify_bundle(release, policy).manifest
     except CheckFailed as exc:
-        findings = list(exc.findings)
+        # An unknown co-signer is a note, not a failure, unless the root requires known signers.
+        findings = [f for f in exc.findings if f.code != "signature.unknown_signer"
+                    or (policy is not None and policy.require_known_signers)]
         try:
             manifest = parse_manifest(parse_envelope((release / ENVELOPE).read_bytes()).payload)
         except (GptossctlError, OSError):
@@ -234,7 +256,13 @@ def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
         findings = [Finding("bundle.unreadable", str(layout.live_path(release)), exc.message)]
     if policy is None:
         findings.append(Finding("signature.no_trust", "trust", note))
-    return tuple(findings), manifest
+    else:
+        try:  # the release holds files beside the bundle's, so the names come from the envelope alone
+            good = check_envelope(parse_envelope((release / ENVELOPE).read_bytes()), policy).signers
+            signed_by = tuple(f"{s['name']} ({str(s['keyid'])[:16]})" for s in policy.signed_by(good))
+        except (GptossctlError, OSError):
+            pass  # reported by verify_bundle above
+    return tuple(findings), manifest, signed_by
 
 
 def _rerender(layout: Layout, release: Path, rec: ReleaseRecord, manifest: Manifest | None,

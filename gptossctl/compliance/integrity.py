@@ -18,7 +18,7 @@ from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CON
 
 def check_signatures(ev: Evidence) -> CheckResult:
     bad = [f"{f.subject}: {f.message}" for f in ev.verify_findings if is_signature(f)]
-    evidence = [ev.policy_note]
+    evidence = [ev.policy_note] + ([f"signed by {', '.join(ev.signed_by)}"] if ev.signed_by else [])
     try:
         payload = parse_envelope((ev.release / ENVELOPE).read_bytes()).payload
         digest = hashlib.sha256(payload).hexdigest()
@@ -36,6 +36,11 @@ def check_signatures(ev: Evidence) -> CheckResult:
     if bad or m is None:
         return CheckResult("bundle.signatures", "fail", cap(bad),
                            (ev.live(ev.release / ENVELOPE), ev.live(ev.release / MANIFEST)))
+    if ev.trust_state == "legacy":
+        return CheckResult("bundle.signatures", "warn", (*evidence, f"{m.name} v{m.version}: signatures meet the "
+                                                         "threshold of the listed keys; no trust root yet: migrate "
+                                                         "by reinstalling the current bundle"),
+                           (ev.live(ev.release / ENVELOPE),))
     return CheckResult("bundle.signatures", "pass", (*evidence, f"{m.name} v{m.version}: signatures meet the "
                                                     "threshold under the trusted keys"),
                        (ev.live(ev.release / ENVELOPE),))

@@ -109,6 +109,8 @@ def collect(root: Path, instance: str) -> dict[str, str]:
             "(no environment built from the bundle: --vllm-python)\n"
     if (t := _text(layout.trust_dir / "policy.json")) is not None:
         out["trust/policy.json"] = t
+    if (t := _text(layout.trust_root)) is not None:
+        out["trust-root.json"] = t  # public keys and signatures only
     out["status.json"] = json.dumps(_safe(lambda: status(root, instance)), indent=1, default=str)
     out["compliance.json"] = json.dumps(_safe(lambda: run_checks(root, instance).to_dict()), indent=1,
                                         default=str)

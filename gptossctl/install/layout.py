@@ -79,7 +79,14 @@ class Layout:
 
     @property
     def trust_dir(self) -> Path:
+        """The trust of installs by older gptossctl (*.pub + policy.json): read once, to migrate it."""
         return self.etc / "trust"
+
+    @property
+    def trust_root(self) -> Path:
+        """The instance's signed trust root (gptossctl.trust-root/1): the only trust install, rollback and
+        compliance read."""
+        return self.etc / "trust-root.json"
 
     @property
     def compliance_dir(self) -> Path:

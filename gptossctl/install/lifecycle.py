@@ -34,8 +34,9 @@ from typing import Any, NoReturn
 from gptossctl import __version__
 from gptossctl.adapters.gpus import Captures
 from gptossctl.adapters.systemd import Systemd
+from gptossctl.bundle.manifest import parse_manifest
 from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
-from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
+from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, read_envelope, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, Interrupted, UsageError
 from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
@@ -85,7 +86,7 @@ from gptossctl.install.rolling import (
 from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
-from gptossctl.install.trust import choose_api_key, commit_state, release_api_key
+from gptossctl.install.trust import TrustPlan, choose_api_key, commit_state, plan_trust, release_api_key
 from gptossctl.install.unpack import unpack_release
 from gptossctl.templates import check_python
 
@@ -96,7 +97,7 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class InstallRequest:
     bundle: Path
-    policy: TrustPolicy
+    policy: TrustPolicy | None  # --trust/--threshold; None: the instance's trust root (or --trust-root)
     instance: str | None = None
     profile: str = "auto"
     root: Path = Path("/")
@@ -115,6 +116,7 @@ class InstallRequest:
     replicas: int | None = None  # default: as many as the host holds (the hardware check's layout)
     tensor_parallel: int | None = None  # default: the smallest size that fits
     drain_timeout: float = 600.0  # rolling upgrade: how long a drained replica may finish its requests
+    trust_root: Path | None = None  # a signed root file for a first install (instead of --trust)
 
     @property
     def layout_request(self) -> LayoutRequest:
@@ -145,13 +147,16 @@ class InstallResult:
     smoke: dict[str, Any] | None = None
     bundle_sha256: str | None = None
     replicas: tuple[ReplicaRecord, ...] = ()  # several: `unit` is the router's, these are behind it
+    trust: TrustPlan | None = None  # the root this install verified against, and whether it set one
+    signed_by: tuple[dict[str, str | None], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "version": self.version, "previous": self.previous,
                 "profile": self.profile, "endpoint": self.endpoint, "unit": self.unit, "release": str(self.release),
                 "staged": self.staged, "started": self.started, "changed": self.changed, "dry_run": self.dry_run,
                 "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke,
-                "replicas": [r.to_dict() for r in self.replicas]}
+                "replicas": [r.to_dict() for r in self.replicas], "signed_by": [dict(s) for s in self.signed_by],
+                "trust": self.trust.to_dict() if self.trust else None}
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ class Plan:
     systemd: Systemd
     fit: ProfileFit
     previous: int | None
+    trust: TrustPlan
     replicas: tuple[ReplicaRecord, ...] = ()  # empty: one vLLM on --port, no router
     router: Path | None = None  # with replicas: the nginx the router unit runs
 
@@ -204,9 +210,15 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
         sealed = make_seal(Layout(req.root, result.instance), result.version)
         audit.record(req.root, req.command(), "ok" if result.changed else "unchanged", instance=result.instance,
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
-                     + (", started" if result.started else ""), attach={"seal": sealed} if sealed else None,
-                     checked=checked)
+                     + (", started" if result.started else "") + f", signed by {_signed_by(result)}"
+                     # The install that sets (or migrates) the root is the trust change's audit entry.
+                     + (f"; trust {result.trust.audit_detail()}" if result.trust and result.trust.change else ""),
+                     attach={"seal": sealed} if sealed else None, checked=checked)
     return result
+
+
+def _signed_by(result: InstallResult) -> str:
+    return ", ".join(f"{s['name'] or '?'} ({str(s['keyid'])[:16]})" for s in result.signed_by) or "-"
 
 
 def _interrupted(req: InstallRequest, steps: Steps) -> Interrupted:
@@ -256,10 +268,16 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
     validate_request(req)  # (1)
     checked = _audit_intact(req, steps)  # no change is made that its audit entry could not record
     rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
-    bundle = verify(rebuilt, steps, progress, on_total)  # (2)
-    layout = Layout(req.root, check_instance(req.instance or default_instance(bundle.manifest)))
+    layout = Layout(req.root, check_instance(req.instance or _named_instance(rebuilt.bundle)))
+    with steps("trust", "the instance's trust root") as d:
+        trust = plan_trust(layout, policy=req.policy, root_file=req.trust_root)  # nothing written before success
+        d.append(trust.change or f"root version {trust.root.root.version} ({trust.root.root.digest[:16]})")
+    bundle = verify(replace(rebuilt, policy=trust.policy), steps, progress, on_total)  # (2)
+    if layout.instance != check_instance(req.instance or default_instance(bundle.manifest)):
+        raise CheckFailed("the bundle names another instance once verified", code="install.instance_changed",
+                          hint="obtain a clean copy of the bundle")  # the peek read the same signed bytes: never
     try:
-        plan = make_plan(rebuilt, steps, bundle, layout)  # (3)
+        plan = make_plan(rebuilt, steps, bundle, layout, trust)  # (3)
         result = _result(plan, steps)
         if req.dry_run:
             return dry_run(plan, steps, result), None
@@ -294,6 +312,16 @@ def _audit_intact(req: InstallRequest, steps: Steps) -> audit.AuditReport | None
         checked = audit.require_intact(req.root)
         d.append(f"{checked.entries} entries, chain, head and anchor intact")
     return checked
+
+
+def _named_instance(bundle: Path) -> str:
+    """The instance a bundle installs as by default, read before verification only to find the instance's trust
+    root; verification then checks these same signed bytes, and the name is compared again."""
+    try:
+        return default_instance(parse_manifest(read_envelope(bundle).payload))
+    except CheckFailed:
+        verify_bundle(bundle, None)  # the refusal verification gives (every finding), not the peek's
+        raise
 
 
 def validate_request(req: InstallRequest) -> None:
@@ -375,7 +403,8 @@ def verify(req: InstallRequest, steps: Steps, progress: Progress | None, on_tota
     with steps("verify", f"verifying {req.bundle} (signatures, expiry, every byte)") as d:
         bundle = verify_bundle(req.bundle, req.policy, progress=progress, on_total=on_total)
         d.append(f"{bundle.manifest.name} v{bundle.manifest.version}: {len(bundle.manifest.files)} files, "
-                 f"{len(bundle.signers)} trusted signature(s)")
+                 f"{len(bundle.signers)} trusted signature(s): "
+                 + ", ".join(f"{s['name']} ({str(s['keyid'])[:16]})" for s in bundle.signed_by))
     return bundle
 
 
@@ -385,7 +414,7 @@ def verified_digest(bundle: VerifiedBundle) -> str:
     return hashlib.sha256(bundle.envelope.payload).hexdigest()
 
 
-def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout: Layout) -> Plan:
+def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout: Layout, trust: TrustPlan) -> Plan:
     """(3) Downgrade, preflight on the bundle's own signed profiles, host libraries: nothing written yet."""
     m = bundle.manifest
     systemd = Systemd(None if not layout.staged else layout.root)
@@ -411,7 +440,7 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
     if not layout.staged:
         with steps("libraries", "host libraries the profile's vLLM loads") as d:
             d.append(check_host_libraries(fit.profile.match.vendor))
-    return Plan(req, bundle, layout, systemd, fit, previous, replicas, router)
+    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router)
 
 
 def _layout_request(req: InstallRequest, prev: ReleaseRecord | None) -> tuple[LayoutRequest, str]:
@@ -429,7 +458,8 @@ def _result(plan: Plan, steps: Steps) -> InstallResult:
     return InstallResult(layout.instance, plan.version, plan.previous, plan.fit.profile.name,
                          endpoint_url(req.host, req.port), layout.router_unit_name if plan.replicas else layout.unit_name,
                          plan.release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
-                         bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas)
+                         bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas, trust=plan.trust,
+                         signed_by=plan.bundle.signed_by)
 
 
 def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
@@ -457,7 +487,7 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
     if plan.previous == plan.version and plan.live_start and existing is not None and \
             _all_active(plan, existing) and _matches(existing, plan, api_key):
         steps.skip("unpack", f"release {plan.version} is current, active and configured as asked")
-        commit_state(layout, api_key, plan.req.policy)
+        commit_state(layout, api_key, plan.trust)
         result.changed, result.started = False, True
         return result
     unpack(plan, steps, existing, api_key, aside)
@@ -475,7 +505,7 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                      + (" in the staged tree" if layout.staged else ""))
     with steps("switch", f"current -> releases/{plan.version}") as d:
         switch_current(layout, plan.version)
-        commit_state(layout, api_key, plan.req.policy)
+        commit_state(layout, api_key, plan.trust)
         d.append(f"release {plan.version} is current and serving at {result.endpoint}" if result.started else
                  f"current is release {plan.version}; not started ({'staged' if layout.staged else '--no-start'})")
     with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gptossctl.adapters.openai_http import health
 from gptossctl.adapters.systemd import Systemd, delete_user
 from gptossctl.bundle.layout import MANIFEST
-from gptossctl.bundle.verify import verify_bundle
+from gptossctl.bundle.verify import check_envelope, read_envelope, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
 from gptossctl.install import audit
 from gptossctl.install.activate import install_unit, start_and_prove
@@ -47,7 +48,7 @@ from gptossctl.install.rolling import (
 from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, Steps
 from gptossctl.install.timer import remove_compliance_timer
-from gptossctl.install.trust import choose_api_key
+from gptossctl.install.trust import choose_api_key, current_trust
 
 
 def _systemd(layout: Layout) -> Systemd:
@@ -139,24 +140,29 @@ def status_report(root: Path = Path("/"), instance: str | None = None) -> Status
 
 
 def rollback(root: Path, instance: str, *, to: int | None = None, health_timeout: float = 1800.0,
-             on_step: StepCallback | None = None) -> InstallResult:
-    command = ["rollback", f"--instance={instance}"] + ([f"--to={to}"] if to is not None else [])
+             on_step: StepCallback | None = None, allow_expired: bool = False,
+             now: datetime | None = None) -> InstallResult:
+    command = ["rollback", f"--instance={instance}"] + ([f"--to={to}"] if to is not None else []) + \
+        (["--allow-expired"] if allow_expired else [])
     try:
         checked = audit.require_intact(root)  # no change its entry could not record
-        r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step, checked=checked)
+        r = _rollback(root, instance, to=to, health_timeout=health_timeout, on_step=on_step, checked=checked,
+                      allow_expired=allow_expired, now=now)
     except GptossctlError as exc:
         audit.record(root, command, f"failed: {exc.code}", instance=instance, detail=exc.message, failure=exc)
         raise
     rec = read_release(r.release)
     sealed = make_seal(Layout(root, instance), r.version)
+    trust = next((s.detail for s in r.steps if s.step == "trust"), "")
     audit.record(root, command, "ok", instance=instance, digest=rec.manifest_sha256 if rec else None,
-                 detail=f"release {r.previous} -> {r.version}", attach={"seal": sealed} if sealed else None,
-                 checked=checked)
+                 detail=f"release {r.previous} -> {r.version}" + (f"; {trust}" if trust else ""),
+                 attach={"seal": sealed} if sealed else None, checked=checked)
     return r
 
 
 def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: float,
-              on_step: StepCallback | None, checked: audit.AuditReport) -> InstallResult:
+              on_step: StepCallback | None, checked: audit.AuditReport, allow_expired: bool = False,
+              now: datetime | None = None) -> InstallResult:
     layout = Layout(root, check_instance(instance))
     systemd = _systemd(layout)
     cur = current_version(layout)
@@ -172,6 +178,8 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
         require_as_sealed(layout, target, checked.records, code="rollback.drift",
                           hint=f"reinstall release {target} from its bundle (gptossctl install BUNDLE --repair), or "
                                "roll back to another release; 'gptossctl compliance check' shows the same drift")
+    with steps("trust", f"release {target} against the current trust root") as d:
+        d.append(check_release_trusted(layout, target, allow_expired=allow_expired, now=now))
     result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint,
                            layout.router_unit_name if rec.replicated else layout.unit_name,
                            layout.release(target), layout.staged, False, steps=steps.records, replicas=rec.replicas)
@@ -195,6 +203,29 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
         switch_current(layout, target)
         result.started = True
         return result
+
+
+def check_release_trusted(layout: Layout, version: int, *, allow_expired: bool, now: datetime | None = None) -> str:
+    """The release about to serve again must be signed as the CURRENT trust root requires, whatever was trusted
+    when it was installed: a signer removed or revoked since then refuses it (rollback.untrusted). A bundle past
+    its expiry serves again only with --allow-expired (rollback.expired)."""
+    root, note = current_trust(layout)
+    if root is None:
+        raise CheckFailed(f"instance {layout.instance} has no trust to check release {version} against",
+                          code="rollback.untrusted", hint="reinstall the bundle you want (gptossctl install BUNDLE "
+                          "--trust KEY.pub): the install sets the instance's trust root")
+    checked = check_envelope(read_envelope(layout.release(version)), root.policy("release", now=now))
+    signature = [f for f in checked.findings if f.code.startswith("signature.")]
+    if signature:
+        raise CheckFailed(f"release {version} is not signed as the current trust requires ({note})",
+                          code="rollback.untrusted", findings=signature,
+                          hint="roll back to a release the current signers signed, or install a bundle they signed")
+    expired = [f for f in checked.findings if f.code == "bundle.expired"]
+    if expired and not allow_expired:
+        raise CheckFailed(f"release {version}'s bundle has expired", code="rollback.expired", findings=expired,
+                          hint="pass --allow-expired to serve it anyway (audited), or install a fresh bundle")
+    signers = ", ".join(f"{root.name_of(k)} ({k[:16]})" for k in checked.signers)
+    return f"signed by {signers} under {note}" + ("; EXPIRED, served by --allow-expired" if expired else "")
 
 
 def check_release_intact(layout: Layout, rec: ReleaseRecord) -> None:

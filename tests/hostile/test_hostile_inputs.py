@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,11 +167,60 @@ def _release_json(doc: str) -> Callable[[World, Path], dict[str, str]]:
 
 
 def _trust_policy(doc: str) -> Callable[[World, Path], dict[str, str]]:
+    """An instance as an older gptossctl left it (trust/policy.json, no trust root), with this policy.json."""
     def make(w: World, tmp: Path) -> dict[str, str]:
         root = _root_copy(w, tmp)
-        (root / "etc/gptoss/tiny-gpt-oss/trust/policy.json").write_text(doc)
+        etc = root / "etc/gptoss/tiny-gpt-oss"
+        (etc / "trust-root.json").unlink()
+        (etc / "trust").mkdir()
+        (etc / "trust/policy.json").write_text(doc)
         return {"root2": str(root)}
     return make
+
+
+def _signed_root_doc(mutate: Callable[[dict[str, Any]], Any] | None = None, *, payload: bytes | None = None,
+                     bad_signature: bool = False) -> bytes:
+    """A trust root envelope signed by alice: its document changed by `mutate`, or a raw payload."""
+    import base64
+    from datetime import UTC, datetime, timedelta
+
+    from gptossctl.bundle.dsse import pae
+    from gptossctl.bundle.keys import load_public_key, load_signing_key
+    from gptossctl.bundle.trustroot import PAYLOAD_TYPE, new_root
+
+    key = load_signing_key(Path(_KEYS["key"]), passphrase=lambda _p: PASSPHRASE)
+    root = new_root([("alice", load_public_key(Path(_KEYS["pub"])))], 1, expires=datetime.now(UTC) + timedelta(days=9))
+    if payload is None:
+        doc = root.to_doc()
+        if mutate is not None:
+            mutate(doc)
+        payload = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    sig = key.sign(pae(PAYLOAD_TYPE, payload))
+    if bad_signature:
+        sig = bytes([sig[0] ^ 1]) + sig[1:]
+    return json.dumps({"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+                       "signatures": [{"keyid": key.keyid, "sig": base64.b64encode(sig).decode()}]}).encode()
+
+
+_KEYS: dict[str, str] = {}  # alice's key files, filled in by the world fixture
+
+
+def _root_doc(make: Callable[[], bytes]) -> Callable[[World, Path], dict[str, str]]:
+    def setup(w: World, tmp: Path) -> dict[str, str]:
+        _KEYS.update(key=w.paths["key"], pub=w.paths["pub"])
+        return {"rootdoc": _write(tmp / "root.json", make()), "root2": str(_root_copy(w, tmp)),
+                "fresh": str(tmp / "fresh")}
+    return setup
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        d = doc
+        for p in parents:
+            d = d[p] if not isinstance(d, list) else d[int(p)]
+        d[last] = value
+    return mutate
 
 
 def _audit_lines(text: str | bytes) -> Callable[[World, Path], dict[str, str]]:
@@ -693,8 +743,12 @@ CASES: list[Case] = [
       "99999999999999999999", "--vllm-python", sys.executable, expect=2, watch=("root",)),
     C("install-port-change-refused-keeps-trust", "install", "{bundle}", "--trust", "{bobpub}", "--trust", *P,
       "--root", "{root}", "--port", "80", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    # Another key on an installed instance changes its trust: refused as usage (trust changes by rotation only).
     C("install-untrusted", "install", "{bundle}", "--trust", "{bobpub}", "--root", "{root}", "--vllm-python",
-      sys.executable, expect=1, watch=("root",)),
+      sys.executable, expect=2, code="trust.differs_from_root", watch=("root",)),
+    C("install-untrusted-fresh", "install", "{bundle}", "--trust", "{bobpub}", "--root", "{fresh}",
+      "--vllm-python", sys.executable, expect=1, code="signature.threshold_not_met",
+      setup=lambda w, tmp: {"fresh": str(tmp / "fresh")}),
     C("install-instance-newline", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance", "x\n",
       "--vllm-python", sys.executable, expect=2, watch=("root",)),
     C("install-instance-traversal", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--instance",
@@ -999,6 +1053,38 @@ CASES: list[Case] = [
       env=ENV_PASS, watch=("bundle",)),
     C("verify-clock-skew-empty", "bundle", "verify", "{bundle}", "--trust", "{pub}", "--clock-skew=", expect=2,
       code="usage.bad_duration"),
+    # ------------------------------------------------------------ trust roots (gptossctl.trust-root/1)
+    *[C(f"trust-root-{name}-{verb}", *argv, expect=1 if name != "huge" else {1, 2}, code=code,
+        watch=("root2",), setup=_root_doc(make))
+      for name, make, code in [
+          ("duplicate-keys", lambda: _signed_root_doc(payload=b'{"schema":"gptossctl.trust-root/1","version":1,'
+                                                      b'"version":2}'), "trust.root_malformed"),
+          ("wrong-types", lambda: _signed_root_doc(_set("version", "1")), "trust.root_malformed"),
+          ("threshold-as-bool", lambda: _signed_root_doc(_set("roles.release.threshold", True)),
+           "trust.root_malformed"),
+          ("wrong-schema", lambda: _signed_root_doc(_set("schema", "gptossctl.trust-root/9")), "trust.root_malformed"),
+          ("unknown-field", lambda: _signed_root_doc(_set("extra", 1)), "trust.root_malformed"),
+          ("threshold-over-keys", lambda: _signed_root_doc(_set("roles.release.threshold", 2)),
+           "trust.root_malformed"),
+          ("keyid-not-its-key", lambda: _signed_root_doc(_set("signers.alice.keyid", "0" * 64)),
+           "trust.root_malformed"),
+          ("ecdsa-not-yet", lambda: _signed_root_doc(_set("signers.alice.algorithm", "ecdsa-p256")),
+           "trust.root_malformed"),
+          ("manifest-envelope", lambda: _signed_root_doc(payload=b"{}").replace(
+              b"trust-root+json", b"manifest+json"), "trust.root_malformed"),
+          ("huge", lambda: b" " * (1 << 20), "trust.root_unreadable"),
+          ("bad-signature", lambda: _signed_root_doc(bad_signature=True), "trust.root_unsigned"),
+      ]
+      for verb, argv in [
+          ("verify", ("bundle", "verify", "{bundle}", "--trust-root", "{rootdoc}")),
+          ("install", ("install", "{bundle}", "--trust-root", "{rootdoc}", "--root", "{fresh}", "--vllm-python",
+                       sys.executable)),
+          ("rotate", ("trust", "rotate", "{rootdoc}", "--root", "{root2}", "--yes")),
+      ]
+      if not (name == "bad-signature" and verb == "rotate")],
+    C("trust-rotate-bad-signature", "trust", "rotate", "{rootdoc}", "--root", "{root2}", "--yes", expect=1,
+      code="trust.rotation_refused", watch=("root2",), setup=_root_doc(lambda: _signed_root_doc(
+          _set("version", 2), bad_signature=True))),
 ]
 
 

@@ -73,7 +73,7 @@ def test_a_delta_is_signed_and_verifiable_on_its_own(cli: Cli, carry_delta: Path
     assert code == 0, doc
     assert doc["data"]["kind"] == "delta" and doc["data"]["base"]["version"] == 5
     code, doc = cli("bundle", "verify", str(carry_delta), *trust(keys, "bob"))
-    assert code == 1 and "signature.untrusted_key" in finding_codes(doc)
+    assert code == 1 and "signature.threshold_not_met" in finding_codes(doc)
     damaged = tmp_path / "d"
     shutil.copytree(carry_delta, damaged)
     part = part_files(damaged)[0]

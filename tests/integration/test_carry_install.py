@@ -98,7 +98,7 @@ def test_parts_signed_by_an_untrusted_key_are_not_materialized(carry_parts: Path
     with pytest.raises(CheckFailed) as exc:
         materialize(carry_parts, base=None, scratch=tmp_path / "s", policy=_policy(keys, "bob"))
     assert exc.value.code == "join.untrusted"
-    assert {f.code for f in exc.value.findings} == {"signature.untrusted_key", "signature.threshold_not_met"}
+    assert {f.code for f in exc.value.findings} == {"signature.unknown_signer", "signature.threshold_not_met"}
     assert not list((tmp_path / "s").glob("*"))
 
 
@@ -122,7 +122,7 @@ def test_install_takes_parts_and_a_delta_straight_from_the_command_line(cli: Cli
     root = tmp_path / "root"
     code, doc = _install(cli, carry_parts, keys, root)
     assert code == 0, doc.get("error")
-    assert [s["step"] for s in doc["data"]["steps"]][:2] == ["materialize", "verify"]
+    assert [s["step"] for s in doc["data"]["steps"]][:3] == ["materialize", "trust", "verify"]
     # The delta's base is found among the installed releases by its signed manifest digest.
     code, doc = _install(cli, delta_dir, keys, root)
     assert code == 0, doc.get("error")

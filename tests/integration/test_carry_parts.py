@@ -74,7 +74,7 @@ def test_every_part_verifies_on_its_own(cli: Cli, parts: Path, keys: dict[str, K
 def test_one_part_alone_is_refused_for_an_untrusted_signer(cli: Cli, parts: Path, keys: dict[str, KeyPair]) -> None:
     code, doc = cli("bundle", "verify", str(part_files(parts)[0]), *trust(keys, "bob"))
     assert code == 1
-    assert set(finding_codes(doc)) == {"signature.untrusted_key", "signature.threshold_not_met"}
+    assert set(finding_codes(doc)) == {"signature.unknown_signer", "signature.threshold_not_met"}
 
 
 def test_a_flipped_bit_in_one_part_is_refused_naming_that_part(cli: Cli, parts: Path, keys: dict[str, KeyPair],
