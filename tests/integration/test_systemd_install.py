@@ -276,16 +276,15 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     log.write_text(original_log)
 
     # 5. A drop-in where `systemctl set-property --runtime` writes one (/run/systemd/system.control): config.unit.
-    dropin = box.path(f"/run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf")
-    dropin.parent.mkdir(parents=True, exist_ok=True)
-    dropin.write_text("[Unit]\nDescription=site override\n")
+    # /run is the booted container's own tmpfs: the drop-in is written from inside, as set-property would.
+    dropin = f"/run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf"
+    box.run("sh", "-c", f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Unit]\\nDescription=site override\\n' > {dropin}")
     box.run("systemctl", "daemon-reload")
     report = _timer_report(box)
     assert set(_failed_checks(report)) == {"config.unit"}, _failed_checks(report)
     assert f"drop-in /run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf changes " \
            f"gptoss@{INSTANCE}.service" in _failed_checks(report)["config.unit"]["evidence"]
-    dropin.unlink()
-    dropin.parent.rmdir()
+    box.run("rm", "-r", dropin.rsplit("/", 1)[0])
     box.run("systemctl", "daemon-reload")
 
     # Everything put back: the timer's report is clean again, and the key is in no report.
