@@ -10,6 +10,7 @@ import yaml
 from gptossctl.adapters.proc_net import listeners
 from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, dropins, parse_env, read_text, shown
+from gptossctl.compliance.invariants import env_allowlist_problems, unit_directive_problems
 from gptossctl.compliance.result import CheckResult
 from gptossctl.install.release import CONFIG, ENV_FILE, UNIT_COPY
 
@@ -30,7 +31,7 @@ def check_unit(ev: Evidence) -> CheckResult:
         return CheckResult("config.unit", "fail", (f"{ev.live(unit_path)} is missing",), locs)
     if ev.rendered is None:
         return CheckResult("config.unit", "fail", (ev.render_error or "no approved unit",), locs)
-    bad = []
+    bad = unit_directive_problems(ev)
     expected = ev.rendered["unit"]
     if installed != expected:
         bad += [f"{ev.live(unit_path)} differs from the unit rendered from the signed template:"]
@@ -58,8 +59,9 @@ def check_release_files(ev: Evidence) -> CheckResult:
         return replicas.check_release_files(ev)
     locs = (ev.live(ev.release / CONFIG), ev.live(ev.release / ENV_FILE))
     if ev.rendered is None:
-        return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",), locs)
-    bad = []
+        return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",
+                                                            *env_allowlist_problems(ev)), locs)
+    bad = env_allowlist_problems(ev)
     config = read_text(ev.release / CONFIG)
     if config is None:
         bad.append(f"{CONFIG} is missing")
