@@ -21,7 +21,7 @@ FLAGS_SCHEMA = "gptossctl.vllm-flags/1"
 # Run by a release's own Python: vLLM's serve parser, its option strings, as one JSON line.
 FLAGS_PROGRAM = """
 import json
-from vllm import __version__
+import vllm
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 try:
     from vllm.entrypoints.common.cli_args import make_arg_parser
@@ -32,7 +32,7 @@ except ImportError:
         from vllm.entrypoints.openai.cli_args import make_arg_parser
 parser = make_arg_parser(FlexibleArgumentParser())
 options = sorted({s for a in parser._actions for s in a.option_strings})
-print(json.dumps({"version": __version__, "options": options}))
+print(json.dumps({"version": vllm.__version__, "options": options}))
 """
 
 
