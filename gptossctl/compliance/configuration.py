@@ -30,7 +30,8 @@ def check_unit(ev: Evidence) -> CheckResult:
     if installed is None:
         return CheckResult("config.unit", "fail", (f"{ev.live(unit_path)} is missing",), locs)
     if ev.rendered is None:
-        return CheckResult("config.unit", "fail", (ev.render_error or "no approved unit",), locs)
+        return CheckResult("config.unit", "fail", (ev.render_error or "no approved unit",
+                                                   *unit_directive_problems(ev)), locs)
     bad = unit_directive_problems(ev)
     expected = ev.rendered["unit"]
     if installed != expected:

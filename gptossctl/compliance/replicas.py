@@ -70,7 +70,8 @@ def check_unit(ev: Evidence) -> CheckResult:
     listed = units(ev)
     locs = [ev.live(path) for _n, path, _c in listed]
     if ev.rendered is None:
-        return CheckResult("config.unit", "fail", (ev.render_error or "no approved units",), tuple(locs))
+        return CheckResult("config.unit", "fail", (ev.render_error or "no approved units",
+                                                   *unit_directive_problems(ev)), tuple(locs))
     bad = unit_directive_problems(ev) + [b for name, path, copy in listed for b in _unit_problems(ev, name, path, copy)]
     locs += [ev.live(p) for name, _p, _c in listed for p in dropins(ev.layout, name)]
     return _result("config.unit", bad, [f"{len(listed) - 1} replica units and the router unit are exactly the "

@@ -311,3 +311,26 @@ def test_the_support_bundle_holds_every_replica_and_the_router_and_no_key(cli, t
     assert all(key.encode() not in data for data in members.values())
     assert b"VLLM_API_KEY=[REDACTED]" in members["release/service-r7.env"]
     assert b"CUDA_VISIBLE_DEVICES=7" in members["release/service-r7.env"]
+
+
+def test_compliance_holds_every_replica_to_the_own_template_and_the_env_allowlist(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]
+    """The release's copies changed along with the installed files (so a re-rendering from them would agree):
+    the invariants still catch a privileged Exec line in every replica's unit and a variable outside the
+    profile environment allowlist in one replica's environment file."""
+    rel = tree / "opt/gptoss" / INSTANCE / "releases/1"
+    rec = json.loads((rel / "release.json").read_text())
+    evil = "[Service]\nExecStartPre=+/bin/true\n"
+    targets = [rel / "payload/systemd/gptoss@.service"]
+    targets += [rel / f"unit-r{k}.service" for k in range(8)] + [_units(tree) / f"gptoss@{INSTANCE}-r{k}.service"
+                                                                  for k in range(8)]
+    for p in targets:
+        p.write_text(p.read_text().replace("[Service]\n", evil, 1))
+    env = rel / "service-r3.env"
+    env.write_text(env.read_text() + "NCCL_NET_PLUGIN=/tmp/x.so\n")
+    prof = rel / "payload/profiles" / f"{rec['profile']}.yaml"
+    prof.write_text(re.sub(r"env: \{\}|env:\n", "env:\n    NCCL_NET_PLUGIN: /tmp/x.so\n", prof.read_text(), count=1))
+    checks = _report(cli, tree)
+    assert {"config.unit", "config.release_files"} <= _failed(checks)
+    assert any("ExecStartPre=+/bin/true" in e for e in checks["config.unit"]["evidence"])
+    assert any("service-r3.env" in e and "NCCL_NET_PLUGIN" in e and "PROFILE_ENV" in e
+               for e in checks["config.release_files"]["evidence"]), checks
