@@ -7,6 +7,7 @@ environment before the running service is touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from gptossctl.errors import CheckFailed, EnvironmentNotReady
+from gptossctl.hardware.vllm_flags import FLAGS_PROGRAM
 
 
 def find_uv(wheels: list[Path], scratch: Path) -> Path:
@@ -45,6 +47,26 @@ def run(uv: Path, *args: str, cache: Path) -> None:
         tail = (res.stderr or res.stdout).strip().splitlines()[-6:]
         raise CheckFailed("building the Python environment from the bundle's wheels failed",
                           code="install.env_failed", hint=" | ".join(tail)[:600] or "run uv by hand to see why")
+
+
+_SERVICE_ENV = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+                "HOME": "/nonexistent"}
+
+
+def serve_options(python: Path) -> frozenset[str]:
+    """Every option string of vLLM's own `vllm serve` parser, as the environment's vLLM builds it."""
+    res = subprocess.run([str(python), "-c", FLAGS_PROGRAM], capture_output=True, text=True, timeout=600,
+                         env=_SERVICE_ENV)
+    try:
+        doc = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
+        options = frozenset(str(o) for o in doc["options"]) if isinstance(doc, dict) else None
+    except (ValueError, IndexError, KeyError, TypeError):
+        options = None
+    if not options:
+        tail = res.stderr.strip().splitlines()[-3:]
+        raise CheckFailed("the new environment's vLLM did not list its serve options", code="install.env_broken",
+                          hint=" | ".join(tail)[:600] or "rebuild the bundle's environment (install --repair)")
+    return options
 
 
 def import_check(python: Path, module: str) -> None:

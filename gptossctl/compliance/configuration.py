@@ -10,6 +10,7 @@ import yaml
 from gptossctl.adapters.proc_net import listeners
 from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, parse_env, read_text, shown
+from gptossctl.compliance.invariants import env_allowlist_problems, unit_directive_problems
 from gptossctl.compliance.result import CheckResult
 from gptossctl.compliance.units import SEARCH_PATH, UnitView
 from gptossctl.install.release import CONFIG, ENV_FILE
@@ -55,7 +56,7 @@ def _unit_problems(ev: Evidence, v: UnitView) -> list[str]:
 def check_unit(ev: Evidence) -> CheckResult:
     """Every unit gptossctl installed (the vLLM unit or each replica's and the router's, the compliance service
     and timer, scheduled canaries), each as systemd applies it (compliance.units)."""
-    bad = [b for v in ev.units for b in _unit_problems(ev, v)]
+    bad = unit_directive_problems(ev) + [b for v in ev.units for b in _unit_problems(ev, v)]
     locs = [ev.live(v.unit.path) for v in ev.units] + [ev.live(p) for v in ev.units for p in v.dropins]
     if bad:
         return CheckResult("config.unit", "fail", cap(bad), tuple(dict.fromkeys(locs)))
@@ -74,8 +75,9 @@ def check_release_files(ev: Evidence) -> CheckResult:
         return replicas.check_release_files(ev)
     locs = (ev.live(ev.release / CONFIG), ev.live(ev.release / ENV_FILE))
     if ev.rendered is None:
-        return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",), locs)
-    bad = []
+        return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",
+                                                            *env_allowlist_problems(ev)), locs)
+    bad = env_allowlist_problems(ev)
     config = read_text(ev.release / CONFIG)
     if config is None:
         bad.append(f"{CONFIG} is missing")

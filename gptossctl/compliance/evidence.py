@@ -285,9 +285,9 @@ def _rerender(layout: Layout, release: Path, rec: ReleaseRecord, manifest: Manif
         if len(matching) != 1:
             return api_key, None, f"the recorded profile {rec.profile!r} is not among the release's profiles"
         if rec.replicated:
-            return api_key, render_replicated(release, matching[0], layout, layout.live_path(release), rec,
+            return api_key, render_replicated(matching[0], layout, layout.live_path(release), rec,
                                               api_key, vocab=ships_vocab(manifest)), None
-        rendered = render_release(unit_template(release), matching[0], layout, layout.live_path(release),
+        rendered = render_release(unit_template(), matching[0], layout, layout.live_path(release),
                                   Path(rec.python), api_key, port=rec.port, gpus=rec.gpus,
                                   tensor_parallel=rec.tensor_parallel, served=rec.served_name,
                                   vocab=ships_vocab(manifest))

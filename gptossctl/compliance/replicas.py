@@ -18,6 +18,7 @@ import yaml
 from gptossctl.adapters.openai_http import health, key_enforced
 from gptossctl.adapters.proc_net import listeners
 from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, parse_env, read_text, shown
+from gptossctl.compliance.invariants import env_allowlist_problems
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import UsageError
 from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, unit_release
@@ -83,8 +84,9 @@ def check_release_files(ev: Evidence) -> CheckResult:
     locs = [ev.live(ev.release / n) for r in ev.rec.replicas for n in r.files[:2]]
     locs += [ev.live(ev.release / ROUTER_CONFIG), ev.live(ev.layout.router_config)]
     if ev.rendered is None:
-        return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",), tuple(locs))
-    bad: list[str] = []
+        return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",
+                                                            *env_allowlist_problems(ev)), tuple(locs))
+    bad: list[str] = env_allowlist_problems(ev)
     for r in ev.rec.replicas:
         config = read_text(ev.release / r.files[0])
         if config != ev.rendered[r.files[0]]:

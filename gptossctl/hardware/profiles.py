@@ -14,22 +14,104 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gptossctl.errors import UsageError
+from gptossctl.hardware.vllm_flags import unknown_flags
 from gptossctl.resources import data_dir
 from gptossctl.secretnames import is_secret_name
 from gptossctl.yamldoc import load_model, parse_yaml, validate
 
 PROFILE_SCHEMA = "gptossctl.profile/1"
 ModelName = Literal["gpt-oss-20b", "gpt-oss-120b", "tiny"]
-# The installer owns these: the model path, where to listen, and the key (never in argv).
-_RESERVED_FLAGS = {"model", "host", "port", "api-key", "served-model-name", "config"}
+# Flags a profile may not set, with why. The installer owns where vLLM listens, what it serves and its key;
+# the rest open the network, read or load code or files from outside the release, or log what must not be
+# logged. A profile sets tuning flags only (the flag must also be vLLM's own name in full: vllm_flags).
+_RESERVED_FLAGS: dict[str, str] = {
+    **dict.fromkeys(("model", "host", "port", "api-key", "served-model-name", "config", "tensor-parallel-size",
+                     "uds", "headless", "api-server-count", "root-path", "tokenizer", "hf-config-path",
+                     "revision", "code-revision", "download-dir", "hf-token"),
+                    "is set by the installer, not by a profile"),
+    **dict.fromkeys(("ssl-keyfile", "ssl-certfile", "ssl-ca-certs", "ssl-cert-reqs", "ssl-ciphers",
+                     "enable-ssl-refresh", "allowed-origins", "allowed-methods", "allowed-headers",
+                     "allow-credentials", "grpc", "grpc-port", "data-parallel-address", "data-parallel-rpc-port",
+                     "distributed-executor-backend", "kv-transfer-config", "kv-events-config", "ec-transfer-config",
+                     "weight-transfer-config", "otlp-traces-endpoint", "tool-server", "allowed-media-domains"),
+                    "opens the network or sends data off the host: vLLM stays on loopback behind the proxy "
+                    "(README, 'Serving beyond this host')"),
+    **dict.fromkeys(("middleware", "tool-parser-plugin", "reasoning-parser-plugin", "logits-processors",
+                     "logits-processor-pattern", "worker-extension-cls", "io-processor-plugin", "log-config-file",
+                     "chat-template", "lora-modules", "enable-lora", "allowed-local-media-path",
+                     "model-loader-extra-config", "load-format", "speculative-config", "enable-prompt-embeds",
+                     "enable-tokenizer-info-endpoint"),
+                    "loads code, a template or files from outside the signed release (or reads host files for "
+                    "clients): never from a profile"),
+    "enable-log-requests": "logs every prompt into the journal: a profile never turns that on",
+}
+# Flags a profile may write only as false.
+_FALSE_ONLY = {"trust-remote-code": "runs the model repository's Python: gpt-oss needs none"}
 # The installer owns these (service.env): a profile may neither set nor loosen them.
 INSTALLER_ENV = frozenset({"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS",
                            "DO_NOT_TRACK", "VLLM_API_KEY", "TIKTOKEN_ENCODINGS_BASE", "HOME", "HF_HOME",
                            "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE"})
-# Variables that make the dynamic loader or Python run code of someone's choosing.
-_LOADER_ENV = re.compile(r"LD_\w+|PYTHON(PATH|HOME|STARTUP|INSPECT|USERBASE|EXECUTABLE|SAFEPATH|BREAKPOINT|"
-                         r"WARNINGS|PLATLIBDIR)|PATH|BASH_ENV|ENV|GCONV_PATH|MALLOC_\w+|GLIBC_TUNABLES|IFS|"
-                         r"NODE_OPTIONS|PERL5?LIB|RUBYLIB|TORCH_\w*EXTENSIONS\w*|TRITON_LIBCUDA_PATH", re.I)
+# What the installer adds to pin a service to its devices (install/render.py `pin_devices`): never a profile's.
+INSTALLER_PINNING = frozenset({"CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
+                               "VLLM_CPU_OMP_THREADS_BIND"})
+_TOGGLE = r"0|1|[Tt]rue|[Ff]alse"
+_INT = r"[0-9]{1,9}"
+# THE allowlist of a profile's environment: exact names (never prefixes), each with why it is needed and the
+# values it takes. Anything else is refused at pack, at profile load and install, and is a compliance failure
+# in a rendered environment file. Every name here only tunes; none names a file, a library or a place to load
+# code from (NCCL_NET_PLUGIN, PYTHONPYCACHEPREFIX, TRITON_*, OPENSSL_CONF... do, so they are not here).
+PROFILE_ENV: dict[str, tuple[str, str]] = {
+    "VLLM_CPU_KVCACHE_SPACE": ("GiB of host RAM for the KV cache on CPU (vllm-cpu)", _INT),
+    "VLLM_CPU_OMP_THREADS_BIND": ("CPU cores vLLM's OpenMP threads bind to (auto, nobind or a core list)",
+                                  r"auto|nobind|[0-9,\-|]{1,256}"),
+    "VLLM_SYSTEM_START_DATE": ("the date in the harmony system message (a pinned prompt)", r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+    "VLLM_HAS_FLASHINFER_CUBIN": ("FlashInfer's kernels are shipped prebuilt: no JIT at start", _TOGGLE),
+    "VLLM_ROCM_USE_AITER": ("ROCm: AITER kernels on (the fast path on MI300X/MI355X)", _TOGGLE),
+    # vLLM 0.33's AITER toggles (vllm/envs.py), each turning one family of AITER kernels on or off.
+    "VLLM_ROCM_USE_AITER_LINEAR": ("ROCm: AITER linear (GEMM) kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_LINEAR_HIPBMM": ("ROCm: AITER hipBLASLt batched GEMM for linear layers", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_MOE": ("ROCm: AITER fused-MoE kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_RMSNORM": ("ROCm: AITER RMSNorm kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_MLA": ("ROCm: AITER MLA attention kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_MHA": ("ROCm: AITER multi-head attention kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_UNIFIED_ATTENTION": ("ROCm: AITER Triton unified attention", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_TRITON_ROPE": ("ROCm: AITER Triton rotary embedding", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_TRITON_GEMM": ("ROCm: AITER Triton GEMM kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_TRITON_SPARSE_MLA": ("ROCm: AITER Triton sparse MLA kernels", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_FP8BMM": ("ROCm: AITER Triton FP8 batched GEMM", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_FP4BMM": ("ROCm: AITER Triton FP4 batched GEMM", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_FUSION_SHARED_EXPERTS": ("ROCm: AITER fused shared experts", _TOGGLE),
+    "VLLM_ROCM_USE_AITER_CUSTOM_AR": ("ROCm: AITER custom all-reduce between GPUs", _TOGGLE),
+    "VLLM_LOGGING_LEVEL": ("vLLM's log level", r"DEBUG|INFO|WARNING|ERROR|CRITICAL"),
+    "VLLM_ENGINE_READY_TIMEOUT_S": ("seconds the API server waits for the engine (large models load slowly)", _INT),
+    "CUDA_DEVICE_ORDER": ("GPU numbering: only the PCI bus order the installer's GPU indices use", r"PCI_BUS_ID"),
+    "CUDA_MODULE_LOADING": ("CUDA loads kernels lazily or eagerly", r"LAZY|EAGER"),
+    "NCCL_DEBUG": ("NCCL's log level", r"VERSION|WARN|INFO|TRACE"),
+    "NCCL_P2P_DISABLE": ("NCCL: no peer-to-peer between GPUs (broken PCIe P2P on some boards)", _TOGGLE),
+    "NCCL_IB_DISABLE": ("NCCL: no InfiniBand (one host)", _TOGGLE),
+    "NCCL_SHM_DISABLE": ("NCCL: no shared-memory transport", _TOGGLE),
+    "OMP_NUM_THREADS": ("OpenMP threads per process", _INT),
+}
+PROFILE_ENV_WHERE = "gptossctl/hardware/profiles.py PROFILE_ENV"
+
+
+def env_allowed(name: str, value: str) -> str | None:
+    """None if a profile may set `name` to `value`; else why not (naming the variable and the allowlist)."""
+    entry = PROFILE_ENV.get(name)
+    if entry is None:
+        return (f"{name} is not in the allowlist of profile environment variables ({PROFILE_ENV_WHERE}): "
+                "only variables that tune vLLM, CUDA, ROCm or NCCL without naming a file or library are allowed")
+    if not re.fullmatch(entry[1], value):
+        return f"{name}={value!r}: the allowlist ({PROFILE_ENV_WHERE}) takes only {entry[1]!r} ({entry[0]})"
+    return None
+
+
+def rendered_env_problems(names: list[str]) -> list[str]:
+    """Names in a rendered environment file that neither the installer nor the profile allowlist puts there."""
+    return [f"{n} is neither set by the installer nor in the profile environment allowlist ({PROFILE_ENV_WHERE})"
+            for n in names if n not in INSTALLER_ENV and n not in INSTALLER_PINNING and n not in PROFILE_ENV]
+
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Gone in vLLM 0.33 (flags --attention-backend and --moe-backend replaced them).
 _REMOVED_ENV = re.compile(r"VLLM_ATTENTION_BACKEND|VLLM_USE_TRTLLM_.*|VLLM_MXFP4_USE_MARLIN|"
@@ -95,7 +177,9 @@ class VllmSpec(_Strict):
             if not _FLAG.fullmatch(k):
                 raise ValueError(f"flag {k!r}: write the long flag name without dashes in front, e.g. max-model-len")
             if k in _RESERVED_FLAGS:
-                raise ValueError(f"flag {k!r} is set by the installer, not by a profile")
+                raise ValueError(f"flag {k!r} {_RESERVED_FLAGS[k]}")
+            if k in _FALSE_ONLY and value is not False:
+                raise ValueError(f"flag {k!r} may only be false: it {_FALSE_ONLY[k]}")
             if isinstance(value, str) and (len(value) > 4096 or any(ord(c) < 0x20 for c in value)):
                 raise ValueError(f"flag {k!r}: the value has control characters or is too long")
         if "max-model-len" not in v or "gpu-memory-utilization" not in v:
@@ -104,6 +188,13 @@ class VllmSpec(_Strict):
         if not isinstance(util, float) or not 0 < util <= 1:
             raise ValueError("gpu-memory-utilization must be a fraction in (0, 1]")
         return v
+
+    @model_validator(mode="after")
+    def _vllm_options(self) -> VllmSpec:
+        problems = unknown_flags(list(self.flags), self.versions)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("env")
     @classmethod
@@ -116,13 +207,17 @@ class VllmSpec(_Strict):
             if k.upper() in INSTALLER_ENV:
                 raise ValueError(f"{k} is set by the installer (offline, telemetry, key, cache paths): a profile "
                                  "can neither set nor loosen it")
-            if _LOADER_ENV.fullmatch(k):
-                raise ValueError(f"{k} changes what code the loader or Python runs: never from a profile")
+            if k in INSTALLER_PINNING - PROFILE_ENV.keys() or k == "ROCR_VISIBLE_DEVICES":
+                raise ValueError(f"{k} is set by the installer (the GPUs a service sees, install/render.py "
+                                 "pin_devices): a profile never sets it; see the allowlist, {PROFILE_ENV_WHERE}")
             if is_secret_name(k):
                 raise ValueError(f"{k}: secrets never live in a profile (its name says key, token, secret, "
                                  "password or credential)")
             if any(ord(c) < 0x20 for c in value) or '"' in value or len(value) > 4096:
                 raise ValueError(f"{k}: the value has a quote, control characters or is too long")
+            why = env_allowed(k, value)
+            if why:
+                raise ValueError(why)
         return v
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 from gptossctl.adapters import uv as uvtool
 from gptossctl.bundle.hashing import hash_pieces, pieces_for
-from gptossctl.errors import CheckFailed, EnvironmentNotReady
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding
 
 VENV = "venv"
 
@@ -72,6 +73,24 @@ def _relocate(venv: Path, python: Path) -> None:
 def check_imports(python: Path, module: str = "vllm.entrypoints.openai.api_server") -> None:
     """Import the server in the new environment before touching the running service."""
     uvtool.import_check(python, module)
+
+
+def check_flags(python: Path, keys: Collection[str]) -> int:
+    """Every key of the `vllm serve --config` document is exactly one of the release's own vLLM's option
+    strings, spelled in full (argparse would take an abbreviation; an exact match cannot be one). Runs where
+    `check_imports` runs: an environment install built, on a booted host; a staged install or an environment
+    given with --vllm-python is checked only against the shipped lists (hardware/vllm_flags.py)."""
+    options = uvtool.serve_options(python)
+    unknown = sorted(k for k in keys if f"--{k}" not in options)
+    if unknown:
+        near = {k: [o for o in sorted(options) if o.startswith(f"--{k}")][:3] for k in unknown}
+        raise CheckFailed(f"vLLM in the new environment has no option {', '.join('--' + k for k in unknown)}",
+                          code="install.vllm_flag_unknown",
+                          findings=[Finding("install.vllm_flag_unknown", k, "not an option of this vLLM, spelled in "
+                                            "full" + (f" (it abbreviates {', '.join(near[k])})" if near[k] else ""))
+                                    for k in unknown],
+                          hint="write vLLM's own option name in full in the profile, repack and install again")
+    return len(keys)
 
 
 # ---------------------------------------------------------------- the environment's own manifest

@@ -43,7 +43,7 @@ from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import install_unit, start_and_prove
-from gptossctl.install.environment import LISTING, build_env, check_imports, listing, wheels_in
+from gptossctl.install.environment import LISTING, build_env, check_flags, check_imports, listing, wheels_in
 from gptossctl.install.layout import (
     SERVICE_USER,
     Layout,
@@ -87,6 +87,7 @@ from gptossctl.install.seal import make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import TrustPlan, choose_api_key, commit_state, plan_trust, release_api_key
+from gptossctl.install.units import check_shipped
 from gptossctl.install.unpack import unpack_release
 from gptossctl.templates import check_python
 
@@ -427,6 +428,9 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
                               code="install.downgrade", hint="install a newer bundle, use 'gptossctl rollback' "
                               "to go back to a release still on disk, or pass --allow-downgrade on purpose")
         d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
+    with steps("templates", "the bundle's unit templates are gptossctl's own") as d:
+        shipped = check_shipped(bundle.root, m)
+        d.append(f"{shipped} unit template(s), each exactly gptossctl's; units are rendered from gptossctl's own")
     with steps("preflight", "hardware, profile, replicas and disk") as d:
         request, kept = _layout_request(req, read_release(layout.release(previous)) if previous is not None else None)
         fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
@@ -554,14 +558,14 @@ def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, 
     layout = plan.layout
     if plan.replicas:
         record = _record(plan, str(python_live), external)
-        files = render_replicated(release_dir, plan.fit.profile, layout, layout.live_path(plan.release), record,
+        files = render_replicated(plan.fit.profile, layout, layout.live_path(plan.release), record,
                                   api_key, vocab=ships_vocab(plan.bundle.manifest))
         for name, text in files.items():
             atomic_write(release_dir / name, text, 0o600 if name.endswith(".env") else 0o644)  # .env: the key
         write_release(release_dir, replace(record, rendered={
             k: hashlib.sha256(v.encode()).hexdigest() for k, v in files.items()}))
         return
-    rendered = render_release(unit_template(release_dir), plan.fit.profile, layout, layout.live_path(plan.release),
+    rendered = render_release(unit_template(), plan.fit.profile, layout, layout.live_path(plan.release),
                               python_live, api_key, port=plan.req.port, gpus=tuple(plan.fit.gpus),
                               tensor_parallel=plan.fit.tensor_parallel or 1, served=served_name(plan.bundle.manifest),
                               vocab=ships_vocab(plan.bundle.manifest))
@@ -608,6 +612,8 @@ def _finish(plan: Plan, steps: Steps, tmp: Path, api_key: str) -> None:
             built = build_env(tmp, python=req.python, cache=layout.uv_cache, root=layout.root)
             if not layout.staged:  # a broken environment is caught before the service is touched
                 check_imports(built)
+                check_flags(built, ["model", "served-model-name", "host", "port",
+                                    *plan.fit.profile.vllm_config(tensor_parallel=plan.fit.tensor_parallel or 1)])
             atomic_write(tmp / LISTING, json.dumps(listing(tmp / "venv"), indent=0) + "\n", 0o644)
             python_live = release_live / "venv" / "bin" / "python"
             d.append(f"{len(wheels_in(tmp))} wheels installed into {release_live / 'venv'} with uv, offline"

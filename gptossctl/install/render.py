@@ -1,5 +1,5 @@
 """Render the hardened unit, the 0600 environment file and the `vllm serve --config` file. Pure functions
-(but `unit_template`, which reads a release's own verified copy of the template).
+(but `unit_template`, which reads gptossctl's own template: never a bundle's, see install/units.py).
 
 vLLM always binds the loopback address: its API key guards /v1 only (/invocations answers without
 one), so anything exposed beyond the host goes through an allowlisting TLS proxy, never to vLLM itself.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from gptossctl.errors import UsageError
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import CONFIG, ENV_FILE, LOOPBACK
-from gptossctl.resources import data_dir
+from gptossctl.install.units import VLLM_FILLED, VLLM_TEMPLATE, check_directives, own_template
 from gptossctl.templates import check_python, fill_template
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ def render_unit(template: str, inp: UnitInputs) -> str:
     }
     text = fill_template(template, values, lines=("device_allow",))
     lines = [ln for ln in text.splitlines() if ln.strip() != "SupplementaryGroups="]
-    return "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
+    unit = "\n".join(ln for i, ln in enumerate(lines) if ln.strip() or (i and lines[i - 1].strip())) + "\n"
+    return check_directives(unit, template, VLLM_TEMPLATE, filled=VLLM_FILLED)
 
 
 def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: Mapping[str, str],
@@ -122,10 +123,9 @@ def render_vllm_config(profile_config: Mapping[str, Any], *, model_dir: Path, se
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def unit_template(release: Path) -> str:
-    """The unit template a release was rendered from: the bundle's own (signed), else gptossctl's."""
-    shipped = release / "payload" / "systemd" / "gptoss@.service"
-    return (shipped if shipped.is_file() else data_dir("systemd") / "gptoss@.service").read_text()
+def unit_template() -> str:
+    """The vLLM unit template: gptossctl's own, whatever the bundle ships (install/units.py)."""
+    return own_template(VLLM_TEMPLATE)
 
 
 def ships_vocab(manifest: Manifest) -> bool:
@@ -162,8 +162,9 @@ def pin_devices(vendor: str, gpus: tuple[int, ...], *, profile_env: Mapping[str,
     starved the start of another (seen: a restarted replica's worker got no CPU time for minutes), so the
     kernel places their threads instead (unless the profile says how)."""
     devices = ",".join(map(str, gpus))
-    if vendor == "nvidia" and gpus:
-        return f"CUDA_DEVICE_ORDER=PCI_BUS_ID\nCUDA_VISIBLE_DEVICES={devices}\n"
+    if vendor == "nvidia" and gpus:  # a profile may say PCI_BUS_ID too (the only value its allowlist takes)
+        order = "" if "CUDA_DEVICE_ORDER" in profile_env else "CUDA_DEVICE_ORDER=PCI_BUS_ID\n"
+        return f"{order}CUDA_VISIBLE_DEVICES={devices}\n"
     if vendor == "amd" and gpus:
         return f"HIP_VISIBLE_DEVICES={devices}\n"
     if vendor == "cpu" and "VLLM_CPU_OMP_THREADS_BIND" not in profile_env:

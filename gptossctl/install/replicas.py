@@ -64,17 +64,17 @@ def check_names(layout: Layout, replicas: int) -> None:
                               "gptoss@I-r<k>")
 
 
-def render_replicated(templates: Path, profile: Profile, layout: Layout, release_live: Path, rec: ReleaseRecord,
+def render_replicated(profile: Profile, layout: Layout, release_live: Path, rec: ReleaseRecord,
                       api_key: str, *, vocab: bool) -> dict[str, str]:
     """{file name in the release: text} for every replica (config, environment, unit) and the router.
-    `templates` is the release directory whose signed unit templates are used (the partial one during unpack)."""
+    The units come from gptossctl's own templates (install/units.py), never from the release's copy."""
     out: dict[str, str] = {}
-    unit_text = unit_template(templates)
+    unit_text = unit_template()
     for r in rec.replicas:
         config, env, unit = r.files
         rendered = render_release(unit_text, profile, layout.replica(r.index), release_live, Path(rec.python), api_key,
                                   port=r.port, gpus=r.gpus, tensor_parallel=rec.tensor_parallel,
                                   served=rec.served_name, vocab=vocab, files=(config, env), replica=True)
         out |= {config: rendered["config"], env: rendered["env"], unit: rendered["unit"]}
-    return out | render_router(layout, templates, host=rec.host, port=rec.port, replicas=rec.replicas,
+    return out | render_router(layout, host=rec.host, port=rec.port, replicas=rec.replicas,
                                nginx=Path(rec.router))

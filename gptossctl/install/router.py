@@ -27,8 +27,8 @@ from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, ReleaseRecord, ReplicaRecord
+from gptossctl.install.units import check_directives, own_template
 from gptossctl.probe.canary.metrics import parse
-from gptossctl.resources import data_dir
 from gptossctl.templates import fill_template
 
 ROUTER_TEMPLATE = "gptoss-router@.service"
@@ -37,10 +37,9 @@ FAIL_TIMEOUT_S = 10  # a replica that refused a connection is tried again after 
 UPSTREAM = "gptoss_replicas"
 
 
-def router_template(release: Path) -> str:
-    """The router's unit template: the bundle's own (signed) when it ships one, else gptossctl's."""
-    shipped = release / "payload" / "systemd" / ROUTER_TEMPLATE
-    return (shipped if shipped.is_file() else data_dir("systemd") / ROUTER_TEMPLATE).read_text()
+def router_template() -> str:
+    """The router's unit template: gptossctl's own, whatever the bundle ships (install/units.py)."""
+    return own_template(ROUTER_TEMPLATE)
 
 
 def credential_path(layout: Layout) -> Path:
@@ -135,15 +134,16 @@ http {{
 
 
 def render_router_unit(template: str, *, nginx: Path, config: Path, key_source: Path) -> str:
-    return fill_template(template, {"nginx": str(nginx), "config": str(config), "key_map": str(key_source)})
+    unit = fill_template(template, {"nginx": str(nginx), "config": str(config), "key_map": str(key_source)})
+    return check_directives(unit, template, ROUTER_TEMPLATE)
 
 
-def render_router(layout: Layout, release: Path, *, host: str, port: int, replicas: Sequence[ReplicaRecord],
+def render_router(layout: Layout, *, host: str, port: int, replicas: Sequence[ReplicaRecord],
                   nginx: Path) -> dict[str, str]:
     """The release's router files ({file name: text}), paths as the booted host sees them."""
     config = render_router_config(instance=layout.instance, host=host, port=port, replicas=replicas,
                                   key_map=credential_path(layout), runtime=runtime_dir(layout))
-    unit = render_router_unit(router_template(release), nginx=nginx, config=layout.live_path(layout.router_config),
+    unit = render_router_unit(router_template(), nginx=nginx, config=layout.live_path(layout.router_config),
                               key_source=layout.live_path(layout.router_key))
     return {ROUTER_CONFIG: config, ROUTER_UNIT_COPY: unit}
 

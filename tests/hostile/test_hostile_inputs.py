@@ -276,6 +276,31 @@ def _site_profile(edit: Callable[[str], str]) -> Callable[[World, Path], dict[st
     return _recipe(SITE, {"site.yaml": edit(PROFILE.replace("name: cpu-tiny", "name: site"))})
 
 
+def _signed_payload(rel: str, edit: Callable[[str], str]) -> Callable[[World, Path], dict[str, str]]:
+    """A copy of the bundle with one payload file changed and the manifest signed again by the trusted key."""
+    from tests.service.test_allowlists_staged import _edit_signed
+
+    def make(w: World, tmp: Path) -> dict[str, str]:
+        b = tmp / "b"
+        shutil.copytree(w.paths["bundle"], b, symlinks=True)
+        key, pub = Path(w.paths["key"]), Path(w.paths["pub"])
+        _edit_signed(b, rel, edit, KeyPair("alice", key, pub, KeyPair("alice", key, pub, "").signer().keyid))
+        return {"b": str(b)}
+    return make
+
+
+def _site_env(name: str) -> Callable[[World, Path], dict[str, str]]:
+    return _site_profile(lambda t: t.replace('VLLM_CPU_KVCACHE_SPACE: "1"', f'VLLM_CPU_KVCACHE_SPACE: "1"\n    {name}: /tmp/x'))
+
+
+def _site_flag(flag: str) -> Callable[[World, Path], dict[str, str]]:
+    return _site_profile(lambda t: t.replace("    max-num-seqs: 4\n", f"    max-num-seqs: 4\n    {flag}: 1\n"))
+
+
+CODE_LOADING_ENV = ("NCCL_NET_PLUGIN", "PYTHONPYCACHEPREFIX", "TRITON_LIBCUDA_PATH", "LD_AUDIT", "OPENSSL_CONF",
+                    "HF_MODULES_CACHE")
+
+
 def _model_with_link(target: str) -> Callable[[World, Path], dict[str, str]]:
     def make(w: World, tmp: Path) -> dict[str, str]:
         m = tmp / "model"
@@ -682,6 +707,15 @@ CASES: list[Case] = [
     C("pack-site-profile-lowercase-secret", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
       "--model-dir", "{model}", env=ENV_PASS, expect=2, setup=_site_profile(
           lambda t: t.replace('VLLM_CPU_KVCACHE_SPACE: "1"', 'VLLM_CPU_KVCACHE_SPACE: "1"\n    my_api_key: x'))),
+    *[C(f"pack-site-profile-env-{n.lower()}", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+        "--model-dir", "{model}", env=ENV_PASS, expect=2, code="profile.invalid", setup=_site_env(n))
+      for n in CODE_LOADING_ENV],
+    C("pack-site-profile-abbreviated-flag", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+      "--model-dir", "{model}", env=ENV_PASS, expect=2, code="profile.invalid", setup=_site_flag("max-model")),
+    C("pack-site-profile-unknown-flag", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+      "--model-dir", "{model}", env=ENV_PASS, expect=2, code="profile.invalid", setup=_site_flag("no-such-flag")),
+    C("pack-site-profile-trust-remote-code", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}",
+      "--model-dir", "{model}", env=ENV_PASS, expect=2, code="profile.invalid", setup=_site_flag("trust-remote-code")),
     C("pack-site-profile-binary", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
       "{model}", env=ENV_PASS, expect=2, setup=_recipe(SITE, {"site.yaml": "\x00\xff\xfe binary"})),
     C("pack-site-profile-traversal", "bundle", "pack", "{r}", "--out", "{t}/o", "--key", "{key}", "--model-dir",
@@ -743,6 +777,14 @@ CASES: list[Case] = [
       "99999999999999999999", "--vllm-python", sys.executable, expect=2, watch=("root",)),
     C("install-port-change-refused-keeps-trust", "install", "{bundle}", "--trust", "{bobpub}", "--trust", *P,
       "--root", "{root}", "--port", "80", "--vllm-python", sys.executable, expect=2, watch=("root",)),
+    C("install-signed-unit-template-differs", "install", "{b}", "--trust", *P, "--root", "{root}", "--vllm-python",
+      sys.executable, expect=1, code="install.unit_template_differs", watch=("root",),
+      setup=_signed_payload("payload/systemd/gptoss@.service",
+                            lambda t: t.replace("[Service]\n", "[Service]\nExecStartPre=+/bin/true\n", 1))),
+    *[C(f"install-signed-profile-env-{n.lower()}", "install", "{b}", "--trust", *P, "--root", "{root}",
+        "--vllm-python", sys.executable, expect=2, code="profile.invalid", watch=("root",),
+        setup=_signed_payload("payload/profiles/cpu-tiny.yaml", lambda t, n=n: t.replace(
+            'VLLM_CPU_KVCACHE_SPACE: "1"', f'VLLM_CPU_KVCACHE_SPACE: "1"\n    {n}: /tmp/x'))) for n in CODE_LOADING_ENV],
     # Another key on an installed instance changes its trust: refused as usage (trust changes by rotation only).
     C("install-untrusted", "install", "{bundle}", "--trust", "{bobpub}", "--root", "{root}", "--vllm-python",
       sys.executable, expect=2, code="trust.differs_from_root", watch=("root",)),

@@ -400,3 +400,26 @@ def test_compliance_reports_of_replicas_carry_no_secret_from_a_tampered_replica_
     leaked = sorted(n for n, t in texts.items() if key in t or "u:p@h" in t or "Zq8wYt3vXk2Lm9Np4Rs7Uv0Wx" in t)
     assert not leaked, leaked
     assert {oct(p.stat().st_mode & 0o777) for p in outs.values()} == {"0o600"}
+
+
+def test_compliance_holds_every_replica_to_the_own_template_and_the_env_allowlist(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]
+    """The release's copies changed along with the installed files (so a re-rendering from them would agree):
+    the invariants still catch a privileged Exec line in every replica's unit and a variable outside the
+    profile environment allowlist in one replica's environment file."""
+    rel = tree / "opt/gptoss" / INSTANCE / "releases/1"
+    rec = json.loads((rel / "release.json").read_text())
+    evil = "[Service]\nExecStartPre=+/bin/true\n"
+    targets = [rel / "payload/systemd/gptoss@.service"]
+    targets += [rel / f"unit-r{k}.service" for k in range(8)] + [_units(tree) / f"gptoss@{INSTANCE}-r{k}.service"
+                                                                  for k in range(8)]
+    for p in targets:
+        p.write_text(p.read_text().replace("[Service]\n", evil, 1))
+    env = rel / "service-r3.env"
+    env.write_text(env.read_text() + "NCCL_NET_PLUGIN=/tmp/x.so\n")
+    prof = rel / "payload/profiles" / f"{rec['profile']}.yaml"
+    prof.write_text(re.sub(r"env: \{\}|env:\n", "env:\n    NCCL_NET_PLUGIN: /tmp/x.so\n", prof.read_text(), count=1))
+    checks = _report(cli, tree)
+    assert {"config.unit", "config.release_files"} <= _failed(checks)
+    assert any("ExecStartPre=+/bin/true" in e for e in checks["config.unit"]["evidence"])
+    assert any("service-r3.env" in e and "NCCL_NET_PLUGIN" in e and "PROFILE_ENV" in e
+               for e in checks["config.release_files"]["evidence"]), checks
