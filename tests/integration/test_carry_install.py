@@ -122,7 +122,7 @@ def test_install_takes_parts_and_a_delta_straight_from_the_command_line(cli: Cli
     root = tmp_path / "root"
     code, doc = _install(cli, carry_parts, keys, root)
     assert code == 0, doc.get("error")
-    assert [s["step"] for s in doc["data"]["steps"]][:3] == ["materialize", "trust", "verify"]
+    assert [s["step"] for s in doc["data"]["steps"]][:4] == ["audit", "materialize", "trust", "verify"]
     # The delta's base is found among the installed releases by its signed manifest digest.
     code, doc = _install(cli, delta_dir, keys, root)
     assert code == 0, doc.get("error")

@@ -556,7 +556,7 @@ def _setuid(root: Path) -> None:
 
 
 def _setgid_dir(root: Path) -> None:
-    os.chmod(root / "etc/gptoss" / INSTANCE / "trust", 0o2755)
+    os.chmod(_rel(root) / "payload/model", 0o2755)
 
 
 def _group_writable_parent(root: Path) -> None:
