@@ -47,7 +47,7 @@ from gptossctl.errors import (
     ServiceUnavailable,
     UsageError,
 )
-from gptossctl.fsutil import parse_json
+from gptossctl.fsutil import check_work_dir, parse_json
 
 JOURNAL_NAME = ".gptossctl-transfer.jsonl"
 CHECKPOINT_BYTES = 1 << 30
@@ -203,10 +203,12 @@ class _Run:
 def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None = None) -> TransferReport:
     """Copy every job not yet journaled in `work`; return what happened. Never renames anything."""
     opts = opts or TransferOptions()
+    check_work_dir(work)  # a planted link or someone else's directory: refused before anything is written
     if not work.exists():  # refuse a disk that is too small before anything is created on it
         _check_space(_existing_ancestor(work), sum(j.length for j in jobs), opts.margin)
     try:
         work.mkdir(parents=True, exist_ok=True)
+        check_work_dir(work)  # again: what mkdir found (or made) is ours and no link
         for d in sorted({(work / j.dst).parent for j in jobs}):
             d.mkdir(parents=True, exist_ok=True)  # once here, not once per piece
         journal = _open_journal(work)
@@ -430,13 +432,15 @@ def write_small(path: Path, data: bytes) -> None:
 
 
 def remove_strays(work: Path, keep: set[str]) -> None:
-    """Files a resumed run does not plan (another bundle's, an older attempt's) must not stay."""
-    for dirpath, _dirs, files in os.walk(work):
+    """Files a resumed run does not plan (another bundle's, an older attempt's) must not stay. The work
+    directory must be ours and no link (check_work_dir); the walk is relative to directory descriptors and
+    follows no link, at the top or below, so nothing outside `work` is ever unlinked."""
+    check_work_dir(work)
+    for dirpath, _dirs, files, dirfd in os.fwalk(work, follow_symlinks=False):
         for name in files:
-            p = Path(dirpath) / name
-            rel = p.relative_to(work).as_posix()
+            rel = (Path(dirpath) / name).relative_to(work).as_posix()
             if rel not in keep and rel != JOURNAL_NAME:
-                p.unlink()
+                os.unlink(name, dir_fd=dirfd)
 
 
 def finish_files(work: Path, sizes: dict[str, int]) -> None:
