@@ -9,11 +9,13 @@ Each case was run against the code before its fix and failed there (see the comm
 # ruff: noqa: F811 - `world` is the fixture imported from test_hostile_inputs, taken as a parameter
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,35 @@ def test_a_planted_work_directory_is_refused_before_anything_is_touched(command:
     if command == "copy-parts":
         assert sorted(p.name for p in (inbox / "new").iterdir()) == [".gptossctl-incoming"]
     shutil.rmtree(tmp_path / "inbox", ignore_errors=True)
+
+
+# ---------------------------------------------------------------- 32: an envelope stuffed with signatures
+
+def _stuffed(w: World, tmp: Path, extra: int) -> Path:
+    bundle = tmp / "bundle"
+    shutil.copytree(w.paths["bundle"], bundle, symlinks=True)
+    env_path = bundle / "manifest.dsse.json"
+    env = json.loads(env_path.read_text())
+    junk = base64.b64encode(bytes(64)).decode()
+    env["signatures"] += [{"keyid": f"{i:064x}", "sig": junk} for i in range(extra)]
+    env_path.write_text(json.dumps(env))
+    return bundle
+
+
+@pytest.mark.parametrize("extra", [64, 100_000])
+def test_an_envelope_with_more_than_64_signatures_is_malformed_with_one_finding(extra: int, world: World,
+                                                                                tmp_path: Path) -> None:
+    bundle = _stuffed(world, tmp_path, extra)  # the real one plus `extra`: always more than 64
+    started = time.monotonic()
+    r = _run(["bundle", "verify", str(bundle), "--trust", world.paths["pub"]], {})
+    doc = _doc(r)
+    assert r.returncode == 1 and time.monotonic() - started < 30, (r.returncode, doc.get("error"))
+    assert [f["code"] for f in doc["findings"]] == ["envelope.malformed"], doc["findings"][:3]
+    assert len(r.stdout) + len(r.stderr) < 64 << 10
+
+
+def test_an_envelope_with_64_signatures_is_still_read(world: World, tmp_path: Path) -> None:
+    bundle = _stuffed(world, tmp_path, 63)  # the cap itself: parsed, and each junk signature is untrusted
+    doc = _doc(r := _run(["bundle", "verify", str(bundle), "--trust", world.paths["pub"]], {}))
+    assert r.returncode == 1 and "envelope.malformed" not in _codes(doc), doc.get("error")
+    assert "signature.untrusted_key" in _codes(doc)
