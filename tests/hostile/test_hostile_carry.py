@@ -10,6 +10,7 @@ Each case was run against the code before its fix and failed there (see the comm
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from gptossctl.bundle.keys import SMALL_ORDER_ENCODINGS, PublicKey, weak_key_reason
 from tests.hostile.test_hostile_inputs import (  # noqa: F401 - `world` is a fixture: importing registers it
     World,
     _run,
@@ -153,3 +155,103 @@ def test_an_envelope_with_64_signatures_is_still_read(world: World, tmp_path: Pa
     doc = _doc(r := _run(["bundle", "verify", str(bundle), "--trust", world.paths["pub"]], {}))
     assert r.returncode == 1 and "envelope.malformed" not in _codes(doc), doc.get("error")
     assert "signature.untrusted_key" in _codes(doc)
+
+
+# ---------------------------------------------------------------- 07: degenerate Ed25519 public keys
+
+AUDIT_SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "audit-verify.sh"
+_P = 2**255 - 19
+NON_CANONICAL = [(_P + 1).to_bytes(32, "little"),  # y = 1 again, above p
+                 (_P + 5).to_bytes(32, "little"),
+                 ((1 << 255) - 1).to_bytes(32, "little"),
+                 ((1 << 256) - 1).to_bytes(32, "little")]
+WEAK = [*SMALL_ORDER_ENCODINGS, *NON_CANONICAL]
+
+
+def _pem(raw: bytes) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(raw).public_bytes(serialization.Encoding.PEM,
+                                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _mul8_is_identity(raw: bytes) -> bool:
+    """[8]P == identity for the point raw encodes (plain Edwards arithmetic; x = 0 with the sign bit set
+    decodes to x = 0, as lax decoders do)."""
+    p, d = _P, (-121665 * pow(121666, _P - 2, _P)) % _P
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    u, v = (y * y - 1) % p, (d * y * y + 1) % p
+    x2 = u * pow(v, p - 2, p) % p
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p:
+        x = x * pow(2, (p - 1) // 4, p) % p
+    assert (x * x - x2) % p == 0, "not a point"
+    if x % 2 != raw[31] >> 7:
+        x = (p - x) % p
+    pt = (x, y)
+    for _ in range(3):
+        (x1, y1) = pt
+        t = d * x1 * x1 * y1 * y1 % p
+        pt = ((2 * x1 * y1) * pow(1 + t, p - 2, p) % p, (y1 * y1 + x1 * x1) * pow(1 - t, p - 2, p) % p)
+    return pt == (0, 1)
+
+
+def test_the_small_order_list_is_exactly_the_eight_points_with_both_sign_bits() -> None:
+    assert len(set(SMALL_ORDER_ENCODINGS)) == 10 and all(_mul8_is_identity(r) for r in SMALL_ORDER_ENCODINGS)
+    ys = {int.from_bytes(r, "little") & ((1 << 255) - 1) for r in SMALL_ORDER_ENCODINGS}
+    assert len(ys) == 5  # 0, 1, p - 1 and the two y of the order-8 points: each with both sign bits
+    shell = AUDIT_SCRIPT.read_text()
+    assert all(r.hex() in shell for r in SMALL_ORDER_ENCODINGS)  # the auditor's list is the same list
+    assert weak_key_reason(b"\x05" + bytes(31)) is None  # an ordinary y is not refused by accident
+
+
+@pytest.mark.parametrize("raw", WEAK, ids=[r.hex()[:6] + ".." + r.hex()[-2:] for r in WEAK])
+def test_keys_show_refuses_a_weak_public_key(raw: bytes, tmp_path: Path) -> None:
+    pub = tmp_path / "bob.pub"
+    pub.write_bytes(_pem(raw))
+    doc = _doc(r := _run(["keys", "show", str(pub)], {}))
+    assert r.returncode == 2 and doc["error"]["code"] == "key.weak" and str(pub) in doc["error"]["message"], doc
+
+
+def _forged_cosignature(w: World, tmp: Path) -> tuple[Path, Path]:
+    """The bundle with a second 'signature' (R = identity, S = 0) under the identity key, and that key."""
+    bundle = tmp / "bundle"
+    shutil.copytree(w.paths["bundle"], bundle, symlinks=True)
+    raw = SMALL_ORDER_ENCODINGS[2]
+    pub = tmp / "bob.pub"
+    pub.write_bytes(_pem(raw))
+    env_path = bundle / "manifest.dsse.json"
+    env = json.loads(env_path.read_text())
+    env["signatures"].append({"keyid": hashlib.sha256(raw).hexdigest(),
+                              "sig": base64.b64encode(raw + bytes(32)).decode()})
+    env_path.write_text(json.dumps(env, indent=1) + "\n")
+    return bundle, pub
+
+
+def test_a_forged_cosignature_under_a_small_order_key_never_counts(world: World, tmp_path: Path) -> None:
+    bundle, pub = _forged_cosignature(world, tmp_path)
+    root = tmp_path / "root"
+    for argv in (["bundle", "verify", str(bundle)],
+                 ["install", str(bundle), "--root", str(root), "--yes", "--vllm-python", sys.executable]):
+        doc = _doc(r := _run([*argv, "--trust", world.paths["pub"], "--trust", str(pub), "--threshold", "2"], {}))
+        assert r.returncode == 2 and doc["error"]["code"] == "key.weak", doc
+    assert not (root / "opt").exists()
+    # Loaded some other way, the key's signature still does not verify.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = PublicKey("x", Ed25519PublicKey.from_public_bytes(SMALL_ORDER_ENCODINGS[2]))
+    assert not key.verify(SMALL_ORDER_ENCODINGS[2] + bytes(32), b"any message")
+
+
+def test_the_auditor_script_refuses_a_weak_key(world: World, tmp_path: Path) -> None:
+    bundle, pub = _forged_cosignature(world, tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    for raw in (SMALL_ORDER_ENCODINGS[2], SMALL_ORDER_ENCODINGS[5], NON_CANONICAL[1]):
+        pub.write_bytes(_pem(raw))
+        r = subprocess.run(["sh", str(AUDIT_SCRIPT), str(bundle), "--threshold", "2", world.paths["pub"], str(pub)],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "weak" in r.stderr, (raw.hex(), r.stdout, r.stderr)
+    good = subprocess.run(["sh", str(AUDIT_SCRIPT), str(bundle), world.paths["pub"]], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0, good.stdout + good.stderr  # the real key alone still passes
