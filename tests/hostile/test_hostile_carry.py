@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 
 from gptossctl.bundle.keys import SMALL_ORDER_ENCODINGS, PublicKey, weak_key_reason
+from tests.conftest import PASSPHRASE
 from tests.hostile.test_hostile_inputs import (  # noqa: F401 - `world` is a fixture: importing registers it
     World,
+    _root_copy,
     _run,
     _state,
     world,
@@ -255,3 +257,46 @@ def test_the_auditor_script_refuses_a_weak_key(world: World, tmp_path: Path) -> 
     good = subprocess.run(["sh", str(AUDIT_SCRIPT), str(bundle), world.paths["pub"]], env=env,
                           capture_output=True, text=True, timeout=120)
     assert good.returncode == 0, good.stdout + good.stderr  # the real key alone still passes
+
+
+# ---------------------------------------------------------------- 02: another build under an installed version
+
+def _second_build(w: World, tmp: Path, version: str) -> Path:
+    model = tmp / "model"
+    shutil.copytree(w.paths["model"], model, symlinks=True)
+    with (model / "USAGE_POLICY").open("a") as f:
+        f.write("changed policy text\n")
+    out = tmp / f"b{version}"
+    r = _run(["bundle", "pack", w.paths["recipe"], "--model-dir", str(model), "--out", str(out), "--key",
+              w.paths["key"], "--version", version], {"GPTOSSCTL_KEY_PASSPHRASE": PASSPHRASE.decode()})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out
+
+
+def _audit_last(root: Path) -> dict[str, Any]:
+    last: dict[str, Any] = json.loads((root / "var/log/gptoss/audit.jsonl").read_text().splitlines()[-1])
+    return last
+
+
+def test_another_build_with_the_installed_version_is_refused_and_repair_installs_it(world: World,
+                                                                                      tmp_path: Path) -> None:
+    root = _root_copy(world, tmp_path)
+    release = root / "opt/gptoss/tiny-gpt-oss/releases/5"
+    installed = hashlib.sha256((release / "manifest.json").read_bytes()).hexdigest()
+    b = _second_build(world, tmp_path, "5")
+    other = hashlib.sha256((b / "manifest.json").read_bytes()).hexdigest()
+    assert other != installed
+    install = ["install", str(b), "--trust", world.paths["pub"], "--root", str(root), "--yes",
+               "--vllm-python", sys.executable]
+    before = _state(root)
+    doc = _doc(r := _run(install, {}))
+    assert r.returncode == 1 and doc["error"]["code"] == "install.version_conflict", doc.get("error")
+    assert installed in doc["error"]["message"] and other in doc["error"]["message"]
+    assert "--version" in doc["error"]["hint"] and "--repair" in doc["error"]["hint"]
+    assert _state(root) == before, "a refused install changed the root"
+    assert _audit_last(root)["result"] == "failed: install.version_conflict"
+    # On purpose: --repair unpacks this bundle again, and the audit entry names the digest that now runs.
+    doc = _doc(r := _run([*install, "--repair"], {}))
+    assert r.returncode == 0, doc.get("error")
+    runs = hashlib.sha256((release / "manifest.json").read_bytes()).hexdigest()
+    assert runs == other and _audit_last(root)["bundle_sha256"] == runs
