@@ -300,3 +300,23 @@ def test_another_build_with_the_installed_version_is_refused_and_repair_installs
     assert r.returncode == 0, doc.get("error")
     runs = hashlib.sha256((release / "manifest.json").read_bytes()).hexdigest()
     assert runs == other and _audit_last(root)["bundle_sha256"] == runs
+
+
+# ---------------------------------------------------------------- 05: the audit user is not the environment's
+
+def test_the_audit_user_comes_from_the_uid_and_login_uid_never_the_environment(world: World,
+                                                                                 tmp_path: Path) -> None:
+    import pwd
+
+    root = _root_copy(world, tmp_path)
+    claimed = {"USER": "sec-officer", "LOGNAME": "sec-officer", "SUDO_USER": "sec-officer"}
+    doc = _doc(r := _run(["install", world.paths["bundle"], "--trust", world.paths["pub"], "--root", str(root),
+                          "--yes", "--vllm-python", sys.executable], claimed))
+    assert r.returncode == 0, doc.get("error")
+    entry = _audit_last(root)
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert "sec-officer" not in entry["user"] and entry["user"].startswith(me), entry["user"]
+    assert entry["uid"] == os.getuid() and entry["claimed_sudo_user"] == "sec-officer"
+    login = Path("/proc/self/loginuid").read_text().strip()
+    assert entry["login_uid"] == (None if login in ("", "4294967295") else int(login))
+    assert _run(["audit", "verify", "--root", str(root)], {}).returncode == 0  # the new fields are chained
