@@ -127,6 +127,18 @@ def test_a_planted_work_directory_is_refused_before_anything_is_touched(command:
     shutil.rmtree(tmp_path / "inbox", ignore_errors=True)
 
 
+def test_copy_of_parts_never_writes_parts_json_through_a_planted_link(world: World, tmp_path: Path) -> None:
+    parts = _split_parts(world, tmp_path)
+    dst = tmp_path / "inbox"
+    dst.mkdir()
+    target = tmp_path / "elsewhere" / "planted"
+    target.parent.mkdir()
+    (dst / "parts.json").symlink_to(target)  # dangling: "missing" to exists(), yet a write would land there
+    doc = _doc(r := _run(["bundle", "copy", str(parts), str(dst)], {}))
+    assert r.returncode == 0, doc.get("error")
+    assert not target.exists() and (dst / "parts.json").is_symlink()
+
+
 # ---------------------------------------------------------------- 32: an envelope stuffed with signatures
 
 def _stuffed(w: World, tmp: Path, extra: int) -> Path:
