@@ -139,6 +139,32 @@ def test_copy_of_parts_never_writes_parts_json_through_a_planted_link(world: Wor
     assert not target.exists() and (dst / "parts.json").is_symlink()
 
 
+def test_a_work_directory_swapped_for_a_link_mid_run_receives_nothing(tmp_path: Path) -> None:
+    """Whoever can write the inbox renames OUT.partial away while pieces are copied and puts a link to a
+    victim directory in its place: every write goes on into the directory first opened, none through the link."""
+    from gptossctl.bundle.pieces import Source
+    from gptossctl.bundle.transfer import Job, TransferOptions, run_transfer
+
+    data = b"x" * (3 << 20)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    jobs = [Job(f"payload/d{i}/f", 0, len(data), digest, (Source(src, 0, "src"),), f"piece {i}") for i in range(3)]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    work, moved, victim = inbox / "new.partial", inbox / "moved", _victim(tmp_path)
+    before = _state(victim)
+
+    def swap(_n: int) -> None:
+        if not moved.exists():
+            work.rename(moved)
+            work.symlink_to(victim, target_is_directory=True)
+
+    report = run_transfer(work, jobs, TransferOptions(workers=1, progress=swap))
+    assert not report.failures and _state(victim) == before
+    assert all((moved / j.dst).read_bytes() == data for j in jobs)
+
+
 # ---------------------------------------------------------------- 32: an envelope stuffed with signatures
 
 def _stuffed(w: World, tmp: Path, extra: int) -> Path:
