@@ -268,6 +268,31 @@ def check_output_path(path: Path, *, what: str, force: bool = True) -> Path:
     return path
 
 
+def check_work_dir(path: Path, *, what: str = "work directory") -> None:
+    """Refuse a work path an output is assembled in (OUT.partial, an incoming directory) that already exists as
+    a symbolic link, as something other than a directory, or owned by another user: whoever planted it would
+    have gptossctl delete and write files wherever it points (run as root in a shared inbox). Checked with
+    lstat, before anything there is deleted or written; a missing path is fine (gptossctl creates it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot look at the {what} {path}: {exc.strerror}", code="output.unwritable",
+                         hint="give an output in an existing, readable directory") from None
+    remove = f"remove {path} (after checking what put it there) and run the same command again"
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"the {what} {path} is a symbolic link", code="output.work_is_link",
+                         hint=f"{remove}; gptossctl never deletes or writes through a link")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"the {what} {path} exists and is not a directory", code="output.work_not_directory",
+                         hint=remove)
+    if st.st_uid != os.geteuid():
+        raise UsageError(f"the {what} {path} is owned by uid {st.st_uid}, not by the user running gptossctl "
+                         f"(uid {os.geteuid()})", code="output.work_not_owned",
+                         hint=f"{remove}; a work directory someone else owns may hold links they planted")
+
+
 def check_output_paths(outputs: Sequence[tuple[Path | None, str]]) -> None:
     """check_output_path for each named output, and no file named twice (the second would silently replace the
     first): `outputs` is (path or None, the option that named it)."""

@@ -34,6 +34,7 @@ from gptossctl.bundle.transfer import (
     write_small,
 )
 from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.fsutil import check_work_dir
 
 if TYPE_CHECKING:
     from gptossctl.bundle.manifest import Manifest
@@ -89,6 +90,7 @@ def assemble_bundle(
 
 def _finish(work: Path, out: Path, envelope_json: bytes, manifest: Manifest, sums: bytes) -> None:
     """Every piece is in: exact sizes, the signed top-level files, flushed, then the rename."""
+    check_work_dir(work)  # still ours and no link (swapped since the transfer: refused, nothing written there)
     finish_files(work, {f"{PAYLOAD}/{f.path}": f.size for f in manifest.files})
     write_small(work / MANIFEST, _payload_of(envelope_json))
     write_small(work / ENVELOPE, envelope_json)

@@ -11,6 +11,7 @@ any way, the next run copies only what is not yet verified.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from gptossctl.bundle.transfer import (
 )
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, GptossctlError, UsageError
-from gptossctl.fsutil import check_not_inside, read_bytes
+from gptossctl.fsutil import atomic_write, check_not_inside, read_bytes
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,9 @@ def _copy_parts(srcs: list[Path], dst: Path, policy: TrustPolicy | None, opts: T
     try:
         copied = _move_in(work, dst, [p for p in todo if p.header.entry.name not in failed])
         for src in srcs:
-            if not (dst / INDEX_NAME).exists() and _index_matches(src / INDEX_NAME, ps):
-                shutil.copyfile(src / INDEX_NAME, dst / INDEX_NAME)
+            # lexists: a dangling link planted as parts.json is not "missing"; atomic_write never writes through one
+            if not os.path.lexists(dst / INDEX_NAME) and _index_matches(src / INDEX_NAME, ps):
+                atomic_write(dst / INDEX_NAME, read_bytes(src / INDEX_NAME, what="parts index"))
         sync_dir(dst)
     except OSError as exc:
         raise write_error(exc, dst) from None

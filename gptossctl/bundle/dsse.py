@@ -11,11 +11,15 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
-from gptossctl.errors import CheckFailed, Finding
+from gptossctl.errors import CheckFailed, Finding, UsageError
 from gptossctl.fsutil import DuplicateKey, refuse_duplicate_keys
 
 PAYLOAD_TYPE = "application/vnd.gptossctl.manifest+json"
 MAX_ENVELOPE_BYTES = 64 << 20  # a manifest of a million files stays well below this
+# No trust policy counts more than 64 signatures (--threshold is at most 64, one signature per key), so a 65th
+# can never be needed; an envelope with more is refused before a single one is looked at (200,000 junk
+# signatures would otherwise cost a key lookup, maybe a verification, and a finding each).
+MAX_SIGNATURES = 64
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -40,6 +44,11 @@ class Envelope:
         return pae(self.payload_type, self.payload)
 
     def with_signature(self, sig: Signature) -> Envelope:
+        if len(self.signatures) >= MAX_SIGNATURES:
+            raise UsageError(f"the envelope already carries {len(self.signatures)} signatures, the most one may",
+                             code="sign.too_many_signatures",
+                             hint=f"no policy needs more than {MAX_SIGNATURES}: pack a fresh bundle and have "
+                                  "only the signers your policy names sign it")
         return Envelope(self.payload, self.payload_type, (*self.signatures, sig))
 
     def to_json(self) -> bytes:
@@ -86,6 +95,8 @@ def parse_envelope(data: bytes, *, payload_type: str = PAYLOAD_TYPE, max_bytes: 
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise _malformed("payload is not base64") from None
+    if len(sigs) > MAX_SIGNATURES:
+        raise _malformed(f"{len(sigs)} signatures; no trust policy counts more than {MAX_SIGNATURES}")
     parsed: list[Signature] = []
     keyids: set[str] = set()
     for i, s in enumerate(sigs):

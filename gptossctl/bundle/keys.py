@@ -29,6 +29,36 @@ MAX_PASSPHRASE = 1023  # cryptography refuses longer ones (ValueError)
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 PassphraseSource = Callable[[str], bytes | None]
 
+# Degenerate Ed25519 public keys. A point of small order (the identity, or any point whose order divides 8)
+# verifies a signature with R = that point and S = 0 over EVERY message: whoever registers one as "the second
+# signer" forges that signer at will. The eight points of order dividing 8 have five y coordinates; their
+# encodings, with either sign bit (x = 0 with the sign bit set is not canonical, and some decoders take it):
+SMALL_ORDER_ENCODINGS = tuple(bytes.fromhex(h) for h in (
+    "0000000000000000000000000000000000000000000000000000000000000000",  # y = 0: order 4
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "0100000000000000000000000000000000000000000000000000000000000000",  # y = 1: the identity, order 1
+    "0100000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p - 1: order 2
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+))
+_FIELD_P = 2**255 - 19
+
+
+def weak_key_reason(raw: bytes) -> str | None:
+    """Why a raw 32-byte Ed25519 public key must not be trusted, or None: a point of small order, or an
+    encoding that is not canonical (y >= 2^255 - 19: a second encoding of a point, so a second key id)."""
+    if len(raw) != 32:
+        return f"{len(raw)} bytes, not the 32 of an Ed25519 public key"
+    if raw in SMALL_ORDER_ENCODINGS:
+        return "a point of small order: a signature under it verifies for every message"
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _FIELD_P:
+        return "not canonically encoded (y is not below 2^255 - 19)"
+    return None
+
 
 @dataclass(frozen=True)
 class PublicKey:
@@ -41,7 +71,11 @@ class PublicKey:
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
 
+        raw = self.key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        if weak_key_reason(raw) is not None:  # however this key got here, its signatures never count
+            return False
         try:
             self.key.verify(signature, message)
         except InvalidSignature:
@@ -196,6 +230,11 @@ def load_public_key(path: Path) -> PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise UsageError(f"{path} is not an Ed25519 public key", code="key.invalid",
                          hint="gptossctl signs with Ed25519: make keys with 'gptossctl keys generate'")
+    weak = weak_key_reason(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    if weak is not None:
+        raise UsageError(f"{path} is a weak Ed25519 public key: {weak}", code="key.weak",
+                         hint="no key made by 'gptossctl keys generate' is like this: ask its owner for the real "
+                              ".pub over a channel you trust, and find out who supplied this one")
     return PublicKey(keyid_of(key), key, str(path))
 
 

@@ -57,7 +57,7 @@ from gptossctl.bundle.transfer import (
 )
 from gptossctl.bundle.verify import CheckedEnvelope, TrustPolicy, check_envelope, read_envelope
 from gptossctl.errors import CheckFailed, Finding, UsageError
-from gptossctl.fsutil import check_not_inside
+from gptossctl.fsutil import check_not_inside, check_work_dir
 
 if TYPE_CHECKING:
     from gptossctl.bundle.dsse import Envelope
@@ -162,6 +162,7 @@ def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envel
     assignment = plan_parts(pieces, part_size, header_reserve(kind, ref, base, envelope_json, pieces))
     rendered = render_layout(kind, ref, base, envelope_json, assignment)
     work = partial_of(out)
+    check_work_dir(work)  # a planted link or someone else's directory: refused before a header is written
     if work.exists():
         remove_strays(work, {e.name for e in rendered.layout})  # an earlier, other split's leftovers
     by_key = {p.key: p for p in pieces}
@@ -177,6 +178,7 @@ def write_parts(out: Path, kind: Kind, checked: CheckedEnvelope, envelope: Envel
                           code=f"{kind}.source_damaged", findings=[
                               Finding("bundle.digest_mismatch", f.job.label, failure_reasons(f),
                                       hint="verify the bundle and obtain an intact copy") for f in report.failures])
+    check_work_dir(work)  # still ours and no link (swapped since the transfer: refused, nothing written there)
     try:
         finish_files(work, {e.name: e.size for e in rendered.layout})
         write_small(work / INDEX_NAME, index_bytes(kind, ref, base, part_size, rendered))

@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +48,7 @@ from gptossctl.errors import (
     ServiceUnavailable,
     UsageError,
 )
-from gptossctl.fsutil import parse_json
+from gptossctl.fsutil import check_work_dir, parse_json
 
 JOURNAL_NAME = ".gptossctl-transfer.jsonl"
 CHECKPOINT_BYTES = 1 << 30
@@ -152,6 +153,7 @@ class _Run:
     there is one flush per checkpoint, not one per file (a wheelhouse has hundreds)."""
 
     work: Path
+    work_fd: int  # the work directory as opened once: every write below it is relative to this descriptor
     journal: IO[str]
     progress: Progress
     limiter: _Limiter | None
@@ -189,7 +191,7 @@ class _Run:
                 self.last_checkpoint = time.monotonic()
             if not records:
                 return
-            syncfs(self.work)
+            _syncfs_fd(self.work_fd, self.work)
             with self.lock:
                 for rec in records:
                     self.journal.write(rec.to_json() + "\n")
@@ -203,39 +205,82 @@ class _Run:
 def run_transfer(work: Path, jobs: Sequence[Job], opts: TransferOptions | None = None) -> TransferReport:
     """Copy every job not yet journaled in `work`; return what happened. Never renames anything."""
     opts = opts or TransferOptions()
+    check_work_dir(work)  # a planted link or someone else's directory: refused before anything is written
     if not work.exists():  # refuse a disk that is too small before anything is created on it
         _check_space(_existing_ancestor(work), sum(j.length for j in jobs), opts.margin)
     try:
         work.mkdir(parents=True, exist_ok=True)
-        for d in sorted({(work / j.dst).parent for j in jobs}):
-            d.mkdir(parents=True, exist_ok=True)  # once here, not once per piece
-        journal = _open_journal(work)
+        work_fd = _open_work(work)
     except OSError as exc:
         raise write_error(exc, work) from None
     try:
         try:
-            done, reset = _read_journal(work, journal, {j.dst for j in jobs})
+            for d in sorted({Path(j.dst).parent for j in jobs}):
+                _makedirs_at(work_fd, d)  # once here, not once per piece
+            journal = _open_journal(work, work_fd)
         except OSError as exc:
-            raise write_error(exc, work / JOURNAL_NAME) from None
-        todo = [j for j in jobs if j.record not in done]
-        reused = sum(j.length for j in jobs if j.record in done)
-        need = sum(j.length for j in todo)
-        _check_space(work, need, opts.margin)
-        if opts.on_total:
-            opts.on_total(need)
-        rate = opts.limit_rate
-        run = _Run(work, journal, opts.progress or (lambda _n: None), _Limiter(rate) if rate else None,
-                   max(256 << 10, min(SLICE, rate // 4)) if rate else SLICE)
-        failures = _run_all(run, todo, opts.workers)
+            raise write_error(exc, work) from None
+        try:
+            return _transfer(work, work_fd, journal, jobs, opts)
+        finally:
+            journal.close()
     finally:
-        journal.close()
+        os.close(work_fd)
+
+
+def _transfer(work: Path, work_fd: int, journal: IO[str], jobs: Sequence[Job], opts: TransferOptions) -> TransferReport:
+    try:
+        done, reset = _read_journal(work, work_fd, journal, {j.dst for j in jobs})
+    except OSError as exc:
+        raise write_error(exc, work / JOURNAL_NAME) from None
+    todo = [j for j in jobs if j.record not in done]
+    reused = sum(j.length for j in jobs if j.record in done)
+    need = sum(j.length for j in todo)
+    _check_space(work, need, opts.margin)
+    if opts.on_total:
+        opts.on_total(need)
+    rate = opts.limit_rate
+    run = _Run(work, work_fd, journal, opts.progress or (lambda _n: None), _Limiter(rate) if rate else None,
+               max(256 << 10, min(SLICE, rate // 4)) if rate else SLICE)
+    failures = _run_all(run, todo, opts.workers)
     copied = sum(j.length for j in todo) - sum(f.job.length for f in failures)
     return TransferReport(copied, reused, tuple(failures), reset)
 
 
-def _open_journal(work: Path) -> IO[str]:
+def _open_work(work: Path) -> int:
+    """The work directory, opened once without following a link and checked to be ours: a directory swapped
+    in under its name later (by whoever can write its parent) receives nothing, as every write is relative
+    to this descriptor."""
+    try:
+        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        check_work_dir(work)  # a link (or a file) put there since the first check: refused as such
+        raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        check_work_dir(work)  # raises, naming it
+        raise OSError(errno.EPERM, "the work directory changed owner", str(work))
+    return fd
+
+
+def _makedirs_at(work_fd: int, rel: Path) -> None:
+    """mkdir -p of a relative path below the work directory, never following a link."""
+    parts = [p for p in rel.parts if p not in ("", ".")]
+    for i in range(1, len(parts) + 1):
+        sub = os.path.join(*parts[:i])
+        try:
+            os.mkdir(sub, 0o755, dir_fd=work_fd)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.stat(sub, dir_fd=work_fd, follow_symlinks=False).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", sub) from None
+
+
+def _open_journal(work: Path, work_fd: int) -> IO[str]:
     # Text with errors="replace": a journal of binary garbage reads as lines that are no record, never a crash.
-    journal = open(work / JOURNAL_NAME, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 - held (and locked)
+    fd = os.open(JOURNAL_NAME, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=work_fd)
+    journal = open(fd, "a+", encoding="utf-8", errors="replace")  # noqa: SIM115 - held (and locked)
     try:
         fcntl.flock(journal.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -245,7 +290,7 @@ def _open_journal(work: Path) -> IO[str]:
     return journal
 
 
-def _read_journal(work: Path, journal: IO[str], planned: set[str]) -> tuple[set[JournalRecord], str | None]:
+def _read_journal(work: Path, work_fd: int, journal: IO[str], planned: set[str]) -> tuple[set[JournalRecord], str | None]:
     """The records still backed by bytes on disk, and why an existing journal was discarded (None: it was not).
     The journal is not signed: a record's `dst` is looked at only when it is a destination this run planned
     (from signed content), so a line naming `../../etc/shadow` never reaches the filesystem."""
@@ -263,7 +308,7 @@ def _read_journal(work: Path, journal: IO[str], planned: set[str]) -> tuple[set[
     for line in lines[1:]:
         rec = JournalRecord.from_json(line)
         # A record counts only while its bytes are still there (a crash can lose a new directory entry).
-        if rec is not None and rec.dst in planned and _size(work / rec.dst) >= rec.offset + rec.length:
+        if rec is not None and rec.dst in planned and _size(rec.dst, work_fd) >= rec.offset + rec.length:
             done.add(rec)
     return done, None
 
@@ -289,9 +334,9 @@ def human_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
-def _size(path: Path) -> int:
+def _size(rel: str, work_fd: int) -> int:
     try:
-        return path.lstat().st_size
+        return os.stat(rel, dir_fd=work_fd, follow_symlinks=False).st_size
     except OSError:
         return -1
 
@@ -346,7 +391,7 @@ def _keep_what_is_verified(run: _Run) -> None:
 def _run_job(run: _Run, job: Job) -> Failure | None:
     dst = run.work / job.dst
     try:
-        fd = open_write(dst, truncate=False)
+        fd = os.open(job.dst, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=run.work_fd)
     except OSError as exc:
         raise write_error(exc, dst) from None
     try:
@@ -399,6 +444,15 @@ def write_error(exc: OSError, dst: Path) -> Exception:
                                    "to resume")
 
 
+def _syncfs_fd(fd: int, path: Path) -> None:
+    """syncfs on an open descriptor (the work directory as opened)."""
+    if _LIBC is None or not hasattr(_LIBC, "syncfs"):
+        os.sync()
+    elif _LIBC.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(path))
+
+
 def syncfs(path: Path) -> None:
     """Flush the filesystem holding path (one journal commit for every file written there)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -430,13 +484,15 @@ def write_small(path: Path, data: bytes) -> None:
 
 
 def remove_strays(work: Path, keep: set[str]) -> None:
-    """Files a resumed run does not plan (another bundle's, an older attempt's) must not stay."""
-    for dirpath, _dirs, files in os.walk(work):
+    """Files a resumed run does not plan (another bundle's, an older attempt's) must not stay. The work
+    directory must be ours and no link (check_work_dir); the walk is relative to directory descriptors and
+    follows no link, at the top or below, so nothing outside `work` is ever unlinked."""
+    check_work_dir(work)
+    for dirpath, _dirs, files, dirfd in os.fwalk(work, follow_symlinks=False):
         for name in files:
-            p = Path(dirpath) / name
-            rel = p.relative_to(work).as_posix()
+            rel = (Path(dirpath) / name).relative_to(work).as_posix()
             if rel not in keep and rel != JOURNAL_NAME:
-                p.unlink()
+                os.unlink(name, dir_fd=dirfd)
 
 
 def finish_files(work: Path, sizes: dict[str, int]) -> None:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import getpass
 import hashlib
 import json
 import os
+import pwd
 import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -59,13 +59,38 @@ def _digest(entry: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _user() -> str:
+UNSET_LOGINUID = 4294967295  # (uid_t)-1: no login session (a daemon, a container, early boot)
+
+
+def _user() -> dict[str, Any]:
+    """Who ran the command, from what the process cannot be told by its caller: the real uid (and its name)
+    and the kernel's login uid (/proc/self/loginuid: the person whose login started this session; su and
+    sudo keep it, and without CAP_AUDIT_CONTROL it cannot be changed). Never USER or LOGNAME; SUDO_USER is an
+    environment variable anyone can set, so it is kept only as what was claimed."""
+    uid = os.getuid()
+    name = _name_of(uid)
+    login_uid: int | None = None
     try:
-        name = getpass.getuser()
+        with open("/proc/self/loginuid", encoding="ascii") as f:
+            login_uid = int(f.read(16).strip())
+    except (OSError, ValueError):
+        login_uid = None
+    if login_uid == UNSET_LOGINUID:
+        login_uid = None
+    fields: dict[str, Any] = {"user": name, "uid": uid, "login_uid": login_uid}
+    if login_uid is not None and login_uid != uid:
+        fields["user"] = f"{name} (login {_name_of(login_uid)})"
+    claimed = os.environ.get("SUDO_USER")
+    if claimed:
+        fields["claimed_sudo_user"] = claimed[:256]
+    return fields
+
+
+def _name_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
     except (KeyError, OSError):
-        name = str(os.getuid())
-    sudo = os.environ.get("SUDO_USER")
-    return f"{name} (via sudo from {sudo})" if sudo and sudo != name else name
+        return str(uid)
 
 
 def _entry(line: bytes) -> dict[str, Any] | None:
@@ -320,7 +345,7 @@ def append(log_dir: Path, *, command: list[str], result: str, instance: str | No
         entry: dict[str, Any] = {
             "seq": chain.seq + 1,
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "user": _user(), "command": command, "instance": instance, "bundle_sha256": bundle_digest,
+            **_user(), "command": command, "instance": instance, "bundle_sha256": bundle_digest,
             "result": result, "detail": detail, "prev": chain.head or GENESIS, **(attach or {}),
         }
         entry["hash"] = _digest(entry)

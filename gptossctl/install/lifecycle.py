@@ -427,6 +427,7 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
             raise CheckFailed(f"bundle version {m.version} is older than the installed {previous}",
                               code="install.downgrade", hint="install a newer bundle, use 'gptossctl rollback' "
                               "to go back to a release still on disk, or pass --allow-downgrade on purpose")
+        _refuse_other_build(req, layout.release(m.version), bundle)
         d.append(f"installed {previous if previous is not None else 'none'} -> {m.version}")
     with steps("templates", "the bundle's unit templates are gptossctl's own") as d:
         shipped = check_shipped(bundle.root, m)
@@ -445,6 +446,20 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
         with steps("libraries", "host libraries the profile's vLLM loads") as d:
             d.append(check_host_libraries(fit.profile.match.vendor))
     return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router)
+
+
+def _refuse_other_build(req: InstallRequest, release: Path, bundle: VerifiedBundle) -> None:
+    """A release on disk under this version is reused only for the very same signed manifest. Another build
+    with the same version (a re-pack, a signer's second build) would otherwise be "reused": the old files keep
+    serving while the audit log names the new digest. --repair unpacks this bundle again, whatever is there."""
+    rec = read_release(release)
+    digest = verified_digest(bundle)
+    if rec is None or req.repair or rec.manifest_sha256 == digest:
+        return
+    raise CheckFailed(f"release {rec.version} on disk was installed from signed manifest {rec.manifest_sha256}; "
+                      f"this bundle has the same version but manifest {digest}", code="install.version_conflict",
+                      hint="a changed bundle needs a new version: pack it again with a higher --version; if the "
+                           "installed release's files or record drifted, pass --repair to unpack this bundle again")
 
 
 def _layout_request(req: InstallRequest, prev: ReleaseRecord | None) -> tuple[LayoutRequest, str]:
@@ -582,6 +597,7 @@ def unpack(plan: Plan, steps: Steps, existing: ReleaseRecord | None, api_key: st
     release, m = plan.release, plan.bundle.manifest
     with steps("unpack", f"unpacking into {release} (hashes re-checked)") as d:
         if existing is not None:
+            _refuse_other_build(plan.req, release, plan.bundle)  # checked at plan time; read again under the lock
             d.append(f"release {m.version} already unpacked: reused")
             if not _matches(existing, plan, api_key):  # the same bundle with a new port, profile or key
                 render_into(plan, release, Path(existing.python), api_key, external=existing.external_env)

@@ -38,7 +38,7 @@ from gptossctl.bundle.layout import (
 from gptossctl.bundle.manifest import MANIFEST_SCHEMA, FileEntry, Manifest, sha256sums_text
 from gptossctl.bundle.transfer import human_bytes
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
-from gptossctl.fsutil import check_not_inside, write_error
+from gptossctl.fsutil import check_not_inside, check_work_dir, write_error
 from gptossctl.pack.gather import Gathered, gather
 from gptossctl.pack.sbom import SbomInput, build_sbom
 from gptossctl.pack.spec import BundleSpec, parse_duration
@@ -198,6 +198,9 @@ def pack_bundle(
     # Downloads land in scratch, on the output's disk unless told otherwise: /tmp never fills.
     own_scratch = scratch is None
     scratch = scratch or out.with_name(out.name + ".scratch")
+    check_work_dir(partial)  # a planted link or someone else's directory: refused before anything is written
+    if own_scratch:
+        check_work_dir(scratch, what="scratch directory")
     with _locked_partial(partial) as journal:
         planned, gathered = plan_pack(spec, spec_dir, scratch, model_dir=model_dir, wheelhouse=wheelhouse)
         done = _read_journal(partial / JOURNAL)

@@ -30,6 +30,30 @@ kofn_keyid_ed25519() {
   tail -c 32 "$1.der" | sha256sum | cut -d' ' -f1
 }
 
+# kofn_weak_ed25519 KEY.pub (after kofn_keyid_ed25519 wrote KEY.pub.der): 0 when the key is degenerate and
+# must be refused. A point of small order verifies a signature (R = that point, S = 0) over every message:
+# the eight such points' encodings with either sign bit (gptossctl's keys.SMALL_ORDER_ENCODINGS), and any
+# encoding of y >= 2^255 - 19 (not canonical: low byte ed..ff, then thirty ff, then 7f or ff).
+KOFN_FF=ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff
+kofn_weak_ed25519() {
+  kofn_raw=$(tail -c 32 "$1.der" | od -An -v -tx1 | tr -d ' \n')
+  case $kofn_raw in
+    0000000000000000000000000000000000000000000000000000000000000000|\
+    0000000000000000000000000000000000000000000000000000000000000080|\
+    0100000000000000000000000000000000000000000000000000000000000000|\
+    0100000000000000000000000000000000000000000000000000000000000080|\
+    26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05|\
+    26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85|\
+    c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a|\
+    c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa|\
+    ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f|\
+    ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff) return 0 ;;
+    e[d-f]${KOFN_FF}[7f]f|f[0-9a-f]${KOFN_FF}[7f]f) return 0 ;;
+  esac
+  [ ${#kofn_raw} -eq 64 ] || return 0  # not 32 bytes: nothing to trust
+  return 1
+}
+
 # kofn_verify_ed25519 KEY.pub MESSAGE SIGNATURE: Ed25519 over the raw message (PureEdDSA).
 kofn_verify_ed25519() {
   openssl pkeyutl -verify -pubin -inkey "$1" -rawin -in "$2" -sigfile "$3" >/dev/null 2>&1
@@ -152,6 +176,10 @@ kofn_signatures() {
       *[!0-9a-f]*|'') echo "$kofn_pub: cannot compute its key id" >&2; return 2 ;;
     esac
     [ ${#kofn_id} -eq 64 ] || { echo "$kofn_pub: cannot compute its key id" >&2; return 2; }
+    if "kofn_weak_$kofn_a" "$kofn_k"; then  # gptossctl refuses it too (key.weak): never a vote
+      echo "$kofn_pub: a weak $kofn_a public key (small order or not canonical): refused" >&2
+      return 2
+    fi
     kofn_name=$(basename "$kofn_pub")
     if [ -f "$kofn_w/kofn/name.$kofn_id" ]; then  # the same key again: one vote, both names shown
       printf '%s, %s' "$(cat "$kofn_w/kofn/name.$kofn_id")" "$kofn_name" > "$kofn_w/kofn/name.$kofn_id"
