@@ -25,7 +25,8 @@ _RESERVED_FLAGS = {"model", "host", "port", "api-key", "served-model-name", "con
 # The installer owns these (service.env): a profile may neither set nor loosen them.
 INSTALLER_ENV = frozenset({"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS",
                            "DO_NOT_TRACK", "VLLM_API_KEY", "TIKTOKEN_ENCODINGS_BASE", "HOME", "HF_HOME",
-                           "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE"})
+                           "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE",
+                           "PYTHONNOUSERSITE", "PYTHONSAFEPATH"})
 # Variables that make the dynamic loader or Python run code of someone's choosing.
 _LOADER_ENV = re.compile(r"LD_\w+|PYTHON(PATH|HOME|STARTUP|INSPECT|USERBASE|EXECUTABLE|SAFEPATH|BREAKPOINT|"
                          r"WARNINGS|PLATLIBDIR)|PATH|BASH_ENV|ENV|GCONV_PATH|MALLOC_\w+|GLIBC_TUNABLES|IFS|"
