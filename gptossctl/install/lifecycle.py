@@ -42,7 +42,14 @@ from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import install_unit, start_and_prove
-from gptossctl.install.environment import LISTING, build_env, check_imports, listing, wheels_in
+from gptossctl.install.environment import (
+    LISTING,
+    build_env,
+    check_imports,
+    interpreter_exposure,
+    listing,
+    wheels_in,
+)
 from gptossctl.install.layout import (
     SERVICE_USER,
     Layout,
@@ -304,6 +311,18 @@ def validate_request(req: InstallRequest) -> None:
                          + (f" under {req.root} or on this host" if req.root != Path("/") else ""),
                          code="install.no_vllm_python",
                          hint="give the python of an environment that has vLLM installed (.../bin/python)")
+    owners = interpreter_owners(req.root)
+    interpreters = [(Path(sys.executable), "gptossctl's own interpreter (the compliance timer runs it as root)")]
+    if req.vllm_python is not None:
+        interpreters.append((_on_target(req.root, req.vllm_python), "--vllm-python"))
+    for python, option in interpreters:
+        exposed = interpreter_exposure(python, owners)
+        if exposed:
+            raise CheckFailed(f"{option} {python} can be changed by someone other than root: "
+                              + "; ".join(exposed[:5]) + (f" (and {len(exposed) - 5} more)" if len(exposed) > 5 else ""),
+                              code="install.interpreter_writable",
+                              hint="use an interpreter whose environment, and every directory above it, is owned by "
+                                   "root and not group- or world-writable (chown -R root, chmod -R go-w)")
     if not req.dry_run:
         check_writable(Layout(req.root))
 
@@ -339,6 +358,13 @@ def _installed_base(layout: Layout, source: Path) -> Path | None:
             if rec is not None and rec.manifest_sha256 == ref.manifest_sha256:
                 return inst.release(v)
     return None
+
+
+def interpreter_owners(root: Path) -> frozenset[int]:
+    """Who may own an interpreter the units run: root; when staged, also whoever owns the staging tree."""
+    if root == Path("/"):
+        return frozenset({0})
+    return frozenset({0, root.stat().st_uid if root.exists() else os.getuid()})
 
 
 def _on_target(root: Path, path: Path) -> Path:
