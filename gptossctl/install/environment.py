@@ -15,6 +15,7 @@ from pathlib import Path
 from gptossctl.adapters import uv as uvtool
 from gptossctl.bundle.hashing import hash_pieces, pieces_for
 from gptossctl.errors import CheckFailed, EnvironmentNotReady
+from gptossctl.fsutil import acl_write_grants
 
 VENV = "venv"
 
@@ -149,6 +150,7 @@ def interpreter_exposure(python: Path, owners: frozenset[int]) -> list[str]:
         sticky_ok = parent and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX and st.st_uid in owners
         if mode & 0o022 and not sticky_ok:
             wrong.append("writable by group or others")
+        wrong += acl_write_grants(p, owners)
         if wrong:
             bad.setdefault(str(p), f"{p} ({mode:04o}): {', '.join(wrong)}")
 
