@@ -360,3 +360,13 @@ def acl_write_grants(path: Path, allowed: frozenset[int] = frozenset({0})) -> li
             elif tag in _ACL_CLASS and kind == "default ACL":
                 out.append(f"its {kind} lets {_ACL_CLASS[tag]} write")
     return out
+
+
+def read_nofollow(path: Path, limit: int = TEXT_LIMIT) -> bytes:
+    """A file's bytes, refusing a symbolic link in its place (OSError ELOOP): what gptossctl rendered or wrote
+    is never read through a link someone planted there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return f.read(limit + 1)[:limit]

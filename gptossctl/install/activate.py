@@ -11,7 +11,7 @@ from typing import Any
 from gptossctl.adapters.openai_http import Endpoint, health
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed
-from gptossctl.fsutil import atomic_write
+from gptossctl.fsutil import atomic_write, read_nofollow
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import UNIT_COPY, read_release
 from gptossctl.install.steps import Steps
@@ -21,7 +21,7 @@ from gptossctl.probe.smoke import SmokeOptions, run_smoke
 
 def install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
     """The release's rendered unit becomes the instance's unit (an atomic replace), enabled."""
-    atomic_write(layout.unit_path, (release / UNIT_COPY).read_text(), 0o644)
+    atomic_write(layout.unit_path, read_nofollow(release / UNIT_COPY).decode(), 0o644)
     systemd.daemon_reload()
     systemd.enable(layout.unit_name)
 
