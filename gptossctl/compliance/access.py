@@ -14,6 +14,7 @@ from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import Evidence, cap, read_text
 from gptossctl.compliance.result import CheckResult
 from gptossctl.fsutil import acl_write_grants
+from gptossctl.install.activate import KERNEL_CACHES
 from gptossctl.install.layout import SERVICE_USER
 from gptossctl.install.release import ENV_FILE
 
@@ -82,10 +83,6 @@ def _service_uid(ev: Evidence) -> int | None:
     return None
 
 
-# Where the service keeps the kernels it compiles: its VLLM_CACHE_ROOT and TRITON_CACHE_DIR (under the cache
-# directory) and FlashInfer's JIT cache (under HOME, the state directory): the only places under the service's
-# own directories where code it runs may be.
-KERNEL_CACHES = {"cache": (("vllm",), ("triton",)), "state": ((".cache", "flashinfer"),)}
 CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
 _RELEASE_LINK = re.compile(r"releases/\d+")
 

@@ -41,7 +41,7 @@ from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, start_and_prove
+from gptossctl.install.activate import install_unit, start_and_prove, wipe_kernel_caches
 from gptossctl.install.environment import (
     LISTING,
     build_env,
@@ -443,6 +443,7 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                        ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"
                         if not plan.replicas else f"render {len(plan.replicas)} replica units, configs and environment "
                         f"files (0600), the router's unit and configuration"),
+                       ("caches", "empty the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)"),
                        ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
                        ("switch", f"{layout.current} -> releases/{plan.version}")):
@@ -468,6 +469,8 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         atomic_write(layout.sysusers, SYSUSERS, 0o644)
         systemd.sysusers(layout.sysusers)
         d.append(f"{SERVICE_USER} present")
+    with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
+        d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
     if plan.live_start:
         result.smoke = activate_replicas(plan, steps, api_key) if plan.replicas else activate(plan, steps, api_key)
         result.started = True

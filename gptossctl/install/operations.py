@@ -16,7 +16,7 @@ from gptossctl.bundle.verify import verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
 from gptossctl.fsutil import read_nofollow
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, start_and_prove
+from gptossctl.install.activate import install_unit, start_and_prove, wipe_kernel_caches
 from gptossctl.install.environment import LISTING, VENV
 from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, install_lock
 from gptossctl.install.lifecycle import InstallResult
@@ -172,6 +172,8 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
     act = Activation(layout, systemd, steps, choose_api_key(layout, layout.release(target)), health_timeout,
                      smoke=False)
     with install_lock(layout):
+        with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
+            d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
         if layout.staged:
             with steps("unit", f"installing the unit of release {target}"):
                 install_serving_units(layout, systemd, layout.release(target), act.api_key)
