@@ -356,3 +356,42 @@ def existing_dir(path: Path, *, what: str, code: str = "usage.not_a_directory") 
     if not path.is_dir():
         raise UsageError(f"{what} {path} is not a directory", code=code, hint=f"give the {what}, a directory")
     return path
+
+
+# POSIX ACLs as the kernel stores them (xattr system.posix_acl_access / _default: a little-endian u32 version 2,
+# then (tag u16, perm u16, id u32) entries). Tags: user 2, group 8, group owner 4, other 0x20; perm bit 2: write.
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+_ACL_NAMED, _ACL_CLASS = {2: "user", 8: "group"}, {4: "the group owner", 0x20: "others"}
+
+
+def acl_write_grants(path: Path, allowed: frozenset[int] = frozenset({0})) -> list[str]:
+    """Who a POSIX ACL on `path` (not followed) lets write, beyond root and what the mode bits already show:
+    a named user or group other than root (or `allowed`) in the access or default ACL, and, in a directory's default ACL, the
+    group owner or others (what every new file under it would inherit)."""
+    out: list[str] = []
+    for name in _ACL_XATTRS:
+        try:
+            raw = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:  # no ACL, no xattr support, or a link
+            continue
+        kind = "default ACL" if name.endswith("default") else "ACL"
+        for off in range(4, len(raw) - 7, 8):
+            tag, perm, ident = int.from_bytes(raw[off:off + 2], "little"), \
+                int.from_bytes(raw[off + 2:off + 4], "little"), int.from_bytes(raw[off + 4:off + 8], "little")
+            if not perm & 2:
+                continue
+            if tag in _ACL_NAMED and ident not in allowed:
+                out.append(f"its {kind} lets {_ACL_NAMED[tag]} {ident} write")
+            elif tag in _ACL_CLASS and kind == "default ACL":
+                out.append(f"its {kind} lets {_ACL_CLASS[tag]} write")
+    return out
+
+
+def read_nofollow(path: Path, limit: int = TEXT_LIMIT) -> bytes:
+    """A file's bytes, refusing a symbolic link in its place (OSError ELOOP): what gptossctl rendered or wrote
+    is never read through a link someone planted there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return f.read(limit + 1)[:limit]

@@ -113,3 +113,22 @@ def delete_user(name: str) -> bool:
     """Remove a system user (the service user, on the last purge); True when it existed and was removed."""
     exe = shutil.which("userdel")
     return exe is not None and subprocess.run([exe, name], capture_output=True, timeout=60).returncode == 0
+
+
+def manager_environment(systemd: Systemd) -> dict[str, str] | None:
+    """`systemctl show-environment`: what the running manager passes to every unit (None when staged or it
+    cannot be asked)."""
+    if not systemd.live or shutil.which("systemctl") is None:
+        return None
+    try:
+        res = systemd.systemctl("show-environment", check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    env: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            env[k] = v
+    return env

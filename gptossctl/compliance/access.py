@@ -13,6 +13,8 @@ from gptossctl.adapters.openai_http import key_enforced
 from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import Evidence, cap, read_text
 from gptossctl.compliance.result import CheckResult
+from gptossctl.fsutil import acl_write_grants
+from gptossctl.install.activate import KERNEL_CACHES
 from gptossctl.install.layout import SERVICE_USER
 from gptossctl.install.release import ENV_FILE
 
@@ -81,10 +83,6 @@ def _service_uid(ev: Evidence) -> int | None:
     return None
 
 
-# Where the service keeps the kernels it compiles: its VLLM_CACHE_ROOT and TRITON_CACHE_DIR (under the cache
-# directory) and FlashInfer's JIT cache (under HOME, the state directory): the only places under the service's
-# own directories where code it runs may be.
-KERNEL_CACHES = {"cache": (("vllm",), ("triton",)), "state": ((".cache", "flashinfer"),)}
 CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
 _RELEASE_LINK = re.compile(r"releases/\d+")
 
@@ -113,6 +111,7 @@ class _Walk:
                                    (stat.S_ISGID, "setgid")) if mode & bit]
         if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             wrong.append("not a regular file or directory")
+        wrong += acl_write_grants(p)
         if wrong:
             self.flag(p, f"{self.ev.live(p)} is {mode:04o} owned by uid {st.st_uid}: {', '.join(wrong)}")
 
@@ -188,6 +187,7 @@ class _Walk:
             wrong = [] if st.st_uid in allowed else [f"owned by neither uid {self.owner} nor {SERVICE_USER}"]
             wrong += [w for bit, w in ((0o022, "group- or world-writable"), (stat.S_ISUID, "setuid"),
                                        (stat.S_ISGID, "setgid")) if mode & bit]
+            wrong += acl_write_grants(p, frozenset(allowed | {0}))
             if stat.S_ISREG(st.st_mode) and not any(p.relative_to(top).parts[:len(k)] == k for k in kernels):
                 wrong += ["executable"] if mode & 0o111 else []
                 wrong += ["code the service could run"] if p.suffix in CODE_SUFFIXES else []
@@ -232,7 +232,8 @@ def check_permissions(ev: Evidence) -> CheckResult:
     return CheckResult("access.permissions", "pass", (
         f"{len(walk.seen)} paths under {', '.join(ev.live(t) for t in trees)}, the units and their drop-ins, the "
         f"credentials, and every directory above them (but the audit log's) up to {top}: owned by uid "
-        f"{walk.owner}, none group- or world-writable, no setuid or setgid, no link gptossctl did not make",
+        f"{walk.owner}, none group- or world-writable (mode bits or POSIX ACL), no setuid or setgid, no link "
+        "gptossctl did not make",
         f"the service's own directories ({', '.join(present) or 'none yet'}): written only by root or "
         f"{SERVICE_USER}, no executable, no .py/.pyc/.so/.pth outside the kernel caches "
         f"({', '.join(f'{k}/' + '/'.join(p) for k, ps in KERNEL_CACHES.items() for p in ps)})"))

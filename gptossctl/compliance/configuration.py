@@ -8,11 +8,12 @@ import difflib
 import yaml
 
 from gptossctl.adapters.proc_net import listeners
+from gptossctl.adapters.systemd import manager_environment
 from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, parse_env, read_text, shown
 from gptossctl.compliance.invariants import env_allowlist_problems, unit_directive_problems
 from gptossctl.compliance.result import CheckResult
-from gptossctl.compliance.units import SEARCH_PATH, UnitView
+from gptossctl.compliance.units import SEARCH_PATH, UnitView, manager_environment_problems
 from gptossctl.install.release import CONFIG, ENV_FILE
 
 
@@ -57,6 +58,7 @@ def check_unit(ev: Evidence) -> CheckResult:
     """Every unit gptossctl installed (the vLLM unit or each replica's and the router's, the compliance service
     and timer, scheduled canaries), each as systemd applies it (compliance.units)."""
     bad = unit_directive_problems(ev) + [b for v in ev.units for b in _unit_problems(ev, v)]
+    bad += manager_environment_problems(ev.layout, manager_environment(ev.systemd))
     locs = [ev.live(v.unit.path) for v in ev.units] + [ev.live(p) for v in ev.units for p in v.dropins]
     if bad:
         return CheckResult("config.unit", "fail", cap(bad), tuple(dict.fromkeys(locs)))
@@ -67,7 +69,10 @@ def check_unit(ev: Evidence) -> CheckResult:
     return CheckResult("config.unit", "pass", (
         f"{serving} exactly the approved rendering of release {ev.rec.version}; no drop-ins",
         f"{len(ev.units)} units checked ({', '.join(v.unit.name for v in ev.units)}), {how}: each loaded from the "
-        "file gptossctl wrote, no drop-in but a canary schedule's own"), tuple(dict.fromkeys(locs)))
+        "file gptossctl wrote, no drop-in but a canary schedule's own",
+        "the service manager's DefaultEnvironment=/ManagerEnvironment= (system.conf and system.conf.d in /etc, "
+        "/run, /usr/local/lib, /usr/lib)" + (" and its live environment" if ev.systemd.live else "")
+        + ": nothing but locale, time zone and the system PATH"), tuple(dict.fromkeys(locs)))
 
 
 def check_release_files(ev: Evidence) -> CheckResult:

@@ -20,6 +20,7 @@ from gptossctl.bundle.manifest import Manifest, parse_manifest
 from gptossctl.bundle.verify import TrustPolicy, check_envelope, verify_bundle
 from gptossctl.compliance.units import UnitView, installed_units, view
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, UsageError
+from gptossctl.fsutil import read_nofollow
 from gptossctl.hardware.profiles import load_profile, load_profiles
 from gptossctl.install import audit
 from gptossctl.install.environment import LISTING
@@ -144,8 +145,10 @@ def parse_env(text: str) -> dict[str, str]:
 
 
 def read_text(p: Path) -> str | None:
+    """The text of a file, None when it is missing, unreadable, not text, or a symbolic link (never followed:
+    a link where a rendered file should be is tampering, and access.permissions names it)."""
     try:
-        return p.read_text()
+        return read_nofollow(p).decode()
     except (OSError, UnicodeDecodeError):
         return None
 

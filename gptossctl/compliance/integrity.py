@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 from gptossctl.bundle.dsse import parse_envelope
 from gptossctl.bundle.layout import ENVELOPE, MANIFEST
-from gptossctl.compliance.evidence import MAX_EVIDENCE, RECORD_CHANGED, Evidence, cap, is_date, is_signature
+from gptossctl.compliance.evidence import MAX_EVIDENCE, RECORD_CHANGED, Evidence, cap, is_date, is_signature, read_text
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import GptossctlError
-from gptossctl.install.environment import LISTING, VENV, compare_listing
+from gptossctl.install.environment import LISTING, VENV, compare_listing, interpreter_exposure
 from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, ROUTER_UNIT_COPY, UNIT_COPY
+from gptossctl.install.timer import COMPLIANCE_UNITS
 
 
 def check_signatures(ev: Evidence) -> CheckResult:
@@ -78,6 +81,30 @@ def check_payload(ev: Evidence) -> CheckResult:
                        (ev.live(ev.release / "payload"),))
 
 
+def _on_target(ev: Evidence, path: Path) -> Path:
+    staged = ev.layout.root / path.relative_to("/") if path.is_absolute() else path
+    return staged if ev.layout.staged and staged.exists() else path
+
+
+def _timer_interpreters(ev: Evidence) -> list[Path]:
+    """The interpreter running this check (what the compliance units render with) and whatever the installed
+    compliance service's ExecStart= names."""
+    found = [Path(sys.executable)]
+    text = read_text(ev.layout.unit_dir / COMPLIANCE_UNITS[0]) or ""
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "ExecStart" and value.split():
+            found.append(_on_target(ev, Path(value.split()[0].lstrip("@-:+!"))))
+    return list(dict.fromkeys(found))
+
+
+def exposed_interpreters(ev: Evidence) -> list[str]:
+    """The interpreters the units run that someone other than root could change (install.environment)."""
+    owners = frozenset({0, ev.layout.root.stat().st_uid}) if ev.layout.staged else frozenset({0})
+    pythons = _timer_interpreters(ev) + ([_on_target(ev, Path(ev.rec.python))] if ev.rec.external_env else [])
+    return [f"{python}: {why}" for python in dict.fromkeys(pythons) for why in interpreter_exposure(python, owners)]
+
+
 def check_environment(ev: Evidence) -> CheckResult:
     if ev.sealed.record_changed or ev.sealed.listing_changed:  # neither says what install built any more
         return CheckResult("drift.environment", "fail", (RECORD_CHANGED if ev.sealed.record_changed else
@@ -85,10 +112,15 @@ def check_environment(ev: Evidence) -> CheckResult:
                                                          "chain at install: the environment cannot be compared "
                                                          "with what install built",),
                            (ev.live(ev.release / (RELEASE_JSON if ev.sealed.record_changed else LISTING)),))
+    exposed = exposed_interpreters(ev)
+    if exposed:
+        return CheckResult("drift.environment", "fail", cap(exposed), (ev.live(ev.release),))
     if ev.rec.external_env:
         return CheckResult("drift.environment", "warn", (f"the service runs the site's environment "
                                                          f"{ev.rec.python} (--vllm-python), not one built "
-                                                         "from the bundle: its files are the site's to track",))
+                                                         "from the bundle: its files are the site's to track "
+                                                         "(owned by root and written by nobody else, and so is "
+                                                         "gptossctl's own interpreter)",))
     venv = ev.release / "venv"
     try:
         recorded = json.loads((ev.release / LISTING).read_text())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -171,3 +172,62 @@ def view(layout: Layout, systemd: Systemd, unit: Installed) -> UnitView:
     frag = props.get("FragmentPath") or None
     return UnitView(unit, Path(frag) if frag else found, tuple(dict.fromkeys([*told, *dropins])),
                     need_reload=props.get("NeedDaemonReload") == "yes", asked=bool(props))
+
+
+# The manager's own configuration (systemd-system.conf(5)): the main file and its drop-ins, in every directory
+# systemd reads them from. DefaultEnvironment= reaches every unit; ManagerEnvironment= the manager and what it
+# spawns (generators).
+MANAGER_CONF_DIRS: tuple[str, ...] = ("etc/systemd", "run/systemd", "usr/local/lib/systemd", "usr/lib/systemd",
+                                      "lib/systemd")
+MANAGER_ENV_KEYS = ("DefaultEnvironment", "ManagerEnvironment")
+# What may come from the manager: locale and time zone, and a PATH of the standard system directories only.
+_ALLOWED_ENV = re.compile(r"LANG|LANGUAGE|LC_[A-Z_]+|TZ")
+_SYSTEM_PATH = frozenset({"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+                          "/snap/bin"})
+
+
+def _allowed(name: str, value: str) -> bool:
+    if name == "PATH":
+        return all(d in _SYSTEM_PATH for d in value.split(":"))
+    return bool(_ALLOWED_ENV.fullmatch(name))
+
+
+def _manager_files(root: Path) -> list[Path]:
+    out = []
+    for d in MANAGER_CONF_DIRS:
+        base = root / d
+        out.append(base / "system.conf")
+        conf_d = base / "system.conf.d"
+        if conf_d.is_dir():
+            out += sorted(p for p in conf_d.iterdir() if p.name.endswith(".conf"))
+    return [p for p in out if p.exists() or p.is_symlink()]
+
+
+def _assignments(value: str) -> list[tuple[str, str]]:
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return [("(unparsable)", value)]
+    return [(w.partition("=")[0], w.partition("=")[2]) for w in words]
+
+
+def manager_environment_problems(layout: Layout, live_env: Mapping[str, str] | None) -> list[str]:
+    """Every variable the service manager would give our units that is not locale, time zone or the system
+    PATH: from its configuration files (naming each) and, live, from `systemctl show-environment`."""
+    bad = []
+    for p in _manager_files(layout.root):
+        try:
+            text = p.read_text(errors="replace")
+        except OSError:
+            bad.append(f"{layout.live_path(p)} is unreadable: the manager's environment cannot be checked")
+            continue
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key.strip() in MANAGER_ENV_KEYS:
+                bad += [f"{layout.live_path(p)}: {key.strip()}= sets {name} (reaches every unit, ours included)"
+                        for name, v in _assignments(value.strip()) if not _allowed(name, v)]
+    for name, value in sorted((live_env or {}).items()):
+        if not _allowed(name, value):
+            bad.append(f"the running manager's environment (systemctl show-environment) has {name}: it reaches "
+                       "every unit it starts, ours included")
+    return bad

@@ -50,7 +50,8 @@ _FALSE_ONLY = {"trust-remote-code": "runs the model repository's Python: gpt-oss
 # The installer owns these (service.env): a profile may neither set nor loosen them.
 INSTALLER_ENV = frozenset({"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "VLLM_NO_USAGE_STATS",
                            "DO_NOT_TRACK", "VLLM_API_KEY", "TIKTOKEN_ENCODINGS_BASE", "HOME", "HF_HOME",
-                           "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE"})
+                           "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "FLASHINFER_WORKSPACE_BASE",
+                           "PYTHONNOUSERSITE", "PYTHONSAFEPATH"})
 # What the installer adds to pin a service to its devices (install/render.py `pin_devices`): never a profile's.
 INSTALLER_PINNING = frozenset({"CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
                                "VLLM_CPU_OMP_THREADS_BIND"})

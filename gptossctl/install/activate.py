@@ -4,6 +4,9 @@ several, is install/rolling.py's `restore_release`."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,17 +14,53 @@ from typing import Any
 from gptossctl.adapters.openai_http import Endpoint, health
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed
-from gptossctl.fsutil import atomic_write
+from gptossctl.fsutil import atomic_write, read_nofollow
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import UNIT_COPY, read_release
 from gptossctl.install.steps import Steps
 from gptossctl.install.trust import release_api_key
 from gptossctl.probe.smoke import SmokeOptions, run_smoke
 
+# Where the service keeps the kernels it compiles and later loads: its VLLM_CACHE_ROOT (torch.compile and
+# inductor caches) and TRITON_CACHE_DIR under the cache directory, FlashInfer's JIT cache under HOME (the state
+# directory). The only places in the service's own directories where code it runs may be (access.permissions),
+# and so emptied whenever a release is put in service: what a compromised service planted there does not
+# outlive the release it ran under.
+KERNEL_CACHES = {"cache": (("vllm",), ("triton",)), "state": ((".cache", "flashinfer"),)}
+
+
+def kernel_cache_dirs(layout: Layout) -> list[Path]:
+    """The kernel caches of the instance and of each of its replicas (whose directories follow the unit's %i)."""
+    shapes = {layout.instance}
+    for parent in (layout.cache.parent, layout.state.parent):
+        if parent.is_dir():
+            shapes |= {p.name for p in parent.iterdir() if re.fullmatch(rf"{re.escape(layout.instance)}-r\d+", p.name)}
+    out = []
+    for name in sorted(shapes):
+        shape = Layout(layout.root, name)
+        for kind, top in (("cache", shape.cache), ("state", shape.state)):
+            out += [top.joinpath(*parts) for parts in KERNEL_CACHES[kind]]
+    return out
+
+
+def wipe_kernel_caches(layout: Layout) -> list[str]:
+    """Empty every kernel cache (kernel_cache_dirs) without following a link the service may have put there;
+    the service recompiles what it needs at its next start. Returns what was removed (live paths)."""
+    removed = []
+    for d in kernel_cache_dirs(layout):
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            os.unlink(d)
+        elif d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)  # fd-based on Linux: never follows a link swapped in meanwhile
+        else:
+            continue
+        removed.append(str(layout.live_path(d)))
+    return removed
+
 
 def install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
     """The release's rendered unit becomes the instance's unit (an atomic replace), enabled."""
-    atomic_write(layout.unit_path, (release / UNIT_COPY).read_text(), 0o644)
+    atomic_write(layout.unit_path, read_nofollow(release / UNIT_COPY).decode(), 0o644)
     systemd.daemon_reload()
     systemd.enable(layout.unit_name)
 

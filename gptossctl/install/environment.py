@@ -16,6 +16,7 @@ from pathlib import Path
 from gptossctl.adapters import uv as uvtool
 from gptossctl.bundle.hashing import hash_pieces, pieces_for
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding
+from gptossctl.fsutil import acl_write_grants
 
 VENV = "venv"
 
@@ -147,3 +148,88 @@ def compare_listing(venv: Path, recorded: dict[str, object]) -> list[tuple[str, 
             out.append(("link", rel, f"points to {links.get(rel, '(absent)')}, "
                                      f"was {want_links.get(rel, '(absent)')}"))
     return out
+
+
+# uv's venv lock file: 0666 by design, never imported or run (build_env tightens it in the venvs it builds).
+_UV_LOCK = ".lock"
+
+
+def interpreter_exposure(python: Path, owners: frozenset[int]) -> list[str]:
+    """What makes an interpreter run code of someone else's choosing: every link on the way to it, the file it
+    execs, its venv (the whole tree, site-packages included), its base prefix's lib/python* (that base's
+    site-packages only when the venv includes it), and every directory above them up to /, each owned by one of
+    `owners` and not group- or world-writable (a root-owned sticky parent such as /tmp excepted). Never runs it."""
+    bad: dict[str, str] = {}
+    climbed: set[Path] = set()
+
+    def strict(p: Path, st: os.stat_result, *, parent: bool = False) -> None:
+        mode, wrong = stat.S_IMODE(st.st_mode), []
+        if st.st_uid not in owners:
+            wrong.append(f"owned by uid {st.st_uid}")
+        sticky_ok = parent and stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX and st.st_uid in owners
+        if mode & 0o022 and not sticky_ok:
+            wrong.append("writable by group or others")
+        wrong += acl_write_grants(p, owners)
+        if wrong:
+            bad.setdefault(str(p), f"{p} ({mode:04o}): {', '.join(wrong)}")
+
+    def parents(p: Path) -> None:
+        for d in p.parents:
+            if d in climbed:
+                return
+            climbed.add(d)
+            try:
+                strict(d, d.lstat() if d.is_symlink() else d.stat(), parent=True)
+            except OSError:
+                continue
+
+    def tree(top: Path, skip: tuple[str, ...] = ()) -> None:
+        parents(top)
+        for d, dirs, files in os.walk(top):
+            dirs[:] = [n for n in dirs if n not in skip]
+            for name in dirs + files:
+                p = Path(d) / name
+                if p.parent == top and name == _UV_LOCK:
+                    continue
+                try:
+                    st = p.lstat()
+                except OSError:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    if st.st_uid not in owners:
+                        bad.setdefault(str(p), f"{p} is a link owned by uid {st.st_uid}")
+                    continue
+                strict(p, st)
+            try:
+                strict(Path(d), Path(d).lstat())
+            except OSError:
+                continue
+
+    p, chain = Path(os.path.abspath(python)), []
+    for _hop in range(40):
+        chain.append(p)
+        parents(p)
+        try:
+            st = p.lstat()
+        except OSError:
+            bad.setdefault(str(p), f"{p} is missing")
+            break
+        if not stat.S_ISLNK(st.st_mode):
+            strict(p, st)
+            break
+        if st.st_uid not in owners:
+            bad.setdefault(str(p), f"{p} is a link owned by uid {st.st_uid}")
+        p = Path(os.path.normpath(p.parent / os.readlink(p)))
+    system_site = True
+    for link in chain:
+        cfg = link.parent.parent / "pyvenv.cfg"
+        if cfg.is_file():
+            text = cfg.read_text(errors="replace")
+            system_site = "include-system-site-packages = true" in text
+            tree(link.parent.parent)
+            break
+    prefix = chain[-1].parent.parent
+    for lib in sorted(prefix.glob("lib*/python*")):
+        if lib.is_dir():
+            tree(lib, () if system_site else ("site-packages", "dist-packages"))
+    return [bad[k] for k in sorted(bad)]

@@ -42,8 +42,16 @@ from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, start_and_prove
-from gptossctl.install.environment import LISTING, build_env, check_flags, check_imports, listing, wheels_in
+from gptossctl.install.activate import install_unit, start_and_prove, wipe_kernel_caches
+from gptossctl.install.environment import (
+    LISTING,
+    build_env,
+    check_flags,
+    check_imports,
+    interpreter_exposure,
+    listing,
+    wheels_in,
+)
 from gptossctl.install.layout import (
     SERVICE_USER,
     Layout,
@@ -356,6 +364,18 @@ def validate_request(req: InstallRequest) -> None:
                          + (f" under {req.root} or on this host" if req.root != Path("/") else ""),
                          code="install.no_vllm_python",
                          hint="give the python of an environment that has vLLM installed (.../bin/python)")
+    owners = interpreter_owners(req.root)
+    interpreters = [(Path(sys.executable), "gptossctl's own interpreter (the compliance timer runs it as root)")]
+    if req.vllm_python is not None:
+        interpreters.append((_on_target(req.root, req.vllm_python), "--vllm-python"))
+    for python, option in interpreters:
+        exposed = interpreter_exposure(python, owners)
+        if exposed:
+            raise CheckFailed(f"{option} {python} can be changed by someone other than root: "
+                              + "; ".join(exposed[:5]) + (f" (and {len(exposed) - 5} more)" if len(exposed) > 5 else ""),
+                              code="install.interpreter_writable",
+                              hint="use an interpreter whose environment, and every directory above it, is owned by "
+                                   "root and not group- or world-writable (chown -R root, chmod -R go-w)")
     if not req.dry_run:
         check_writable(Layout(req.root))
 
@@ -391,6 +411,13 @@ def _installed_base(layout: Layout, source: Path) -> Path | None:
             if rec is not None and rec.manifest_sha256 == ref.manifest_sha256:
                 return inst.release(v)
     return None
+
+
+def interpreter_owners(root: Path) -> frozenset[int]:
+    """Who may own an interpreter the units run: root; when staged, also whoever owns the staging tree."""
+    if root == Path("/"):
+        return frozenset({0})
+    return frozenset({0, root.stat().st_uid if root.exists() else os.getuid()})
 
 
 def _on_target(root: Path, path: Path) -> Path:
@@ -489,6 +516,7 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                        ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"
                         if not plan.replicas else f"render {len(plan.replicas)} replica units, configs and environment "
                         f"files (0600), the router's unit and configuration"),
+                       ("caches", "empty the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)"),
                        ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
                        ("switch", f"{layout.current} -> releases/{plan.version}")):
@@ -514,6 +542,8 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         atomic_write(layout.sysusers, SYSUSERS, 0o644)
         systemd.sysusers(layout.sysusers)
         d.append(f"{SERVICE_USER} present")
+    with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
+        d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
     if plan.live_start:
         result.smoke = activate_replicas(plan, steps, api_key) if plan.replicas else activate(plan, steps, api_key)
         result.started = True

@@ -15,8 +15,9 @@ from gptossctl.adapters.systemd import Systemd, delete_user
 from gptossctl.bundle.layout import MANIFEST
 from gptossctl.bundle.verify import check_envelope, read_envelope, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
+from gptossctl.fsutil import read_nofollow
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, start_and_prove
+from gptossctl.install.activate import install_unit, start_and_prove, wipe_kernel_caches
 from gptossctl.install.environment import LISTING, VENV
 from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, install_lock
 from gptossctl.install.lifecycle import InstallResult
@@ -186,6 +187,8 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
     act = Activation(layout, systemd, steps, choose_api_key(layout, layout.release(target)), health_timeout,
                      smoke=False)
     with install_lock(layout):
+        with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
+            d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
         if layout.staged:
             with steps("unit", f"installing the unit of release {target}"):
                 install_serving_units(layout, systemd, layout.release(target), act.api_key)
@@ -244,7 +247,7 @@ def check_release_intact(layout: Layout, rec: ReleaseRecord) -> None:
     except GptossctlError as exc:
         findings.append(Finding("bundle.unreadable", str(release), exc.message))
     try:
-        digest = hashlib.sha256((release / MANIFEST).read_bytes()).hexdigest()
+        digest = hashlib.sha256(read_nofollow(release / MANIFEST, limit=1 << 30)).hexdigest()
     except OSError as exc:
         digest = f"unreadable ({exc.strerror})"
     if digest != rec.manifest_sha256:
@@ -252,9 +255,9 @@ def check_release_intact(layout: Layout, rec: ReleaseRecord) -> None:
                                 f"release.json records {rec.manifest_sha256}"))
     for name, want in sorted(rec.rendered.items()):
         try:
-            got = hashlib.sha256((release / name).read_bytes()).hexdigest()
+            got = hashlib.sha256(read_nofollow(release / name, limit=1 << 30)).hexdigest()
         except OSError as exc:
-            got = f"unreadable ({exc.strerror})"
+            got = "a symbolic link" if (release / name).is_symlink() else f"unreadable ({exc.strerror})"
         if got != want:
             findings.append(Finding("release.rendered_changed", str(release / name), f"sha256 {got}, rendered "
                                     f"as {want}"))

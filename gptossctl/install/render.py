@@ -31,6 +31,10 @@ OFFLINE_ENV: Mapping[str, str] = {
     "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
 }
 
+# What the service's Python must not import from: the user site under HOME (the state directory, which the
+# service writes: a .pth there would run at every start) and the working directory or the script's directory.
+ISOLATION_ENV: Mapping[str, str] = {"PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1"}
+
 # A path written into ExecStart= verbatim: a newline would add directives (User=root), whitespace would split
 # the command, and systemd expands %, $, quotes and backslash escapes there.
 
@@ -91,6 +95,7 @@ def render_env(*, api_key: str, instance: str, release_dir: Path, profile_env: M
         raise UsageError("API key must be 32+ URL-safe characters", code="service.weak_key")
     env: dict[str, str] = {
         **OFFLINE_ENV,
+        **ISOLATION_ENV,
         "VLLM_API_KEY": api_key,
         "HOME": str(state_dir),
         "HF_HOME": str(cache_dir / "huggingface"),

@@ -26,7 +26,7 @@ from typing import Any
 
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
-from gptossctl.fsutil import atomic_write
+from gptossctl.fsutil import atomic_write, read_nofollow
 from gptossctl.install.activate import install_unit, run_install_smoke, start_and_prove, wait_healthy
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord, read_release, switch_current
@@ -81,7 +81,7 @@ def retire(layout: Layout, systemd: Systemd, keep: Collection[str]) -> list[str]
 
 def install_replica_unit(layout: Layout, systemd: Systemd, release: Path, replica: ReplicaRecord) -> None:
     """Replica k's unit of this release becomes the installed one (an atomic replace), enabled."""
-    atomic_write(layout.replica_unit_path(replica.index), (release / replica.files[2]).read_text(), 0o644)
+    atomic_write(layout.replica_unit_path(replica.index), read_nofollow(release / replica.files[2]).decode(), 0o644)
     systemd.daemon_reload()
     systemd.enable(layout.replica_unit_name(replica.index))
 

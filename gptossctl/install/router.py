@@ -24,7 +24,7 @@ from gptossctl.adapters.openai_http import Client, Endpoint, key_enforced
 from gptossctl.adapters.proc_net import established
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
-from gptossctl.fsutil import atomic_write
+from gptossctl.fsutil import atomic_write, read_nofollow
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, ReleaseRecord, ReplicaRecord
 from gptossctl.install.units import check_directives, own_template
@@ -181,11 +181,11 @@ def install_router(layout: Layout, systemd: Systemd, release: Path, api_key: str
     live host). True when the unit itself changed (a running router must then be restarted; a changed
     configuration only needs a reload)."""
     write_router_key(layout, api_key)
-    config = (release / ROUTER_CONFIG).read_text()
+    config = read_nofollow(release / ROUTER_CONFIG).decode()
     if systemd.live:
         check_router_config(layout, nginx, config)
     atomic_write(layout.router_config, config, 0o644)
-    unit = (release / ROUTER_UNIT_COPY).read_text()
+    unit = read_nofollow(release / ROUTER_UNIT_COPY).decode()
     try:
         changed = layout.router_unit_path.read_text() != unit
     except OSError:
