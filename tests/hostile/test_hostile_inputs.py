@@ -284,7 +284,9 @@ def _signed_payload(rel: str, edit: Callable[[str], str]) -> Callable[[World, Pa
         b = tmp / "b"
         shutil.copytree(w.paths["bundle"], b, symlinks=True)
         key, pub = Path(w.paths["key"]), Path(w.paths["pub"])
-        _edit_signed(b, rel, edit, KeyPair("alice", key, pub, KeyPair("alice", key, pub, "").signer().keyid))
+        # As the next version: the same version with other content is refused first (install.version_conflict).
+        _edit_signed(b, rel, edit, KeyPair("alice", key, pub, KeyPair("alice", key, pub, "").signer().keyid),
+                     version=6)
         return {"b": str(b)}
     return make
 

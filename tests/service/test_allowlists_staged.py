@@ -24,8 +24,9 @@ PROFILE = "payload/profiles/cpu-tiny.yaml"
 EVIL_UNIT_LINE = "ExecStartPre=+/bin/true\n"
 
 
-def _edit_signed(bundle: Path, rel: str, edit: Any, signer: KeyPair) -> None:
-    """Change one payload file and sign the manifest again, with its new digest, with a trusted key."""
+def _edit_signed(bundle: Path, rel: str, edit: Any, signer: KeyPair, *, version: int | None = None) -> None:
+    """Change one payload file and sign the manifest again, with its new digest, with a trusted key (and, given
+    `version`, as that version: an upgrade rather than another build of an installed version)."""
     path = bundle / rel
     path.write_text(edit(path.read_text()))
     data = path.read_bytes()
@@ -38,6 +39,8 @@ def _edit_signed(bundle: Path, rel: str, edit: Any, signer: KeyPair) -> None:
         sums = sha256sums_text(files)
         (bundle / "SHA256SUMS").write_bytes(sums)
         doc["sha256sums"] = hashlib.sha256(sums).hexdigest()
+        if version is not None:
+            doc["version"] = version
 
     resign(bundle, fix, signer)
 

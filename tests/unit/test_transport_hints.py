@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from gptossctl.bundle.transfer import JOURNAL_NAME, JOURNAL_SCHEMA, _read_journal
@@ -17,7 +18,11 @@ def test_a_journal_line_for_an_unplanned_destination_is_never_looked_at(tmp_path
              {"dst": "../outside", "offset": 0, "length": 10, "sha256": "0" * 64},
              {"dst": "a.part", "offset": 0, "length": 10, "sha256": "1" * 64}]
     (work / JOURNAL_NAME).write_text("".join(json.dumps(x) + "\n" for x in lines))
-    with open(work / JOURNAL_NAME, "a+", encoding="utf-8") as journal:
-        done, reset = _read_journal(work, journal, {"a.part"})
+    work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with open(work / JOURNAL_NAME, "a+", encoding="utf-8") as journal:
+            done, reset = _read_journal(work, work_fd, journal, {"a.part"})
+    finally:
+        os.close(work_fd)
     assert reset is None
     assert {r.dst for r in done} == {"a.part"}
