@@ -4,8 +4,11 @@ Each entry carries `prev` (the previous entry's hash) and `hash` (SHA-256 of the
 without `hash`), so editing or deleting an entry breaks the chain at that point. Two records of the newest
 entry guard the end of the chain: the head file beside the log, and an anchor kept elsewhere
 (/var/lib/gptossctl/audit.anchor), so cutting entries off the end, or deleting the log together with its
-head, is detected; an instance installed with no log at all is too (every install is recorded). Lines that
-are not entries (binary, torn, not JSON objects) are findings, never crashes.
+head, is detected; an instance installed with no log at all is too (every install is recorded). Every append
+rewrites the anchor, so it must record the newest entry: one appended past it is a finding too. Times only
+move forward: an entry dated more than CLOCK_SLACK before its predecessor is backdated, and a clock that far
+behind the newest entry is refused (`checked_now`: the lower bound of the clock where expiry is judged). Lines
+that are not entries (binary, torn, not JSON objects) are findings, never crashes.
 
 An append verifies the whole chain first and refuses to write on a broken one (audit.tampered): it never
 chains on from whatever it finds, so a cut cannot be re-anchored by the next recorded refusal. A command that

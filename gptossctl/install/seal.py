@@ -64,7 +64,7 @@ def newest_seal(records: Sequence[Mapping[str, Any]], instance: str, version: in
 def _seals(records: Sequence[Mapping[str, Any]], instance: str,
            commands: tuple[str, ...]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
     """(entry, seal) of each well-formed seal of the instance attached to an entry of those commands, oldest first."""
-    out = []
+    out: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
     for e in records:
         s, cmd = e.get("seal"), e.get("command")
         if isinstance(s, dict) and s.get("schema") == SEAL_SCHEMA and s.get("instance") == instance \
