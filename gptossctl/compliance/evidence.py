@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import distributions
 from pathlib import Path
@@ -90,6 +90,15 @@ def read_chain(layout: Layout) -> Chain:
         return Chain(None, exc.message)
 
 
+def checked_now(chain: Chain, now: datetime | None) -> tuple[datetime, CheckFailed | None]:
+    """audit.checked_now over a chain that verifies (a broken one fails audit.chain and is trusted for nothing):
+    the time expiry is judged at, and the refusal when the clock is behind the chain (bundle.expiry fails)."""
+    try:
+        return audit.checked_now(() if chain.broken else chain.records, now), None
+    except CheckFailed as exc:
+        return now or datetime.now(UTC), exc
+
+
 def sealed(layout: Layout, rec: ReleaseRecord, chain: Chain) -> Sealed:
     seal = newest_seal(chain.records, layout.instance, rec.version)
     return Sealed(seal, tuple(differences(layout, rec.version, seal)) if seal is not None else ())
@@ -107,6 +116,7 @@ class Evidence:
     now: datetime
     release: Path
     rec: ReleaseRecord
+    clock_behind: CheckFailed | None = None  # the clock is behind the audit chain: expiry cannot be judged
     verify_findings: tuple[Finding, ...] = ()
     manifest: Manifest | None = None
     policy_note: str = ""
@@ -195,14 +205,16 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     systemd = Systemd(None if not layout.staged else layout.root)
     release = layout.release(rec.version)
     env_text = read_text(release / ENV_FILE)
-    policy, note, state = _policy(layout)
-    findings, manifest, signed_by = _verify(layout, release, policy, note)
-    findings += _auditor_findings(release, opts.policy)
     chain = read_chain(layout)
+    now, clock_behind = checked_now(chain, opts.now)
+    policy, note, state = _policy(layout)
+    policy = replace(policy, now=now) if policy is not None else None
+    findings, manifest, signed_by = _verify(layout, release, policy, note)
+    findings += _auditor_findings(release, replace(opts.policy, now=now) if opts.policy is not None else None)
     seal = sealed(layout, rec, chain)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest, seal)
     unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
-    return Evidence(layout=layout, systemd=systemd, opts=opts, now=opts.now or datetime.now(UTC), release=release,
+    return Evidence(layout=layout, systemd=systemd, opts=opts, now=now, clock_behind=clock_behind, release=release,
                     rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, trust_state=state,
                     signed_by=signed_by,
                     api_key=api_key,

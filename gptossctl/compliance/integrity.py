@@ -53,6 +53,9 @@ def check_expiry(ev: Evidence) -> CheckResult:
     m = ev.manifest
     if m is None:
         return CheckResult("bundle.expiry", "fail", ("the signed manifest is unreadable",))
+    if ev.clock_behind is not None:  # a clock set back makes an expired bundle look valid
+        return CheckResult("bundle.expiry", "fail", (f"clock.behind_audit: {ev.clock_behind.message}",
+                                                     ev.clock_behind.hint or ""))
     left = m.expires - ev.now
     when = f"expires {m.expires.isoformat(timespec='seconds')}"
     if any(is_date(f) for f in ev.verify_findings) or left <= timedelta(0):

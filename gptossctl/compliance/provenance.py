@@ -13,6 +13,7 @@ from gptossctl.compliance.result import CheckResult
 from gptossctl.install import audit
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import RELEASE_JSON, unit_release
+from gptossctl.install.seal import last_sealed
 
 
 def check_license(ev: Evidence) -> CheckResult:
@@ -114,6 +115,13 @@ def check_sealed(ev: Evidence) -> CheckResult:
     locs = (ev.live(ev.release / RELEASE_JSON),)
     seal, diffs = ev.sealed.seal, ev.sealed.diffs
     broken = " (and the audit chain does not verify: see audit.chain)" if ev.chain.broken else ""
+    last = last_sealed(ev.chain.records, ev.layout.instance)
+    if last is not None and last != ev.rec.version:
+        return CheckResult("record.sealed", "fail", (
+            f"current points at release {ev.rec.version}, but the newest install or rollback in the audit chain "
+            f"sealed release {last}{broken}: current (and the unit) were moved outside gptossctl; go back with "
+            f"'gptossctl rollback --to {last}' or reinstall the approved bundle",),
+            locs + (ev.live(ev.layout.current),))
     if seal is None:
         return CheckResult("record.sealed", "warn", (f"release {ev.rec.version} has no seal in the audit chain"
                                                      f"{broken}: installed by an older gptossctl; reinstall or roll "

@@ -4,8 +4,11 @@ Each entry carries `prev` (the previous entry's hash) and `hash` (SHA-256 of the
 without `hash`), so editing or deleting an entry breaks the chain at that point. Two records of the newest
 entry guard the end of the chain: the head file beside the log, and an anchor kept elsewhere
 (/var/lib/gptossctl/audit.anchor), so cutting entries off the end, or deleting the log together with its
-head, is detected; an instance installed with no log at all is too (every install is recorded). Lines that
-are not entries (binary, torn, not JSON objects) are findings, never crashes.
+head, is detected; an instance installed with no log at all is too (every install is recorded). Every append
+rewrites the anchor, so it must record the newest entry: one appended past it is a finding too. Times only
+move forward: an entry dated more than CLOCK_SLACK before its predecessor is backdated, and a clock that far
+behind the newest entry is refused (`checked_now`: the lower bound of the clock where expiry is judged). Lines
+that are not entries (binary, torn, not JSON objects) are findings, never crashes.
 
 An append verifies the whole chain first and refuses to write on a broken one (audit.tampered): it never
 chains on from whatever it finds, so a cut cannot be re-anchored by the next recorded refusal. A command that
@@ -30,7 +33,7 @@ import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,10 @@ ACK_SCHEMA = "gptossctl.audit-acknowledge/1"
 MAX_LINE = 1 << 20
 MAX_REASON = 2000
 MAX_RESET_FINDINGS = 50
+# How far an entry may be dated before its predecessor, and "now" before the newest entry: NTP steps and
+# clocks of hosts that share a log differ by seconds, so 5 minutes is no false alarm, while a clock set back
+# to look before an expiry or an incident window moves hours or days.
+CLOCK_SLACK = timedelta(minutes=5)
 _BASE = frozenset({"seq", "time", "user", "command", "instance", "bundle_sha256", "result", "detail", "prev", "hash"})
 RESET_HINT = ("keep the log as evidence and compare it with your log collector's copy ('gptossctl audit verify' "
               "lists what is wrong); once investigated, start a new chain that records the break: "
@@ -104,6 +111,37 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("seq"), int) or not isinstance(doc.get("hash"), str):
         return None
     return doc
+
+
+def entry_time(entry: Mapping[str, Any]) -> datetime | None:
+    """An entry's time as an aware datetime; None when it has none that parses (older or damaged entries)."""
+    raw = entry.get("time")
+    try:
+        when = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return when if when is not None and when.tzinfo is not None else None
+
+
+def newest_time(records: Sequence[Mapping[str, Any]]) -> datetime | None:
+    return max((t for t in map(entry_time, records) if t is not None), default=None)
+
+
+def checked_now(records: Sequence[Mapping[str, Any]], now: datetime | None = None) -> datetime:
+    """"Now" for judging expiry (bundles, trust roots), checked against the chain: a clock more than
+    CLOCK_SLACK behind the newest entry was set back (an expired bundle would look valid): exit 1
+    (clock.behind_audit). The one place install, compliance and every change (require_intact) take it from."""
+    now = now or datetime.now(UTC)
+    newest = newest_time(records)
+    if newest is not None and now < newest - CLOCK_SLACK:
+        raise CheckFailed(f"the clock says {now.isoformat(timespec='seconds')}, but the audit log holds an entry "
+                          f"dated {newest.isoformat(timespec='seconds')}: the clock is behind the host's own records",
+                          code="clock.behind_audit", findings=[Finding(
+                              "clock.behind_audit", "clock", f"now is more than {CLOCK_SLACK} before the newest "
+                              "audit entry: expiry cannot be judged, and an entry written now would be backdated")],
+                          hint="set the clock right (check NTP: timedatectl status; chronyc tracking), then run "
+                               "the command again")
+    return now
 
 
 def installed_instances(root: Path) -> tuple[str, ...]:
@@ -213,6 +251,7 @@ def _walk(lines: list[bytes], where: Path) -> tuple[list[Finding], dict[int, str
     seen: dict[int, str] = {}
     records: list[dict[str, Any]] = []
     prev_hash, seq, count = GENESIS, 0, 0
+    prev_time: datetime | None = None
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
@@ -228,6 +267,12 @@ def _walk(lines: list[bytes], where: Path) -> tuple[list[Finding], dict[int, str
         if entry.get("prev") != prev_hash or entry["seq"] != seq + 1:
             findings.append(Finding("audit.chain_broken", at, f"entry {entry['seq']} does not follow entry {seq}: "
                                     "an entry before it was deleted, inserted or edited"))
+        when = entry_time(entry)
+        if when is not None and prev_time is not None and when < prev_time - CLOCK_SLACK:
+            findings.append(Finding("audit.time_reversed", at, f"entry {entry['seq']} is dated {entry.get('time')}, "
+                                    f"more than {CLOCK_SLACK} before the entry it follows: it was backdated, or "
+                                    "written while the clock was set back"))
+        prev_time = when
         seen[entry["seq"]] = entry["hash"]
         records.append(entry)
         prev_hash, seq, count = entry["hash"], entry["seq"], count + 1
@@ -265,6 +310,10 @@ def _examine(log_dir: Path, lines: list[bytes] | None, *, anchor: Path | None,
     elif anchored is not None and seen.get(anchored[0]) != anchored[1]:
         findings.append(Finding("audit.truncated", str(path), f"the anchor {anchor} records entry {anchored[0]}, which "
                                 "the log no longer holds as written: entries were cut or the log was replaced"))
+    elif anchored is not None and anchored != (seq, last_hash):
+        findings.append(Finding("audit.beyond_anchor", str(path), f"the log ends at entry {seq}, but the anchor "
+                                f"{anchor} records entry {anchored[0]}, and every append rewrites the anchor: "
+                                "entries after it were added outside gptossctl"))
     if count == 0 and anchored is None and installed:
         findings.append(Finding("audit.missing", str(path), f"the log holds no entries, but {names} is installed "
                                 "and every install is recorded: the log was emptied (with its anchor)"))
@@ -315,12 +364,14 @@ def require_intact(root: Path) -> AuditReport:
     (audit.tampered) naming what is broken, with the way out (investigate, then `audit reset`)."""
     check_confined(root)
     try:
-        return verify_root(root)
+        report = verify_root(root)
     except CheckFailed as exc:
         if exc.code != "audit.tampered":
             raise
         raise CheckFailed("the audit chain is broken: refusing a change it could not record", code="audit.tampered",
                           findings=exc.findings, hint=RESET_HINT) from None
+    checked_now(report.records)  # a clock set back: the entry would be backdated (clock.behind_audit)
+    return report
 
 
 def append(log_dir: Path, *, command: list[str], result: str, instance: str | None = None,
@@ -342,9 +393,10 @@ def append(log_dir: Path, *, command: list[str], result: str, instance: str | No
         f.seek(0)
         chain = _examine(log_dir, f.read().split(b"\n"), anchor=anchor, installed=installed)
         _refuse_broken(chain)
+        now = checked_now(chain.records)  # never a backdated entry: verify would call the chain tampered
         entry: dict[str, Any] = {
             "seq": chain.seq + 1,
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "time": now.isoformat(timespec="seconds"),
             **_user(), "command": command, "instance": instance, "bundle_sha256": bundle_digest,
             "result": result, "detail": detail, "prev": chain.head or GENESIS, **(attach or {}),
         }

@@ -24,7 +24,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -91,7 +91,7 @@ from gptossctl.install.rolling import (
     roll,
     serving_units,
 )
-from gptossctl.install.seal import make_seal, require_as_sealed
+from gptossctl.install.seal import high_water, make_seal, require_as_sealed
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import TrustPlan, choose_api_key, commit_state, plan_trust, release_api_key
@@ -278,15 +278,18 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
     checked = _audit_intact(req, steps)  # no change is made that its audit entry could not record
     rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
     layout = Layout(req.root, check_instance(req.instance or _named_instance(rebuilt.bundle)))
+    now = audit.checked_now(checked.records if checked is not None else ())  # expiry judged at a checked time
     with steps("trust", "the instance's trust root") as d:
-        trust = plan_trust(layout, policy=req.policy, root_file=req.trust_root)  # nothing written before success
+        trust = plan_trust(layout, policy=req.policy, root_file=req.trust_root, now=now)  # nothing written yet
         d.append(trust.change or f"root version {trust.root.root.version} ({trust.root.root.digest[:16]})")
-    bundle = verify(replace(rebuilt, policy=trust.policy), steps, progress, on_total)  # (2)
+    bundle = verify(replace(rebuilt, policy=replace(trust.policy, now=now)), steps, progress, on_total)  # (2)
     if layout.instance != check_instance(req.instance or default_instance(bundle.manifest)):
         raise CheckFailed("the bundle names another instance once verified", code="install.instance_changed",
                           hint="obtain a clean copy of the bundle")  # the peek read the same signed bytes: never
     try:
         plan = make_plan(rebuilt, steps, bundle, layout, trust)  # (3)
+        if checked is not None and not req.allow_downgrade:
+            _refuse_below_high_water(layout, plan.version, checked.records)
         result = _result(plan, steps)
         if req.dry_run:
             return dry_run(plan, steps, result), None
@@ -306,6 +309,17 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
         exc.data.setdefault("instance", layout.instance)
         exc.data.setdefault("bundle_sha256", verified_digest(bundle))
         raise
+
+
+def _refuse_below_high_water(layout: Layout, version: int, records: Sequence[Mapping[str, Any]]) -> None:
+    """The floor is the highest release ever sealed by an install of the instance in the verified chain: it
+    survives uninstall (the log is kept, --purge too), so a still-valid older bundle is not a first install."""
+    high = high_water(records, layout.instance)
+    if high is not None and version < high:
+        raise CheckFailed(f"bundle version {version} is older than release {high}, the highest installed for "
+                          f"{layout.instance} (sealed in the audit chain)", code="install.downgrade",
+                          hint="install a newer bundle, use 'gptossctl rollback' to go back to a release still on "
+                               "disk, or pass --allow-downgrade on purpose")
 
 
 def _audit_intact(req: InstallRequest, steps: Steps) -> audit.AuditReport | None:

@@ -61,6 +61,30 @@ def newest_seal(records: Sequence[Mapping[str, Any]], instance: str, version: in
     return None
 
 
+def _seals(records: Sequence[Mapping[str, Any]], instance: str,
+           commands: tuple[str, ...]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(entry, seal) of each well-formed seal of the instance attached to an entry of those commands, oldest first."""
+    out: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+    for e in records:
+        s, cmd = e.get("seal"), e.get("command")
+        if isinstance(s, dict) and s.get("schema") == SEAL_SCHEMA and s.get("instance") == instance \
+                and type(s.get("version")) is int and isinstance(cmd, list) and cmd and cmd[0] in commands:
+            out.append((e, s))
+    return out
+
+
+def high_water(records: Sequence[Mapping[str, Any]], instance: str) -> int | None:
+    """The version high-water mark: the highest release an install or upgrade ever sealed for the instance
+    (rollbacks are left out: explicit and audited); None when nothing was sealed."""
+    return max((int(s["version"]) for _e, s in _seals(records, instance, ("install",))), default=None)
+
+
+def last_sealed(records: Sequence[Mapping[str, Any]], instance: str) -> int | None:
+    """The release the newest install or rollback sealed for the instance: what `current` must point at."""
+    seals = _seals(records, instance, ("install", "rollback"))
+    return int(seals[-1][1]["version"]) if seals else None
+
+
 def _named(seal: Mapping[str, Any], key: str) -> str | None:
     v = seal.get(key)
     return v if isinstance(v, str) else None

@@ -359,3 +359,37 @@ def test_the_audit_user_comes_from_the_uid_and_login_uid_never_the_environment(w
     login = Path("/proc/self/loginuid").read_text().strip()
     assert entry["login_uid"] == (None if login in ("", "4294967295") else int(login))
     assert _run(["audit", "verify", "--root", str(root)], {}).returncode == 0  # the new fields are chained
+
+
+# ---------------------------------------------------------------- 01, 20: the version high-water mark in the chain
+
+def test_the_sealed_high_water_mark_holds_after_a_manual_switch_and_after_uninstall(world: World,
+                                                                                     tmp_path: Path) -> None:
+    """Red-team 01: `current` and the unit moved back by hand fail compliance (record.sealed); 20: after
+    `uninstall` (the chain is kept) an older still-valid bundle is refused without --allow-downgrade."""
+    root = _root_copy(world, tmp_path)
+    inst = root / "opt/gptoss/tiny-gpt-oss"
+    unit = root / "etc/systemd/system/gptoss@tiny-gpt-oss.service"
+    install = ["--trust", world.paths["pub"], "--root", str(root), "--yes", "--vllm-python", sys.executable]
+    doc = _doc(r := _run(["install", str(_second_build(world, tmp_path, "6")), *install], {}))
+    assert r.returncode == 0, doc.get("error")
+    (inst / "current").unlink()
+    (inst / "current").symlink_to("releases/5")
+    shutil.copyfile(inst / "releases/5/unit.service", unit)
+    doc = _doc(r := _run(["compliance", "check", "--root", str(root)], {}))
+    failed = {c["id"]: c for c in doc["data"]["checks"] if c["status"] == "fail"}
+    assert r.returncode == 1 and set(failed) == {"record.sealed"}, failed
+    assert "sealed release 6" in failed["record.sealed"]["evidence"][0]
+    (inst / "current").unlink()
+    (inst / "current").symlink_to("releases/6")
+    shutil.copyfile(inst / "releases/6/unit.service", unit)
+    assert _run(["uninstall", "--root", str(root), "--instance", "tiny-gpt-oss", "--yes"], {}).returncode == 0
+    before = _state(root)
+    doc = _doc(r := _run(["install", world.paths["bundle"], *install], {}))
+    assert r.returncode == 1 and doc["error"]["code"] == "install.downgrade", doc.get("error")
+    assert "release 6" in doc["error"]["message"] and "--allow-downgrade" in doc["error"]["hint"]
+    assert _state(root) == before, "a refused install changed the root"
+    assert _audit_last(root)["result"] == "failed: install.downgrade"
+    doc = _doc(r := _run(["install", world.paths["bundle"], *install, "--allow-downgrade"], {}))
+    assert r.returncode == 0, doc.get("error")
+    assert _doc(_run(["compliance", "check", "--root", str(root)], {}))["exit_code"] == 0

@@ -623,3 +623,24 @@ def test_the_service_state_directory_owned_by_the_service_user_passes(cli, tree:
     assert code == 0 and set(_status(doc).values()) == {"pass"}, _status(doc)
     evidence = " ".join({c["id"]: c for c in doc["data"]["checks"]}["access.permissions"]["evidence"])
     assert f"/var/lib/gptoss/{INSTANCE}" in evidence, evidence
+
+
+def test_a_clock_behind_the_audit_chain_fails_expiry(tree: Path) -> None:
+    """Red-team 24: "now" more than 5 minutes before the newest audit entry is a clock set back (an expired bundle
+    would look valid): bundle.expiry fails with clock.behind_audit and a hint to fix the clock; a few minutes of
+    difference pass."""
+    from datetime import timedelta
+
+    from gptossctl.compliance.checks import run_checks
+    from gptossctl.compliance.evidence import ComplianceOptions
+    from gptossctl.install import audit
+
+    newest = audit.newest_time(audit.verify_root(tree).records)
+    assert newest is not None
+    report = run_checks(tree, INSTANCE, ComplianceOptions(now=newest - timedelta(days=1)))
+    failed = {c.id: c for c in report.checks if c.status == "fail"}
+    assert set(failed) == {"bundle.expiry"}, failed
+    assert failed["bundle.expiry"].evidence[0].startswith("clock.behind_audit") and \
+        "NTP" in failed["bundle.expiry"].evidence[1]
+    report = run_checks(tree, INSTANCE, ComplianceOptions(now=newest - audit.CLOCK_SLACK / 2))
+    assert not [c.id for c in report.checks if c.status == "fail"]

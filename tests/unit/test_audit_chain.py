@@ -4,6 +4,7 @@ before anything is written, never re-anchored."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,84 @@ def test_a_reset_reason_must_be_one_line_of_text(reason: str | None) -> None:
     with pytest.raises(UsageError) as exc:
         audit.check_reason(reason)
     assert exc.value.code == "audit.bad_reason"
+
+
+def _forge(log_dir: Path, **fields: object) -> None:
+    """Append a correctly chained, correctly hashed entry (and the head) as root could, outside gptossctl."""
+    last = json.loads((log_dir / audit.LOG).read_bytes().splitlines()[-1])
+    e = {"seq": last["seq"] + 1, "time": last["time"], "user": "sec-officer", "command": ["rollback"],
+         "instance": "i", "bundle_sha256": None, "result": "ok", "detail": None, "prev": last["hash"], **fields}
+    e["hash"] = audit._digest(e)
+    with (log_dir / audit.LOG).open("a") as f:
+        f.write(json.dumps(e, sort_keys=True) + "\n")
+    (log_dir / audit.HEAD).write_text(f"{e['seq']} {e['hash']}\n")
+
+
+def test_an_entry_appended_past_the_anchor_is_tampering(tmp_path: Path) -> None:
+    """Red-team 06: the anchor must record the newest entry (every append rewrites it), not just one the log holds."""
+    _append(tmp_path, 2)
+    log_dir, anchor = _dirs(tmp_path)
+    audit.verify(log_dir, anchor=anchor)
+    _forge(log_dir)
+    with pytest.raises(CheckFailed) as exc:
+        audit.verify(log_dir, anchor=anchor)
+    assert exc.value.code == "audit.tampered" and [f.code for f in exc.value.findings] == ["audit.beyond_anchor"]
+    before = _files(tmp_path)
+    with pytest.raises(CheckFailed):
+        audit.append(log_dir, command=["refused"], result="failed: x", anchor=anchor)
+    assert _files(tmp_path) == before
+
+
+def test_a_reset_chain_and_its_first_entry_still_verify(tmp_path: Path) -> None:
+    _append(tmp_path, 1)
+    log_dir, anchor = _dirs(tmp_path)
+    assert audit.verify(log_dir, anchor=anchor).entries == 1
+    _forge(log_dir)
+    root = tmp_path
+    audit.reset(root, reason="forged entry past the anchor, investigated in INC-1")
+    assert audit.verify_root(root).entries == 1
+
+
+def test_an_entry_dated_before_its_predecessor_is_tampering(tmp_path: Path) -> None:
+    """Red-team 34: entries more than CLOCK_SLACK older than the entry they follow are backdated; a few seconds
+    (clock steps, hosts sharing a log) are not."""
+    _append(tmp_path, 2)
+    log_dir, anchor = _dirs(tmp_path)
+    last = audit.entry_time(json.loads((log_dir / audit.LOG).read_bytes().splitlines()[-1]))
+    assert last is not None
+    _forge(log_dir, time=(last - audit.CLOCK_SLACK / 2).isoformat(timespec="seconds"))
+    _forge(log_dir, time=(last - audit.CLOCK_SLACK * 2).isoformat(timespec="seconds"))
+    state = audit.inspect(log_dir, anchor=None)
+    assert [f.code for f in state.findings] == ["audit.time_reversed"]
+    assert f":{state.entries}" in state.findings[0].subject
+
+
+def test_the_clock_behind_the_chain_is_refused_and_nothing_backdated_is_written(tmp_path: Path) -> None:
+    """Red-team 24/34: now before the newest entry (minus the slack) fails checked_now, require_intact and
+    append (clock.behind_audit); the chain stays as it was."""
+    _append(tmp_path, 2)
+    log_dir, anchor = _dirs(tmp_path)
+    records = audit.verify(log_dir, anchor=anchor).records
+    newest = audit.newest_time(records)
+    assert newest is not None
+    assert audit.checked_now(records, newest - audit.CLOCK_SLACK / 2) == newest - audit.CLOCK_SLACK / 2
+    assert audit.checked_now((), newest - timedelta(days=30)) == newest - timedelta(days=30)
+    with pytest.raises(CheckFailed) as exc:
+        audit.checked_now(records, newest - timedelta(days=1))
+    assert exc.value.code == "clock.behind_audit" and "clock" in (exc.value.hint or "")
+
+    class Back(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Back:
+            return cls.fromtimestamp((datetime.now(tz) - timedelta(days=30)).timestamp(), tz)
+
+    before = _files(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(audit, "datetime", Back)
+        for call in (lambda: audit.require_intact(tmp_path),
+                     lambda: audit.append(log_dir, command=["x"], result="ok", anchor=anchor)):
+            with pytest.raises(CheckFailed) as exc:
+                call()
+            assert exc.value.code == "clock.behind_audit"
+    assert _files(tmp_path) == before
+    audit.verify(log_dir, anchor=anchor)
