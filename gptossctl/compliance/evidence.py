@@ -29,7 +29,7 @@ from gptossctl.install.release import ENV_FILE, RELEASE_JSON, ReleaseRecord, cur
 from gptossctl.install.render import render_release, ships_vocab, unit_template
 from gptossctl.install.replicas import render_replicated
 from gptossctl.install.seal import differences, newest_seal
-from gptossctl.install.trust import current_trust
+from gptossctl.install.trust import current_trust, weaker_than_host
 from gptossctl.secretnames import SECRET_NAME
 
 LOOPBACKS = ("127.0.0.1", "::1", "localhost")
@@ -211,6 +211,7 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     policy = replace(policy, now=now) if policy is not None else None
     findings, manifest, signed_by = _verify(layout, release, policy, note)
     findings += _auditor_findings(release, replace(opts.policy, now=now) if opts.policy is not None else None)
+    findings += _host_findings(layout)
     seal = sealed(layout, rec, chain)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest, seal)
     unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
@@ -236,6 +237,16 @@ def _policy(layout: Layout) -> tuple[TrustPolicy | None, str, str]:
     if root is None:
         return None, "no trust root recorded at install", "none"
     return root.policy("release"), note, "root" if note.startswith("trust root") else "legacy"
+
+
+def _host_findings(layout: Layout) -> tuple[Finding, ...]:
+    """Another instance on this host requiring more or other signers than this one's root: a second, weaker door."""
+    try:
+        root, _note = current_trust(layout)
+    except GptossctlError:
+        return ()  # reported by _policy
+    return tuple(Finding("signature.weaker_than_host", "trust root", p) for p in
+                 (weaker_than_host(layout, root) if root is not None else []))
 
 
 def _auditor_findings(release: Path, policy: TrustPolicy | None) -> tuple[Finding, ...]:

@@ -193,6 +193,7 @@ def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | 
         if given.root.expired(now):
             raise CheckFailed(f"--trust-root {root_file} expired at {given.root.to_doc()['expires']}",
                               code="trust.root_expired", hint="make and sign a fresh root ('gptossctl trust new')")
+        _refuse_weaker_than_host(layout, given.root)
         return TrustPlan(given.root.policy("release"), given, None, f"first root from --trust-root {root_file}")
     if policy is None:
         raise UsageError("no trusted keys given: a first install needs --trust KEY.pub (with --threshold) or "
@@ -200,8 +201,40 @@ def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | 
                          hint="pass the signer's public key with --trust FILE.pub")
     named = _named(policy)
     root = new_root(named, policy.threshold, expires=(now or datetime.now(UTC)) + FIRST_ROOT_LIFETIME)
+    _refuse_weaker_than_host(layout, root)
     return TrustPlan(root.policy("release", **kw), unsigned(root), None,
                      f"first root from --trust {', '.join(n for n, _ in named)}")
+
+
+def weaker_than_host(layout: Layout, root: TrustRoot) -> list[str]:
+    """Why `root` would let fewer or other signers approve what runs on this host than another instance's root
+    does (empty: it does not). One host serves one site's signers: a new instance may not open a second door
+    with its own keys or a lower threshold (one key holder installing their own model under their own trust)."""
+    problems = []
+    mine = root.roles["release"]
+    for other in Layout(layout.root).instances():
+        if other == layout.instance:
+            continue
+        theirs = load_root(Layout(layout.root, other))
+        if theirs is None:
+            continue
+        role = theirs.root.roles["release"]
+        foreign = sorted(set(mine.keyids) - set(role.keyids))
+        if foreign or mine.threshold < role.threshold:
+            problems.append(f"instance {other} requires {role.threshold} of {', '.join(theirs.root.names(role.keyids))}; "
+                            f"this root accepts {mine.threshold} of {', '.join(root.names(mine.keyids))}"
+                            + (f" (keys {', '.join(k[:16] for k in foreign)} are not among {other}'s signers)"
+                               if foreign else ""))
+    return problems
+
+
+def _refuse_weaker_than_host(layout: Layout, root: TrustRoot) -> None:
+    problems = weaker_than_host(layout, root)
+    if problems:
+        raise UsageError(f"the first trust root of {layout.instance} is weaker than this host's: " + "; ".join(problems),
+                         code="trust.weaker_than_host",
+                         hint="install with the site's signers and threshold (gptossctl trust show --instance OTHER "
+                              "lists them; --trust-root with the same root), or rotate the existing roots first")
 
 
 def current_trust(layout: Layout) -> tuple[TrustRoot | None, str]:

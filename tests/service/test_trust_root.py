@@ -245,3 +245,28 @@ def test_a_first_install_takes_a_signed_root_file(cli, bundles, keys, tmp_path: 
     code, doc = _install(cli, bundles["v5-ab"], tmp_path / "r2", "--trust-root", str(signed))
     assert code == 0 and doc["data"]["trust"]["threshold"] == 2, doc
     assert [s["name"] for s in doc["data"]["signed_by"]] == ["alice", "bob"]
+
+
+def test_a_second_instance_cannot_open_a_weaker_door_on_the_same_host(cli, bundles, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Red-team case 28: one key holder installs their own model as a second instance under their own trust."""
+    root = tmp_path / "root"
+    assert _install(cli, bundles["v5-ab"], root, *_trust("alice", "bob", keys=keys, threshold=2))[0] == 0
+    before = _digest_tree(root)
+    for trust in (_trust("mallory", keys=keys), _trust("alice", keys=keys),  # other keys; a lower threshold
+                  _trust("alice", "mallory", keys=keys, threshold=2)):  # a key the host's signers do not include
+        code, doc = cli("install", str(bundles["v6-am"]), *trust, "--instance", "second", "--root", str(root),
+                        "--vllm-python", sys.executable)
+        assert code == 2 and doc["error"]["code"] == "trust.weaker_than_host", doc
+        assert "instance tiny-gpt-oss requires 2 of alice, bob" in doc["error"]["message"], doc["error"]
+    assert _digest_tree(root) == before
+    # The site's own signers and threshold are accepted for a second instance ...
+    code, doc = cli("install", str(bundles["v5-ab"]), *_trust("alice", "bob", keys=keys, threshold=2), "--instance",
+                    "second", "--root", str(root), "--vllm-python", sys.executable)
+    assert code == 0, doc
+    # ... and a weaker root written by hand for it is a compliance failure of that instance.
+    weak = _root_file(cli, tmp_path, "weak", [keys["alice"]], [keys["alice"]])
+    shutil.copyfile(weak, root / "etc/gptoss/second/trust-root.json")
+    code, doc = cli("compliance", "check", "--root", str(root), "--instance", "second")
+    checks = {c["id"]: c for c in doc["data"]["checks"]}
+    assert code == 1 and checks["bundle.signatures"]["status"] == "fail", checks["bundle.signatures"]
+    assert any("instance tiny-gpt-oss requires 2 of alice, bob" in e for e in checks["bundle.signatures"]["evidence"])
