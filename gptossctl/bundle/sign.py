@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,9 +69,13 @@ class Inspection:
         }
 
 
-def inspect_bundle(root: Path, *, now: datetime | None = None) -> Inspection:
+def inspect_bundle(root: Path, *, now: datetime | None = None,
+                   name_of: Callable[[str], str | None] = lambda _k: None) -> Inspection:
+    """What the envelope claims, unverified. With `name_of` (a trust root's names) each signer key id is shown
+    beside the name the root gives it: a name says whose key it is, not that the signature is valid."""
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory", code="bundle.not_found")
     envelope = read_envelope(root)
     manifest = parse_manifest(envelope.payload)
-    return Inspection(root, manifest, tuple(s.keyid for s in envelope.signatures), now or datetime.now(UTC))
+    signers = tuple(f"{name} ({s.keyid[:16]})" if (name := name_of(s.keyid)) else s.keyid for s in envelope.signatures)
+    return Inspection(root, manifest, signers, now or datetime.now(UTC))

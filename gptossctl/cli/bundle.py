@@ -148,8 +148,10 @@ def verify(
 
 
 @app.command("inspect")
-def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_json: JsonOpt = False) -> None:
-    """Show what a bundle holds, its signers and expiry, without re-hashing (this is not verification)."""
+def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), trust_root: TrustRootOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Show what a bundle holds, its signers (named by --trust-root) and expiry, without re-hashing (not a
+    verification)."""
 
     def render(r: Any) -> None:
         from rich.table import Table
@@ -169,7 +171,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_jso
     def action():  # type: ignore[no-untyped-def]
         from gptossctl.bundle.sign import inspect_bundle
 
-        return inspect_bundle(bundle)
+        names = trust_root_policy(trust_root).name_of if trust_root is not None else (lambda _k: None)
+        return inspect_bundle(bundle, name_of=names)
 
     run(action, as_json=as_json, render=render)
 

@@ -270,3 +270,14 @@ def test_a_second_instance_cannot_open_a_weaker_door_on_the_same_host(cli, bundl
     checks = {c["id"]: c for c in doc["data"]["checks"]}
     assert code == 1 and checks["bundle.signatures"]["status"] == "fail", checks["bundle.signatures"]
     assert any("instance tiny-gpt-oss requires 2 of alice, bob" in e for e in checks["bundle.signatures"]["evidence"])
+
+
+def test_inspect_names_the_signers_a_trust_root_names(cli, bundles, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root_file = _root_file(cli, tmp_path, "site", [keys["alice"], keys["bob"]], [keys["alice"], keys["bob"]],
+                           threshold=2)
+    code, doc = cli("bundle", "inspect", str(bundles["v6-am"]))
+    assert code == 0 and set(doc["data"]["signers"]) == {keys["alice"].keyid, keys["mallory"].keyid}, doc
+    code, doc = cli("bundle", "inspect", str(bundles["v6-am"]), "--trust-root", str(root_file))
+    assert code == 0 and doc["data"]["verified"] is False
+    # alice is named by the root; mallory is not in it and stays a bare key id (a name is no verification).
+    assert set(doc["data"]["signers"]) == {f"alice ({keys['alice'].keyid[:16]})", keys["mallory"].keyid}, doc
