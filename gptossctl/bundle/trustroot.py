@@ -332,7 +332,8 @@ def count_signatures(signed: SignedRoot, by: TrustRoot, role: str = ROTATION_ROL
         if k is None:
             continue
         if k.verify(sig.sig, message):
-            good.append(sig.keyid)
+            if sig.keyid not in good:  # distinct keys count, never repeated signatures
+                good.append(sig.keyid)
         else:
             bad.append(Finding("trust.signature_invalid", f"signature:{sig.keyid[:16]}",
                                f"signature by {by.name_of(sig.keyid)} does not verify over this root"))

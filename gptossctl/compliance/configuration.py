@@ -4,6 +4,7 @@ template and profile, drop-ins, systemd-analyze exposure, offline and telemetry 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import yaml
 
@@ -39,6 +40,8 @@ def _unit_problems(ev: Evidence, v: UnitView) -> list[str]:
     if u.copy is not None and u.expected is not None and read_text(u.copy) != u.expected:
         bad.append(f"{ev.live(u.copy)} differs from the approved rendering")
     for p in v.dropins:
+        if is_vendor_default(ev, p):
+            continue  # a distribution's own type-wide default: a warning of check_unit, not a failure
         if p not in u.own_dropins:
             bad.append(f"drop-in {ev.live(p)} changes {u.name}")
         elif read_text(p) != u.own_dropins[p]:
@@ -54,6 +57,17 @@ def _unit_problems(ev: Evidence, v: UnitView) -> list[str]:
     return bad
 
 
+# Type-wide drop-ins that distributions ship in their own unit directory and apply to every service (Ubuntu
+# 24.04 and Fedora: /usr/lib/systemd/system/service.d/10-timeout-abort.conf). Shown and a warning: a site
+# reviews them once; anything under /etc, /run, /usr/local or a unit's own drop-in directories still fails.
+_VENDOR_DIRS = ("usr/lib/systemd/system", "lib/systemd/system")
+
+
+def is_vendor_default(ev: Evidence, p: Path) -> bool:
+    live = ev.live(p).lstrip("/")
+    return p.parent.name in ("service.d", "timer.d") and any(live.startswith(d + "/") for d in _VENDOR_DIRS)
+
+
 def check_unit(ev: Evidence) -> CheckResult:
     """Every unit gptossctl installed (the vLLM unit or each replica's and the router's, the compliance service
     and timer, scheduled canaries), each as systemd applies it (compliance.units)."""
@@ -62,6 +76,11 @@ def check_unit(ev: Evidence) -> CheckResult:
     locs = [ev.live(v.unit.path) for v in ev.units] + [ev.live(p) for v in ev.units for p in v.dropins]
     if bad:
         return CheckResult("config.unit", "fail", cap(bad), tuple(dict.fromkeys(locs)))
+    vendor = sorted({ev.live(p) for v in ev.units for p in v.dropins if is_vendor_default(ev, p)})
+    if vendor:
+        return CheckResult("config.unit", "warn", cap([
+            f"the distribution's type-wide drop-in {p} applies to every unit of its type: review it once (systemctl "
+            "cat UNIT shows what it sets); nothing else changes the units" for p in vendor]), tuple(dict.fromkeys(locs)))
     how = "as systemd reports them (systemctl show)" if any(v.asked for v in ev.units) else \
         f"walking systemd's unit search path ({len(SEARCH_PATH)} directories)"
     serving = (f"{len(ev.rec.replicas)} replica units and the router unit are" if ev.rec.replicated else

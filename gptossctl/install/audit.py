@@ -32,7 +32,7 @@ import pwd
 import stat
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -499,12 +499,14 @@ def reset(root: Path, *, reason: str | None) -> ChainEvent:
     text = check_reason(reason)
     check_confined(root)
     layout = Layout(root)
-    if not inspect_root(root).findings:  # before the lock: a refusal leaves nothing behind
+    if not _reset_findings(inspect_root(root)):  # before the lock: a refusal leaves nothing behind
         raise _nothing_to_reset(layout)
     with install_lock(layout):
         state = inspect_root(root)
-        if not state.findings:
+        found = _reset_findings(state)
+        if not found:
             raise _nothing_to_reset(layout)
+        state = replace(state, findings=tuple(found))
         previous = _previous_end(layout)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         kept = tuple(str(layout.live_path(p)) for p in (_set_aside(layout.log_dir / n, stamp) for n in (LOG, HEAD))
@@ -518,6 +520,18 @@ def reset(root: Path, *, reason: str | None) -> ChainEvent:
         entry = append(layout.log_dir, command=["audit", "reset", f"--reason={text}"], result="reset",
                        detail=text, anchor=layout.audit_anchor, attach={"reset": doc})
     return ChainEvent(entry, kept)
+
+
+def _reset_findings(state: ChainState) -> list[Finding]:
+    """Why a chain may be reset: what verify finds, or a clock behind its newest entry. The latter is also how a
+    host gets out after an entry was written while its clock ran ahead (no NTP on an air-gapped site): once the
+    clock is right, every change would be refused as backdated until real time passed that entry."""
+    found = list(state.findings)
+    try:
+        checked_now(state.records)
+    except CheckFailed as exc:
+        found += exc.findings
+    return found
 
 
 def _nothing_to_reset(layout: Layout) -> UsageError:

@@ -149,9 +149,14 @@ def _differs(current: TrustRoot, asked: str) -> UsageError:
                             "install against the current root")
 
 
-def _check_asked(current: TrustRoot, policy: TrustPolicy | None, root_file: SignedRoot | None) -> None:
-    """A later install may repeat the trust it has (a no-op), never change it."""
-    if root_file is not None and root_file.root.digest != current.digest:
+def _check_asked(current: TrustRoot, policy: TrustPolicy | None, root_file: SignedRoot | None, *,
+                 legacy: bool = False) -> None:
+    """A later install may repeat the trust it has (a no-op), never change it. An older install's trust has no
+    document to compare digests with: a --trust-root migrating it must name the same release keys and threshold."""
+    release = root_file.root.roles["release"] if root_file is not None else None
+    if root_file is not None and release is not None and (
+            not current.same_release_trust(release.keyids, release.threshold) if legacy
+            else root_file.root.digest != current.digest):
         raise _differs(current, "--trust-root")
     if policy is not None and not current.same_release_trust(
             (k.keyid for k in policy.trusted if k.keyid not in policy.revoked), policy.threshold):
@@ -182,7 +187,7 @@ def plan_trust(layout: Layout, *, policy: TrustPolicy | None, root_file: Path | 
         return TrustPlan(current.root.policy("release", **kw), current, current.root)
     legacy = load_legacy(layout)
     if legacy is not None:
-        _check_asked(legacy, policy, given)
+        _check_asked(legacy, policy, given, legacy=True)
         if given is not None:
             legacy = given.root
         elif policy is not None:  # the same keys: named after their files rather than their ids

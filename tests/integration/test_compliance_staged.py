@@ -514,6 +514,23 @@ def test_a_dropin_anywhere_systemd_reads_one_fails_the_unit_check(cli, tree: Pat
     assert f"/{DROPINS[case]}" in by["config.unit"]["locations"]
 
 
+def test_a_distributions_own_type_wide_dropin_is_a_warning_and_a_sites_fails(cli, tree: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ubuntu 24.04 ships /usr/lib/systemd/system/service.d/10-timeout-abort.conf, applied to every service: shown
+    and a warning on a clean host (it failed every such host before); the same file under /etc fails."""
+    vendor = tree / "usr/lib/systemd/system/service.d/10-timeout-abort.conf"
+    vendor.parent.mkdir(parents=True)
+    vendor.write_text("[Service]\nTimeoutStopFailureMode=abort\n")
+    code, doc = _check(cli, tree)
+    by = {c["id"]: c for c in doc["data"]["checks"]}
+    assert code == 0 and by["config.unit"]["status"] == "warn", _status(doc)
+    assert any("/usr/lib/systemd/system/service.d/10-timeout-abort.conf" in e for e in by["config.unit"]["evidence"])
+    site = tree / "etc/systemd/system/service.d/10-timeout-abort.conf"
+    site.parent.mkdir(parents=True)
+    site.write_text(vendor.read_text())
+    code, doc = _check(cli, tree)
+    assert code == 1 and _failed(doc) == {"config.unit"}, _status(doc)
+
+
 SHADOWS = {  # the file that shadows ours -> ours
     f"run/systemd/system.control/gptoss@{INSTANCE}.service": f"gptoss@{INSTANCE}.service",
     f"etc/systemd/system.control/gptoss-compliance@{INSTANCE}.service": "gptoss-compliance@.service",

@@ -281,3 +281,19 @@ def test_inspect_names_the_signers_a_trust_root_names(cli, bundles, keys, tmp_pa
     assert code == 0 and doc["data"]["verified"] is False
     # alice is named by the root; mallory is not in it and stays a bare key id (a name is no verification).
     assert set(doc["data"]["signers"]) == {f"alice ({keys['alice'].keyid[:16]})", keys["mallory"].keyid}, doc
+
+
+def test_an_older_instance_migrates_to_a_signed_root_naming_the_same_keys(cli, bundles, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An instance installed by an older gptossctl (policy.json: alice, 1) takes a signed --trust-root with the
+    same release keys and threshold; one with other keys is refused as a change of trust."""
+    root = tmp_path / "root"
+    assert _install(cli, bundles["v5-a"], root, *_trust("alice", keys=keys))[0] == 0
+    _make_legacy(root, keys)
+    other = _root_file(cli, tmp_path, "other", [keys["bob"]], [keys["bob"]])
+    code, doc = _install(cli, bundles["v5-a"], root, "--trust-root", str(other))
+    assert code == 2 and doc["error"]["code"] == "trust.differs_from_root", doc
+    same = _root_file(cli, tmp_path, "same", [keys["alice"]], [keys["alice"]])
+    code, doc = _install(cli, bundles["v5-a"], root, "--trust-root", str(same))
+    assert code == 0, doc
+    code, doc = cli("trust", "show", "--root", str(root))
+    assert code == 0 and doc["data"]["roles"]["release"] == {"signers": ["alice"], "threshold": 1}, doc["data"]

@@ -188,3 +188,24 @@ def test_the_clock_behind_the_chain_is_refused_and_nothing_backdated_is_written(
             assert exc.value.code == "clock.behind_audit"
     assert _files(tmp_path) == before
     audit.verify(log_dir, anchor=anchor)
+
+
+def test_a_chain_written_while_the_clock_ran_ahead_can_be_reset_once_the_clock_is_right(tmp_path: Path) -> None:
+    """An entry written with the clock a day ahead (no NTP on an air-gapped host): once the clock is set right,
+    every change is refused as backdated (clock.behind_audit). `audit reset` is the audited way out; before, it
+    refused the chain as intact and the host was stuck until real time passed that entry."""
+
+    class Ahead(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Ahead:
+            return cls.fromtimestamp((datetime.now(tz) + timedelta(days=1)).timestamp(), tz)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(audit, "datetime", Ahead)
+        _append(tmp_path, 2)
+    with pytest.raises(CheckFailed) as exc:
+        audit.require_intact(tmp_path)
+    assert exc.value.code == "clock.behind_audit"
+    event = audit.reset(tmp_path, reason="hardware clock ran a day ahead; NTP fixed")
+    assert "clock.behind_audit" in [f["code"] for f in event.entry["reset"]["findings"]]
+    audit.require_intact(tmp_path)  # the new chain starts from the right clock
