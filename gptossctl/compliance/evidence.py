@@ -207,11 +207,11 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     env_text = read_text(release / ENV_FILE)
     chain = read_chain(layout)
     now, clock_behind = checked_now(chain, opts.now)
-    policy, note, state = _policy(layout)
+    policy, note, state, host = _policy(layout)
     policy = replace(policy, now=now) if policy is not None else None
     findings, manifest, signed_by = _verify(layout, release, policy, note)
     findings += _auditor_findings(release, replace(opts.policy, now=now) if opts.policy is not None else None)
-    findings += _host_findings(layout)
+    findings += host
     seal = sealed(layout, rec, chain)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest, seal)
     unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
@@ -228,25 +228,17 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
                     chain=chain, sealed=seal)
 
 
-def _policy(layout: Layout) -> tuple[TrustPolicy | None, str, str]:
-    """The instance's trust root (never a directory listing): (policy, where it came from, state)."""
+def _policy(layout: Layout) -> tuple[TrustPolicy | None, str, str, tuple[Finding, ...]]:
+    """The instance's trust root, read once (never a directory listing): (policy, where it came from, state,
+    findings when another instance on this host requires more or other signers: a second, weaker door)."""
     try:
         root, note = current_trust(layout)
     except GptossctlError as exc:
-        return None, f"the trust root is unreadable: {exc.message}", "unreadable"
+        return None, f"the trust root is unreadable: {exc.message}", "unreadable", ()
     if root is None:
-        return None, "no trust root recorded at install", "none"
-    return root.policy("release"), note, "root" if note.startswith("trust root") else "legacy"
-
-
-def _host_findings(layout: Layout) -> tuple[Finding, ...]:
-    """Another instance on this host requiring more or other signers than this one's root: a second, weaker door."""
-    try:
-        root, _note = current_trust(layout)
-    except GptossctlError:
-        return ()  # reported by _policy
-    return tuple(Finding("signature.weaker_than_host", "trust root", p) for p in
-                 (weaker_than_host(layout, root) if root is not None else []))
+        return None, "no trust root recorded at install", "none", ()
+    host = tuple(Finding("signature.weaker_than_host", "trust root", p) for p in weaker_than_host(layout, root))
+    return root.policy("release"), note, "root" if note.startswith("trust root") else "legacy", host
 
 
 def _auditor_findings(release: Path, policy: TrustPolicy | None) -> tuple[Finding, ...]:
