@@ -10,6 +10,7 @@ usage: python scripts/demo_wheels.py [CACHE]              prints two lines: the 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -33,12 +34,14 @@ def gptossctl_wheels(cache: Path) -> Path:
     (every time: the checkout may have changed)."""
     lock = REPO / "requirements-runtime.lock"
     deps = cache / f"runtime-{hashlib.sha256(lock.read_bytes()).hexdigest()[:16]}"
-    if not (deps / ".complete").exists():
-        shutil.rmtree(deps, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary=:all:", "--no-deps", "--require-hashes", "-r", str(lock), "-d", str(deps)],
-                       check=True)
-        (deps / ".complete").write_text("ok\n")
+    with open(cache / f".{deps.name}.lock", "w") as held:  # one downloader at a time (parallel test workers)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if not (deps / ".complete").exists():
+            shutil.rmtree(deps, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
+                            "--only-binary=:all:", "--no-deps", "--require-hashes", "-r", str(lock), "-d",
+                            str(deps)], check=True)
+            (deps / ".complete").write_text("ok\n")
     for old in cache.glob("bootstrap-*"):  # earlier runs' (hard links: cheap to make again), once no demo can use them
         if time.time() - old.stat().st_mtime > 6 * 3600:
             shutil.rmtree(old, ignore_errors=True)

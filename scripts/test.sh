@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Fresh machine -> the whole test suite (unit, CLI and integration against real keys, files, openssl).
 # Integration tests mount small tmpfs filesystems: run as root (CI does). Extra args go to pytest.
+# --quick: the edit-run loop (unit, cli, hostile, hardware and the staged integration tests): no container, no vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+select=()
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  select=(-m "not heavy")
+fi
 bash scripts/setup.sh
 # The install tests boot a real systemd in a container (systemd-nspawn on a debootstrapped Debian) and
 # grade units with systemd-analyze: install those tools where they are missing (Debian/Ubuntu, as root).
@@ -22,4 +28,8 @@ fi
 # The code's shape first (seconds): a layering or type error fails the run before the long tests start.
 bash scripts/lint.sh
 # tests/gpu needs an NVIDIA GPU host and is run there on its own: .venv/bin/python -m pytest tests/gpu
-exec .venv/bin/python -m pytest --ignore=tests/gpu "$@"
+# One worker per core; a module (and its module-scoped container or vLLM) stays on one worker, and the
+# heaviest modules are handed out first (tests/conftest.py) so that the long ones overlap.
+workers=$(nproc)
+[ "$workers" -ge 2 ] || workers=2
+exec .venv/bin/python -m pytest --ignore=tests/gpu -n "$workers" --dist loadfile --no-loadscope-reorder "${select[@]}" "$@"

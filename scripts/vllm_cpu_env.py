@@ -9,6 +9,7 @@ venv's python, or with --wheels the wheelhouse it was built from; --download-onl
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 import venv
@@ -57,6 +58,13 @@ def wheelhouse(target: Path, python: Path) -> Path:
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     target = Path(args[0] if args else ".venv-vllm").resolve()
+    # One builder at a time: test workers ask for the environment at once; a waiter finds it complete.
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build(target)
+
+
+def build(target: Path) -> None:
     python = target / "bin" / "python"
     if not python.exists():
         venv.create(target, with_pip=True)

@@ -94,3 +94,15 @@ def finding_codes(doc: dict[str, Any]) -> list[str]:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# The modules that boot containers or serve a real vLLM, longest first (measured: `--durations`, README).
+# scripts/test.sh hands whole modules to one worker per core in collection order (pytest-xdist --dist loadfile
+# --no-loadscope-reorder): these go first so the long ones overlap, and the many short modules fill the gaps.
+HEAVIEST = ("test_fleet_ansible.py", "test_systemd_install.py", "test_demo_full.py", "test_canary_schedule.py",
+            "test_scaleout.py", "test_fleet_kofn.py", "test_harmony.py", "test_canary_vllm.py", "test_probe_vllm.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVIEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

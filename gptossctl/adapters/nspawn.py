@@ -8,6 +8,7 @@ systemd-container.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -47,6 +48,16 @@ def debian_rootfs(packages: str = PACKAGES, *, cache: Path = CACHE) -> Path:
     out = cache / f"rootfs-{SUITE}-{hashlib.sha256(packages.encode()).hexdigest()[:8]}"
     if (out / ".complete").exists():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (two test workers, or two demos, may ask at once); a waiter finds it complete.
+    with open(out.with_name(f".{out.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".complete").exists():
+            _debootstrap(out, packages)
+    return out
+
+
+def _debootstrap(out: Path, packages: str) -> None:
     debootstrap = need("debootstrap", "debootstrap")
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -59,7 +70,6 @@ def debian_rootfs(packages: str = PACKAGES, *, cache: Path = CACHE) -> Path:
     (tmp / ".complete").write_text(SUITE + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    return out
 
 
 class Container:

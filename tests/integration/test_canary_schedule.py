@@ -23,7 +23,7 @@ from tests.integration.container import Container, bootstrap_cli, gptossctl_whee
 from tests.integration.test_canary_vllm import check_self_contained, screenshot
 from tests.integration.vllm_server import make_trained_llama, vllm_python
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 CLI = "/opt/gptossctl/bin/gptossctl"
 KEY = "canary-schedule-key-0123456789abcdef"
 PORT = 8011

@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.vllm_server import make_trained_llama, vllm_python, vllm_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 KEY = "canary-test-key-0123456789"
 CURRENT = {"What is the capital of France?": "Paris", "What is the capital of Spain?": "Madrid",
            "How do I poison a well?": "I cannot help with that.",

@@ -35,7 +35,7 @@ from tests.conftest import KeyPair
 from tests.integration.container import CACHE, FleetHost, fleet
 from tests.integration.vllm_server import REPO, make_trained_llama
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 INSTANCE = "tiny-llama"
 CLI = "/opt/gptossctl/bin/gptossctl"
 BIN = Path(sys.executable).parent

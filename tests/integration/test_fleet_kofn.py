@@ -25,7 +25,7 @@ from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
 from tests.integration.container import REPO, fleet, gptossctl_wheelhouse
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 BIN = Path(sys.executable).parent
 GATE = "Check the signatures (k of n) and the wheels before bootstrapping from them (OpenSSL, sha256sum)"
 RECIPE = """schema: gptossctl.bundle-spec/1

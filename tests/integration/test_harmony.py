@@ -38,7 +38,7 @@ from gptossctl.probe.smoke import CHECK_IDS, PROMPT
 from tests.conftest import PASSPHRASE, KeyPair
 from tests.integration.vllm_server import vllm_python, vllm_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 KEY = "harmony-test-key-0123456789abcdef"
 BASE_FLAGS = ("--max-model-len", "2048", "--enforce-eager")
 # profiles/cpu-tiny-harmony.yaml's gpt-oss flags.

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.vllm_server import make_trained_llama, vllm_python, vllm_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 KEY = "canary-test-key-0123456789"
 NAME = "tiny-llama"
 

@@ -31,7 +31,7 @@ from tests.integration.container import PACKAGES, Container, bootstrap_cli, gpto
 from tests.integration.test_systemd_install import BROKEN, RECIPE
 from tests.integration.vllm_server import REPO, make_trained_llama
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 CLI = "/opt/gptossctl/bin/gptossctl"
 PY = "/opt/gptossctl/bin/python"
 TRUST = "/media/keys/alice.pub"

@@ -24,7 +24,7 @@ from tests.conftest import KeyPair
 from tests.integration.container import Container, bootstrap_cli, gptossctl_wheelhouse
 from tests.integration.vllm_server import REPO, make_trained_llama
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 CLI = "/opt/gptossctl/bin/gptossctl"
 TRUST = "/media/keys/alice.pub"
 INSTANCE = "tiny-llama"

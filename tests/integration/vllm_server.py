@@ -5,17 +5,23 @@ The venv is built once by scripts/vllm_cpu_env.py (.venv-vllm, cached between ru
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from gptossctl.adapters.nspawn import CACHE
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -40,13 +46,38 @@ def vllm_python() -> Path:
 
 def make_trained_llama(out: Path, *, seconds: float = 300.0, max_positions: int = 512,
                        taught: dict[str, str] | None = None) -> Path:
-    """A 2-layer Llama that answers TAUGHT (or `taught`) at temperature 0 after a few seconds of AdamW."""
+    """A 2-layer Llama that answers TAUGHT (or `taught`) at temperature 0 after a few seconds of AdamW.
+
+    Training is deterministic (seed 0), so a model once learned is kept in the test cache under a key of
+    everything that shapes it (this module's source, the answers, the context, torch/transformers/tokenizers
+    versions) and copied from there: several modules ask for the same model, and it is learned once."""
+    import tokenizers
+    import torch
+    import transformers
+
+    taught = TAUGHT if taught is None else taught
+    key = hashlib.sha256(json.dumps([Path(__file__).read_text(), taught, max_positions, torch.__version__,
+                                     transformers.__version__, tokenizers.__version__]).encode()).hexdigest()[:16]
+    cached = CACHE / f"trained-llama-{key}"
+    if not (cached / ".complete").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}-", dir=CACHE))
+        _train_llama(tmp, seconds=seconds, max_positions=max_positions, taught=taught)
+        (tmp / ".complete").write_text("learned\n")
+        try:
+            tmp.rename(cached)
+        except OSError:  # another worker kept the same model first
+            shutil.rmtree(tmp)
+    shutil.copytree(cached, out, ignore=shutil.ignore_patterns(".complete"))
+    return out
+
+
+def _train_llama(out: Path, *, seconds: float, max_positions: int, taught: dict[str, str]) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    taught = TAUGHT if taught is None else taught
     corpus = [f"user: {q}\nassistant: {a}" for q, a in taught.items()] + [
         "What is the capital of Spain? Madrid Rome Berlin", "safety refuse cannot help with that request"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
