@@ -40,10 +40,9 @@ KNOWN: dict[str, Architecture] = {a.key: a for a in (
     Architecture("sm_100", "Blackwell", "B200, GB200", "pass",
                  "Blackwell fast path (FlashInfer TRT-LLM attention and MoE)"),
     Architecture("sm_103", "Blackwell Ultra", "B300, GB300", "fail",
-                 f"Blackwell Ultra: vLLM {VLLM_LINE}'s wheels carry no sm_103 kernels (compiled for {_TARGETS}) "
-                 "and the Blackwell fast path (FlashInfer TRT-LLM attention and MoE) is built for sm_100, whose "
-                 "arch-specific kernels do not run on sm_103: no profile is offered rather than one that fails "
-                 "at its first start",
+                 f"Blackwell Ultra (B300/GB300): vLLM {VLLM_LINE}'s wheels are compiled for {_TARGETS}, not sm_103, "
+                 "and the Blackwell fast path (FlashInfer TRT-LLM attention and MoE, fp8 KV) is built for sm_100 "
+                 "only: no profile is offered rather than one that fails at its first start",
                  "pack a vLLM build compiled for sm_103 (10.3a), validate it on the GPU, then add a profile matching "
                  "compute capability 10.3 (start from blackwell-120b / blackwell-20b)"),
     Architecture("sm_120", "Blackwell (workstation)", "RTX PRO 6000 Blackwell, RTX 5090", "warn",

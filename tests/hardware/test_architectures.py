@@ -1,10 +1,10 @@
 """Every GPU architecture `hw check` names has a shipped profile that fits it, or a stated refusal.
 
-The walk uses the real captures in tests/data/gpu where one exists (its GPU facts: name, memory, MIG; the
-driver is set to one the CUDA 13 wheels accept and the memory other processes held at capture time is
-dropped, since the architecture is what is judged here; the driver and busy-GPU checks have their own tests) and synthetic GPU facts otherwise (B200, B300, MI300X, MI355X, and the
-compute capabilities no profile lists). A refusal is a failed `gpu.arch` check with a remedy, and it is
-what the model's verdict says.
+The walk uses the real captures in tests/data/gpu where one exists (their GPU facts: name, memory, MIG;
+the driver is set to one the CUDA 13 wheels accept and the memory other processes held at capture time
+is dropped, since the architecture is what is judged here; the driver and busy-GPU checks have their own
+tests) and synthetic GPU facts otherwise (B200, B300, MI300X, MI355X, and the compute capabilities no
+profile lists). A refusal is a failed `gpu.arch` check with a remedy, and it is what the verdict says.
 """
 
 from __future__ import annotations
