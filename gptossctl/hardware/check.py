@@ -60,12 +60,12 @@ class GpuReason:
     """Why a profile does not fit, said once for the GPUs it applies to."""
 
     gpus: tuple[int, ...]
-    name: str | None  # the GPUs' product name, when they share one
+    name: str  # the product name the GPUs share
     text: str
 
     @property
     def message(self) -> str:
-        return f"GPU {gpu_span(self.gpus)}" + (f" ({self.name})" if self.name else "") + f": {self.text}"
+        return f"GPU {gpu_span(self.gpus)} ({self.name}): {self.text}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"gpus": list(self.gpus), "message": self.message}

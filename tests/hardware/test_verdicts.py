@@ -173,3 +173,14 @@ def test_gpus_that_differ_are_named_apart() -> None:
     assert blackwell.reasons[:2] == ("GPU 0, 2-3 (NVIDIA L40S): sm_89, the profile needs sm_100",
                                      "GPU 1 (NVIDIA H100 80GB HBM3): sm_90, the profile needs sm_100")
     assert [g["gpus"] for g in blackwell.to_dict()["gpu_reasons"]] == [[0, 2, 3], [1]]
+
+
+def test_mig_on_several_gpus_is_one_check_whose_remedy_names_them_all() -> None:
+    h100 = parse_nvidia_smi_csv([p for p in ALL if p.name == EXPORTER.format("h100-80gb-hbm3__590.48.01")][0]).gpus[0]
+    gpus = [replace(h100, index=i, mig_enabled=True) for i in range(4)]
+    r = check_models(_inv(*gpus), load_profiles(), ["gpt-oss-20b"], Requirements())
+    (mig,) = [c for c in r.models[0].checks if c.id == "gpu.mig"]
+    assert mig.gpus == (0, 1, 2, 3) and mig.subject == "GPU 0-3 (NVIDIA H100 80GB HBM3)"
+    assert "nvidia-smi -i 0,1,2,3 -mig 0" in (mig.remedy or "")
+    hopper = [f for f in r.models[0].fits if f.profile.name == "hopper-20b"][0]
+    assert hopper.reasons == ("GPU 0-3 (NVIDIA H100 80GB HBM3): MIG is on and the capture gives no slice sizes",)
