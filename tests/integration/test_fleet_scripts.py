@@ -353,6 +353,7 @@ def _commands(state: dict[str, object]) -> list[str]:
     return [c[1] for c in state["calls"]]  # type: ignore[attr-defined]
 
 
+@pytest.mark.heavy  # a real ansible-playbook run over four hosts (about a minute)
 def test_playbook_rolls_out_canary_first_then_batches(wheeled: Path, keys: dict[str, KeyPair],
                                                       tmp_path: Path) -> None:
     res, states = _logic_run(tmp_path, wheeled, keys["alice"].public,
@@ -369,6 +370,7 @@ def test_playbook_rolls_out_canary_first_then_batches(wheeled: Path, keys: dict[
             "compliance.json", "compliance.sarif", "compliance.junit.xml"}
 
 
+@pytest.mark.heavy  # a real ansible-playbook run over four hosts (about a minute)
 def test_a_failed_smoke_test_puts_the_host_back_and_stops_before_the_next_batch(
         wheeled: Path, keys: dict[str, KeyPair], tmp_path: Path) -> None:
     res, states = _logic_run(tmp_path, wheeled, keys["alice"].public, {
@@ -382,6 +384,7 @@ def test_a_failed_smoke_test_puts_the_host_back_and_stops_before_the_next_batch(
     assert (tmp_path / "controller" / "h1" / "rollback.json").is_file()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("fail, expect", [("install", []), ("smoke", ["uninstall"])])
 def test_a_failed_first_install_on_the_canary_leaves_nothing_and_touches_no_other_host(
         wheeled: Path, keys: dict[str, KeyPair], tmp_path: Path, fail: str, expect: list[str]) -> None:
