@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gptossctl.adapters.openai_http import read_api_key
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.durations import parse_duration
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, GptossctlError, UsageError
@@ -186,8 +187,8 @@ def registry_path(layout: Layout) -> Path:
 
 
 def _installed(layout: Layout) -> None:
-    if not layout.etc.is_dir():
-        raise EnvironmentNotReady(f"instance {layout.instance!r} is not installed here ({layout.etc} is missing)",
+    if not layout.etc.is_dir() or not layout.api_key.is_file():
+        raise EnvironmentNotReady(f"instance {layout.instance!r} is not installed here ({layout.api_key} is missing)",
                                   code="consumers.no_instance", hint="install the instance first, or name it with "
                                   "--instance (and --root for a staged tree)")
 
@@ -234,7 +235,8 @@ def _write_all(layout: Layout, registry: Registry, store: dict[str, tuple[str, s
     atomic_write(d / KEYS, json.dumps({"schema": KEYS_SCHEMA, "keys": [
         {"consumer": c, "fingerprint": fp, "key": key} for fp, (c, key) in sorted(kept.items())]}, indent=1) + "\n",
         0o600)
-    http, server = render_consumer_includes(keys, {c.name: c.limits for c in registry.consumers if c.active})
+    http, server = render_consumer_includes(keys, {c.name: c.limits for c in registry.consumers if c.active},
+                                            upstream_key=read_api_key(layout.api_key))
     atomic_write(d / CONSUMERS_HTTP, http, 0o600)
     atomic_write(d / CONSUMERS_SERVER, server, 0o600)
     atomic_write(registry_path(layout), json.dumps(registry.to_dict(), indent=1) + "\n", 0o644)
