@@ -118,7 +118,7 @@ def tls_rotate(cert: Annotated[Path, typer.Option("--cert", help="PEM certificat
                textfile: Annotated[Path | None, typer.Option("--textfile", help="Write the expiry for "
                                                              "node_exporter here.")] = None,
                instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"), as_json: JsonOpt = False) -> None:
-    """Check a certificate (key, chain, expiry), install it root-only and reload the router gracefully. Exit 1: it fails a check."""
+    """Check a certificate (key, chain, expiry), install it root-only, reload the router gracefully. Exit 1: a check failed."""
     from gptossctl.install.consumers import router_reloader
     from gptossctl.install.tls import rotate_certificate
 

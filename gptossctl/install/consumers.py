@@ -318,7 +318,7 @@ def sync_consumers(layout: Layout, *, reload: Reloader, command: list[str]) -> C
     with install_lock(layout):
         now = _now()
         registry, store = read_registry(layout), _read_keys(layout)
-        before = {fp for fp in store}
+        before = set(store)
         after = {k.fingerprint for k in valid_keys(registry, store, now)}
         _write_all(layout, registry, store, now)
         if before != after:

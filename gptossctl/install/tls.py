@@ -113,7 +113,7 @@ def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, *, now: da
     if findings:
         raise CheckFailed(f"the TLS certificate {subject} fails its checks", code="tls.check_failed", findings=findings,
                           hint="each finding says what is wrong; nothing was installed")
-    warn = ()
+    warn: tuple[Finding, ...] = ()
     if leaf.not_valid_after_utc - now < timedelta(days=WARN_DAYS):
         warn = (Finding("tls.expires_soon", subject, f"expires {leaf.not_valid_after_utc.isoformat()}, in under "
                         f"{WARN_DAYS} days", "renew it and run gptossctl tls rotate"),)

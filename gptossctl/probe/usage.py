@@ -57,14 +57,14 @@ class UsageSummary:
 
     def prometheus(self) -> str:
         label = self.by
-        lines = []
-        for metric, kind, help_, get in (
-                ("gptoss_usage_requests_total", "counter", "Requests through the router", lambda r: r.requests),
-                ("gptoss_usage_errors_total", "counter", "Requests answered 4xx/5xx other than 429", lambda r: r.errors),
-                ("gptoss_usage_rate_limited_total", "counter", "Requests answered 429", lambda r: r.limited),
-                ("gptoss_usage_bytes_sent_total", "counter", "Response bytes", lambda r: r.bytes_sent)):
-            lines += [f"# HELP {metric} {help_} (since {self.since}).", f"# TYPE {metric} {kind}"]
-            lines += [f'{metric}{{{label}="{_esc(r.key)}"}} {get(r)}' for r in self.rows]
+        lines: list[str] = []
+        families = (("gptoss_usage_requests_total", "Requests through the router", "requests"),
+                    ("gptoss_usage_errors_total", "Requests answered 4xx/5xx other than 429", "errors"),
+                    ("gptoss_usage_rate_limited_total", "Requests answered 429", "limited"),
+                    ("gptoss_usage_bytes_sent_total", "Response bytes", "bytes_sent"))
+        for metric, help_, attr in families:
+            lines += [f"# HELP {metric} {help_} (since {self.since}).", f"# TYPE {metric} counter"]
+            lines += [f'{metric}{{{label}="{_esc(r.key)}"}} {getattr(r, attr)}' for r in self.rows]
         return "\n".join(lines) + "\n"
 
 
