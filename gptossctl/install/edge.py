@@ -238,3 +238,25 @@ def render_consumer_includes(keys: Sequence[ConsumerKey], limits: dict[str, Limi
         burst = f" burst={lim.burst} nodelay" if lim.burst else ""
         server.append(f"limit_req zone={zone}_req{burst};\nlimit_conn {zone}_conn {lim.concurrency};\n")
     return "".join(lines), "".join(server)
+
+
+def render_router_dropin(edge: EdgeSettings) -> str:
+    """The router unit's change for the edge, as a drop-in (gptoss-router@I.service.d/50-edge.conf) so the
+    template stays as it is: the master runs as root to read the root-only key files again on every reload
+    (systemd 252 refreshes no credential on reload), the workers drop to `edge.worker_user` (nginx `user`,
+    which needs setuid/setgid), the access log is writable, and the site's network may reach the listener."""
+    return f"""# gptossctl (install/edge.py): the network edge of gptoss-router@%i.
+[Service]
+DynamicUser=no
+User=root
+Group=root
+# nginx's master reads the TLS key and the consumers' keys (0600 root) on start and on every reload, then
+# its workers run as {edge.worker_user}: setuid/setgid to drop, chown for its temporary directories.
+CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN{' CAP_NET_BIND_SERVICE' if edge.port < 1024 else ''}
+RuntimeDirectoryMode=0711
+ReadWritePaths={edge.access_log.parent}
+SystemCallFilter=
+SystemCallFilter=@system-service
+SystemCallFilter=~@mount @debug @cpu-emulation @obsolete @reboot @swap @module @raw-io @clock
+IPAddressAllow=any
+"""

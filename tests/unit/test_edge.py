@@ -23,6 +23,7 @@ from gptossctl.install.edge import (
     default_limits,
     render_consumer_includes,
     render_edge,
+    render_router_dropin,
 )
 from gptossctl.install.release import ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
@@ -228,3 +229,11 @@ def test_usage_counts_requests_errors_429s_and_latency_per_consumer() -> None:
     assert [r.key for r in since.rows] == ["bob"]
     assert 'gptoss_usage_requests_total{consumer="alice"} 4' in s.prometheus()
     assert s.csv().splitlines()[1].startswith("alice,4,1,1,")
+
+
+def test_router_dropin_lets_a_root_master_drop_to_workers_and_open_the_site_port() -> None:
+    text = render_router_dropin(_edge(worker_user="gptoss-router"))
+    assert "DynamicUser=no\nUser=root\n" in text and "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_NET_BIND_SERVICE" in text
+    assert "SystemCallFilter=\n" in text and "IPAddressAllow=any" in text and "ReadWritePaths=/var/log/gptoss" in text
+    high = EdgeSettings(host="0.0.0.0", port=8443, edge_dir=Path("/e"), access_log=Path("/var/log/gptoss/x"))
+    assert "CAP_NET_BIND_SERVICE" not in render_router_dropin(high)
