@@ -119,11 +119,9 @@ def gptossctl(*args: str) -> tuple[int, dict[str, Any]]:
     return res.returncode, json.loads(res.stdout)
 
 
-def staged(*args: str) -> tuple[int, dict[str, Any]]:
-    return gptossctl(*args, "--instance", INSTANCE, "--root", str(SITE_ROOT[0]))
-
-
-SITE_ROOT: list[Path] = []
+def staged(root: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    """A command on the instance of the staged tree the router reads."""
+    return gptossctl(*args, "--instance", INSTANCE, "--root", str(root))
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +135,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def site(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root, pki = tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("pki")
-    SITE_ROOT[:] = [root]
     make_ca(pki, "site-ca")
     make_ca(pki, "other-ca")
     make_cert(pki, "site-ca", "server", server=True)
@@ -149,10 +146,10 @@ def site(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
     layout.etc.chmod(0o700)
     layout.api_key.write_text(f"VLLM_API_KEY={INSTANCE_KEY}\n")
     layout.api_key.chmod(0o600)
-    code, doc = staged("tls", "rotate", "--cert", str(pki / "server.pem"), "--key", str(pki / "server.key"),
+    code, doc = staged(root, "tls", "rotate", "--cert", str(pki / "server.pem"), "--key", str(pki / "server.key"),
                        "--ca", str(pki / "site-ca.pem"))
     assert code == 0, doc
-    code, doc = staged("consumers", "add", "warmup", "--out", str(pki / "warmup.key"))  # the include files exist
+    code, doc = staged(root, "consumers", "add", "warmup", "--out", str(pki / "warmup.key"))  # the include files exist
     assert code == 0, doc
     (edge_dir(layout) / "client-ca.pem").write_bytes((pki / "site-ca.pem").read_bytes())
     runtime = Path(tempfile.mkdtemp(prefix="gptoss-edge-run-"))
@@ -187,7 +184,7 @@ def site(upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Si
 
 def add(name: str, site: Site, *extra: str) -> str:
     out = site.pki / f"{name}.apikey"
-    code, doc = staged("consumers", "add", name, "--out", str(out), *extra)
+    code, doc = staged(site.root, "consumers", "add", name, "--out", str(out), *extra)
     assert code == 0, doc
     assert "key" not in doc["data"]  # written to --out: never shown
     assert out.stat().st_mode & 0o777 == 0o600
@@ -239,7 +236,7 @@ def test_revoked_key_gets_401_within_5s_while_the_other_consumers_stream_finishe
     stream = long_stream(other)
     first = next(iter(stream))  # the stream is open on the current workers
     t0 = time.monotonic()
-    code, doc = staged("consumers", "revoke", "victim")
+    code, doc = staged(site.root, "consumers", "revoke", "victim")
     assert code == 0 and doc["data"]["consumer"]["revoked"], doc
     site.reload()
     wait_status(site, victim, 401, within=5.0 - (time.monotonic() - t0))
@@ -254,7 +251,7 @@ def test_certificate_rotated_during_a_stream_leaves_it_whole(site: Site) -> None
     before = site.peer_cert()
     stream = long_stream(client)
     next(iter(stream))
-    code, doc = staged("tls", "rotate", "--cert", str(site.pki / "server2.pem"), "--key",
+    code, doc = staged(site.root, "tls", "rotate", "--cert", str(site.pki / "server2.pem"), "--key",
                        str(site.pki / "server2.key"), "--ca", str(site.pki / "site-ca.pem"))
     assert code == 0, doc
     site.reload()
@@ -299,14 +296,14 @@ def test_consumers_rotate_keeps_the_old_key_until_the_grace_ends(site: Site) -> 
     old = add("erin", site)
     wait_status(site, old, 200)
     out = site.pki / "erin.new"
-    code, doc = staged("consumers", "rotate", "erin", "--grace", "4s", "--out", str(out))
+    code, doc = staged(site.root, "consumers", "rotate", "erin", "--grace", "4s", "--out", str(out))
     assert code == 0, doc
     site.reload()
     new = out.read_text().strip()
     wait_status(site, new, 200)
     assert site.status(old) == 200
     time.sleep(4.5)
-    code, doc = staged("consumers", "sync")
+    code, doc = staged(site.root, "consumers", "sync")
     assert code == 0, doc
     site.reload()
     wait_status(site, old, 401)
@@ -322,7 +319,7 @@ def test_usage_counts_exactly_the_requests_made_per_consumer(site: Site) -> None
         client.models.list()
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     time.sleep(0.5)  # nginx logs a request after its reply has gone out
-    code, doc = staged("usage", "--by", "consumer")
+    code, doc = staged(site.root, "usage", "--by", "consumer")
     assert code == 0, doc
     rows = {r["key"]: r for r in doc["data"]["rows"]}
     assert rows["counted"]["requests"] == 1 + 4 and rows["counted"]["errors"] == 0
@@ -339,6 +336,6 @@ def test_an_expired_certificate_fails_the_check_and_is_not_installed(site: Site)
     code, doc = gptossctl("tls", "check", "--cert", str(site.pki / "expired.pem"), "--key",
                           str(site.pki / "expired.key"), "--ca", str(site.pki / "site-ca.pem"))
     assert code == 1 and "tls.expired" in [f["code"] for f in doc["findings"]], doc
-    code, doc = staged("tls", "rotate", "--cert", str(site.pki / "expired.pem"), "--key",
+    code, doc = staged(site.root, "tls", "rotate", "--cert", str(site.pki / "expired.pem"), "--key",
                        str(site.pki / "expired.key"), "--ca", str(site.pki / "site-ca.pem"))
     assert code == 1 and (edge_dir(site.layout) / "tls-cert.pem").read_bytes() == installed
