@@ -29,6 +29,7 @@ CONSUMERS_HTTP = "consumers.conf"  # http context: the key map, one zone per con
 CONSUMERS_SERVER = "limits.conf"  # server context: limit_req/limit_conn per consumer
 TLS_CERT = "tls-cert.pem"
 TLS_KEY = "tls-key.pem"
+TLS_CA = "tls-ca.pem"  # the CA the served chain was checked against (not the client CA)
 CLIENT_CA = "client-ca.pem"
 OPERATOR = "_instance"  # the instance's own key (operators, smoke, canary): no consumer name starts with "_"
 LOG_FORMAT = "gptoss_edge"

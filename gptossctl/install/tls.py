@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from gptossctl.errors import CheckFailed, Finding, UsageError
 from gptossctl.fsutil import atomic_write, read_bytes
 from gptossctl.install import audit
-from gptossctl.install.edge import TLS_CERT, TLS_KEY
+from gptossctl.install.edge import EDGE_DIR, TLS_CA, TLS_CERT, TLS_KEY
 from gptossctl.install.layout import Layout, install_lock
 
 WARN_DAYS = 30
@@ -155,9 +155,21 @@ def rotate_certificate(layout: Layout, *, cert: Path, key: Path, ca: Path, reloa
         d.chmod(0o700)
         atomic_write(d / TLS_KEY, key_pem, 0o600)  # the key first: a new cert never meets the old key on reload
         atomic_write(d / TLS_CERT, cert_pem, 0o644)
+        atomic_write(d / TLS_CA, ca_pem, 0o644)  # what compliance checks the chain against
         audit.record(layout.root, command, "ok", instance=layout.instance, checked=checked,
                      detail=f"tls rotate: {report.subject}, expires {report.not_after.isoformat()}")
     if textfile is not None:
         atomic_write(textfile, report.prometheus(layout.instance), 0o644)
     words = reload(False)
     return CertReport(report.subject, report.not_after, report.chain, report.findings, str(d / TLS_CERT), words)
+
+
+def installed_certificate(layout: Layout, *, now: datetime | None = None) -> CertReport | None:
+    """The check of the certificate the router serves (as `tls rotate` installed it, with the CA it was
+    checked against), for compliance: None when the instance has no TLS listener."""
+    d = layout.etc / EDGE_DIR
+    if not (d / TLS_CERT).exists():
+        return None
+    return check_certificate(read_bytes(d / TLS_CERT, what="certificate", code="tls.unreadable"),
+                             read_bytes(d / TLS_KEY, what="TLS key", code="tls.unreadable"),
+                             read_bytes(d / TLS_CA, what="CA file", code="tls.unreadable"), now=now)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,13 @@ import httpx
 import openai
 import pytest
 
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.compliance.edge import check_tls
+from gptossctl.compliance.evidence import ComplianceOptions, Evidence
 from gptossctl.install.consumers import access_log, edge_dir
 from gptossctl.install.edge import EdgeSettings, render_edge
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ReplicaRecord
+from gptossctl.install.release import ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
 from tests.integration.vllm_server import free_port, make_trained_llama, vllm_python, vllm_server
 
@@ -339,3 +343,14 @@ def test_an_expired_certificate_fails_the_check_and_is_not_installed(site: Site)
     code, doc = staged(site.root, "tls", "rotate", "--cert", str(site.pki / "expired.pem"), "--key",
                        str(site.pki / "expired.key"), "--ca", str(site.pki / "site-ca.pem"))
     assert code == 1 and (edge_dir(site.layout) / "tls-cert.pem").read_bytes() == installed
+    # The day the served certificate runs out, compliance fails it (the files as if that day had come).
+    key = (edge_dir(site.layout) / "tls-key.pem").read_bytes()
+    for name, src in (("tls-cert.pem", "expired.pem"), ("tls-key.pem", "expired.key")):
+        (edge_dir(site.layout) / name).write_bytes((site.pki / src).read_bytes())
+    try:
+        result = check_tls(Evidence(site.layout, Systemd(site.root), ComplianceOptions(), datetime.now(UTC),
+                                    site.layout.release(1), ReleaseRecord(1, "b", INSTANCE, "p", MODEL, "0" * 64, "py")))
+    finally:
+        (edge_dir(site.layout) / "tls-cert.pem").write_bytes(installed)
+        (edge_dir(site.layout) / "tls-key.pem").write_bytes(key)
+    assert result.status == "fail" and any("expired" in e for e in result.evidence), result

@@ -13,6 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.compliance.edge import check_tls
+from gptossctl.compliance.evidence import ComplianceOptions, Evidence
 from gptossctl.errors import CheckFailed, UsageError
 from gptossctl.install.consumers import Consumer, KeyRecord, Registry, fingerprint, new_key, valid_keys
 from gptossctl.install.edge import (
@@ -25,7 +28,8 @@ from gptossctl.install.edge import (
     render_edge,
     render_router_dropin,
 )
-from gptossctl.install.release import ReplicaRecord
+from gptossctl.install.layout import Layout
+from gptossctl.install.release import ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
 from gptossctl.install.tls import check_certificate
 from gptossctl.probe.usage import summarise
@@ -237,3 +241,23 @@ def test_router_dropin_lets_a_root_master_drop_to_workers_and_open_the_site_port
     assert "SystemCallFilter=\n" in text and "IPAddressAllow=any" in text and "ReadWritePaths=/var/log/gptoss" in text
     high = EdgeSettings(host="0.0.0.0", port=8443, edge_dir=Path("/e"), access_log=Path("/var/log/gptoss/x"))
     assert "CAP_NET_BIND_SERVICE" not in render_router_dropin(high)
+
+
+def _evidence(root: Path, now: datetime) -> Evidence:
+    layout = Layout(root, "t")
+    rec = ReleaseRecord(1, "b", "t", "p", "m", "0" * 64, "/usr/bin/python3")
+    return Evidence(layout, Systemd(root), ComplianceOptions(), now, layout.release(1), rec)
+
+
+def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_path: Path) -> None:
+    ev = _evidence(tmp_path, NOW)
+    assert check_tls(ev).status == "pass" and "loopback only" in check_tls(ev).evidence[0]  # no TLS listener
+    d = tmp_path / "etc/gptoss/t/edge"
+    d.mkdir(parents=True)
+    (d / "tls-key.pem").write_bytes(_key_pem(pki["leaf_k"]))  # type: ignore[arg-type]
+    (d / "tls-ca.pem").write_bytes(_pem(pki["ca"]))  # type: ignore[arg-type]
+    for cert, status in (("leaf", "pass"), ("soon", "warn"), ("expired", "fail")):
+        (d / "tls-cert.pem").write_bytes(_pem(pki[cert], pki["inter"]))  # type: ignore[arg-type]
+        result = check_tls(ev)
+        assert result.status == status, result
+    assert any("expired" in e for e in result.evidence)
