@@ -17,8 +17,10 @@ but listed nowhere only if the registry write fails: the next change rewrites al
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -388,5 +390,15 @@ def read_usage(log: Path | None, *, root: Path, instance: str | None, since: str
     start = _now() - timedelta(seconds=parse_duration(since)) if since else None
     if log is None:
         log = access_log(Layout(root, pick_instance(root, instance)))
-    text = read_bytes(log, what="access log", code="usage.no_log", limit=1 << 34).decode(errors="replace")
-    return summarise(text.splitlines(), by=by, since=start)
+    lines: list[str] = []
+    for path in [log, *rotated_logs(log)]:  # logrotate's log.1, log.2.gz, ...: --since 7d spans them
+        data = read_bytes(path, what="access log", code="usage.no_log", limit=1 << 34)
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        lines += data.decode(errors="replace").splitlines()
+    return summarise(lines, by=by, since=start)
+
+
+def rotated_logs(log: Path) -> list[Path]:
+    return sorted(p for p in log.parent.glob(log.name + ".*")
+                  if re.fullmatch(re.escape(log.name) + r"\.[0-9]+(\.gz)?", p.name))

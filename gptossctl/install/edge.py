@@ -261,3 +261,23 @@ SystemCallFilter=@system-service
 SystemCallFilter=~@mount @debug @cpu-emulation @obsolete @reboot @swap @module @raw-io @clock
 IPAddressAllow=any
 """
+
+
+def render_logrotate(log_dir: Path) -> str:
+    """/etc/logrotate.d/gptoss-edge: the edge's access logs rotated daily and kept 30 days (the distribution's
+    logrotate, on Debian and RHEL alike); nginx's master reopens its logs on USR1, without a reload."""
+    return f"""# gptossctl (install/edge.py): the network edge's JSON access logs.
+{log_dir}/edge-*.access.jsonl {{
+    daily
+    rotate 30
+    compress
+    delaycompress
+    missingok
+    notifempty
+    create 0640 root adm
+    sharedscripts
+    postrotate
+        for p in /run/gptoss-router/*/nginx.pid; do [ -f "$p" ] && kill -USR1 "$(cat "$p")"; done; true
+    endscript
+}}
+"""

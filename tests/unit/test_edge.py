@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,15 @@ from gptossctl.adapters.systemd import Systemd
 from gptossctl.compliance.edge import check_tls
 from gptossctl.compliance.evidence import ComplianceOptions, Evidence
 from gptossctl.errors import CheckFailed, UsageError
-from gptossctl.install.consumers import Consumer, KeyRecord, Registry, fingerprint, new_key, valid_keys
+from gptossctl.install.consumers import (
+    Consumer,
+    KeyRecord,
+    Registry,
+    fingerprint,
+    new_key,
+    read_usage,
+    valid_keys,
+)
 from gptossctl.install.edge import (
     ConsumerKey,
     EdgeSettings,
@@ -26,6 +35,7 @@ from gptossctl.install.edge import (
     default_limits,
     render_consumer_includes,
     render_edge,
+    render_logrotate,
     render_router_dropin,
 )
 from gptossctl.install.layout import Layout
@@ -261,3 +271,15 @@ def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_pa
         result = check_tls(ev)
         assert result.status == status, result
     assert any("expired" in e for e in result.evidence)
+
+
+def test_usage_reads_the_rotated_logs_too(tmp_path: Path) -> None:
+    log = tmp_path / "edge-t.access.jsonl"
+    log.write_text(_line("alice", 200, 0.1) + "\n")
+    (tmp_path / "edge-t.access.jsonl.1").write_text(_line("alice", 200, 0.1) + "\n")
+    (tmp_path / "edge-t.access.jsonl.2.gz").write_bytes(gzip.compress((_line("bob", 200, 0.1) + "\n").encode()))
+    (tmp_path / "edge-t.access.jsonl.bak").write_text(_line("eve", 200, 0.1) + "\n")  # not logrotate's
+    rows = {r.key: r.requests for r in read_usage(log, root=tmp_path, instance="t", since=None, by="consumer",
+                                                   fmt="json").rows}
+    assert rows == {"alice": 2, "bob": 1}
+    assert "kill -USR1" in render_logrotate(tmp_path) and f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path)
