@@ -394,7 +394,11 @@ def read_usage(log: Path | None, *, root: Path, instance: str | None, since: str
     for path in [log, *rotated_logs(log)]:  # logrotate's log.1, log.2.gz, ...: --since 7d spans them
         data = read_bytes(path, what="access log", code="usage.no_log", limit=1 << 34)
         if path.suffix == ".gz":
-            data = gzip.decompress(data)
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as exc:
+                raise UsageError(f"rotated access log {path} is not gzip ({exc})", code="usage.bad_log",
+                                 hint="move the damaged file out of the log directory and run usage again") from None
         lines += data.decode(errors="replace").splitlines()
     return summarise(lines, by=by, since=start)
 

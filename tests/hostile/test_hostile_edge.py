@@ -101,3 +101,7 @@ def test_tls_and_usage_refuse_missing_and_bad_files(root: Path, tmp_path: Path) 
     refused(root, ["usage", *where], (2,), "usage.no_log")
     refused(root, ["usage", "--by", "team", *where], (2,), "usage.bad_by")
     refused(root, ["usage", "--format", "xml", *where], (2,), "usage.bad_format")
+    log = root / "var/log/gptoss/edge-inst.access.jsonl"
+    log.write_text("")
+    (log.parent / (log.name + ".2.gz")).write_bytes(b"\x1f\x8b not gzip")
+    refused(root, ["usage", *where], (2,), "usage.bad_log")
