@@ -8,10 +8,13 @@ import hashlib
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from gptossctl.compliance.support import collect, write_support_bundle
 
 pytestmark = pytest.mark.integration
 GPTOSSCTL = Path(sys.executable).with_name("gptossctl")
@@ -113,14 +116,10 @@ def test_support_bundle_lists_the_edge_without_a_key(root: Path, tmp_path: Path)
     log = root / "var/log/gptoss/edge-inst.access.jsonl"
     log.write_text(json.dumps({"time": "2026-12-01T10:00:00+00:00", "consumer": "alice", "status": "200"}) + "\n"
                    + json.dumps({"time": "2026-12-01T10:00:01+00:00", "consumer": key, "status": "200"}) + "\n")
-    from gptossctl.compliance.support import collect, write_support_bundle
-
     members = collect(root, "inst")
     assert '"alice"' in members["edge/access.jsonl"] and "alice" in members["edge/consumers.json"]
     out = tmp_path / "support.tar.gz"
     res = write_support_bundle(root, "inst", out)
-    import tarfile
-
     with tarfile.open(out) as tar:
         text = "".join(tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
     assert "edge/access.jsonl" in res.members and key not in text  # a key that reached the log is redacted
