@@ -87,7 +87,9 @@ def check_unit(ev: Evidence) -> CheckResult:
             "cat UNIT shows what it sets); nothing else changes the units" for p in vendor]), tuple(dict.fromkeys(locs)))
     how = "as systemd reports them (systemctl show)" if any(v.asked for v in ev.units) else \
         f"walking systemd's unit search path ({len(SEARCH_PATH)} directories)"
-    serving = f"{', '.join(ev.serving.units)} {'are' if len(ev.serving.units) > 1 else 'is'}"
+    n = len(ev.serving.members)
+    serving = f"{n} replica unit{'s' if n > 1 else ''} and the router unit are" if ev.serving.router else \
+        f"{ev.live(ev.serving.members[0].path)} is"
     return CheckResult("config.unit", "pass", (
         f"{serving} exactly the approved rendering of release {ev.rec.version}; no drop-ins",
         f"{len(ev.units)} units checked ({', '.join(v.unit.name for v in ev.units)}), {how}: each loaded from the "
