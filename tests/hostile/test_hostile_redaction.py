@@ -71,7 +71,7 @@ def test_support_bundle_ships_no_credential_in_any_form(world: World, tmp_path: 
                              f"# journal: request from alice with {CONSUMER_KEY} refused\n"
                              f"# journal: echoed {api_key} in a warning\n"
                              "Environment=NCCL_SOCKET_IFNAME=eth0\n")
-    env = next((root / "opt/gptoss" / INSTANCE / "releases").glob("*/service.env"))
+    env = next((root / "opt/gptoss" / INSTANCE / "releases").glob("*/service-r0.env"))
     env.write_text(env.read_text() + "https_proxy=http://u2:EnvPr0xyPass@proxy:3128\n")
     out = tmp_path / "sb.tgz"
     r = _run(["support-bundle", "--root", str(root), "-o", str(out)], {})
