@@ -279,7 +279,7 @@ def roll_back(act: Activation, prev_release: Path, prev: ReleaseRecord, members:
     if failed:
         return f"restoring replica(s) {which} to release {prev.version} failed for " + "; ".join(failed) + \
             " (kept out of rotation)"
-    return f"replica(s) {which} restored to release {prev.version} and healthy; release {prev.version} serves"
+    return f"replica(s) {which} restored and healthy on release {prev.version}; release {prev.version} serves"
 
 
 def restore_release(act: Activation, previous: int | None) -> str:

@@ -431,7 +431,8 @@ def test_support_bundle_redacts_every_secret(cli, tree: Path, tmp_path: Path) ->
         members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     for want in ("units/gptoss@tiny-gpt-oss-r0.service", "units/gptoss-router@tiny-gpt-oss.service",
                  "units/dropins/gptoss@tiny-gpt-oss-r0.service.d/debug.conf",
-                 "release/vllm-r0.yaml", "release/service-r0.env", "release/router.conf", "release/release.json", "release/packages.txt",
+                 "release/vllm-r0.yaml", "release/service-r0.env", "release/router.conf", "release/release.json",
+                 "release/packages.txt",
                  "compliance.json", "status.json", "hardware.json", "audit/audit.jsonl", "audit/verify.json",
                  "systemd-analyze-security.txt"):
         assert want in members, sorted(members)
