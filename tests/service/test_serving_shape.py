@@ -26,11 +26,13 @@ import pytest
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import GptossctlError
 from gptossctl.hardware.profiles import load_profile
+from gptossctl.install import audit
 from gptossctl.install.layout import Layout
 from gptossctl.install.lifecycle import _moving
 from gptossctl.install.release import CONFIG, ENV_FILE, UNIT_COPY, read_release, switch_current, write_release
 from gptossctl.install.render import render_release, unit_template
 from gptossctl.install.rolling import Activation, bring_up, install_serving_units, restore_release
+from gptossctl.install.seal import make_seal
 from gptossctl.install.steps import Steps
 from gptossctl.install.trust import read_api_key
 from tests.conftest import KeyPair, pack
@@ -75,6 +77,8 @@ def _make_legacy(layout: Layout, version: int) -> None:
     assert "replicas" not in doc and "router" not in doc and doc["schema"] == "gptossctl.release/1"
     install_serving_units(layout, Systemd(layout.root), release, api_key)
     switch_current(layout, version)
+    # Sealed in the audit chain as the old install sealed it, right after writing the release.
+    audit.record(layout.root, ["install", "legacy"], "ok", instance=INSTANCE, attach={"seal": make_seal(layout, version)})
     units = sorted(p.name for p in layout.unit_dir.glob(f"gptoss*@{INSTANCE}*.service"))
     assert units == [f"gptoss@{INSTANCE}.service"], units
 
@@ -166,6 +170,15 @@ def test_an_upgrade_moves_a_legacy_single_behind_the_router_and_says_so_first(cl
     assert "listen 127.0.0.1:8000;" in layout.router_config.read_text()  # the old port is the router's now
     rec = read_release(layout.release(2))
     assert rec is not None and [(r.index, r.port) for r in rec.replicas] == [(0, 8001)]
+    # Rollback puts the legacy single back as it was: its one unit on the port, the router and r0 gone.
+    code, doc = cli("rollback", "--root", str(root), "--to", "1")
+    assert code == 0, doc
+    assert sorted(p.name for p in layout.unit_dir.glob(f"gptoss*@{INSTANCE}*.service")) == [f"gptoss@{INSTANCE}.service"]
+    assert layout.unit_path.read_text() == (layout.release(1) / "unit.service").read_text()
+    assert not layout.router_config.exists() and doc["data"]["unit"] == f"gptoss@{INSTANCE}.service"
+    # Compliance reads the legacy release as a set of one unit without a router, and finds it as installed.
+    failed = _failed(cli, root)
+    assert failed == {}, failed
     # The plan's line on a live host names the outage and the way back.
     old = read_release(layout.release(1))
     said = _moving(layout, old, rec.replicas, port=8000, live=True)
