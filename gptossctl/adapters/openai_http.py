@@ -120,7 +120,7 @@ def read_api_key(path: Path) -> str:
 def bad_response(where: str, why: str) -> CheckFailed:
     return CheckFailed(f"{where} answered with {why}", code="probe.bad_response",
                        hint="the server at this URL is not a working OpenAI-compatible server: check the URL, "
-                            "and the service's journal (journalctl -u gptoss@INSTANCE)")
+                            "and the service's journal (journalctl -u gptoss@INSTANCE-r0)")
 
 
 def parse_server_json(data: bytes, *, where: str) -> Any:
@@ -162,7 +162,7 @@ class Client:
         except (self._httpx.HTTPError, self._httpx.InvalidURL) as exc:
             raise ServiceUnavailable(f"cannot reach {redact_url(self.endpoint.url)}{path}: "
                                      f"{exc.__class__.__name__}", code="probe.unreachable",
-                                     hint="is the service running? systemctl status gptoss@INSTANCE") from None
+                                     hint="is the service running? systemctl status gptoss-router@INSTANCE") from None
         data = b"".join(chunks)
         parsed: Any = data.decode("utf-8", "replace")
         if "json" in ctype.lower() and data.strip():
@@ -184,7 +184,7 @@ class Client:
             raise ServiceUnavailable(f"stream from {redact_url(self.endpoint.url)}{path} failed: "
                                      f"{exc.__class__.__name__}",
                                      code="probe.unreachable",
-                                     hint="is the service running? systemctl status gptoss@INSTANCE") from None
+                                     hint="is the service running? systemctl status gptoss-router@INSTANCE") from None
         return 200, events
 
 

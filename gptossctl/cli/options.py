@@ -87,7 +87,8 @@ VersionOpt = Annotated[int | None, typer.Option("--version", min=1, max=MAX_VERS
                                                 help="Bundle version (default: UTC YYYYMMDDHHMM).")]
 MinVersionOpt = Annotated[int | None, typer.Option("--min-version", min=1, max=MAX_VERSION,
                                                    help="Refuse bundle versions below this.")]
-PortOpt = Annotated[int, typer.Option("--port", min=1024, max=65535, help="Port vLLM listens on (1024-65535).")]
+PortOpt = Annotated[int, typer.Option("--port", min=1024, max=65535,
+                                      help="Port the router listens on; replica k takes --port+1+k (1024-65535).")]
 RootOpt = Annotated[Path, typer.Option("--root", callback=_root, help="Stage into (or look at) this tree instead of "
                                        "the host: units enabled with systemctl --root, nothing started.")]
 ExistingRootOpt = Annotated[Path, typer.Option("--root", callback=_existing_root,

@@ -123,7 +123,7 @@ def install(
             stdout.print(f"[green]unchanged[/green]: release {r.version} is current and healthy at {r.endpoint}")
         elif r.started:
             stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}) serving at {r.endpoint}"
-                         + (f" through the router, {len(r.replicas)} replicas behind it" if r.replicas else ""))
+                         + f" through the router, {len(r.replicas)} replica(s) behind it")
         else:
             stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}), enabled, not started")
 
@@ -155,6 +155,10 @@ def status(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"), as_j
             if not r["consistent"]:
                 stderr.print(f"[yellow]{r['unit']} runs release {r['unit_release']} but current is {r['version']}: "
                              "an install was interrupted; run it again, or 'gptossctl rollback'[/yellow]")
+            if str(r.get("shape") or "").startswith("legacy"):
+                stderr.print(f"[yellow]{r['instance']} serves one vLLM on its port without the router (installed "
+                             "before the router was always in front): install its bundle again to move it behind "
+                             "the router (a short outage on a one-GPU host)[/yellow]")
         stdout.print(t if rows else "no instance installed")
 
     run(action, as_json=as_json, render=render, exit_code=lambda r: 0 if r.ok else 1)

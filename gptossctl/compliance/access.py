@@ -10,40 +10,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptossctl.adapters.openai_http import key_enforced
-from gptossctl.compliance import replicas
-from gptossctl.compliance.evidence import Evidence, cap, read_text
+from gptossctl.compliance.evidence import Evidence, cap, parse_env, read_text
 from gptossctl.compliance.result import CheckResult
+from gptossctl.errors import UsageError
 from gptossctl.fsutil import acl_write_grants
 from gptossctl.install.activate import KERNEL_CACHES
 from gptossctl.install.layout import SERVICE_USER
-from gptossctl.install.release import ENV_FILE
+from gptossctl.install.router import router_key_map
+
+
+def _probe(url: str, key: str, who: str) -> tuple[list[str], list[str]]:
+    answer = key_enforced(url, key)
+    if isinstance(answer, str):
+        return [f"live probe of {who} {url}/v1/models failed: {answer}"], []
+    line = f"live probe of {who}: GET /v1/models without a key {answer[0]}, with the key {answer[1]}"
+    return ([line], []) if answer != (401, 200) else ([], [line])
 
 
 def check_api_key(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_api_key(ev)
-    locs = (ev.live(ev.release / ENV_FILE), ev.live(ev.layout.api_key))
-    env = ev.env or {}
-    bad = []
+    """Every member's VLLM_API_KEY and the router's credential are the instance's key; live, the key is
+    enforced at the endpoint and at every running member."""
+    ss = ev.serving
+    locs = [ev.live(ev.layout.api_key), *([ev.live(ev.layout.router_key)] if ss.router else []),
+            *(ev.live(ev.release / n) for n in ev.member_envs)]
     if ev.api_key is None:
-        bad.append(f"{ev.live(ev.layout.api_key)} is missing or unreadable")
-    elif env.get("VLLM_API_KEY") != ev.api_key:
-        bad.append("VLLM_API_KEY in service.env is absent or not the instance's key")
-    elif len(ev.api_key) < 32:
-        bad.append(f"the key has {len(ev.api_key)} characters, fewer than 32")
-    evidence = ["VLLM_API_KEY is the instance's key (value not shown)"] if not bad else []
-    if ev.systemd.live and ev.active and ev.api_key:
-        answer = key_enforced(ev.endpoint, ev.api_key)
-        if isinstance(answer, str):
-            bad.append(f"live probe of {ev.endpoint}/v1/models failed: {answer}")
-        else:
-            probe = f"live probe: GET /v1/models without a key {answer[0]}, with the key {answer[1]}"
-            (bad if answer != (401, 200) else evidence).append(probe)
+        return CheckResult("access.api_key", "fail", (f"{ev.live(ev.layout.api_key)} is missing or unreadable",),
+                           tuple(locs))
+    bad = [f"VLLM_API_KEY in {n} is absent or not the instance's key" for n, text in ev.member_envs.items()
+           if parse_env(text or "").get("VLLM_API_KEY") != ev.api_key]
+    bad += [f"the key has {len(ev.api_key)} characters, fewer than 32"] if len(ev.api_key) < 32 else []
+    if ss.router is not None:
+        try:
+            want: str | None = router_key_map(ev.api_key)
+        except UsageError as exc:
+            want = None
+            bad.append(exc.message)
+        if want is not None and read_text(ev.layout.router_key) != want:
+            bad.append(f"{ev.live(ev.layout.router_key)} (the router's credential) is missing or not the instance's "
+                       "key")
+    good = ["every replica's VLLM_API_KEY" + (" and the router's credential are" if ss.router else " is")
+            + " the instance's key (value not shown)"]
+    if ev.systemd.live and ev.active:
+        b, g = _probe(ev.endpoint, ev.api_key, "the router" if ss.router else ss.front)
+        bad, good = bad + b, good + g
+        for m in ss.members:
+            if m.port != ev.rec.port and ev.systemd.active_state(m.unit) == "active":
+                b, g = _probe(m.endpoint, ev.api_key, f"replica {m.tag[1:]}")
+                bad, good = bad + b, good + g
     elif not bad:
-        evidence.append("service not running: not probed live")
-    if bad:
-        return CheckResult("access.api_key", "fail", cap(bad), locs)
-    return CheckResult("access.api_key", "pass", tuple(evidence), locs)
+        good.append("not running: not probed live")
+    return CheckResult("access.api_key", "fail" if bad else "pass", cap(bad or good), tuple(dict.fromkeys(locs)))
 
 
 def _owner_uid(ev: Evidence) -> int:
@@ -53,8 +69,8 @@ def _owner_uid(ev: Evidence) -> int:
 
 def check_secrets(ev: Evidence) -> CheckResult:
     uid = _owner_uid(ev)
-    wanted = replicas.secret_files(ev) if ev.rec.replicated else \
-        [(ev.layout.api_key, 0o600), (ev.release / ENV_FILE, 0o600), (ev.layout.etc, 0o700)]
+    wanted = [(ev.layout.api_key, 0o600), *([(ev.layout.router_key, 0o600)] if ev.serving.router else []),
+              *((ev.release / n, 0o600) for n in ev.member_envs), (ev.layout.etc, 0o700)]
     bad, evidence = [], []
     for p, mode in wanted:
         try:
@@ -203,7 +219,7 @@ def permission_set(ev: Evidence) -> tuple[list[Path], list[Path], list[tuple[Pat
     singles = [layout.base, layout.lock, layout.sysusers, layout.api_key, layout.router_key]
     for v in ev.units:
         singles += [v.unit.path, *v.dropins, *([v.fragment] if v.fragment is not None else [])]
-    shapes = [layout.replica(r.index) for r in ev.rec.replicas] if ev.rec.replicated else [layout]
+    shapes = [m.shape for m in ev.serving.members]
     own = [(d, KERNEL_CACHES[kind]) for s in shapes for d, kind in ((s.state, "state"), (s.cache, "cache"))]
     return trees, list(dict.fromkeys(singles)), own
 

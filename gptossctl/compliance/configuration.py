@@ -4,18 +4,22 @@ template and profile, drop-ins, systemd-analyze exposure, offline and telemetry 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 import yaml
 
 from gptossctl.adapters.proc_net import listeners
 from gptossctl.adapters.systemd import manager_environment
-from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import LOOPBACKS, Evidence, cap, parse_env, read_text, shown
 from gptossctl.compliance.invariants import env_allowlist_problems, unit_directive_problems
 from gptossctl.compliance.result import CheckResult
 from gptossctl.compliance.units import SEARCH_PATH, UnitView, manager_environment_problems
-from gptossctl.install.release import CONFIG, ENV_FILE
+from gptossctl.install.release import ROUTER_CONFIG
+from gptossctl.install.router import credential_path, render_router_config, runtime_dir
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+NO_TELEMETRY = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 
 
 def _diff(expected: str, actual: str, name: str) -> list[str]:
@@ -83,8 +87,9 @@ def check_unit(ev: Evidence) -> CheckResult:
             "cat UNIT shows what it sets); nothing else changes the units" for p in vendor]), tuple(dict.fromkeys(locs)))
     how = "as systemd reports them (systemctl show)" if any(v.asked for v in ev.units) else \
         f"walking systemd's unit search path ({len(SEARCH_PATH)} directories)"
-    serving = (f"{len(ev.rec.replicas)} replica units and the router unit are" if ev.rec.replicated else
-               f"{ev.live(ev.layout.unit_path)} is")
+    n = len(ev.serving.members)
+    serving = f"{n} replica unit{'s' if n > 1 else ''} and the router unit are" if ev.serving.router else \
+        f"{ev.live(ev.serving.members[0].path)} is"
     return CheckResult("config.unit", "pass", (
         f"{serving} exactly the approved rendering of release {ev.rec.version}; no drop-ins",
         f"{len(ev.units)} units checked ({', '.join(v.unit.name for v in ev.units)}), {how}: each loaded from the "
@@ -94,113 +99,166 @@ def check_unit(ev: Evidence) -> CheckResult:
         + ": nothing but locale, time zone and the system PATH"), tuple(dict.fromkeys(locs)))
 
 
+def _result(rule: str, bad: list[str], good: list[str], locs: list[str]) -> CheckResult:
+    return CheckResult(rule, "fail" if bad else "pass", cap(bad or good), tuple(dict.fromkeys(locs)))
+
+
+def _env_problems(ev: Evidence, name: str) -> list[str]:
+    assert ev.rendered is not None
+    text = ev.member_envs.get(name)
+    if text is None:
+        return [f"{name} is missing or unreadable"]
+    if text == ev.rendered[name]:
+        return []
+    want, got = parse_env(ev.rendered[name]), parse_env(text)
+    return [f"{name}: {k}: approved {shown(k, want.get(k))}, found {shown(k, got.get(k))}"
+            for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)] \
+        or [f"{name}: comments or layout differ from the approved rendering"]
+
+
+def _router_config_problems(ev: Evidence) -> list[str]:
+    """The release's router.conf and the one the router runs are the approved rendering (or the latter the
+    same with one replica out of rotation: an interrupted rolling upgrade, named as such)."""
+    assert ev.rendered is not None
+    if ev.serving.router is None:
+        return []
+    expected, bad = ev.rendered[ROUTER_CONFIG], []
+    if read_text(ev.release / ROUTER_CONFIG) != expected:
+        bad.append(f"{ev.live(ev.release / ROUTER_CONFIG)} differs from the approved rendering")
+    running = read_text(ev.layout.router_config)
+    if running is None:
+        return [*bad, f"{ev.live(ev.layout.router_config)} (the router's configuration) is missing"]
+    if running != expected:
+        drained = [r.index for r in ev.rec.replicas if running == _with_down(ev, {r.index})]
+        bad += [f"replica {drained[0]} is out of rotation at the router: a rolling upgrade was interrupted"] if drained \
+            else [f"{ev.live(ev.layout.router_config)} differs from the approved rendering:",
+                  *_diff(expected, running, ROUTER_CONFIG)]
+    return bad
+
+
+def _with_down(ev: Evidence, down: set[int]) -> str:
+    return render_router_config(instance=ev.layout.instance, host=ev.rec.host, port=ev.rec.port,
+                                replicas=ev.rec.replicas, key_map=credential_path(ev.layout),
+                                runtime=runtime_dir(ev.layout), down=down)
+
+
+def _router_files(ev: Evidence) -> list[str]:
+    return [ev.live(ev.release / ROUTER_CONFIG), ev.live(ev.layout.router_config)] if ev.serving.router else []
+
+
 def check_release_files(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_release_files(ev)
-    locs = (ev.live(ev.release / CONFIG), ev.live(ev.release / ENV_FILE))
+    """Every member's config and environment file, and the router's configuration (the release's and the one it
+    runs), against a fresh rendering of the signed profile."""
+    locs = [ev.live(ev.release / n) for m in ev.serving.members for n in m.files[:2]] + _router_files(ev)
     if ev.rendered is None:
         return CheckResult("config.release_files", "fail", (ev.render_error or "no approved rendering",
-                                                            *env_allowlist_problems(ev)), locs)
-    bad = env_allowlist_problems(ev)
-    config = read_text(ev.release / CONFIG)
-    if config is None:
-        bad.append(f"{CONFIG} is missing")
-    elif config != ev.rendered["config"]:
-        bad += [f"{CONFIG} differs from the signed profile's rendering:", *_diff(ev.rendered["config"], config,
-                                                                                 CONFIG)]
-    if ev.env_text is None:
-        bad.append(f"{ENV_FILE} is missing or unreadable")
-    elif ev.env_text != ev.rendered["env"]:
-        want, got = parse_env(ev.rendered["env"]), ev.env or {}
-        changed = [f"{ENV_FILE}: {k}: approved {shown(k, want.get(k))}, found {shown(k, got.get(k))}"
-                   for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
-        bad += changed or [f"{ENV_FILE}: comments or layout differ from the approved rendering"]
-    if bad:
-        return CheckResult("config.release_files", "fail", cap(bad), locs)
-    return CheckResult("config.release_files", "pass", (f"{CONFIG} and {ENV_FILE} are the approved rendering "
-                                                        f"of profile {ev.rec.profile}",), locs)
+                                                            *env_allowlist_problems(ev)), tuple(locs))
+    bad: list[str] = env_allowlist_problems(ev)
+    for m in ev.serving.members:
+        name = m.files[0]
+        config = read_text(ev.release / name)
+        if config != ev.rendered[name]:
+            bad += [f"{name} is missing"] if config is None else \
+                [f"{name} differs from the signed profile's rendering:", *_diff(ev.rendered[name], config, name)]
+        bad += _env_problems(ev, m.files[1])
+    bad += _router_config_problems(ev)
+    return _result("config.release_files", bad, [
+        f"the configs and environment files of {len(ev.serving.members)} replica(s)"
+        + (" and the router's configuration" if ev.serving.router else "")
+        + f" are the approved rendering of profile {ev.rec.profile}"], locs)
 
 
 def check_exposure(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_exposure(ev)
-    locs = (ev.live(ev.layout.unit_path),)
-    graded = ev.systemd.security(ev.layout.unit_name)
-    if graded is None:
-        return CheckResult("config.exposure", "warn", ("systemd-analyze is not installed: the unit was not graded",),
-                           locs)
-    if graded.score is None:
-        return CheckResult("config.exposure", "fail", (f"systemd-analyze gave no score: {graded.output.strip()[:300]}",),
-                           locs)
-    status = "pass" if graded.score <= ev.opts.max_exposure else "fail"
-    return CheckResult("config.exposure", status, (f"exposure {graded.score} {graded.label} (threshold "
-                                                   f"{ev.opts.max_exposure})",), locs)
+    bad: list[str] = []
+    good: list[str] = []
+    locs: list[str] = []
+    for name, path, _copy in ev.serving.unit_paths:
+        locs.append(ev.live(path))
+        graded = ev.systemd.security(name)
+        if graded is None:
+            return CheckResult("config.exposure", "warn", ("systemd-analyze is not installed: the units were not "
+                                                           "graded",), tuple(locs))
+        if graded.score is None:
+            bad.append(f"{name}: systemd-analyze gave no score: {graded.output.strip()[:200]}")
+        else:
+            (good if graded.score <= ev.opts.max_exposure else bad).append(
+                f"{name}: exposure {graded.score} {graded.label} (threshold {ev.opts.max_exposure})")
+    return _result("config.exposure", bad, good, locs)
 
 
-def _unit_lines(ev: Evidence) -> list[str]:
-    text = read_text(ev.layout.unit_path) or ""
-    return [ln.strip() for ln in text.splitlines()]
+def _fenced(ev: Evidence) -> list[str]:
+    """Every unit denies all addresses but loopback."""
+    bad = []
+    for name, path, _copy in ev.serving.unit_paths:
+        lines = [ln.strip() for ln in (read_text(path) or "").splitlines()]
+        if "IPAddressDeny=any" not in lines:
+            bad.append(f"{name} lacks IPAddressDeny=any")
+        allowed = [ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("IPAddressAllow=")]
+        if any(a not in ("localhost", "127.0.0.1", "::1", "127.0.0.0/8") for a in allowed):
+            bad.append(f"{name} allows traffic beyond loopback: IPAddressAllow={' '.join(allowed)}")
+    return bad
 
 
-def _expect_env(ev: Evidence, rule: str, want: dict[str, str], extra: list[str], forbidden: tuple[str, ...] = ()) -> CheckResult:
-    env = ev.env
-    locs = (ev.live(ev.release / ENV_FILE),)
-    if env is None:
-        return CheckResult(rule, "fail", (f"{ENV_FILE} is missing or unreadable",), locs)
-    bad = [f"{k}={shown(k, env.get(k))}, required {v}" for k, v in want.items() if env.get(k) != v]
-    bad += [f"{k} is set ({shown(k, env[k])}): it sends data off the host" for k in forbidden if k in env]
-    bad += extra
-    if bad:
-        return CheckResult(rule, "fail", cap(bad), locs + (ev.live(ev.layout.unit_path),))
-    return CheckResult(rule, "pass", (", ".join(f"{k}={v}" for k, v in want.items()),), locs)
+def _env_rule(ev: Evidence, rule: str, want: dict[str, str], forbidden: str, extra: list[str]) -> CheckResult:
+    bad = list(extra)
+    for name, text in ev.member_envs.items():
+        env = parse_env(text) if text is not None else None
+        if env is None:
+            bad.append(f"{name} is missing or unreadable")
+            continue
+        bad += [f"{name}: {k}={shown(k, env.get(k))}, required {v}" for k, v in want.items() if env.get(k) != v]
+        bad += [f"{name}: {forbidden} is set ({shown(forbidden, env[forbidden])}): it sends data off the host"] \
+            if forbidden in env else []
+    locs = [ev.live(ev.release / n) for n in ev.member_envs]
+    return _result(rule, bad, [", ".join(f"{k}={v}" for k, v in want.items()) + f" in all {len(ev.member_envs)} "
+                               "replica(s)"], locs)
 
 
 def check_offline(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_offline(ev)
-    lines = _unit_lines(ev)
-    extra = []
-    if "IPAddressDeny=any" not in lines:
-        extra.append("the unit lacks IPAddressDeny=any")
-    allowed = [ln.split("=", 1)[1] for ln in lines if ln.startswith("IPAddressAllow=")]
-    if any(a.strip() not in ("localhost", "127.0.0.1", "::1", "127.0.0.0/8") for a in allowed):
-        extra.append(f"the unit allows traffic beyond loopback: IPAddressAllow={' '.join(allowed)}")
-    res = _expect_env(ev, "config.offline", {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                                               "HF_HUB_DISABLE_TELEMETRY": "1"}, extra, ("HF_ENDPOINT",))
+    res = _env_rule(ev, "config.offline", OFFLINE, "HF_ENDPOINT", _fenced(ev))
     if res.status == "pass":
-        return CheckResult(res.id, "pass", (*res.evidence, "unit: IPAddressDeny=any, IPAddressAllow=localhost"),
+        return CheckResult(res.id, "pass", (*res.evidence, "every unit: IPAddressDeny=any, IPAddressAllow=localhost"),
                            res.locations)
     return res
 
 
 def check_usage_stats(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_usage_stats(ev)
-    return _expect_env(ev, "config.usage_stats", {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}, [],
-                       ("VLLM_USAGE_STATS_SERVER",))
+    return _env_rule(ev, "config.usage_stats", NO_TELEMETRY, "VLLM_USAGE_STATS_SERVER", [])
+
+
+def _configured_hosts(ev: Evidence) -> list[str]:
+    """Each member's config binds loopback (a legacy one: the host install approved); the router listens where
+    install approved, and nowhere else."""
+    bad = []
+    for m in ev.serving.members:
+        try:
+            host = (yaml.safe_load(read_text(ev.release / m.files[0]) or "") or {}).get("host")
+        except yaml.YAMLError:
+            host = None
+        if host not in LOOPBACKS:
+            bad.append(f"{m.files[0]} binds {host!r}, not a loopback address")
+        elif ev.serving.router is None and host != ev.rec.host:
+            bad.append(f"{m.files[0]} binds {host}, install approved {ev.rec.host}")
+    if ev.serving.router is None:
+        return bad
+    listens = re.findall(r"^\s*listen\s+(\S+?);", read_text(ev.layout.router_config) or "", re.M)
+    approved = ["127.0.0.1" if ev.rec.host == "localhost" else ev.rec.host]
+    hosts = [lst.rsplit(":", 1)[0].strip("[]") for lst in listens]
+    if hosts != approved:
+        bad.append(f"the router listens on {', '.join(listens) or 'nothing'}, install approved "
+                   f"{approved[0]}:{ev.rec.port}")
+    return bad
 
 
 def check_bind(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_bind(ev)
-    locs = (ev.live(ev.release / CONFIG),)
-    try:
-        host = (yaml.safe_load(read_text(ev.release / CONFIG) or "") or {}).get("host")
-    except yaml.YAMLError:
-        host = None
-    approved = ev.rec.host
-    bad = []
-    if host not in LOOPBACKS:
-        bad.append(f"vllm.yaml binds {host!r}, not a loopback address")
-    elif host != approved:
-        bad.append(f"vllm.yaml binds {host}, install approved {approved}")
-    evidence = [f"vllm.yaml binds {host}:{ev.rec.port}"]
-    if ev.systemd.live and ev.active:
-        listening = listeners(ev.rec.port)
-        outside = [a for a in listening if not (a.startswith("127.") or a == "::1")]
-        if outside:
-            bad.append(f"port {ev.rec.port} is listening on {', '.join(outside)}")
-        evidence.append(f"listening on {', '.join(listening) or 'nothing'} (/proc/net/tcp)")
-    if bad:
-        return CheckResult("config.bind", "fail", cap(bad), locs)
-    return CheckResult("config.bind", "pass", tuple(evidence), locs)
+    bad = _configured_hosts(ev)
+    ports = list(dict.fromkeys([ev.rec.port, *(m.port for m in ev.serving.members)]))
+    good = [f"{'the router' if ev.serving.router else ev.serving.front} listens on {ev.rec.host}:{ev.rec.port}"
+            + (f"; replicas on 127.0.0.1:{ports[1]}-{ports[-1]}" if len(ports) > 1 else "")]
+    if ev.systemd.live:
+        for port in ports:
+            outside = [a for a in listeners(port) if not (a.startswith("127.") or a == "::1")]
+            bad += [f"port {port} is listening on {', '.join(outside)}"] if outside else []
+        good.append(f"listening on loopback only on ports {', '.join(map(str, ports))} (/proc/net/tcp)")
+    locs = _router_files(ev)[1:] + [ev.live(ev.release / m.files[0]) for m in ev.serving.members]
+    return _result("config.bind", bad, good, locs)

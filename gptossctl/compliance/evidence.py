@@ -25,10 +25,10 @@ from gptossctl.hardware.profiles import load_profile, load_profiles
 from gptossctl.install import audit
 from gptossctl.install.environment import LISTING
 from gptossctl.install.layout import Layout, check_instance
-from gptossctl.install.release import ENV_FILE, RELEASE_JSON, ReleaseRecord, current_version, read_release
-from gptossctl.install.render import render_release, ships_vocab, unit_template
-from gptossctl.install.replicas import render_replicated
+from gptossctl.install.release import RELEASE_JSON, ReleaseRecord, current_version, read_release
+from gptossctl.install.render import ships_vocab
 from gptossctl.install.seal import differences, newest_seal
+from gptossctl.install.serving import ServingSet, render_set, serving_set
 from gptossctl.install.trust import current_trust, weaker_than_host
 from gptossctl.secretnames import SECRET_NAME
 
@@ -116,6 +116,7 @@ class Evidence:
     now: datetime
     release: Path
     rec: ReleaseRecord
+    serving: ServingSet  # the units that serve the release: the replicas and the router (install/serving.py)
     clock_behind: CheckFailed | None = None  # the clock is behind the audit chain: expiry cannot be judged
     verify_findings: tuple[Finding, ...] = ()
     manifest: Manifest | None = None
@@ -126,11 +127,9 @@ class Evidence:
     rendered: dict[str, str] | None = None
     render_error: str | None = None
     active: bool = False
-    env_text: str | None = None  # service.env, read once
-    env: dict[str, str] | None = field(default=None)
-    # With replicas: each replica's environment file (name -> text, None when unreadable), read once;
-    # `rendered` is then keyed by the release's file names, the router's included.
-    replica_envs: dict[str, str | None] = field(default_factory=dict)
+    # Each member's environment file (name -> text, None when unreadable), read once; `rendered` is keyed by the
+    # release's file names, the router's included.
+    member_envs: dict[str, str | None] = field(default_factory=dict)
     # Every unit gptossctl installed for the instance (serving, router, compliance, canaries) as systemd
     # applies it: the file it loads and every drop-in (compliance.units).
     units: tuple[UnitView, ...] = ()
@@ -204,7 +203,7 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     """Read everything once; the checks then only look."""
     systemd = Systemd(None if not layout.staged else layout.root)
     release = layout.release(rec.version)
-    env_text = read_text(release / ENV_FILE)
+    ss = serving_set(layout, rec)
     chain = read_chain(layout)
     now, clock_behind = checked_now(chain, opts.now)
     policy, note, state, host = _policy(layout)
@@ -214,15 +213,13 @@ def gather(layout: Layout, rec: ReleaseRecord, opts: ComplianceOptions) -> Evide
     findings += host
     seal = sealed(layout, rec, chain)
     api_key, rendered, render_error = _rerender(layout, release, rec, manifest, seal)
-    unit = layout.router_unit_name if rec.replicated else layout.unit_name  # what answers at the endpoint
     return Evidence(layout=layout, systemd=systemd, opts=opts, now=now, clock_behind=clock_behind, release=release,
-                    rec=rec, verify_findings=findings, manifest=manifest, policy_note=note, trust_state=state,
+                    rec=rec, serving=ss, verify_findings=findings, manifest=manifest, policy_note=note, trust_state=state,
                     signed_by=signed_by,
                     api_key=api_key,
                     rendered=rendered, render_error=render_error,
-                    active=systemd.live and systemd.active_state(unit) == "active",
-                    env_text=env_text, env=None if env_text is None else parse_env(env_text),
-                    replica_envs={r.files[1]: read_text(release / r.files[1]) for r in rec.replicas},
+                    active=systemd.live and systemd.active_state(ss.front) == "active",
+                    member_envs={m.files[1]: read_text(release / m.files[1]) for m in ss.members},
                     units=tuple(view(layout, systemd, u) for u in installed_units(layout, rec, release, rendered,
                                                                                    render_error)),
                     chain=chain, sealed=seal)
@@ -302,13 +299,8 @@ def _rerender(layout: Layout, release: Path, rec: ReleaseRecord, manifest: Manif
         matching = [p for p in profiles if p.name == rec.profile]
         if len(matching) != 1:
             return api_key, None, f"the recorded profile {rec.profile!r} is not among the release's profiles"
-        if rec.replicated:
-            return api_key, render_replicated(matching[0], layout, layout.live_path(release), rec,
-                                              api_key, vocab=ships_vocab(manifest)), None
-        rendered = render_release(unit_template(), matching[0], layout, layout.live_path(release),
-                                  Path(rec.python), api_key, port=rec.port, gpus=rec.gpus,
-                                  tensor_parallel=rec.tensor_parallel, served=rec.served_name,
-                                  vocab=ships_vocab(manifest))
+        rendered = render_set(matching[0], layout, layout.live_path(release), rec, api_key,
+                              vocab=ships_vocab(manifest))
     except (GptossctlError, OSError) as exc:
         return api_key, None, f"cannot render the approved configuration again: {getattr(exc, 'message', exc)!s}"
     return api_key, rendered, None

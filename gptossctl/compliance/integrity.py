@@ -15,7 +15,7 @@ from gptossctl.compliance.evidence import MAX_EVIDENCE, RECORD_CHANGED, Evidence
 from gptossctl.compliance.result import CheckResult
 from gptossctl.errors import GptossctlError
 from gptossctl.install.environment import LISTING, VENV, compare_listing, interpreter_exposure
-from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, ROUTER_UNIT_COPY, UNIT_COPY
+from gptossctl.install.release import RELEASE_JSON
 from gptossctl.install.timer import COMPLIANCE_UNITS
 
 
@@ -67,9 +67,9 @@ def check_expiry(ev: Evidence) -> CheckResult:
 
 
 def check_payload(ev: Evidence) -> CheckResult:
-    release_own = {VENV, LISTING, CONFIG, ENV_FILE, UNIT_COPY, RELEASE_JSON}  # what install adds beside the bundle
-    release_own |= {n for r in ev.rec.replicas for n in r.files} | ({ROUTER_CONFIG, ROUTER_UNIT_COPY}
-                                                                   if ev.rec.replicated else set())
+    ss = ev.serving  # what install adds beside the bundle: every member's files and the router's
+    release_own = {VENV, LISTING, RELEASE_JSON, *(n for m in ss.members for n in m.files),
+                   *(ss.router.files if ss.router else ())}
     drift = [f for f in ev.verify_findings if not (is_signature(f) or is_date(f))
              and not (f.code == "bundle.extra_file" and f.subject in release_own)]
     if drift:

@@ -2,8 +2,8 @@
 template (install/units.py: the same directives, no Exec*= prefix), and every environment file holds only
 what the installer sets or the profile allowlist allows (hardware/profiles.py PROFILE_ENV). They catch what an
 exact comparison with a re-rendering would miss when the inputs of that rendering were changed too (the
-release's copy of the profile edited along with service.env). One loop for both shapes: one vLLM unit, or
-replicas and the router."""
+release's copy of the profile edited along with an environment file). One loop over every unit of the serving set:
+its replicas and the router."""
 
 from __future__ import annotations
 
@@ -12,19 +12,15 @@ from pathlib import Path
 
 from gptossctl.compliance.evidence import Evidence, parse_env, read_text
 from gptossctl.hardware.profiles import rendered_env_problems
-from gptossctl.install.release import ENV_FILE
 from gptossctl.install.router import ROUTER_TEMPLATE
 from gptossctl.install.units import VLLM_FILLED, VLLM_TEMPLATE, directive_problems, own_template
 
 
 def instance_units(ev: Evidence) -> list[tuple[str, Path, str, Collection[str]]]:
     """(unit name, installed path, gptossctl's template it renders, keys its placeholders fill) of every unit."""
-    if not ev.rec.replicated:
-        return [(ev.layout.unit_name, ev.layout.unit_path, VLLM_TEMPLATE, VLLM_FILLED)]
     out: list[tuple[str, Path, str, Collection[str]]] = [
-        (ev.layout.replica_unit_name(r.index), ev.layout.replica_unit_path(r.index), VLLM_TEMPLATE, VLLM_FILLED)
-        for r in ev.rec.replicas]
-    return out + [(ev.layout.router_unit_name, ev.layout.router_unit_path, ROUTER_TEMPLATE, ())]
+        (m.unit, m.path, VLLM_TEMPLATE, VLLM_FILLED) for m in ev.serving.members]
+    return out + ([(ev.serving.router.unit, ev.serving.router.path, ROUTER_TEMPLATE, ())] if ev.serving.router else [])
 
 
 def unit_directive_problems(ev: Evidence) -> list[str]:
@@ -38,6 +34,6 @@ def unit_directive_problems(ev: Evidence) -> list[str]:
 
 
 def env_allowlist_problems(ev: Evidence) -> list[str]:
-    files = {ENV_FILE: ev.env_text} if not ev.rec.replicated else dict(ev.replica_envs)
+    files = ev.member_envs
     return [f"{name}: {p}" for name, text in files.items() if text is not None
             for p in rendered_env_problems(sorted(parse_env(text)))]

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 from gptossctl.adapters.openai_http import health
-from gptossctl.compliance import replicas
 from gptossctl.compliance.evidence import RECORD_CHANGED, Chain, Evidence, cap, installed_dists, read_chain
 from gptossctl.compliance.result import CheckResult
 from gptossctl.install import audit
@@ -139,21 +138,26 @@ def check_sealed(ev: Evidence) -> CheckResult:
 
 
 def check_running(ev: Evidence) -> CheckResult:
-    if ev.rec.replicated:
-        return replicas.check_running(ev)
-    locs = (ev.live(ev.layout.unit_path),)
-    in_unit = unit_release(ev.layout)
-    if in_unit != ev.rec.version:
-        return CheckResult("service.running", "fail", (f"the unit runs release {in_unit}, current is "
-                                                       f"{ev.rec.version}: an install was interrupted",), locs)
-    if not ev.systemd.live:
-        return CheckResult("service.running", "pass", (f"staged tree: the unit runs release {in_unit}; "
-                                                       "not started here",), locs)
+    """Every member's unit runs the current release; live, every unit of the set is active and answers."""
+    layout, ss, bad, good = ev.layout, ev.serving, list[str](), list[str]()
+    for m in ss.members:
+        in_unit = unit_release(layout, m.path)
+        if in_unit != ev.rec.version:
+            bad.append(f"{m.unit} runs release {in_unit}, current is {ev.rec.version}: an install was interrupted")
+    locs = [ev.live(path) for _n, path, _c in ss.unit_paths]
+    result = CheckResult("service.running", "fail" if bad else "pass", cap(bad or [
+        f"staged tree: {len(ss.members)} replica unit(s) run release {ev.rec.version}; not started here"]),
+        tuple(locs))
+    if bad or not ev.systemd.live:
+        return result
     if not ev.active:
-        state = ev.systemd.active_state(ev.layout.unit_name)
-        return CheckResult("service.running", "warn", (f"{ev.layout.unit_name} is {state}",), locs)
-    code = health(ev.endpoint, timeout=10.0)
-    if isinstance(code, str):
-        return CheckResult("service.running", "fail", (f"active, but /health failed: {code}",), locs)
-    return CheckResult("service.running", "pass" if code == 200 else "fail",
-                       (f"active on release {in_unit}; GET /health {code}",), locs)
+        return CheckResult("service.running", "warn", (f"{ss.front} is {ev.systemd.active_state(ss.front)}",),
+                           tuple(locs))
+    fronts = [(ss.router.unit, ev.endpoint)] if ss.router else []
+    for name, url in [*fronts, *((m.unit, m.endpoint) for m in ss.members)]:
+        state = ev.systemd.active_state(name)
+        code = health(url, timeout=10.0) if state == "active" else None
+        line = f"{name} {state}, GET /health {code if code is not None else '-'}"
+        (good if code == 200 else bad).append(line)
+    return CheckResult("service.running", "fail" if bad else "pass",
+                       cap(bad or [f"release {ev.rec.version} on every replica", *good]), tuple(locs))

@@ -217,8 +217,10 @@ def _tokenish(word: str) -> bool:
 
 
 def unit_paths(layout: Layout) -> list[Path]:
-    """The instance's units: its one vLLM, or (with replicas) each replica's and the router's."""
-    return [layout.unit_path, *(layout.replica_unit_path(k) for k in layout.replica_units()),
+    """The instance's serving units on disk, whatever release or shape laid them down: each replica's and the
+    router's (and a legacy release's one vLLM unit, where it is there)."""
+    legacy = [layout.unit_path] if layout.unit_path.exists() or layout.unit_path.is_symlink() else []
+    return [*legacy, *(layout.replica_unit_path(k) for k in layout.replica_units()),
             *([layout.router_unit_path] if layout.router_unit_path.exists() else [])]
 
 

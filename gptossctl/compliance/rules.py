@@ -45,7 +45,8 @@ RULES: tuple[Rule, ...] = (
          "remove local edits, drop-ins and unit files that shadow gptossctl's (systemctl cat UNIT shows what "
          "systemd applies; put site settings in a profile and repack), then "
          "gptossctl install BUNDLE --trust KEY.pub --repair"),
-    Rule("config.release_files", "vllm.yaml and service.env are as rendered from the signed profile", "high",
+    Rule("config.release_files", "Every replica's vLLM config and environment file, and the router's configuration, "
+         "are as rendered from the signed profile", "high",
          ("CM-2", "CM-6"),
          "change settings through a signed profile, not by hand; restore with "
          "gptossctl install BUNDLE --trust KEY.pub --repair"),
@@ -54,16 +55,18 @@ RULES: tuple[Rule, ...] = (
          "restore the hardened unit (gptossctl install --repair); never loosen sandboxing with a drop-in"),
     Rule("config.offline", "vLLM runs offline: hub offline variables set, network fenced to loopback", "high",
          ("SC-7", "CM-7"),
-         "restore service.env and the unit (gptossctl install --repair); HF_HUB_OFFLINE=1, "
+         "restore the environment files and units (gptossctl install --repair); HF_HUB_OFFLINE=1, "
          "TRANSFORMERS_OFFLINE=1 and IPAddressDeny=any must stay"),
     Rule("config.usage_stats", "Usage statistics and telemetry are off", "medium", ("SC-7", "SI-4"),
-         "restore service.env (gptossctl install --repair): VLLM_NO_USAGE_STATS=1 and DO_NOT_TRACK=1"),
+         "restore the environment files (gptossctl install --repair): VLLM_NO_USAGE_STATS=1 and DO_NOT_TRACK=1"),
     Rule("config.bind", "vLLM binds only the approved loopback address", "high", ("SC-7", "AC-4"),
-         "restore vllm.yaml (gptossctl install --repair); publish beyond this host only through an "
+         "restore the vLLM configs and the router's configuration (gptossctl install --repair); publish beyond "
+         "this host only through an "
          "allowlisting TLS proxy (README, 'Serving beyond this host')"),
     Rule("access.api_key", "The API key is set and required (probed live when the service runs)", "high",
          ("AC-3", "IA-2"),
-         "restore service.env from /etc/gptoss/INSTANCE/api-key (gptossctl install --repair) and check "
+         "restore the environment files and router-key.map from /etc/gptoss/INSTANCE/api-key (gptossctl install "
+         "--repair) and check "
          "nothing strips VLLM_API_KEY"),
     Rule("access.secrets", "Secret files are 0600 and owned by root; their directory is 0700", "high",
          ("AC-6", "SC-28"),
@@ -83,7 +86,7 @@ RULES: tuple[Rule, ...] = (
          "keep the log as evidence, compare it with your log collector's copy, and investigate who edited it"),
     Rule("service.running", "The service runs the current release and answers /health", "medium",
          ("CP-10", "SI-6"),
-         "gptossctl status; journalctl -u gptoss@INSTANCE; reinstall or gptossctl rollback"),
+         "gptossctl status; journalctl -u gptoss@INSTANCE-r0; reinstall or gptossctl rollback"),
     Rule("edge.tls", "The router's TLS certificate matches its key, chains to the site CA and is in date "
          "(warned 30 days before it ends)", "high", ("SC-8", "SC-12", "SC-17"),
          "renew the certificate from the site CA and install it: gptossctl tls rotate --instance INSTANCE "

@@ -40,7 +40,8 @@ from gptossctl.install import audit
 from gptossctl.install.consumers import access_log, registry_path
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.operations import status
-from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, current_version
+from gptossctl.install.release import RELEASE_JSON, current_version, read_release
+from gptossctl.install.serving import serving_set
 
 __all__ = ["REDACTED", "Redactor", "SupportBundle", "collect", "write_support_bundle"]
 EDGE_LOG_LINES = 2000  # the newest requests: enough to see a pattern, bounded on a busy edge
@@ -84,7 +85,7 @@ def _text(p: Path) -> str | None:
 def collect(root: Path, instance: str) -> dict[str, str]:
     """Archive member name -> text, before redaction."""
     layout = Layout(root, check_instance(instance))
-    if not layout.opt.is_dir() and not layout.unit_path.exists():
+    if not layout.opt.is_dir() and not _unit_paths(layout):
         raise UsageError(f"instance {instance} is not installed under {root}", code="support.not_installed",
                          hint="see 'gptossctl status' for the installed instances")
     systemd = Systemd(None if not layout.staged else layout.root)
@@ -102,8 +103,11 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     cur = current_version(layout)
     if cur is not None:
         rel = layout.release(cur)
-        replicas = sorted(p.name for p in rel.glob("*-r[0-9]*.*") if p.suffix in (".yaml", ".env"))
-        for name in (RELEASE_JSON, CONFIG, ENV_FILE, "manifest.json", ROUTER_CONFIG, *replicas):
+        rec = read_release(rel)
+        ss = serving_set(layout, rec) if rec is not None else None  # each member's config and env, the router's
+        files = [n for m in ss.members for n in m.files[:2]] + ([ss.router.files[0]] if ss and ss.router else []) \
+            if ss is not None else []
+        for name in (RELEASE_JSON, "manifest.json", *files):
             if (t := _text(rel / name)) is not None:
                 out[f"release/{name}"] = t
         dists = installed_dists(rel / "venv")
@@ -126,14 +130,14 @@ def collect(root: Path, instance: str) -> dict[str, str]:
         out["edge/consumers.json"] = t
     if (t := _text(access_log(layout))) is not None:
         out["edge/access.jsonl"] = "".join(t.splitlines(keepends=True)[-EDGE_LOG_LINES:])
+    units = [p.name for p in _unit_paths(layout)]  # every member of the serving set and the router
     if systemd.live:
-        out["journal/service.txt"] = systemd.journal_tail(layout.unit_name, 500)
-        for p in _unit_paths(layout)[1:]:  # with replicas: each one's, and the router's
-            out[f"journal/{p.name.removesuffix('.service')}.txt"] = systemd.journal_tail(p.name, 500)
+        for name in units:
+            out[f"journal/{name.removesuffix('.service')}.txt"] = systemd.journal_tail(name, 500)
         out["journal/compliance.txt"] = systemd.journal_tail(layout.compliance_unit, 100)
-    graded = systemd.security(layout.unit_name)
-    if graded is not None:
-        out["systemd-analyze-security.txt"] = graded.output
+    graded = [(name, g) for name in units if (g := systemd.security(name)) is not None]
+    if graded:
+        out["systemd-analyze-security.txt"] = "".join(f"== {name}\n{g.output}\n" for name, g in graded)
     return out
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import GptossctlError
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ROUTER_UNIT_COPY, UNIT_COPY, ReleaseRecord
+from gptossctl.install.release import ReleaseRecord
+from gptossctl.install.serving import serving_set
 from gptossctl.install.timer import COMPLIANCE_UNITS
 from gptossctl.probe.canary.schedule import UNITS as CANARY_UNITS
 from gptossctl.probe.canary.schedule import (
@@ -120,12 +121,8 @@ def installed_units(layout: Layout, rec: ReleaseRecord, release: Path,
                     rendered: Mapping[str, str] | None, render_error: str | None) -> list[Installed]:
     """Every unit gptossctl installed for this instance, with what each must hold."""
     why = render_error or "no approved rendering"
-    serving = [(layout.replica_unit_name(r.index), layout.replica_unit_path(r.index), r.files[2])
-               for r in rec.replicas]
-    serving = serving + [(layout.router_unit_name, layout.router_unit_path, ROUTER_UNIT_COPY)] if serving \
-        else [(layout.unit_name, layout.unit_path, UNIT_COPY)]
-    out = [Installed(name, path, (rendered or {}).get("unit" if copy == UNIT_COPY else copy), why,
-                     release / copy) for name, path, copy in serving]
+    out = [Installed(name, path, (rendered or {}).get(copy), why, release / copy)
+           for name, path, copy in serving_set(layout, rec).unit_paths]
     python = {"python": sys.executable}  # the timer and canary units run the gptossctl that laid them down
     for template, name in zip(COMPLIANCE_UNITS, (layout.compliance_unit, layout.compliance_timer), strict=True):
         out.append(Installed(name, layout.unit_dir / template,

@@ -99,6 +99,8 @@ def _container(out: Path, binds: dict[Path, str], steps: Steps) -> Iterator[Cont
             work.mkdir()
             box = Container.from_cache(work, binds, machine=f"gptoss-demo-{os.getpid()}")
             box.boot()
+            # The distribution's own nginx site is not needed: the router runs under its own unit.
+            box.run("systemctl", "disable", "--now", "nginx.service", check=False)
             d.append(f"systemd is {box.run('systemctl', 'is-system-running', check=False).stdout.strip()}; "
                      f"interfaces: {' '.join(_interfaces(box))}")
         yield box

@@ -1,6 +1,6 @@
-"""Putting a release in service and proving it: install its unit, restart, wait for /health (failing fast
-when vLLM exits), run the smoke test. Putting the previous release back when that fails, with one replica or
-several, is install/rolling.py's `restore_release`."""
+"""Proving a unit in service: wait for /health (failing fast when vLLM exits), run the smoke test; and the
+service's kernel caches, emptied whenever a release is put in service. Putting a serving set in service (and
+the previous one back) is install/rolling.py's."""
 
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ from typing import Any
 from gptossctl.adapters.openai_http import Endpoint, health
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed
-from gptossctl.fsutil import atomic_write, read_nofollow
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import UNIT_COPY, read_release
-from gptossctl.install.steps import Steps
-from gptossctl.install.trust import release_api_key
 from gptossctl.probe.smoke import SmokeOptions, run_smoke
 
 # Where the service keeps the kernels it compiles and later loads: its VLLM_CACHE_ROOT (torch.compile and
@@ -58,13 +54,6 @@ def wipe_kernel_caches(layout: Layout) -> list[str]:
     return removed
 
 
-def install_unit(layout: Layout, systemd: Systemd, release: Path) -> None:
-    """The release's rendered unit becomes the instance's unit (an atomic replace), enabled."""
-    atomic_write(layout.unit_path, read_nofollow(release / UNIT_COPY).decode(), 0o644)
-    systemd.daemon_reload()
-    systemd.enable(layout.unit_name)
-
-
 def wait_healthy(systemd: Systemd, unit: str, url: str, timeout: float, *, poll: float = 2.0) -> str:
     """Wait for GET /health = 200. Fail fast when the unit fails or restarts (vLLM exited). Restarts are counted
     from the first look: a unit systemd restarted by itself earlier (a replica killed) still counts them."""
@@ -93,23 +82,3 @@ def run_install_smoke(url: str, api_key: str, model: str) -> dict[str, Any]:
         raise CheckFailed("the smoke test failed on the new release", code="install.smoke_failed",
                           findings=report.findings, hint="see the smoke checks in the report")
     return report.to_dict()
-
-
-def start_and_prove(layout: Layout, systemd: Systemd, release: Path, timeout: float, *, smoke: bool,
-                    steps: Steps, api_key: str | None = None) -> dict[str, Any] | None:
-    rec = read_release(release)
-    if rec is None:
-        raise CheckFailed(f"{release} has no readable release record", code="install.no_release",
-                          hint="install the bundle again")
-    with steps("start", f"restarting {layout.unit_name}") as d:
-        systemd.restart(layout.unit_name)
-        d.append(f"{layout.unit_name} restarted on release {rec.version}")
-    with steps("health", f"waiting for {rec.endpoint}/health (up to {timeout:.0f}s)") as d:
-        d.append(wait_healthy(systemd, layout.unit_name, rec.endpoint, timeout))
-    if not smoke:
-        steps.skip("smoke", "--no-smoke")
-        return None
-    with steps("smoke", "smoke test: health, models, chat, stream, key enforced") as d:
-        out = run_install_smoke(rec.endpoint, api_key or release_api_key(release) or "", rec.served_name)
-        d.append(f"{sum(c['status'] == 'pass' for c in out['checks'])} checks passed")
-    return out

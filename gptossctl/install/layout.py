@@ -4,14 +4,14 @@
     /opt/gptoss/<instance>/current -> releases/<version>   the last release proven healthy
     /etc/gptoss/<instance>/api-key                the generated API key (0600 root)
     /etc/gptoss/<instance>/trust/                 the public keys and threshold the release was verified with
-    /etc/systemd/system/gptoss@<instance>.service the rendered unit (a copy of the release's)
-  with several replicas, instead of that one unit:
-    /etc/systemd/system/gptoss@<instance>-r<k>.service   replica k (its own port, GPUs, state and cache)
+    /etc/systemd/system/gptoss@<instance>-r<k>.service   replica k >= 0 (its own port, GPUs, state and cache)
     /etc/systemd/system/gptoss-router@<instance>.service the router (nginx) on the instance's port
     /opt/gptoss/<instance>/router.conf            the router's running configuration (a copy of the release's)
     /etc/gptoss/<instance>/router-key.map         the key as the router's credential (0600 root)
+    /etc/systemd/system/gptoss@<instance>.service a legacy release's one vLLM unit (before the router was always
+                                                  in front; install/serving.py)
     /etc/sysusers.d/gptoss.conf                   the dedicated system user
-    /var/lib/gptoss/<instance>, /var/cache/gptoss/<instance>   StateDirectory=, CacheDirectory=
+    /var/lib/gptoss/<instance>-r<k>, /var/cache/gptoss/<instance>-r<k>   StateDirectory=, CacheDirectory=
     /var/log/gptoss/audit.jsonl                   the hash-chained audit log (and audit.head)
     /var/lib/gptossctl/audit.anchor               the log's newest entry, kept apart from it
     /var/lib/gptoss-compliance/<instance>.{json,sarif,junit.xml,prom}   the daily compliance reports

@@ -5,15 +5,18 @@ The named steps, in an order chosen for what a failure leaves behind:
   (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, preflight on the bundle's
   own profiles, host libraries  (4) unpack into releases/.N.partial, re-hashing every byte, build the offline
   environment and render unit, config and environment file from the verified copy; rename: a whole release
-  (5) the service user  (6) the unit  (7) restart, /health, smoke  (8) switch `current` and commit the
+  (5) the service user  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the
   records (trust, API key): only now is it "installed"  (9) the daily compliance timer.
 A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
 nothing that serves. Running the same command again after an interruption converges: finished releases are
 reused, partial ones discarded.
 
-With several replicas (every GPU of the host, or --replicas/--tp), (6)-(7) are install/rolling.py's: each
-replica its own unit, port and GPUs behind the router on --port; onto a running instance of the same shape
-replica by replica (drained at the router first), else all at once.
+Every release is one serving set (install/serving.py): the router on --port and one or more replicas behind
+it (every GPU of the host, or --replicas/--tp), each its own unit, port and GPUs. (6)-(7) are
+install/rolling.py's: onto a running instance of the same shape replica by replica (drained at the router
+first), else all at once. An instance installed before the router was always in front (one vLLM unit on the
+port) moves behind it in one install, through the same health gate and rollback; the plan says so first
+(its old unit stops before the new replica starts: on a one-GPU host it holds the memory).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, start_and_prove, wipe_kernel_caches
+from gptossctl.install.activate import wipe_kernel_caches
 from gptossctl.install.environment import (
     LISTING,
     build_env,
@@ -62,11 +65,8 @@ from gptossctl.install.layout import (
 )
 from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import (
-    CONFIG,
     DEFAULT_PORT,
-    ENV_FILE,
     LOOPBACK,
-    UNIT_COPY,
     ReleaseRecord,
     ReplicaRecord,
     current_version,
@@ -78,8 +78,8 @@ from gptossctl.install.release import (
     switch_current,
     write_release,
 )
-from gptossctl.install.render import render_release, ships_vocab, unit_template
-from gptossctl.install.replicas import check_names, plan_replicas, render_replicated
+from gptossctl.install.render import ships_vocab
+from gptossctl.install.replicas import check_names, plan_replicas
 from gptossctl.install.rolling import (
     Activation,
     bring_up,
@@ -87,11 +87,11 @@ from gptossctl.install.rolling import (
     install_serving_units,
     journal_findings,
     restore_release,
-    retire,
     roll,
     serving_units,
 )
 from gptossctl.install.seal import high_water, make_seal, require_as_sealed
+from gptossctl.install.serving import render_set
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
 from gptossctl.install.trust import TrustPlan, choose_api_key, commit_state, plan_trust, release_api_key
@@ -155,7 +155,7 @@ class InstallResult:
     steps: list[StepRecord] = field(default_factory=list)
     smoke: dict[str, Any] | None = None
     bundle_sha256: str | None = None
-    replicas: tuple[ReplicaRecord, ...] = ()  # several: `unit` is the router's, these are behind it
+    replicas: tuple[ReplicaRecord, ...] = ()  # behind the router (`unit`)
     trust: TrustPlan | None = None  # the root this install verified against, and whether it set one
     signed_by: tuple[dict[str, str | None], ...] = ()
 
@@ -179,8 +179,9 @@ class Plan:
     fit: ProfileFit
     previous: int | None
     trust: TrustPlan
-    replicas: tuple[ReplicaRecord, ...] = ()  # empty: one vLLM on --port, no router
-    router: Path | None = None  # with replicas: the nginx the router unit runs
+    replicas: tuple[ReplicaRecord, ...]  # one or more, behind the router on --port
+    router: Path  # the nginx the router unit runs
+    moving: str = ""  # the previous release is a legacy single: what moving it behind the router does
 
     @property
     def version(self) -> int:
@@ -474,19 +475,38 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
         shipped = check_shipped(bundle.root, m)
         d.append(f"{shipped} unit template(s), each exactly gptossctl's; units are rendered from gptossctl's own")
     with steps("preflight", "hardware, profile, replicas and disk") as d:
-        request, kept = _layout_request(req, read_release(layout.release(previous)) if previous is not None else None)
+        prev = read_release(layout.release(previous)) if previous is not None else None
+        request, kept = _layout_request(req, prev)
+        router = check_router(layout.root)
         fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
-        replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port)
+        replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port, gpus=fit.gpus)
         check_names(layout, len(replicas))
-        router = check_router(layout.root, len(replicas))
-        d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}"
-                 + (f" on GPU {','.join(map(str, fit.gpus))}" if fit.gpus and not replicas else "")
-                 + (f"; {len(replicas)} replicas on ports {replicas[0].port}-{replicas[-1].port} behind the "
-                    f"router ({router}) on {req.port}" if replicas else "") + kept)
+        d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}; {len(replicas)} "
+                 f"replica(s) on ports {replicas[0].port}-{replicas[-1].port} behind the router ({router}) on "
+                 f"{req.port}" + kept)
     if not layout.staged:
         with steps("libraries", "host libraries the profile's vLLM loads") as d:
             d.append(check_host_libraries(fit.profile.match.vendor))
-    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router)
+    moving = _moving(layout, prev, replicas, port=req.port, live=req.start and not layout.staged)
+    if moving:
+        with steps("shape", moving) as d:
+            d.append(moving)
+    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router, moving)
+
+
+def _moving(layout: Layout, prev: ReleaseRecord | None, replicas: Sequence[ReplicaRecord], *, port: int,
+            live: bool) -> str:
+    """What moving a legacy instance (one vLLM unit on the port, no router) behind the router does, said before
+    it starts: its port goes to the router, and its unit stops before the new replicas start (on a one-GPU host
+    it holds the memory the new replica needs), a short outage."""
+    if prev is None or not prev.legacy_single:
+        return ""
+    new = ", ".join(layout.replica_unit_name(r.index) for r in replicas)
+    return (f"release {prev.version} runs as one vLLM ({layout.unit_name}) on port {prev.port} without the router: "
+            f"this install moves it behind the router ({layout.router_unit_name} takes port {port}, {new} "
+            f"on {replicas[0].port}" + (f"-{replicas[-1].port}" if len(replicas) > 1 else "") + "); "
+            + (f"{layout.unit_name} stops before {new} start(s): a short outage. A failure puts "
+               f"{layout.unit_name} back on port {prev.port}" if live else "the units are laid down, not started"))
 
 
 def _refuse_other_build(req: InstallRequest, release: Path, bundle: VerifiedBundle) -> None:
@@ -505,18 +525,19 @@ def _refuse_other_build(req: InstallRequest, release: Path, bundle: VerifiedBund
 
 def _layout_request(req: InstallRequest, prev: ReleaseRecord | None) -> tuple[LayoutRequest, str]:
     """What the install asks of the hardware check. An upgrade that names no --replicas keeps the installed
-    release's count (and, with several, their tensor-parallel size): the same shape, so replica by replica."""
+    release's count and tensor-parallel size: the same shape, so replica by replica (a legacy release: one
+    replica of its size, behind the router)."""
     if prev is None or req.replicas is not None:
         return req.layout_request, ""
     kept = len(prev.replicas) or 1
-    tp = req.tensor_parallel if req.tensor_parallel is not None else (prev.tensor_parallel if prev.replicated else None)
+    tp = req.tensor_parallel if req.tensor_parallel is not None else prev.tensor_parallel
     return LayoutRequest(replicas=kept, tensor_parallel=tp), f" (--replicas {kept} as release {prev.version} runs)"
 
 
 def _result(plan: Plan, steps: Steps) -> InstallResult:
     req, layout = plan.req, plan.layout
     return InstallResult(layout.instance, plan.version, plan.previous, plan.fit.profile.name,
-                         endpoint_url(req.host, req.port), layout.router_unit_name if plan.replicas else layout.unit_name,
+                         endpoint_url(req.host, req.port), layout.router_unit_name,
                          plan.release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
                          bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas, trust=plan.trust,
                          signed_by=plan.bundle.signed_by)
@@ -527,11 +548,11 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
     for name, what in (("unpack", f"copy {m.total_size / 2**30:.2f} GiB into {release}"),
                        ("environment", "uv venv from the bundle's wheels, offline" if plan.req.vllm_python is None
                         else f"use {plan.req.vllm_python}"),
-                       ("render", f"{layout.unit_path}, {release / CONFIG}, {release / ENV_FILE} (0600)"
-                        if not plan.replicas else f"render {len(plan.replicas)} replica units, configs and environment "
-                        f"files (0600), the router's unit and configuration"),
+                       ("render", f"render {len(plan.replicas)} replica unit(s), config(s) and environment "
+                        f"file(s) (0600), the router's unit and configuration"),
                        ("caches", "empty the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)"),
-                       ("start", f"restart {layout.unit_name}, wait for /health, smoke test" if plan.live_start
+                       ("start", f"restart {', '.join(layout.replica_unit_name(r.index) for r in plan.replicas)} and "
+                        f"{layout.router_unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
                        ("switch", f"{layout.current} -> releases/{plan.version}")):
         steps.skip(name, f"dry run: would {what}")
@@ -559,13 +580,12 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
     with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
         d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
     if plan.live_start:
-        result.smoke = activate_replicas(plan, steps, api_key) if plan.replicas else activate(plan, steps, api_key)
+        result.smoke = activate(plan, steps, api_key)
         result.started = True
     else:
         with steps("unit", f"installing and enabling {result.unit}") as d:
             units = install_serving_units(layout, systemd, plan.release, api_key)
-            d.append(f"{', '.join(units) if plan.replicas else layout.unit_path} enabled"
-                     + (" in the staged tree" if layout.staged else ""))
+            d.append(f"{', '.join(units)} enabled" + (" in the staged tree" if layout.staged else ""))
     with steps("switch", f"current -> releases/{plan.version}") as d:
         switch_current(layout, plan.version)
         commit_state(layout, api_key, plan.trust)
@@ -592,13 +612,13 @@ def _all_active(plan: Plan, rec: ReleaseRecord) -> bool:
 
 
 def _gpus(plan: Plan) -> tuple[int, ...]:
-    """The GPUs the release serves on: the fit's; with replicas, all of theirs."""
-    return tuple(g for r in plan.replicas for g in r.gpus) if plan.replicas else tuple(plan.fit.gpus)
+    """The GPUs the release serves on: all of its replicas'."""
+    return tuple(g for r in plan.replicas for g in r.gpus)
 
 
 def _matches(rec: ReleaseRecord, plan: Plan, api_key: str) -> bool:
     return (rec.profile, rec.port, rec.host, rec.gpus, rec.replicas, rec.router) == \
-        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router or "")) \
+        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router)) \
         and release_api_key(plan.release) == api_key
 
 
@@ -609,31 +629,20 @@ def _record(plan: Plan, python: str, external: bool) -> ReleaseRecord:
                          installed_at=datetime.now(UTC).isoformat(), expires=m.expires.isoformat(),
                          rendered_by=__version__, host=req.host, port=req.port,
                          tensor_parallel=fit.tensor_parallel or 1, gpus=_gpus(plan), signers=plan.bundle.signers,
-                         external_env=external, replicas=plan.replicas, router=str(plan.router or ""))
+                         external_env=external, replicas=plan.replicas, router=str(plan.router))
 
 
 def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, *, external: bool) -> None:
-    """Render unit, config and environment file from the release's own verified copy and write the record."""
+    """Render every replica's unit, config and environment file and the router's files from the release's own
+    verified copy, and write the record."""
     layout = plan.layout
-    if plan.replicas:
-        record = _record(plan, str(python_live), external)
-        files = render_replicated(plan.fit.profile, layout, layout.live_path(plan.release), record,
-                                  api_key, vocab=ships_vocab(plan.bundle.manifest))
-        for name, text in files.items():
-            atomic_write(release_dir / name, text, 0o600 if name.endswith(".env") else 0o644)  # .env: the key
-        write_release(release_dir, replace(record, rendered={
-            k: hashlib.sha256(v.encode()).hexdigest() for k, v in files.items()}))
-        return
-    rendered = render_release(unit_template(), plan.fit.profile, layout, layout.live_path(plan.release),
-                              python_live, api_key, port=plan.req.port, gpus=tuple(plan.fit.gpus),
-                              tensor_parallel=plan.fit.tensor_parallel or 1, served=served_name(plan.bundle.manifest),
-                              vocab=ships_vocab(plan.bundle.manifest))
-    atomic_write(release_dir / CONFIG, rendered["config"], 0o644)
-    atomic_write(release_dir / ENV_FILE, rendered["env"], 0o600)  # holds the key: root only
-    atomic_write(release_dir / UNIT_COPY, rendered["unit"], 0o644)
-    digests = {CONFIG: rendered["config"], ENV_FILE: rendered["env"], UNIT_COPY: rendered["unit"]}
-    write_release(release_dir, replace(_record(plan, str(python_live), external), rendered={
-        k: hashlib.sha256(v.encode()).hexdigest() for k, v in digests.items()}))
+    record = _record(plan, str(python_live), external)
+    files = render_set(plan.fit.profile, layout, layout.live_path(plan.release), record, api_key,
+                       vocab=ships_vocab(plan.bundle.manifest))
+    for name, text in files.items():
+        atomic_write(release_dir / name, text, 0o600 if name.endswith(".env") else 0o644)  # .env: the key
+    write_release(release_dir, replace(record, rendered={
+        k: hashlib.sha256(v.encode()).hexdigest() for k, v in files.items()}))
 
 
 def unpack(plan: Plan, steps: Steps, existing: ReleaseRecord | None, api_key: str, aside: Path | None) -> None:
@@ -680,29 +689,14 @@ def _finish(plan: Plan, steps: Steps, tmp: Path, api_key: str) -> None:
                      + ("" if layout.staged else "; vLLM imports"))
     with steps("render", "rendering unit, vLLM config and environment file") as d:
         render_into(plan, tmp, python_live, api_key, external=req.vllm_python is not None)
-        d.append(f"profile {plan.fit.profile.name}, bound to {req.host}:{req.port}" + (
-            f" (the router); {len(plan.replicas)} replicas on {LOOPBACK}:{plan.replicas[0].port}-"
-            f"{plan.replicas[-1].port}" if plan.replicas else ""))
+        d.append(f"profile {plan.fit.profile.name}, bound to {req.host}:{req.port} (the router); "
+                 f"{len(plan.replicas)} replica(s) on {LOOPBACK}:{plan.replicas[0].port}-{plan.replicas[-1].port}")
 
 
 def activate(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] | None:
-    """(6)-(7) The new unit, restarted, healthy and smoke-tested; on any failure the previous release is put back
-    and proven healthy, and the error says both what failed and how the restore went."""
-    layout, systemd, req = plan.layout, plan.systemd, plan.req
-    try:
-        with steps("unit", f"installing {layout.unit_name} for release {plan.version}") as d:
-            retire(layout, systemd, [layout.unit_name])  # the replicas and router of a release of another shape
-            install_unit(layout, systemd, plan.release)
-            d.append(f"{layout.unit_path} -> release {plan.version}")
-        return start_and_prove(layout, systemd, plan.release, req.health_timeout, smoke=req.smoke, steps=steps,
-                               api_key=api_key)
-    except GptossctlError as exc:
-        _restore_and_raise(plan, steps, api_key, exc)
-
-
-def activate_replicas(plan: Plan, steps: Steps, api_key: str) -> dict[str, Any] | None:
-    """(6)-(7) with several replicas: replica by replica onto a running instance of the same shape, else all at
-    once; a failure puts the previous release back (the rolled-back replicas, or the whole previous set)."""
+    """(6)-(7) Replica by replica onto a running instance of the same shape, else the whole set at once (a first
+    install, a new shape, a legacy instance moved behind the router); a failure puts the previous release back
+    (the rolled-back replicas, or the whole previous set, whatever its shape) and says how that went."""
     layout, req = plan.layout, plan.req
     act = Activation(layout, plan.systemd, steps, api_key, req.health_timeout, req.smoke, req.drain_timeout)
     new = read_release(plan.release)
@@ -720,10 +714,10 @@ def _restore_and_raise(plan: Plan, steps: Steps, api_key: str, exc: GptossctlErr
     """The previous release back in service, proven healthy; the error says what failed and how the restore
     went, with the journal tail of the unit that failed."""
     layout, systemd, req = plan.layout, plan.systemd, plan.req
-    journal = journal_findings(systemd, exc, layout.unit_name)
+    journal = journal_findings(systemd, exc, layout.router_unit_name)
     act = Activation(layout, systemd, steps, api_key, req.health_timeout, False, req.drain_timeout)
     outcome = restore_release(act, plan.previous)
-    findings = list(exc.findings) + [Finding("install.rollback", layout.unit_name, outcome)] + journal
+    findings = list(exc.findings) + [Finding("install.rollback", layout.router_unit_name, outcome)] + journal
     raise CheckFailed(f"release {plan.version} did not come up: {exc.message}; {outcome}",
                       code=exc.code if exc.code.startswith("install.") else "install.failed",
                       findings=findings, hint=exc.hint or "see the journal tail in the findings") from None

@@ -17,18 +17,13 @@ from gptossctl.bundle.verify import check_envelope, read_envelope, verify_bundle
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
 from gptossctl.fsutil import read_nofollow
 from gptossctl.install import audit
-from gptossctl.install.activate import install_unit, start_and_prove, wipe_kernel_caches
+from gptossctl.install.activate import wipe_kernel_caches
 from gptossctl.install.environment import LISTING, VENV
 from gptossctl.install.layout import SERVICE_USER, Layout, check_instance, install_lock
 from gptossctl.install.lifecycle import InstallResult
 from gptossctl.install.release import (
-    CONFIG,
-    ENV_FILE,
     LOOPBACK,
     RELEASE_JSON,
-    ROUTER_CONFIG,
-    ROUTER_UNIT_COPY,
-    UNIT_COPY,
     ReleaseRecord,
     current_version,
     installed_versions,
@@ -47,6 +42,7 @@ from gptossctl.install.rolling import (
     roll,
 )
 from gptossctl.install.seal import make_seal, require_as_sealed
+from gptossctl.install.serving import serving_set
 from gptossctl.install.steps import StepCallback, Steps
 from gptossctl.install.timer import remove_compliance_timer
 from gptossctl.install.trust import choose_api_key, current_trust
@@ -61,45 +57,42 @@ def status(root: Path = Path("/"), instance: str | None = None) -> list[dict[str
     out = []
     for name in names:
         layout = Layout(root, name)
-        systemd = _systemd(layout)
         cur = current_version(layout)
-        rec = read_release(layout.release(cur)) if cur is not None else None
-        if rec is not None and rec.replicated:
-            out.append(_replicated_status(layout, systemd, cur, rec))
-            continue
-        state = systemd.active_state(layout.unit_name) if layout.unit_path.exists() else "not installed"
-        answer = health(rec.endpoint) if state == "active" and rec is not None else None
-        in_unit = unit_release(layout)
-        out.append({"instance": name, "unit": layout.unit_name, "state": state, "health": answer,
-                    "version": cur, "profile": rec.profile if rec else None, "endpoint": rec.endpoint if rec else None,
-                    "installed": installed_versions(layout), "unit_release": in_unit,
-                    "consistent": in_unit == cur and (cur is None or rec is not None),
-                    "expires": rec.expires if rec else None,
-                    "record": "ok" if rec else ("missing" if cur is None else "unreadable")})
+        out.append(_status(layout, _systemd(layout), cur, read_release(layout.release(cur)) if cur is not None
+                           else None))
     return out
 
 
-def _unit_status(systemd: Systemd, name: str, path: Path, url: str) -> tuple[str, int | str | None]:
+def _unit_status(systemd: Systemd, name: str, path: Path, url: str | None) -> tuple[str, int | str | None]:
     state = systemd.active_state(name) if path.exists() else "not installed"
-    return state, (health(url) if state == "active" else None)
+    return state, (health(url) if state == "active" and url is not None else None)
 
 
-def _replicated_status(layout: Layout, systemd: Systemd, cur: int | None, rec: ReleaseRecord) -> dict[str, Any]:
-    """The instance is its router (state and /health at the endpoint), with each replica behind it."""
+def _status(layout: Layout, systemd: Systemd, cur: int | None, rec: ReleaseRecord | None) -> dict[str, Any]:
+    """The instance is the unit at its endpoint (the router; a legacy release's one vLLM), with each replica
+    behind it; consistent when every member's unit runs the current release."""
+    ss = serving_set(layout, rec) if rec is not None else None
+    front = ss.front if ss is not None else layout.router_unit_name
+    state, answer = _unit_status(systemd, front, layout.unit_dir / front, rec.endpoint if rec else None)
+    members = list(ss.members) if ss is not None else []
+    releases = [unit_release(layout, m.path) for m in members]
     replicas = []
-    for r in rec.replicas:
-        path = layout.replica_unit_path(r.index)
-        state, answer = _unit_status(systemd, layout.replica_unit_name(r.index), path, r.endpoint)
-        replicas.append({"index": r.index, "unit": layout.replica_unit_name(r.index), "port": r.port,
-                         "gpus": list(r.gpus), "state": state, "health": answer,
-                         "release": unit_release(layout, path)})
-    state, answer = _unit_status(systemd, layout.router_unit_name, layout.router_unit_path, rec.endpoint)
-    releases = [x["release"] for x in replicas]
-    in_unit = next((v for v in releases if v != cur), cur)  # an interrupted rolling upgrade shows the other one
-    return {"instance": layout.instance, "unit": layout.router_unit_name, "state": state, "health": answer,
-            "version": cur, "profile": rec.profile, "endpoint": rec.endpoint, "installed": installed_versions(layout),
-            "unit_release": in_unit, "consistent": all(v == cur for v in releases), "expires": rec.expires,
-            "record": "ok", "replicas": replicas}
+    for m in members:
+        if m.unit == front:
+            continue
+        m_state, m_answer = _unit_status(systemd, m.unit, m.path, m.endpoint)
+        replicas.append({"index": m.replica.index if m.replica else 0, "unit": m.unit, "port": m.port,
+                         "gpus": list(m.gpus), "state": m_state, "health": m_answer,
+                         "release": unit_release(layout, m.path)})
+    in_unit = next((v for v in releases if v != cur), cur) if releases else None  # an interrupted upgrade shows it
+    return {"instance": layout.instance, "unit": front, "state": state, "health": answer, "version": cur,
+            "profile": rec.profile if rec else None, "endpoint": rec.endpoint if rec else None,
+            "installed": installed_versions(layout), "unit_release": in_unit,
+            "consistent": rec is not None and all(v == cur for v in releases) if cur is not None else True,
+            "expires": rec.expires if rec else None,
+            "record": "ok" if rec else ("missing" if cur is None else "unreadable"),
+            "shape": None if ss is None else "legacy single (install again to move it behind the router)"
+            if ss.legacy else "router", "replicas": replicas}
 
 
 @dataclass(frozen=True)
@@ -182,7 +175,7 @@ def _rollback(root: Path, instance: str, *, to: int | None, health_timeout: floa
     with steps("trust", f"release {target} against the current trust root") as d:
         d.append(check_release_trusted(layout, target, allow_expired=allow_expired, now=now))
     result = InstallResult(layout.instance, target, cur, rec.profile, rec.endpoint,
-                           layout.router_unit_name if rec.replicated else layout.unit_name,
+                           serving_set(layout, rec).front,
                            layout.release(target), layout.staged, False, steps=steps.records, replicas=rec.replicas)
     act = Activation(layout, systemd, steps, choose_api_key(layout, layout.release(target)), health_timeout,
                      smoke=False)
@@ -236,8 +229,9 @@ def check_release_intact(layout: Layout, rec: ReleaseRecord) -> None:
     (the manifest being the one recorded at install), the rendered files are the ones recorded, and the record
     binds only where install allows. Exit 1 (rollback.drift) naming each difference; nothing switched."""
     release = layout.release(rec.version)
-    own = {VENV, LISTING, CONFIG, ENV_FILE, UNIT_COPY, RELEASE_JSON, *rec.rendered}
-    own |= {n for r in rec.replicas for n in r.files} | ({ROUTER_CONFIG, ROUTER_UNIT_COPY} if rec.replicated else set())
+    ss = serving_set(layout, rec)
+    own = {VENV, LISTING, RELEASE_JSON, *rec.rendered, *(n for m in ss.members for n in m.files),
+           *(ss.router.files if ss.router else ())}
     findings: list[Finding] = []
     try:
         verify_bundle(release, None)  # integrity only: what was trusted was decided at install
@@ -272,19 +266,15 @@ def check_release_intact(layout: Layout, rec: ReleaseRecord) -> None:
 
 
 def _activate_target(act: Activation, rec: ReleaseRecord, cur: int | None) -> None:
-    """The target release in service: replica by replica when both have the same shape, else all at once."""
+    """The target release in service: replica by replica when both have the same shape, else its whole set at
+    once (a legacy target comes back as its one vLLM on the port, the router and replicas removed)."""
     layout, systemd = act.layout, act.systemd
     target = layout.release(rec.version)
     cur_rec = read_release(layout.release(cur)) if cur is not None else None
-    if rec.replicated and cur_rec is not None and can_roll(layout, systemd, cur_rec, rec):
+    if cur_rec is not None and can_roll(layout, systemd, cur_rec, rec):
         roll(act, target, layout.release(cur_rec.version))
-    elif rec.replicated:
-        bring_up(act, target)
     else:
-        with act.steps("unit", f"installing the unit of release {rec.version}"):
-            retire(layout, systemd, [layout.unit_name])
-            install_unit(layout, systemd, target)
-        start_and_prove(layout, systemd, target, act.health_timeout, smoke=False, steps=act.steps)
+        bring_up(act, target)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from gptossctl.adapters.nginx import find_nginx
 from gptossctl.bundle.manifest import Manifest
 from gptossctl.bundle.sign import inspect_bundle
 from gptossctl.bundle.verify import VerifiedBundle
-from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, UsageError
 from gptossctl.fsutil import decode_text, read_bytes
 from gptossctl.hardware.check import (
     HardwareReport,
@@ -121,17 +121,15 @@ def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures:
     return m.chosen
 
 
-def check_router(root: Path, replicas: int) -> Path | None:
-    """Several replicas need the router (nginx from the OS): its path as the target sees it; None for one."""
-    if replicas <= 1:
-        return None
+def check_router(root: Path) -> Path:
+    """The router (nginx from the OS) is in front of every instance: its path as the target sees it."""
     nginx = find_nginx(root)
     if nginx is None:
-        raise CheckFailed(f"{replicas} replicas need the router, nginx, which this host lacks",
-                          code="install.no_router",
-                          findings=[Finding("preflight.router", "nginx", "not found in /usr/sbin or /usr/bin")],
-                          hint="install nginx-light (Debian) / nginx (RHEL) from your OS mirror, or serve one "
-                               "replica with --replicas 1")
+        raise EnvironmentNotReady("every instance is served through the router, nginx, which this host lacks",
+                                  code="install.no_router",
+                                  findings=[Finding("preflight.router", "nginx", "not found in /usr/sbin or /usr/bin")],
+                                  hint="install the distribution's nginx from your OS mirror: nginx-light (Debian, "
+                                       "Ubuntu) or nginx (RHEL, Fedora), then run the install again")
     return nginx
 
 

@@ -21,17 +21,18 @@ from gptossctl.install.layout import Layout
 
 RELEASE_SCHEMA = "gptossctl.release/1"
 RELEASE_JSON = "release.json"
+# The files of a legacy release's one vLLM (before the router was always in front); replicas have their own.
 CONFIG = "vllm.yaml"
 ENV_FILE = "service.env"
-UNIT_COPY = "unit.service"  # the release's own copy of the unit it was rendered with
-ROUTER_CONFIG = "router.conf"  # with replicas: the router's approved nginx configuration
-ROUTER_UNIT_COPY = "router.service"  # with replicas: the release's copy of the router's unit
+UNIT_COPY = "unit.service"
+ROUTER_CONFIG = "router.conf"  # the router's approved nginx configuration
+ROUTER_UNIT_COPY = "router.service"  # the release's copy of the router's unit
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
 def replica_files(index: int) -> tuple[str, str, str]:
-    """(config, environment file, unit copy) of replica `index` in a release with replicas."""
+    """(config, environment file, unit copy) of replica `index`."""
     return f"vllm-r{index}.yaml", f"service-r{index}.env", f"unit-r{index}.service"
 
 
@@ -91,23 +92,25 @@ class ReleaseRecord:
     signers: tuple[str, ...] = ()
     external_env: bool = False
     rendered: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256 of what install rendered
-    # Several replicas: `port` is the router's, each replica has its own loopback port; empty: one vLLM on `port`.
+    # `port` is the router's; each replica has its own loopback port. Empty only in a record written before
+    # the router was always in front: one vLLM on `port` (install/serving.py reads it as a legacy set).
     replicas: tuple[ReplicaRecord, ...] = ()
-    router: str = ""  # with replicas: the nginx binary the router unit runs
+    router: str = ""  # the nginx binary the router unit runs
 
     @property
     def endpoint(self) -> str:
         return endpoint_url(self.host, self.port)
 
     @property
-    def replicated(self) -> bool:
-        return bool(self.replicas)
+    def legacy_single(self) -> bool:
+        """Written before the router was always in front: one vLLM unit on `port`, no router."""
+        return not self.replicas
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["gpus"], d["signers"] = list(self.gpus), list(self.signers)
         d["replicas"] = [r.to_dict() for r in self.replicas]
-        if not self.replicas:  # a one-replica record is written exactly as before replicas existed
+        if not self.replicas:  # a legacy record is written back exactly as it was
             del d["replicas"], d["router"]
         return {"schema": RELEASE_SCHEMA, **d}
 

@@ -1,38 +1,31 @@
-"""A release with several replicas: which replicas, on which ports, and their files.
+"""A release's replicas: which, on which ports, and their files.
 
 The hardware check proposes the layout (hardware.layout: every GPU, or group of `tensor_parallel` GPUs, that
-holds one replica; or what --replicas/--tp ask within that). Here it becomes the release's replicas: replica k
-listens on loopback port `--port`+1+k, the router takes `--port`, and each replica gets its own config, its
-own 0600 environment file (pinned to its GPUs) and its own unit, rendered from the one verified release.
-`render_replicated` is pure: compliance renders again from the release record and compares.
+holds one replica; or what --replicas/--tp ask within that). Here it becomes the release's replicas, one or
+more: replica k listens on loopback port `--port`+1+k, the router takes `--port`, and each replica gets its
+own config, its own 0600 environment file (pinned to its GPUs) and its own unit, rendered from the one verified
+release (install/serving.py's `render_set`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gptossctl.errors import UsageError
 from gptossctl.hardware.layout import Replica
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ReleaseRecord, ReplicaRecord, current_version, read_release
-from gptossctl.install.render import render_release, unit_template
-from gptossctl.install.router import render_router
-
-if TYPE_CHECKING:
-    from gptossctl.hardware.profiles import Profile
+from gptossctl.install.release import ReplicaRecord, current_version, read_release
 
 MAX_PORT = 65535
 
 
-def plan_replicas(replicas: Sequence[Replica], *, port: int) -> tuple[ReplicaRecord, ...]:
-    """The release's replicas from the proposed layout: () for one replica (one vLLM on `port`, no router)."""
-    if len(replicas) <= 1:
-        return ()
+def plan_replicas(replicas: Sequence[Replica], *, port: int, gpus: Sequence[int] = ()) -> tuple[ReplicaRecord, ...]:
+    """The release's replicas from the proposed layout; with no layout (the CPU), one replica on `gpus`."""
+    if not replicas:
+        replicas = (Replica(0, tuple(gpus)),)
     mig = [r for r in replicas if r.mig_device]
-    if mig:
+    if mig and len(replicas) > 1:
         raise UsageError(f"{len(replicas)} replicas on MIG slices: each needs its slice's MIG UUID in "
                          "CUDA_VISIBLE_DEVICES, which the hardware probe does not report yet",
                          code="install.mig_replicas",
@@ -48,7 +41,7 @@ def plan_replicas(replicas: Sequence[Replica], *, port: int) -> tuple[ReplicaRec
 def check_names(layout: Layout, replicas: int) -> None:
     """Replica k's unit is gptoss@<instance>-r<k>: refuse an instance whose name or replicas would take another
     installed instance's unit, state and journal."""
-    taken = [f"{layout.instance}-r{k}" for k in range(replicas if replicas > 1 else 0)
+    taken = [f"{layout.instance}-r{k}" for k in range(replicas)
              if Layout(layout.root, f"{layout.instance}-r{k}").opt.is_dir()]
     m = re.fullmatch(r"(.+)-r(\d+)", layout.instance)
     if m:
@@ -63,18 +56,3 @@ def check_names(layout: Layout, replicas: int) -> None:
                          hint="name the instance differently (--instance): replica k of instance I runs as "
                               "gptoss@I-r<k>")
 
-
-def render_replicated(profile: Profile, layout: Layout, release_live: Path, rec: ReleaseRecord,
-                      api_key: str, *, vocab: bool) -> dict[str, str]:
-    """{file name in the release: text} for every replica (config, environment, unit) and the router.
-    The units come from gptossctl's own templates (install/units.py), never from the release's copy."""
-    out: dict[str, str] = {}
-    unit_text = unit_template()
-    for r in rec.replicas:
-        config, env, unit = r.files
-        rendered = render_release(unit_text, profile, layout.replica(r.index), release_live, Path(rec.python), api_key,
-                                  port=r.port, gpus=r.gpus, tensor_parallel=rec.tensor_parallel,
-                                  served=rec.served_name, vocab=vocab, files=(config, env), replica=True)
-        out |= {config: rendered["config"], env: rendered["env"], unit: rendered["unit"]}
-    return out | render_router(layout, host=rec.host, port=rec.port, replicas=rec.replicas,
-                               nginx=Path(rec.router))

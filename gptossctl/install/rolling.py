@@ -1,11 +1,14 @@
-"""Putting a release with several replicas in service, and taking one back out.
+"""Putting a release's serving set in service, and taking one back out.
 
-The serving set of a release is its units: one `gptoss@<instance>` for a release with one replica; for N,
-`gptoss@<instance>-r<k>` (k < N) and the router `gptoss-router@<instance>` on the instance's port.
+The serving set (install/serving.py) is the router `gptoss-router@<instance>` on the instance's port and the
+replicas `gptoss@<instance>-r<k>` behind it, one or more; a legacy release (before the router was always in
+front) is its one unit `gptoss@<instance>` on the port. Every function here loops over its members.
 
-  bring_up        every replica restarted at once, each healthy and smoke-tested on its own port, then the
+  bring_up        every member restarted at once, each healthy and smoke-tested on its own port, then the
                   router restarted and proven (key enforced, a chat through it, nothing else exposed): a first
-                  install, or a change of shape (replica count, ports, GPUs), where ports collide anyway
+                  install, or a change of shape (replica count, ports, GPUs, a legacy release moved behind the
+                  router), where ports or GPUs collide anyway. What the new set does not name is stopped
+                  first (retire): on a one-GPU host the old vLLM frees its memory before the new one starts.
   roll            the same shape on a running instance, replica by replica: (1) drain it at the router (marked
                   down, graceful reload) and wait until it has nothing in flight, (2) its unit switched to the
                   new release, (3) restart, /health, smoke on its own port, (4) back in rotation; then the next.
@@ -13,7 +16,7 @@ The serving set of a release is its units: one `gptoss@<instance>` for a release
   roll_back       a replica that failed, and every one already switched, put back on the previous release,
                   each drained first and proven healthy before it returns to rotation
   restore_release the previous release's whole serving set back in service (after a failed bring_up, or a
-                  failed first release: its units removed)
+                  failed first release: its units removed); a legacy release comes back as it was
 `current` moves only after all of it succeeded (lifecycle's switch step).
 """
 
@@ -27,10 +30,11 @@ from typing import Any
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, Finding, GptossctlError
 from gptossctl.fsutil import atomic_write, read_nofollow
-from gptossctl.install.activate import install_unit, run_install_smoke, start_and_prove, wait_healthy
+from gptossctl.install.activate import run_install_smoke, wait_healthy
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ReleaseRecord, ReplicaRecord, read_release, switch_current
+from gptossctl.install.release import ReleaseRecord, read_release, switch_current
 from gptossctl.install.router import install_router, prove_router, reload_router, set_down, wait_drained
+from gptossctl.install.serving import Member, serving_set
 from gptossctl.install.steps import Steps
 
 
@@ -49,15 +53,11 @@ class Activation:
 
 def serving_units(layout: Layout, rec: ReleaseRecord | None) -> list[str]:
     """The units that serve a release (none for no release)."""
-    if rec is None:
-        return []
-    if not rec.replicated:
-        return [layout.unit_name]
-    return [layout.replica_unit_name(r.index) for r in rec.replicas] + [layout.router_unit_name]
+    return serving_set(layout, rec).units if rec is not None else []
 
 
 def installed_units(layout: Layout) -> list[str]:
-    """The instance's units on disk, whichever release they came from."""
+    """The instance's units on disk, whichever release (or shape) they came from."""
     names = [layout.unit_name] if layout.unit_path.exists() else []
     names += [layout.replica_unit_name(k) for k in layout.replica_units()]
     return names + ([layout.router_unit_name] if layout.router_unit_path.exists() else [])
@@ -79,24 +79,23 @@ def retire(layout: Layout, systemd: Systemd, keep: Collection[str]) -> list[str]
     return gone
 
 
-def install_replica_unit(layout: Layout, systemd: Systemd, release: Path, replica: ReplicaRecord) -> None:
-    """Replica k's unit of this release becomes the installed one (an atomic replace), enabled."""
-    atomic_write(layout.replica_unit_path(replica.index), read_nofollow(release / replica.files[2]).decode(), 0o644)
+def install_member_unit(layout: Layout, systemd: Systemd, release: Path, m: Member) -> None:
+    """A member's unit of this release becomes the installed one (an atomic replace), enabled."""
+    atomic_write(m.path, read_nofollow(release / m.files[2]).decode(), 0o644)
     systemd.daemon_reload()
-    systemd.enable(layout.replica_unit_name(replica.index))
+    systemd.enable(m.unit)
 
 
 def install_serving_units(layout: Layout, systemd: Systemd, release: Path, api_key: str) -> list[str]:
     """Lay down (and enable) a release's units without starting them: staged trees and --no-start."""
     rec = _record(release)
-    retire(layout, systemd, serving_units(layout, rec))
-    if not rec.replicated:
-        install_unit(layout, systemd, release)
-        return [layout.unit_name]
-    for r in rec.replicas:
-        install_replica_unit(layout, systemd, release, r)
-    install_router(layout, systemd, release, api_key, Path(rec.router))
-    return serving_units(layout, rec)
+    ss = serving_set(layout, rec)
+    retire(layout, systemd, ss.units)
+    for m in ss.members:
+        install_member_unit(layout, systemd, release, m)
+    if ss.router is not None:
+        install_router(layout, systemd, release, api_key, Path(rec.router))
+    return ss.units
 
 
 def _record(release: Path) -> ReleaseRecord:
@@ -112,79 +111,90 @@ def _failing(exc: GptossctlError, unit: str) -> GptossctlError:
     return exc
 
 
-# ---------------------------------------------------------------- one replica
+# ---------------------------------------------------------------- one member
 
 
-def prove_replica(act: Activation, rec: ReleaseRecord, r: ReplicaRecord, *, smoke: bool) -> dict[str, Any] | None:
-    """/health on the replica's own port (failing fast when its unit exits), then the smoke test there."""
-    name = act.layout.replica_unit_name(r.index)
+def _step(name: str, m: Member) -> str:
+    return f"{name} {m.tag}".strip()
+
+
+def prove_member(act: Activation, rec: ReleaseRecord, m: Member, *, smoke: bool) -> dict[str, Any] | None:
+    """/health on the member's own port (failing fast when its unit exits), then the smoke test there."""
     try:
-        with act.steps(f"health r{r.index}", f"waiting for {r.endpoint}/health (up to {act.health_timeout:.0f}s)") as d:
-            d.append(wait_healthy(act.systemd, name, r.endpoint, act.health_timeout))
+        with act.steps(_step("health", m), f"waiting for {m.endpoint}/health (up to {act.health_timeout:.0f}s)") as d:
+            d.append(wait_healthy(act.systemd, m.unit, m.endpoint, act.health_timeout))
         if not smoke:
-            act.steps.skip(f"smoke r{r.index}", "--no-smoke, or restoring (health is the proof)")
+            act.steps.skip(_step("smoke", m), "--no-smoke, or restoring (health is the proof)")
             return None
-        with act.steps(f"smoke r{r.index}", f"smoke test on {r.endpoint}") as d:
-            out = run_install_smoke(r.endpoint, act.api_key, rec.served_name)
+        with act.steps(_step("smoke", m), f"smoke test on {m.endpoint}") as d:
+            out = run_install_smoke(m.endpoint, act.api_key, rec.served_name)
             d.append(f"{sum(c['status'] == 'pass' for c in out['checks'])} checks passed")
         return out
     except GptossctlError as exc:
-        raise _failing(exc, name) from None
+        raise _failing(exc, m.unit) from None
 
 
-def restart_replica(act: Activation, rec: ReleaseRecord, r: ReplicaRecord) -> None:
-    name = act.layout.replica_unit_name(r.index)
-    with act.steps(f"start r{r.index}", f"restarting {name}") as d:
+def restart_member(act: Activation, rec: ReleaseRecord, m: Member) -> None:
+    with act.steps(_step("start", m), f"restarting {m.unit}") as d:
         try:
-            act.systemd.restart(name)
+            act.systemd.restart(m.unit)
         except GptossctlError as exc:
-            raise _failing(exc, name) from None
-        d.append(f"{name} restarted on release {rec.version}")
+            raise _failing(exc, m.unit) from None
+        d.append(f"{m.unit} restarted on release {rec.version}")
 
 
-def drain(act: Activation, rec: ReleaseRecord, r: ReplicaRecord, down: Collection[int]) -> None:
+def _replica(m: Member) -> int:
+    assert m.replica is not None, "only a replica behind the router is drained"
+    return m.replica.index
+
+
+def drain(act: Activation, rec: ReleaseRecord, m: Member, down: Collection[int]) -> None:
     """(1) Out of rotation at the router (graceful reload), then wait until it has nothing in flight."""
-    with act.steps(f"drain r{r.index}", f"taking replica {r.index} out of rotation and waiting for its requests") as d:
+    k = _replica(m)
+    with act.steps(f"drain r{k}", f"taking replica {k} out of rotation and waiting for its requests") as d:
         set_down(act.layout, act.systemd, rec, down)
-        d.append(wait_drained(r, act.drain_timeout))
+        assert m.replica is not None
+        d.append(wait_drained(m.replica, act.drain_timeout))
 
 
-def undrain(act: Activation, rec: ReleaseRecord, r: ReplicaRecord, down: Collection[int] = ()) -> None:
+def undrain(act: Activation, rec: ReleaseRecord, m: Member, down: Collection[int] = ()) -> None:
     """(4) Back in rotation."""
-    with act.steps(f"undrain r{r.index}", f"replica {r.index} back in rotation") as d:
+    k = _replica(m)
+    with act.steps(f"undrain r{k}", f"replica {k} back in rotation") as d:
         set_down(act.layout, act.systemd, rec, down)
-        d.append(f"router reloaded; replica {r.index} serves again")
+        d.append(f"router reloaded; replica {k} serves again")
 
 
-def switch_replica(act: Activation, release: Path, rec: ReleaseRecord, r: ReplicaRecord, *,
-                   smoke: bool) -> dict[str, Any] | None:
+def switch_member(act: Activation, release: Path, rec: ReleaseRecord, m: Member, *,
+                  smoke: bool) -> dict[str, Any] | None:
     """(2)-(3) One drained replica onto `release`: its unit, restarted, healthy, smoke-tested."""
-    name = act.layout.replica_unit_name(r.index)
-    with act.steps(f"unit r{r.index}", f"installing {name} for release {rec.version}") as d:
-        install_replica_unit(act.layout, act.systemd, release, r)
-        d.append(f"{act.layout.replica_unit_path(r.index)} -> release {rec.version}")
-    restart_replica(act, rec, r)
-    return prove_replica(act, rec, r, smoke=smoke)
+    with act.steps(_step("unit", m), f"installing {m.unit} for release {rec.version}") as d:
+        install_member_unit(act.layout, act.systemd, release, m)
+        d.append(f"{m.path} -> release {rec.version}")
+    restart_member(act, rec, m)
+    return prove_member(act, rec, m, smoke=smoke)
 
 
 # ---------------------------------------------------------------- the whole set
 
 
 def bring_up(act: Activation, release: Path) -> dict[str, Any]:
-    """Every replica of the release (restarted together, proven one by one), then the router."""
+    """Every member of the release's set (restarted together, proven one by one), then the router. Units of
+    another shape are stopped first: their ports and GPUs are free before the new members start."""
     rec = _record(release)
     layout, systemd = act.layout, act.systemd
-    retire(layout, systemd, serving_units(layout, rec))
-    with act.steps("units", f"installing {len(rec.replicas)} replica units and the router for release "
-                            f"{rec.version}") as d:
-        for r in rec.replicas:
-            install_replica_unit(layout, systemd, release, r)
-        install_router(layout, systemd, release, act.api_key, Path(rec.router))
-        d.append(", ".join(serving_units(layout, rec)))
-    for r in rec.replicas:
-        restart_replica(act, rec, r)
-    replicas = [prove_replica(act, rec, r, smoke=act.smoke) for r in rec.replicas]
-    return {"replicas": replicas, "router": start_router(act, rec, restart=True)}
+    ss = serving_set(layout, rec)
+    gone = retire(layout, systemd, ss.units)
+    with act.steps("units", f"installing {', '.join(ss.units)} for release {rec.version}") as d:
+        for m in ss.members:
+            install_member_unit(layout, systemd, release, m)
+        if ss.router is not None:
+            install_router(layout, systemd, release, act.api_key, Path(rec.router))
+        d.append(", ".join(ss.units) + (f" (stopped and removed first: {', '.join(gone)})" if gone else ""))
+    for m in ss.members:
+        restart_member(act, rec, m)
+    replicas = [prove_member(act, rec, m, smoke=act.smoke) for m in ss.members]
+    return {"replicas": replicas, "router": start_router(act, rec, restart=True) if ss.router is not None else None}
 
 
 def start_router(act: Activation, rec: ReleaseRecord, *, restart: bool) -> dict[str, Any] | None:
@@ -211,7 +221,7 @@ def start_router(act: Activation, rec: ReleaseRecord, *, restart: bool) -> dict[
 def can_roll(layout: Layout, systemd: Systemd, prev: ReleaseRecord | None, new: ReleaseRecord) -> bool:
     """Replica by replica only onto the same shape (ports, GPUs, endpoint) with the router running: anything
     else would put two replicas on one GPU or port."""
-    if prev is None or not (prev.replicated and new.replicated and systemd.live):
+    if prev is None or prev.legacy_single or new.legacy_single or not systemd.live:
         return False
     shape = [(r.index, r.port, r.gpus) for r in prev.replicas] == [(r.index, r.port, r.gpus) for r in new.replicas]
     return shape and (prev.host, prev.port) == (new.host, new.port) \
@@ -221,74 +231,72 @@ def can_roll(layout: Layout, systemd: Systemd, prev: ReleaseRecord | None, new: 
 def roll(act: Activation, release: Path, prev_release: Path) -> dict[str, Any]:
     """Replica by replica onto `release`; on a failure, that replica and those already switched go back."""
     new, prev = _record(release), _record(prev_release)
-    switched: list[ReplicaRecord] = []
+    switched: list[Member] = []
     smokes = []
-    for r in new.replicas:
+    for m in serving_set(act.layout, new).members:
+        k = _replica(m)
         try:
-            drain(act, new, r, {r.index})
-            smokes.append(switch_replica(act, release, new, r, smoke=act.smoke))
-            undrain(act, new, r)
+            drain(act, new, m, {k})
+            smokes.append(switch_member(act, release, new, m, smoke=act.smoke))
+            undrain(act, new, m)
         except GptossctlError as exc:
-            unit = str(exc.data.get("unit", act.layout.replica_unit_name(r.index)))
+            unit = str(exc.data.get("unit", m.unit))
             journal = journal_findings(act.systemd, exc, unit)  # before the restore writes over it
-            outcome = roll_back(act, prev_release, prev, [*switched, r])
-            raise CheckFailed(f"replica {r.index} of release {new.version} did not come up: {exc.message}; "
+            outcome = roll_back(act, prev_release, prev, [*switched, m])
+            raise CheckFailed(f"replica {k} of release {new.version} did not come up: {exc.message}; "
                               f"{outcome}", code=exc.code if exc.code.startswith("install.") else "install.failed",
                               findings=[*exc.findings, *journal, Finding("install.rollback",
                                                                          act.layout.router_unit_name, outcome)],
                               hint=exc.hint, data={"unit": unit, "restored": True}) from None
-        switched.append(r)
+        switched.append(m)
     changed = install_router(act.layout, act.systemd, release, act.api_key, Path(new.router))
     return {"replicas": smokes, "router": start_router(act, new, restart=changed)}
 
 
-def roll_back(act: Activation, prev_release: Path, prev: ReleaseRecord, replicas: list[ReplicaRecord]) -> str:
-    """Each of `replicas` drained, back on the previous release and healthy before it returns to rotation; one
-    that does not come back stays out of rotation (the router never sends it a request)."""
+def roll_back(act: Activation, prev_release: Path, prev: ReleaseRecord, members: list[Member]) -> str:
+    """Each of `members` drained, back on the previous release and healthy before it returns to rotation; one
+    that does not come back stays out of rotation (the router never sends it a request). Same shape: the
+    previous release's member k is the same unit, port and GPUs."""
     failed: list[str] = []
     out: set[int] = set()
     restore = replace(act, smoke=False)
-    for r in replicas:
+    for m in members:
+        k = _replica(m)
         for attempt in (1, 2):  # a second start: seen once, a vLLM CPU worker hung at start right after a failure
             try:
-                with act.steps(f"rollback r{r.index}", f"restoring replica {r.index} to release {prev.version}"
-                                                       + (" (second attempt)" if attempt == 2 else "")) as d:
-                    drain(restore, prev, r, out | {r.index})
-                    switch_replica(restore, prev_release, prev, r, smoke=False)
-                    undrain(restore, prev, r, out)
-                    d.append(f"replica {r.index} healthy on release {prev.version}, back in rotation")
+                with act.steps(f"rollback r{k}", f"restoring replica {k} to release {prev.version}"
+                                                 + (" (second attempt)" if attempt == 2 else "")) as d:
+                    drain(restore, prev, m, out | {k})
+                    switch_member(restore, prev_release, prev, m, smoke=False)
+                    undrain(restore, prev, m, out)
+                    d.append(f"replica {k} healthy on release {prev.version}, back in rotation")
                 break
             except GptossctlError as exc:
                 if attempt == 2:
-                    out.add(r.index)
-                    failed.append(f"replica {r.index}: {exc.message}")
-    which = ", ".join(str(r.index) for r in replicas)
+                    out.add(k)
+                    failed.append(f"replica {k}: {exc.message}")
+    which = ", ".join(m.tag[1:] for m in members)
     if failed:
         return f"restoring replica(s) {which} to release {prev.version} failed for " + "; ".join(failed) + \
             " (kept out of rotation)"
-    return f"replica(s) {which} restored to release {prev.version} and healthy; release {prev.version} serves"
+    return f"replica(s) {which} restored and healthy on release {prev.version}; release {prev.version} serves"
 
 
 def restore_release(act: Activation, previous: int | None) -> str:
-    """Put the previous release's serving set back; say what happened."""
+    """Put the previous release's serving set back, whatever its shape (a legacy release: its one unit on the
+    port, the router and replicas removed); say what happened."""
     layout, systemd = act.layout, act.systemd
     rec = read_release(layout.release(previous)) if previous is not None else None
     if rec is None:
         gone = retire(layout, systemd, ())
-        return "no previous release: the unit was stopped and removed" if gone == [layout.unit_name] or not gone \
-            else f"no previous release: {', '.join(gone)} stopped and removed"
+        return f"no previous release: {', '.join(gone) or 'no unit'} stopped and removed"
     try:
-        with act.steps("rollback", f"restoring release {previous}"):
-            retire(layout, systemd, serving_units(layout, rec))
-            if not rec.replicated:
-                install_unit(layout, systemd, layout.release(rec.version))
-        if rec.replicated:
-            bring_up(replace(act, smoke=False), layout.release(rec.version))
-        else:
-            start_and_prove(layout, systemd, layout.release(rec.version), act.health_timeout, smoke=False,
-                            steps=act.steps)
+        with act.steps("rollback", f"restoring release {previous}") as d:
+            d.append(f"putting back {', '.join(serving_units(layout, rec))}")
+        bring_up(replace(act, smoke=False), layout.release(rec.version))
         switch_current(layout, rec.version)
-        return f"release {previous} restored and healthy"
+        return f"release {previous} restored and healthy" + (" (its one vLLM on the port, without the router)"
+                                                              if rec.legacy_single else "")
     except GptossctlError as exc:
         return f"restoring release {previous} failed too: {exc.message}"
 

@@ -41,7 +41,7 @@ TOOL_RESULT = '{"city": "Paris", "sky": "sunny", "temperature_c": 21}'
 TOOL_RESULT_MARK = "21"  # the final answer after the tool result must carry it
 # A harmony control token as text: <|channel|>, <|message|>, <|end|>, <|reserved_200017|>, ...
 CONTROL_TOKEN = re.compile(r"<\|[a-z_0-9]+\|>")
-CHECK_HINT = ("read the evidence, then the service's journal (journalctl -u gptoss@INSTANCE); the README's smoke "
+CHECK_HINT = ("read the evidence, then the service's journal (journalctl -u gptoss@INSTANCE-r0); the README's smoke "
               "section says what each check needs from the profile")
 
 

@@ -16,7 +16,7 @@ def test_staged_demo_passes_every_step(cli, tmp_path: Path) -> None:  # type: ig
         assert steps[name]["status"] == "ok", steps[name]
     exposure = re.search(r"exposure (\d+\.\d+)", steps["unit graded"]["detail"])
     assert exposure and float(exposure.group(1)) <= 2.0, steps["unit graded"]
-    assert (tmp_path / "demo/root/etc/systemd/system/multi-user.target.wants/gptoss@tiny-gpt-oss.service").is_symlink()
+    assert (tmp_path / "demo/root/etc/systemd/system/multi-user.target.wants/gptoss@tiny-gpt-oss-r0.service").is_symlink()
     assert ", 0 failed, " in steps["compliance check"]["detail"]
     assert "drift.payload failed" in steps["drift caught"]["detail"]
 

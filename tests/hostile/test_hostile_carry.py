@@ -369,20 +369,20 @@ def test_the_sealed_high_water_mark_holds_after_a_manual_switch_and_after_uninst
     `uninstall` (the chain is kept) an older still-valid bundle is refused without --allow-downgrade."""
     root = _root_copy(world, tmp_path)
     inst = root / "opt/gptoss/tiny-gpt-oss"
-    unit = root / "etc/systemd/system/gptoss@tiny-gpt-oss.service"
+    unit = root / "etc/systemd/system/gptoss@tiny-gpt-oss-r0.service"
     install = ["--trust", world.paths["pub"], "--root", str(root), "--yes", "--vllm-python", sys.executable]
     doc = _doc(r := _run(["install", str(_second_build(world, tmp_path, "6")), *install], {}))
     assert r.returncode == 0, doc.get("error")
     (inst / "current").unlink()
     (inst / "current").symlink_to("releases/5")
-    shutil.copyfile(inst / "releases/5/unit.service", unit)
+    shutil.copyfile(inst / "releases/5/unit-r0.service", unit)
     doc = _doc(r := _run(["compliance", "check", "--root", str(root)], {}))
     failed = {c["id"]: c for c in doc["data"]["checks"] if c["status"] == "fail"}
     assert r.returncode == 1 and set(failed) == {"record.sealed"}, failed
     assert "sealed release 6" in failed["record.sealed"]["evidence"][0]
     (inst / "current").unlink()
     (inst / "current").symlink_to("releases/6")
-    shutil.copyfile(inst / "releases/6/unit.service", unit)
+    shutil.copyfile(inst / "releases/6/unit-r0.service", unit)
     assert _run(["uninstall", "--root", str(root), "--instance", "tiny-gpt-oss", "--yes"], {}).returncode == 0
     before = _state(root)
     doc = _doc(r := _run(["install", world.paths["bundle"], *install], {}))

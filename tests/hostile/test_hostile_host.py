@@ -67,9 +67,9 @@ CASES: list[Case] = [
       "{mlpy}", expect=1, watch=("fresh_opt",), setup=_writable_venv, code="install.interpreter_writable"),
     # 10, 11: rollback reads nothing through a link where a rendered file stands
     C("rollback-to-linked-config", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
-      setup=_rolled_forward(_link_in_place("vllm.yaml")), code="rollback.drift"),
+      setup=_rolled_forward(_link_in_place("vllm-r0.yaml")), code="rollback.drift"),
     C("rollback-to-linked-unit-copy", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
-      setup=_rolled_forward(_link_in_place("unit.service")), code="rollback.drift"),
+      setup=_rolled_forward(_link_in_place("unit-r0.service")), code="rollback.drift"),
 ]
 
 
@@ -102,7 +102,7 @@ def test_the_clean_world_passes_with_the_manager_and_interpreters_checked(world:
 def test_user_site_and_cwd_are_off_in_the_service_env_and_their_loss_fails(world: World, tmp_path: Path) -> None:
     """08: PYTHONNOUSERSITE=1 and PYTHONSAFEPATH=1 are rendered; removing them fails config.release_files."""
     root = _root_copy(world, tmp_path)
-    env = root / RELEASE / "service.env"
+    env = root / RELEASE / "service-r0.env"
     lines = env.read_text().splitlines(keepends=True)
     assert "PYTHONNOUSERSITE=1\n" in lines and "PYTHONSAFEPATH=1\n" in lines
     env.write_text("".join(ln for ln in lines if not ln.startswith("PYTHONNOUSERSITE=")))
@@ -156,8 +156,8 @@ def test_a_posix_acl_granting_write_fails_permissions(world: World, tmp_path: Pa
     assert any(rel in e and "ACL lets user 999 write" in e for e in check["evidence"]), check["evidence"]
 
 
-@pytest.mark.parametrize("rel", [f"etc/systemd/system/gptoss@{INSTANCE}.service", f"{RELEASE}/vllm.yaml",
-                                 f"{RELEASE}/service.env", f"{RELEASE}/unit.service"])
+@pytest.mark.parametrize("rel", [f"etc/systemd/system/gptoss@{INSTANCE}-r0.service", f"{RELEASE}/vllm-r0.yaml",
+                                 f"{RELEASE}/service-r0.env", f"{RELEASE}/unit-r0.service"])
 def test_a_link_where_a_unit_or_rendered_file_stands_fails(world: World, tmp_path: Path, rel: str) -> None:
     """10, 11: a link to an identical 0666 copy: the link is named, and nothing is read through it."""
     root = _root_copy(world, tmp_path)

@@ -389,10 +389,10 @@ def _injected_python_record(w: World, tmp: Path) -> dict[str, str]:
     rel = root / "opt/gptoss/tiny-gpt-oss/releases/5"
     rec = json.loads((rel / "release.json").read_text())
     old, new = rec["python"], rec["python"] + INJECTION
-    for unit in (rel / "unit.service", root / "etc/systemd/system/gptoss@tiny-gpt-oss.service"):
+    for unit in (rel / "unit-r0.service", root / "etc/systemd/system/gptoss@tiny-gpt-oss-r0.service"):
         unit.write_text(unit.read_text().replace(f"ExecStart={old} ", f"ExecStart={new} "))
     rec["python"] = new
-    rec["rendered"]["unit.service"] = hashlib.sha256((rel / "unit.service").read_bytes()).hexdigest()
+    rec["rendered"]["unit-r0.service"] = hashlib.sha256((rel / "unit-r0.service").read_bytes()).hexdigest()
     (rel / "release.json").write_text(json.dumps(rec, indent=2) + "\n")
     return {"root2": str(root)}
 
@@ -1039,7 +1039,7 @@ CASES: list[Case] = [
     C("rollback-to-changed-payload", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
       setup=_rolled_forward(_append("payload/model/config.json", b"x")), code="rollback.drift"),
     C("rollback-to-changed-unit", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
-      setup=_rolled_forward(_append("unit.service", b"ExecStartPre=+/bin/true\n")), code="rollback.drift"),
+      setup=_rolled_forward(_append("unit-r0.service", b"ExecStartPre=+/bin/true\n")), code="rollback.drift"),
     C("rollback-to-edited-record", "rollback", "--root", "{root2}", "--yes", expect=1, watch=("root2",),
       setup=_rolled_forward(_edit_record), code="rollback.drift"),
     C("audit-anchor-deleted-then-appended", "audit", "verify", "--root", "{root2}", expect=1,
@@ -1200,7 +1200,7 @@ def test_support_bundle_redacts_every_member_and_reads_back_every_value(world: W
     import tarfile
 
     root = _root_copy(world, tmp_path)
-    d = root / "etc/systemd/system/gptoss@tiny-gpt-oss.service.d"
+    d = root / "etc/systemd/system/gptoss@tiny-gpt-oss-r0.service.d"
     d.mkdir(parents=True)
     secrets = ("hunter2hunter2", "sk-abcdefghijklmnopqrstuvwxyz012345", "s3cr3t-db-pass")
     (d / "other.conf").write_text(f'[Service]\nEnvironment="MY_PASSPHRASE={secrets[0]}"\n'

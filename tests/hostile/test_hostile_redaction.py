@@ -49,7 +49,7 @@ CONSUMER_KEY = "consumer-Qm4tR8wZ1pL6vB3nX9kJ2hF7"  # only by value: in a file u
 
 
 def _dropin(root: Path) -> Path:
-    d = root / "etc/systemd/system" / f"gptoss@{INSTANCE}.service.d"
+    d = root / "etc/systemd/system" / f"gptoss@{INSTANCE}-r0.service.d"
     d.mkdir(parents=True, exist_ok=True)
     return d / "site.conf"
 
@@ -71,7 +71,7 @@ def test_support_bundle_ships_no_credential_in_any_form(world: World, tmp_path: 
                              f"# journal: request from alice with {CONSUMER_KEY} refused\n"
                              f"# journal: echoed {api_key} in a warning\n"
                              "Environment=NCCL_SOCKET_IFNAME=eth0\n")
-    env = next((root / "opt/gptoss" / INSTANCE / "releases").glob("*/service.env"))
+    env = next((root / "opt/gptoss" / INSTANCE / "releases").glob("*/service-r0.env"))
     env.write_text(env.read_text() + "https_proxy=http://u2:EnvPr0xyPass@proxy:3128\n")
     out = tmp_path / "sb.tgz"
     r = _run(["support-bundle", "--root", str(root), "-o", str(out)], {})
@@ -83,7 +83,7 @@ def test_support_bundle_ships_no_credential_in_any_form(world: World, tmp_path: 
     leaked = sorted(f"{form} in {name}" for name, data in members.items() for form, s in secrets.items()
                     if s.encode() in data)
     assert not leaked, leaked
-    site = members[f"units/dropins/gptoss@{INSTANCE}.service.d/site.conf"].decode()
+    site = members[f"units/dropins/gptoss@{INSTANCE}-r0.service.d/site.conf"].decode()
     assert "NCCL_SOCKET_IFNAME=eth0" in site  # no secret there: not redacted
     assert "https_proxy=http://[REDACTED]@proxy:3128" in site
     red = doc["data"]["redaction"]
@@ -96,7 +96,7 @@ def test_compliance_reports_carry_no_secret_from_a_tampered_unit(world: World, t
     proxy password. No report format (stdout JSON, --report, --sarif, --junit) contains either; files 0600."""
     root = _root_copy(world, tmp_path)
     api_key = (root / "etc/gptoss" / INSTANCE / "api-key").read_text().strip()
-    unit = root / "etc/systemd/system" / f"gptoss@{INSTANCE}.service"
+    unit = root / "etc/systemd/system" / f"gptoss@{INSTANCE}-r0.service"
     unit.write_text(unit.read_text().replace("[Service]\n", f"[Service]\nEnvironment=VLLM_API_KEY={api_key}\n"
                                              "Environment=HTTP_PROXY=http://u:p@h:1\n", 1))
     outs = {"--report": tmp_path / "r.json", "--sarif": tmp_path / "r.sarif", "--junit": tmp_path / "r.xml"}

@@ -24,8 +24,8 @@ from gptossctl.adapters.nspawn import CACHE, PATH, Container, debian_rootfs  # n
 from gptossctl.adapters.nspawn import PACKAGES as BASE_PACKAGES
 from gptossctl.adapters.nspawn import need as _need_tool
 
-# nginx-light: the router in front of several replicas (install's preflight requires it for more than one).
-PACKAGES = BASE_PACKAGES + ",nginx-light"
+# The base packages carry nginx-light: the router in front of every instance (install's preflight requires it).
+PACKAGES = BASE_PACKAGES
 REPO = Path(__file__).resolve().parents[2]
 # Fleet hosts add sshd: Ansible reaches them over SSH like any managed host.
 FLEET_PACKAGES = PACKAGES + ",openssh-server"

@@ -114,7 +114,7 @@ def test_a_clean_install_passes_every_check_and_every_format_loads(cli, tree: Pa
     by = {c["id"]: c for c in d["checks"]}
     assert "7 Python packages" in " ".join(by["provenance.sbom"]["evidence"])  # the wheels and kernels, installed
     assert by["drift.environment"]["evidence"][0].split()[0].isdigit()
-    assert by["config.exposure"]["evidence"][0].startswith("exposure 1.")
+    assert by["config.exposure"]["evidence"][0].startswith(f"gptoss@{INSTANCE}-r0.service: exposure 1.")
     assert json.loads((out / "c.json").read_text())["checks"] == d["checks"]
     # SARIF: valid against the 2.1.0 schema and clean in Microsoft's validator.
     import jsonschema
@@ -177,30 +177,30 @@ def _extra_payload(root: Path) -> None:
 
 
 def _unit_line(root: Path) -> None:
-    _edit(root / f"etc/systemd/system/gptoss@{INSTANCE}.service", "NoNewPrivileges=yes", "NoNewPrivileges=no")
+    _edit(root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service", "NoNewPrivileges=yes", "NoNewPrivileges=no")
 
 
 def _dropin(root: Path) -> None:
-    d = root / f"etc/systemd/system/gptoss@{INSTANCE}.service.d"
+    d = root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service.d"
     d.mkdir()
     (d / "override.conf").write_text("[Service]\nUser=root\nCapabilityBoundingSet=CAP_SYS_ADMIN\nProtectSystem=no\n"
                                      "ProtectHome=no\nPrivateTmp=no\nNoNewPrivileges=no\n")
 
 
 def _env_mode(root: Path) -> None:
-    os.chmod(_rel(root) / "service.env", 0o644)
+    os.chmod(_rel(root) / "service-r0.env", 0o644)
 
 
 def _usage_stats(root: Path) -> None:
-    _edit(_rel(root) / "service.env", "VLLM_NO_USAGE_STATS=1\n", "")
+    _edit(_rel(root) / "service-r0.env", "VLLM_NO_USAGE_STATS=1\n", "")
 
 
 def _bind(root: Path) -> None:
-    _edit(_rel(root) / "vllm.yaml", "host: 127.0.0.1", "host: 0.0.0.0")
+    _edit(_rel(root) / "vllm-r0.yaml", "host: 127.0.0.1", "host: 0.0.0.0")
 
 
 def _api_key(root: Path) -> None:
-    _edit(_rel(root) / "service.env", f"VLLM_API_KEY={_key(root)}", "VLLM_API_KEY=" + "x" * 43)
+    _edit(_rel(root) / "service-r0.env", f"VLLM_API_KEY={_key(root)}", "VLLM_API_KEY=" + "x" * 43)
 
 
 def _module(root: Path) -> None:
@@ -237,7 +237,7 @@ def _python_with_unit(root: Path) -> None:
     """release.json names another interpreter, and the unit (installed and the release's copy) runs it."""
     python = json.loads((_rel(root) / "release.json").read_text())["python"]
     _edit(_rel(root) / "release.json", json.dumps(python), json.dumps("/tmp/evil/bin/python"))
-    for unit in (_rel(root) / "unit.service", root / f"etc/systemd/system/gptoss@{INSTANCE}.service"):
+    for unit in (_rel(root) / "unit-r0.service", root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service"):
         text = unit.read_text()
         assert python in text
         unit.write_text(text.replace(python, "/tmp/evil/bin/python"))
@@ -249,10 +249,13 @@ def _external_flag(root: Path) -> None:
 
 
 def _key_with_env(root: Path) -> None:
-    """The API key file replaced, and service.env rendered for the new key."""
+    """The API key file replaced, and r0's environment file and the router's credential rendered for the new key."""
+    from gptossctl.install.router import router_key_map
+
     old = _key(root)
     (root / "etc/gptoss" / INSTANCE / "api-key").write_text("k" * 43 + "\n")
-    _edit(_rel(root) / "service.env", f"VLLM_API_KEY={old}", "VLLM_API_KEY=" + "k" * 43)
+    _edit(_rel(root) / "service-r0.env", f"VLLM_API_KEY={old}", "VLLM_API_KEY=" + "k" * 43)
+    (root / "etc/gptoss" / INSTANCE / "router-key.map").write_text(router_key_map("k" * 43))
 
 
 def _audit_entry(root: Path) -> None:
@@ -326,7 +329,7 @@ def test_the_evidence_names_what_changed(cli, tree: Path) -> None:  # type: igno
     by = {c["id"]: c for c in _check(cli, tree)[1]["data"]["checks"]}
     assert any("model-00000-of-00001.safetensors" in e and "digest_mismatch" in e for e in by["drift.payload"]["evidence"])
     assert "-NoNewPrivileges=yes" in by["config.unit"]["evidence"] and "+NoNewPrivileges=no" in by["config.unit"]["evidence"]
-    assert "service.env: VLLM_API_KEY: approved (redacted), found (redacted)" in by["config.release_files"]["evidence"]
+    assert "service-r0.env: VLLM_API_KEY: approved (redacted), found (redacted)" in by["config.release_files"]["evidence"]
     assert by["drift.payload"]["remediation"].endswith("--repair")
 
 
@@ -415,7 +418,7 @@ def test_install_lays_down_the_daily_timer_and_uninstall_removes_it(cli, tree: P
 def test_support_bundle_redacts_every_secret(cli, tree: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     key = _key(tree)
     # A careless drop-in that echoes the key: it is collected (drop-ins matter to support) and redacted.
-    d = tree / f"etc/systemd/system/gptoss@{INSTANCE}.service.d"
+    d = tree / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service.d"
     d.mkdir()
     (d / "debug.conf").write_text(f"[Service]\nEnvironment=VLLM_API_KEY={key}\n# curl -H 'Authorization: Bearer {key}'\n")
     out = tmp_path / "support.tar.gz"
@@ -426,27 +429,29 @@ def test_support_bundle_redacts_every_secret(cli, tree: Path, tmp_path: Path) ->
     assert key.encode() not in raw
     with tarfile.open(out) as tar:
         members = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
-    for want in ("units/gptoss@tiny-gpt-oss.service", "units/dropins/gptoss@tiny-gpt-oss.service.d/debug.conf",
-                 "release/vllm.yaml", "release/service.env", "release/release.json", "release/packages.txt",
+    for want in ("units/gptoss@tiny-gpt-oss-r0.service", "units/gptoss-router@tiny-gpt-oss.service",
+                 "units/dropins/gptoss@tiny-gpt-oss-r0.service.d/debug.conf",
+                 "release/vllm-r0.yaml", "release/service-r0.env", "release/router.conf", "release/release.json",
+                 "release/packages.txt",
                  "compliance.json", "status.json", "hardware.json", "audit/audit.jsonl", "audit/verify.json",
                  "systemd-analyze-security.txt"):
         assert want in members, sorted(members)
     for name, data in members.items():
         assert key.encode() not in data, name
-    assert b"VLLM_API_KEY=[REDACTED]" in members["release/service.env"]
-    assert b"HF_HUB_OFFLINE=1" in members["release/service.env"]  # what is not secret stays readable
-    assert b"Bearer [REDACTED]" in members["units/dropins/gptoss@tiny-gpt-oss.service.d/debug.conf"]
+    assert b"VLLM_API_KEY=[REDACTED]" in members["release/service-r0.env"]
+    assert b"HF_HUB_OFFLINE=1" in members["release/service-r0.env"]  # what is not secret stays readable
+    assert b"Bearer [REDACTED]" in members["units/dropins/gptoss@tiny-gpt-oss-r0.service.d/debug.conf"]
     assert json.loads(members["compliance.json"])["instance"] == INSTANCE
     assert b"tinydep==1.2.0" in members["release/packages.txt"]
     assert doc["data"]["secrets_redacted"] >= 1
     # The collected tree was not changed by collecting it.
-    assert (_rel(tree) / "service.env").stat().st_mode & 0o777 == 0o600
+    assert (_rel(tree) / "service-r0.env").stat().st_mode & 0o777 == 0o600
 
 
 def test_support_bundle_redacts_secrets_wherever_a_value_can_sit(cli, tree: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     secrets = {"quoted": "q-Secr3t-value-1", "unquoted": "u-Secr3t-value-2", "lower": "l-Secr3t-value-3",
                "single": "s-Secr3t-value-4", "envfile": "e-Secr3t-value-5", "colon": "c-Secr3t-value-6"}
-    d = tree / f"etc/systemd/system/gptoss@{INSTANCE}.service.d"
+    d = tree / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service.d"
     d.mkdir()
     (d / "site.conf").write_text(
         "[Service]\n"
@@ -492,8 +497,8 @@ def test_compliance_on_a_missing_instance_is_a_usage_error(cli, tmp_path: Path) 
 # (systemd.unit(5)), on every unit gptossctl installs; a unit file of the same name earlier in the search path.
 
 DROPINS = {
-    "system.control": f"etc/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf",
-    "transient": f"run/systemd/transient/gptoss@{INSTANCE}.service.d/50-site.conf",
+    "system.control": f"etc/systemd/system.control/gptoss@{INSTANCE}-r0.service.d/50-site.conf",
+    "transient": f"run/systemd/transient/gptoss@{INSTANCE}-r0.service.d/50-site.conf",
     "usr/local template": "usr/local/lib/systemd/system/gptoss@.service.d/50-site.conf",
     "generator.late, type-wide": "run/systemd/generator.late/service.d/50-site.conf",
     "dash prefix (the compliance service)": "etc/systemd/system/gptoss-.service.d/50-site.conf",
@@ -532,7 +537,7 @@ def test_a_distributions_own_type_wide_dropin_is_a_warning_and_a_sites_fails(cli
 
 
 SHADOWS = {  # the file that shadows ours -> ours
-    f"run/systemd/system.control/gptoss@{INSTANCE}.service": f"gptoss@{INSTANCE}.service",
+    f"run/systemd/system.control/gptoss@{INSTANCE}-r0.service": f"gptoss@{INSTANCE}-r0.service",
     f"etc/systemd/system.control/gptoss-compliance@{INSTANCE}.service": "gptoss-compliance@.service",
     "run/systemd/transient/gptoss-compliance@.timer": "gptoss-compliance@.timer",
     # later on the path, but an instance's own file wins over the template we install
@@ -561,7 +566,7 @@ def test_an_edited_compliance_unit_fails_the_unit_check(cli, tree: Path) -> None
 
 
 def _other_owner(root: Path) -> None:
-    os.chown(_rel(root) / "vllm.yaml", 1000, 1000)
+    os.chown(_rel(root) / "vllm-r0.yaml", 1000, 1000)
 
 
 def _group_writable_dir(root: Path) -> None:
@@ -603,7 +608,7 @@ def _state_dir(root: Path) -> Path:
     """The service's StateDirectory, as systemd makes it: 0700, owned by the service user."""
     uid = next(int(ln.split(":")[2]) for ln in (root / "etc/passwd").read_text().splitlines()
                if ln.startswith("gptoss:"))
-    state = root / "var/lib/gptoss" / INSTANCE
+    state = root / "var/lib/gptoss" / f"{INSTANCE}-r0"
     state.mkdir(parents=True, mode=0o700)
     (state / "usage.json").write_text("{}\n")
     for p in (state, state / "usage.json"):
@@ -639,7 +644,7 @@ def test_the_service_state_directory_owned_by_the_service_user_passes(cli, tree:
     code, doc = _check(cli, tree)
     assert code == 0 and set(_status(doc).values()) == {"pass"}, _status(doc)
     evidence = " ".join({c["id"]: c for c in doc["data"]["checks"]}["access.permissions"]["evidence"])
-    assert f"/var/lib/gptoss/{INSTANCE}" in evidence, evidence
+    assert f"/var/lib/gptoss/{INSTANCE}-r0" in evidence, evidence
 
 
 def test_a_clock_behind_the_audit_chain_fails_expiry(tree: Path) -> None:

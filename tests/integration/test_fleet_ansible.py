@@ -243,20 +243,21 @@ def test_rollout_installs_every_host_canary_first_and_gathers_reports(fleet_host
 
 def test_a_host_whose_install_fails_stops_the_rollout_and_runs_what_it_ran(fleet_hosts: Fleet) -> None:
     canary, other = fleet_hosts.hosts
-    # A real cause on the canary only: the port this rollout gives it is already taken there.
-    canary.container.run("systemd-run", "--unit=squatter", "python3", "-m", "http.server", "8001", "--bind",
+    # A real cause on the canary only: the port this rollout gives its replica (--port 8003: the router on 8003,
+    # r0 on 8004) is already taken there (8000 and 8001 are release 1's router and r0).
+    canary.container.run("systemd-run", "--unit=squatter", "python3", "-m", "http.server", "8004", "--bind",
                          "127.0.0.1")
     for _ in range(60):
-        if ":8001 " in canary.container.run("ss", "-ltnH", check=False).stdout:
+        if ":8004 " in canary.container.run("ss", "-ltnH", check=False).stdout:
             break
         time.sleep(1)
     else:
-        raise AssertionError("the squatter never listened on 8001")
+        raise AssertionError("the squatter never listened on 8004")
     other_pids, other_audit = _vllm_pids(other), _audit_lines(other)
     assert other_pids
     res = fleet_hosts.rollout(
         "run2", {"gptoss_bundle_transfer": "staged", "gptoss_bundle_staged_path": "/media/bundles/v2",
-                 "gptoss_batch": 1}, host_vars={canary.name: {"gptoss_port": 8001}})
+                 "gptoss_batch": 1}, host_vars={canary.name: {"gptoss_port": 8003}})
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-6000:]
     assert "No further" in out and f"[{other.name}]" not in out  # the play never reached the other host

@@ -244,7 +244,7 @@ def test_a_release_vllm_rejects_is_rolled_back_while_the_old_one_serves(box: Con
         poller.wait(180)
     assert code == 1 and doc["error"]["code"] in ("install.start_failed", "install.health_timeout"), doc["error"]
     assert "replica 0 of release 3 did not come up" in doc["error"]["message"]
-    assert "replica(s) 0 restored to release 2 and healthy" in doc["error"]["message"]
+    assert "replica(s) 0 restored and healthy on release 2" in doc["error"]["message"]
     findings = {f["code"]: f for f in doc["findings"]}
     assert "max_model_len" in findings["install.journal"]["message"] or \
         "max-model-len" in findings["install.journal"]["message"], findings["install.journal"]["message"][-1500:]

@@ -78,6 +78,8 @@ def box(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, KeyPair]) -> I
     c.boot()
     try:
         bootstrap_cli(c)
+        # The distribution's own nginx site is not needed: the router runs under its own unit.
+        c.run("systemctl", "disable", "--now", "nginx.service")
         yield c
     finally:
         (work / "journal.txt").write_text(c.run("journalctl", "--no-pager", "-n", "400", check=False).stdout
@@ -121,18 +123,18 @@ def test_the_container_has_no_network_but_loopback(box: Container) -> None:
 def test_install_serves_a_real_vllm_under_hardened_systemd(box: Container) -> None:
     code, doc = _install(box, "v1", check=True)
     steps = {s["step"]: s["status"] for s in doc["data"]["steps"]}
-    for step in ("verify", "preflight", "unpack", "environment", "render", "user", "unit", "start", "health",
-                 "smoke", "switch"):
+    for step in ("verify", "preflight", "unpack", "environment", "render", "user", "units", "start r0", "health r0",
+                 "smoke r0", "router", "router smoke", "switch"):
         assert steps[step] == "ok", doc["data"]["steps"]
     assert doc["data"]["smoke"]["ok"] is True
     row = _status(box)
     assert (row["state"], row["health"], row["version"], row["profile"]) == ("active", 200, 1, "cpu-tiny")
     # Least privilege, seen from the running system: the service user, not root; the key file root-only.
-    user = box.run("systemctl", "show", f"gptoss@{INSTANCE}.service", "--property=User,MainPID").stdout
+    user = box.run("systemctl", "show", f"gptoss@{INSTANCE}-r0.service", "--property=User,MainPID").stdout
     assert "User=gptoss" in user
     pid = user.split("MainPID=")[1].split()[0]
     assert box.run("ps", "-o", "user=", "-p", pid).stdout.strip() == "gptoss"
-    env = box.path(f"/opt/gptoss/{INSTANCE}/releases/1/service.env")
+    env = box.path(f"/opt/gptoss/{INSTANCE}/releases/1/service-r0.env")
     assert oct(env.stat().st_mode & 0o777) == "0o600" and env.stat().st_uid == 0
     assert "--api-key" not in box.run("ps", "-o", "args=", "-p", pid).stdout  # the key is never in argv
     # Running the same command again changes nothing.
@@ -158,7 +160,7 @@ def test_upgrade_converges_after_sigkill_at_several_points(box: Container, tmp_p
     # 2. Killed while waiting for the new release's /health: the unit already runs v2, current is still 1.
     proc = box.spawn(CLI, "install", "/media/bundles/v2", "--trust", TRUST, "--yes", "--health-timeout", "6m",
                      log=tmp_path / "kill2.log")
-    unit = box.path(f"/etc/systemd/system/gptoss@{INSTANCE}.service")
+    unit = box.path(f"/etc/systemd/system/gptoss@{INSTANCE}-r0.service")
     deadline = time.monotonic() + 600
     while "releases/2/" not in unit.read_text() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -183,13 +185,13 @@ def test_a_release_that_cannot_start_leaves_the_previous_one_serving(box: Contai
     code, doc = _install(box, "v3")
     assert code == 1 and doc["error"]["code"] in ("install.start_failed", "install.health_timeout"), doc["error"]
     findings = {f["code"]: f for f in doc["findings"]}
-    assert "release 2 restored and healthy" in findings["install.rollback"]["message"]
+    assert "restored and healthy on release 2" in findings["install.rollback"]["message"]
     assert "max_model_len" in findings["install.journal"]["message"] or \
         "max-model-len" in findings["install.journal"]["message"], findings["install.journal"]["message"][-1500:]
     steps = [(s["step"], s["status"]) for s in doc["data"]["steps"]]
-    # The new release's health wait failed, then release 2's unit came back and proved healthy.
-    assert steps[-5:] == [("health", "failed"), ("rollback", "ok"), ("start", "ok"), ("health", "ok"),
-                          ("smoke", "skipped")], steps
+    # The new release's replica failed its health wait (release 2 rolled replica by replica: r0 drained first),
+    # then release 2's r0 came back, proved healthy, and returned to rotation.
+    assert ("health r0", "failed") in steps and steps[-1] == ("rollback r0", "ok"), steps
     row = _status(box)
     assert (row["version"], row["health"], row["consistent"]) == (2, 200, True)
     assert _serving_version(box) == 2
@@ -227,7 +229,7 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     by = {ch["id"]: ch for ch in report["checks"]}
     # Live evidence: the key is enforced on the running server, and vLLM listens on loopback only.
     assert "without a key 401, with the key 200" in " ".join(by["access.api_key"]["evidence"])
-    assert "listening on 127.0.0.1" in " ".join(by["config.bind"]["evidence"])
+    assert "listening on loopback only on ports 8000, 8001" in " ".join(by["config.bind"]["evidence"])
     assert "GET /health 200" in " ".join(by["service.running"]["evidence"])
     assert by["provenance.sbom"]["status"] == "pass" and by["drift.environment"]["status"] == "pass"
     # Live, systemd itself is asked what it applies to each unit (systemctl show DropInPaths, FragmentPath).
@@ -245,7 +247,7 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     _install(box, "v2", "--repair", check=True)
 
     # 2. A unit line edited (the rest is as repaired): config.unit.
-    unit = box.path(f"/etc/systemd/system/gptoss@{INSTANCE}.service")
+    unit = box.path(f"/etc/systemd/system/gptoss@{INSTANCE}-r0.service")
     original = unit.read_text()
     unit.write_text(original.replace("NoNewPrivileges=yes", "NoNewPrivileges=no"))
     report = _timer_report(box)
@@ -255,7 +257,7 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     box.run("systemctl", "daemon-reload")  # what the admin runs after putting the file back
 
     # 3. The env file's mode loosened: access.secrets.
-    env = box.path(f"{rel}/service.env")
+    env = box.path(f"{rel}/service-r0.env")
     env.chmod(0o644)
     report = _timer_report(box)
     assert set(_failed_checks(report)) == {"access.secrets"}, _failed_checks(report)
@@ -277,13 +279,13 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
 
     # 5. A drop-in where `systemctl set-property --runtime` writes one (/run/systemd/system.control): config.unit.
     # /run is the booted container's own tmpfs: the drop-in is written from inside, as set-property would.
-    dropin = f"/run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf"
+    dropin = f"/run/systemd/system.control/gptoss@{INSTANCE}-r0.service.d/50-site.conf"
     box.run("sh", "-c", f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Unit]\\nDescription=site override\\n' > {dropin}")
     box.run("systemctl", "daemon-reload")
     report = _timer_report(box)
     assert set(_failed_checks(report)) == {"config.unit"}, _failed_checks(report)
-    assert f"drop-in /run/systemd/system.control/gptoss@{INSTANCE}.service.d/50-site.conf changes " \
-           f"gptoss@{INSTANCE}.service" in _failed_checks(report)["config.unit"]["evidence"]
+    assert f"drop-in /run/systemd/system.control/gptoss@{INSTANCE}-r0.service.d/50-site.conf changes " \
+           f"gptoss@{INSTANCE}-r0.service" in _failed_checks(report)["config.unit"]["evidence"]
     box.run("rm", "-r", dropin.rsplit("/", 1)[0])
     box.run("systemctl", "daemon-reload")
 
@@ -298,7 +300,8 @@ def test_compliance_timer_catches_each_tampering_on_the_running_service(box: Con
     import gzip
 
     assert key.encode() not in raw and key.encode() not in gzip.decompress(raw)
-    assert b"journal/service.txt" in gzip.decompress(raw)
+    assert f"journal/gptoss@{INSTANCE}-r0.txt".encode() in gzip.decompress(raw)
+    assert f"journal/gptoss-router@{INSTANCE}.txt".encode() in gzip.decompress(raw)
 
 
 def test_rollback_then_uninstall_leaves_nothing_but_what_purge_keeps(box: Container) -> None:
@@ -310,15 +313,16 @@ def test_rollback_then_uninstall_leaves_nothing_but_what_purge_keeps(box: Contai
     kept = json.loads(res.stdout)["data"]["kept"]
     assert f"/etc/gptoss/{INSTANCE}" in kept
     assert not box.path(f"/opt/gptoss/{INSTANCE}").exists()
-    assert not box.path(f"/etc/systemd/system/gptoss@{INSTANCE}.service").exists()
-    assert box.run("systemctl", "is-active", f"gptoss@{INSTANCE}.service", check=False).stdout.strip() in (
-        "inactive", "unknown")
+    for name in (f"gptoss@{INSTANCE}-r0.service", f"gptoss-router@{INSTANCE}.service"):
+        assert not box.path(f"/etc/systemd/system/{name}").exists()
+        assert box.run("systemctl", "is-active", name, check=False).stdout.strip() in ("inactive", "unknown")
     assert not box.pids_of("vllm.entrypoints")
     # --purge: nothing of gptossctl's is left (the CLI's own venv is the admin's).
     box.run(CLI, "install", "/media/bundles/v2", "--trust", TRUST, "--yes", "--no-start")
     box.run(CLI, "uninstall", "--yes", "--purge")
     for p in ("/opt/gptoss", "/etc/gptoss", "/var/lib/gptoss", "/var/cache/gptoss", "/etc/sysusers.d/gptoss.conf",
-              "/etc/systemd/system/multi-user.target.wants/gptoss@tiny-llama.service", "/var/lib/gptoss-compliance",
+              "/etc/systemd/system/multi-user.target.wants/gptoss@tiny-llama-r0.service",
+              "/etc/systemd/system/multi-user.target.wants/gptoss-router@tiny-llama.service", "/var/lib/gptoss-compliance",
               "/etc/systemd/system/gptoss-compliance@.service",
               "/etc/systemd/system/timers.target.wants/gptoss-compliance@tiny-llama.timer"):
         assert not box.path(p).exists(), p

@@ -98,7 +98,7 @@ def _checks(cli, root: Path) -> dict[str, dict[str, Any]]:  # type: ignore[no-un
 def test_compliance_fails_on_a_variable_outside_the_allowlist_added_with_the_profile(cli, installed: Path) -> None:  # type: ignore[no-untyped-def]
     release = installed / "opt/gptoss" / INSTANCE / "releases/5"
     assert _checks(cli, installed)["config.release_files"]["status"] == "pass"
-    env = release / "service.env"
+    env = release / "service-r0.env"
     env.write_text(env.read_text() + "NCCL_NET_PLUGIN=/tmp/x.so\n")
     prof = release / PROFILE
     prof.write_text(prof.read_text().replace('VLLM_CPU_KVCACHE_SPACE: "1"',
@@ -110,8 +110,8 @@ def test_compliance_fails_on_a_variable_outside_the_allowlist_added_with_the_pro
 
 def test_compliance_renders_from_gptossctls_own_template_not_the_releases(cli, installed: Path) -> None:  # type: ignore[no-untyped-def]
     release = installed / "opt/gptoss" / INSTANCE / "releases/5"
-    unit = installed / f"etc/systemd/system/gptoss@{INSTANCE}.service"
-    for p in (release / UNIT, release / "unit.service", unit):  # the release's template, its copy, the unit
+    unit = installed / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service"
+    for p in (release / UNIT, release / "unit-r0.service", unit):  # the release's template, its copy, the unit
         p.write_text(_privileged(p.read_text()))
     check = _checks(cli, installed)["config.unit"]
     assert check["status"] == "fail"

@@ -153,7 +153,8 @@ def test_a_staged_install_and_a_rollback_carry_the_seal(cli, two: Path) -> None:
     assert seal["schema"] == "gptossctl.install-seal/1" and (seal["instance"], seal["version"]) == (INSTANCE, 2)
     assert seal["python"] == sys.executable and seal["release_json"] == _sha(rel / "release.json")
     assert seal["api_key"] == _sha(key) and seal["listing"] is None  # --vllm-python: no environment built
-    assert seal["files"] == {n: _sha(rel / n) for n in ("service.env", "unit.service", "vllm.yaml")}
+    assert seal["files"] == {n: _sha(rel / n) for n in ("router.conf", "router.service", "service-r0.env", "unit-r0.service",
+                                                      "vllm-r0.yaml")}
     assert key.read_text().strip() not in (root / LOG).read_text()
     assert cli("rollback", "--root", str(root))[0] == 0
     last = _entries(root)[-1]
@@ -172,7 +173,7 @@ def _python_with_unit(root: Path) -> str:
     """release.json names another interpreter, and the unit (installed and the release's copy) runs it."""
     rel = root / "opt/gptoss" / INSTANCE / "releases/2"
     _edit(rel / "release.json", json.dumps(sys.executable), json.dumps("/tmp/evil/python"))
-    for unit in (rel / "unit.service", root / f"etc/systemd/system/gptoss@{INSTANCE}.service"):
+    for unit in (rel / "unit-r0.service", root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service"):
         _edit(unit, sys.executable, "/tmp/evil/python")
     return "release.json"
 
@@ -182,7 +183,7 @@ def _key_with_env(root: Path) -> str:
     key = root / "etc/gptoss" / INSTANCE / "api-key"
     old, new = key.read_text().strip(), "k" * 43
     key.write_text(new + "\n")
-    _edit(root / "opt/gptoss" / INSTANCE / "releases/2/service.env", old, new)
+    _edit(root / "opt/gptoss" / INSTANCE / "releases/2/service-r0.env", old, new)
     return "api-key"
 
 

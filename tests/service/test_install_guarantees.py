@@ -58,10 +58,10 @@ def test_a_bundle_changed_after_verification_is_never_used(bundle: Path, keys: d
     r = install(InstallRequest(bundle=bundle, policy=_policy(keys["alice"]), root=root,
                                vllm_python=Path(sys.executable)), on_step=on_step)
     assert swapped and EVIL in (bundle / "payload/systemd/gptoss@.service").read_text()  # the swap did happen
-    unit = (root / f"etc/systemd/system/gptoss@{INSTANCE}.service").read_text()
+    unit = (root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service").read_text()
     release = root / "opt/gptoss" / INSTANCE / "releases" / str(r.version)
     assert "ExecStartPre" not in unit and "203.0.113.7" not in unit
-    assert "max-model-len: 2048" in (release / "vllm.yaml").read_text()
+    assert "max-model-len: 2048" in (release / "vllm-r0.yaml").read_text()
     assert "ExecStartPre" not in (release / "payload/systemd/gptoss@.service").read_text()
 
 
@@ -89,7 +89,7 @@ def test_a_refused_upgrade_leaves_trust_key_and_records_as_they_were(cli, tiny_m
                     "--vllm-python", sys.executable)
     assert code == 0, doc
     before = _tree_digest(root, f"etc/gptoss/{INSTANCE}", f"opt/gptoss/{INSTANCE}/releases/5",
-                          f"etc/systemd/system/gptoss@{INSTANCE}.service")
+                          f"etc/systemd/system/gptoss@{INSTANCE}-r0.service")
     # v6 is signed by alice and bob; installed against the instance's root (alice, 1 of 1: bob is an unknown
     # co-signer, not counted), but without an environment to build (no wheels and no --vllm-python): it is
     # refused after verification, preflight and unpack. (A new trust set on the command line is refused
@@ -99,7 +99,7 @@ def test_a_refused_upgrade_leaves_trust_key_and_records_as_they_were(cli, tiny_m
     assert code == 1 and doc["error"]["code"] == "install.no_wheels", doc
     assert [s["step"] for s in doc["data"]["steps"]][-2:] == ["environment", "unpack"]  # environment runs inside unpack
     assert _tree_digest(root, f"etc/gptoss/{INSTANCE}", f"opt/gptoss/{INSTANCE}/releases/5",
-                        f"etc/systemd/system/gptoss@{INSTANCE}.service") == before
+                        f"etc/systemd/system/gptoss@{INSTANCE}-r0.service") == before
     code, doc = cli("trust", "show", "--root", str(root))
     assert code == 0 and doc["data"]["version"] == 1, doc
     assert doc["data"]["roles"]["release"] == {"signers": ["alice"], "threshold": 1}

@@ -40,6 +40,8 @@ def _audit_results(root: Path) -> list[str]:
 
 
 def test_staged_install_lays_down_a_hardened_offline_service(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
     root = tmp_path / "root"
     code, doc = _install(cli, bundle, keys, root)
     assert code == 0, doc
@@ -49,26 +51,40 @@ def test_staged_install_lays_down_a_hardened_offline_service(cli, bundle: Path, 
     rel = root / "opt/gptoss" / INSTANCE / "releases/5"
     assert os.readlink(root / "opt/gptoss" / INSTANCE / "current") == "releases/5"
     # Enabled by the real `systemctl --root`; the user comes from sysusers.d through systemd-sysusers --root.
-    unit = root / f"etc/systemd/system/gptoss@{INSTANCE}.service"
-    assert (root / f"etc/systemd/system/multi-user.target.wants/gptoss@{INSTANCE}.service").is_symlink()
+    unit = root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service"
+    assert (root / f"etc/systemd/system/multi-user.target.wants/gptoss@{INSTANCE}-r0.service").is_symlink()
     assert "gptoss:" in (root / "etc/passwd").read_text()
     text = unit.read_text()
     assert f"WorkingDirectory=/opt/gptoss/{INSTANCE}/releases/5" in text and str(root) not in text
-    assert f"EnvironmentFile=/opt/gptoss/{INSTANCE}/releases/5/service.env" in text
+    assert f"EnvironmentFile=/opt/gptoss/{INSTANCE}/releases/5/service-r0.env" in text
     # Secrets: the key only in 0600 files, never in the unit or the config.
     key = (root / "etc/gptoss" / INSTANCE / "api-key").read_text().strip()
     assert len(key) >= 40
-    for secret in (root / "etc/gptoss" / INSTANCE / "api-key", rel / "service.env"):
+    for secret in (root / "etc/gptoss" / INSTANCE / "api-key", rel / "service-r0.env"):
         assert secret.stat().st_mode & 0o777 == 0o600
-    env = (rel / "service.env").read_text()
+    env = (rel / "service-r0.env").read_text()
     assert f"VLLM_API_KEY={key}" in env
     for var in ("HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"):
         assert var in env
     assert "TIKTOKEN_ENCODINGS_BASE" not in env  # the tiny demo bundle ships no vocab (the harmony one does)
-    assert key not in text and key not in (rel / "vllm.yaml").read_text()
-    config = yaml.safe_load((rel / "vllm.yaml").read_text())
-    assert config["host"] == "127.0.0.1" and config["model"] == f"/opt/gptoss/{INSTANCE}/releases/5/payload/model"
+    assert key not in text and key not in (rel / "vllm-r0.yaml").read_text()
+    config = yaml.safe_load((rel / "vllm-r0.yaml").read_text())
+    assert config["host"] == "127.0.0.1" and config["port"] == 8001
+    assert config["model"] == f"/opt/gptoss/{INSTANCE}/releases/5/payload/model"
     assert config["served-model-name"] == INSTANCE and config["max-model-len"] == 2048
+    # One replica is a serving set of one: the router on --port in front of r0 on --port+1, and no unit of the
+    # old shape (one vLLM on the port).
+    units = root / "etc/systemd/system"
+    assert sorted(p.name for p in units.glob(f"gptoss*@{INSTANCE}*.service")) == \
+        [f"gptoss-router@{INSTANCE}.service", f"gptoss@{INSTANCE}-r0.service"]
+    assert (units / f"multi-user.target.wants/gptoss-router@{INSTANCE}.service").is_symlink()
+    router = (root / "opt/gptoss" / INSTANCE / "router.conf").read_text()
+    assert "listen 127.0.0.1:8000" in router and "server 127.0.0.1:8001" in router and ":8002" not in router
+    assert (root / "etc/gptoss" / INSTANCE / "router-key.map").stat().st_mode & 0o777 == 0o600
+    rec = json.loads((rel / "release.json").read_text())
+    assert (rec["port"], rec["router"], [(r["index"], r["port"]) for r in rec["replicas"]]) == \
+        (8000, "/usr/sbin/nginx", [(0, 8001)])
+    assert d["unit"] == f"gptoss-router@{INSTANCE}.service" and len(d["replicas"]) == 1
     # The bundle's files are world-readable and not writable by the service; nothing is world-writable.
     weights = rel / "payload/model/model-00000-of-00001.safetensors"
     assert weights.stat().st_mode & 0o777 == 0o644
@@ -78,10 +94,10 @@ def test_staged_install_lays_down_a_hardened_offline_service(cli, bundle: Path, 
 def test_the_rendered_unit_passes_systemd_analyze(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "root"
     assert _install(cli, bundle, keys, root)[0] == 0
-    unit = root / f"etc/systemd/system/gptoss@{INSTANCE}.service"
+    unit = root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service"
     # Graded where the paths it names exist: as the booted tree sees itself.
     res = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
-                          f"gptoss@{INSTANCE}.service"], capture_output=True, text=True)
+                          f"gptoss@{INSTANCE}-r0.service"], capture_output=True, text=True)
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout)
     assert m and float(m.group(1)) <= 2.0, res.stdout + res.stderr
     check = tmp_path / unit.name
@@ -137,14 +153,14 @@ def test_downgrade_refused_unless_asked_then_rollback_and_uninstall(cli, tiny_mo
     assert (row["version"], row["installed"], row["state"], row["consistent"]) == (3, [3, 7], "staged", True)
     code, doc = cli("rollback", "--root", str(root), "--to", "7")
     assert code == 0 and os.readlink(root / "opt/gptoss" / INSTANCE / "current") == "releases/7"
-    assert "releases/7" in (root / f"etc/systemd/system/gptoss@{INSTANCE}.service").read_text()
+    assert "releases/7" in (root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service").read_text()
     code, doc = cli("rollback", "--root", str(root), "--to", "4")
     assert code == 1 and doc["error"]["code"] == "rollback.no_release"
     # Uninstall keeps the key and state unless --purge; --purge leaves nothing of gptossctl's.
     code, doc = cli("uninstall", "--root", str(root))
     assert code == 0 and str(root / "etc/gptoss" / INSTANCE) in doc["data"]["kept"]
     assert not (root / "opt/gptoss" / INSTANCE).exists()
-    assert not (root / f"etc/systemd/system/multi-user.target.wants/gptoss@{INSTANCE}.service").exists()
+    assert not (root / f"etc/systemd/system/multi-user.target.wants/gptoss@{INSTANCE}-r0.service").exists()
     assert _install(cli, b7, keys, root)[0] == 0
     code, doc = cli("uninstall", "--root", str(root), "--purge")
     assert code == 0
@@ -188,7 +204,7 @@ def test_disk_full_during_unpack_activates_nothing(cli, bundle: Path, keys, tmp_
         assert disk and "GiB free" in disk[0]["message"], doc["findings"]
         rel = root / "opt/gptoss" / INSTANCE
         assert not (rel / "current").exists() and not list((rel / "releases").glob("*")) if rel.exists() else True
-        assert not (root / f"etc/systemd/system/gptoss@{INSTANCE}.service").exists()
+        assert not (root / f"etc/systemd/system/gptoss@{INSTANCE}-r0.service").exists()
     finally:
         subprocess.run(["umount", "-l", str(root)], check=True)
     shutil.rmtree(root, ignore_errors=True)

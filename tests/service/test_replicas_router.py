@@ -266,7 +266,10 @@ def test_a_configuration_nginx_refuses_never_reaches_the_router(tmp_path: Path) 
 
 
 def test_replica_ports_follow_the_router_and_mig_replicas_are_refused() -> None:
-    assert plan_replicas([hw_layout.Replica(0, (3,))], port=8000) == ()  # one replica: the one vLLM on --port, no router
+    # One replica is a serving set of one: r0 on --port+1 behind the router; on the CPU (no layout), no GPUs.
+    assert plan_replicas([hw_layout.Replica(0, (3,))], port=8000) == (ReplicaRecord(0, 8001, (3,)),)
+    assert plan_replicas([], port=8000) == (ReplicaRecord(0, 8001, ()),)
+    assert plan_replicas([hw_layout.Replica(0, (0,), (), "1g.10gb")], port=8000) == (ReplicaRecord(0, 8001, (0,)),)
     two = plan_replicas([hw_layout.Replica(0, (0, 1), ("GPU-a", "GPU-b")), hw_layout.Replica(1, (2, 3))], port=9000)
     assert two == (ReplicaRecord(0, 9001, (0, 1), ("GPU-a", "GPU-b")), ReplicaRecord(1, 9002, (2, 3)))
     with pytest.raises(UsageError) as exc:

@@ -190,26 +190,27 @@ def test_replicas_and_tensor_parallel_as_asked(cli, bundles: list[Path], keys, c
     assert not (tmp_path / "r2/opt/gptoss").exists() and not (tmp_path / "r3/etc/gptoss").exists()
 
 
-def test_one_replica_is_the_one_vllm_unit_and_shapes_change_both_ways(cli, bundles: list[Path], keys, capture: Path,  # type: ignore[no-untyped-def]
-                                                                     tmp_path: Path) -> None:
+def test_one_replica_is_a_set_of_one_behind_the_router_and_shapes_change_both_ways(cli, bundles: list[Path], keys,  # type: ignore[no-untyped-def]
+                                                                                  capture: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     code, doc = _install(cli, bundles[0], keys, root, capture, "--replicas", "1")
-    assert code == 0 and doc["data"]["replicas"] == [] and doc["data"]["unit"] == f"gptoss@{INSTANCE}.service"
+    assert code == 0 and len(doc["data"]["replicas"]) == 1 and doc["data"]["unit"] == f"gptoss-router@{INSTANCE}.service"
     rel = root / "opt/gptoss" / INSTANCE / "releases/1"
-    assert "replicas" not in json.loads((rel / "release.json").read_text())  # the record as before replicas
-    one = [f"gptoss@{INSTANCE}.service", f"multi-user.target.wants/gptoss@{INSTANCE}.service"]
+    assert [(r["index"], r["port"]) for r in json.loads((rel / "release.json").read_text())["replicas"]] == [(0, 8001)]
+    one = [f"gptoss-router@{INSTANCE}.service", f"gptoss@{INSTANCE}-r0.service",
+           f"multi-user.target.wants/gptoss-router@{INSTANCE}.service",
+           f"multi-user.target.wants/gptoss@{INSTANCE}-r0.service"]
     assert _serving(root) == one
-    assert "CUDA_DEVICE_ORDER" not in (rel / "service.env").read_text()  # rendered exactly as before
+    assert "CUDA_DEVICE_ORDER=PCI_BUS_ID" in (rel / "service-r0.env").read_text()  # pinned as every replica
     code, doc = _install(cli, bundles[1], keys, root, capture, "--allow-downgrade")  # an upgrade keeps the shape
-    assert code == 0 and doc["data"]["replicas"] == [] and "--replicas 1 as release 1 runs" in json.dumps(doc)
-    code, doc = _install(cli, bundles[1], keys, root, capture, "--replicas", "8")  # the one unit gives way to eight
+    assert code == 0 and len(doc["data"]["replicas"]) == 1 and "--replicas 1 as release 1 runs" in json.dumps(doc)
+    code, doc = _install(cli, bundles[1], keys, root, capture, "--replicas", "8")  # the one replica gives way to eight
     assert code == 0 and len(doc["data"]["replicas"]) == 8
     assert not (_units(root) / f"gptoss@{INSTANCE}.service").exists()
-    assert not (_units(root) / f"multi-user.target.wants/gptoss@{INSTANCE}.service").exists()
     code, doc = _install(cli, bundles[2], keys, root, capture, "--replicas", "1")  # and back
     assert code == 0
     assert _serving(root) == one
-    assert not (root / "opt/gptoss" / INSTANCE / "router.conf").exists()
+    assert (root / "opt/gptoss" / INSTANCE / "router.conf").is_file()
     code, doc = cli("rollback", "--root", str(root), "--to", "2")  # a rollback restores the eight and the router
     assert code == 0 and len(list(_units(root).glob(f"gptoss@{INSTANCE}-r*.service"))) == 8
     assert (root / "opt/gptoss" / INSTANCE / "router.conf").is_file()
@@ -227,15 +228,16 @@ def test_an_instance_name_that_takes_a_replicas_units_is_refused(cli, tree: Path
 
 def test_without_nginx_the_preflight_says_what_to_install(bundles: list[Path], keys, capture: Path,  # type: ignore[no-untyped-def]
                                                            tmp_path: Path) -> None:
-    """A host without nginx (its sbin hidden in a private mount namespace): refused before anything is written."""
+    """A host without nginx (its sbin hidden in a private mount namespace): refused before anything is written,
+    one replica too (the router is in front of every instance); exit 3, naming the distribution's package."""
     cli = Path(sys.executable).with_name("gptossctl")
     cmd = (f"mount -t tmpfs tmpfs /usr/sbin && {cli} install {bundles[0]} --trust {keys['alice'].public} "
-           f"--root {tmp_path / 'root'} --vllm-python {sys.executable} --nvidia-smi-xml {capture} --json")
+           f"--root {tmp_path / 'root'} --vllm-python {sys.executable} --nvidia-smi-xml {capture} --replicas 1 --json")
     res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd],
                          capture_output=True, text=True, timeout=300)
     doc = json.loads(res.stdout)
-    assert res.returncode == 1 and doc["error"]["code"] == "install.no_router", doc
-    assert "nginx-light (Debian) / nginx (RHEL)" in doc["error"]["hint"]
+    assert res.returncode == 3 and doc["error"]["code"] == "install.no_router", doc
+    assert "nginx-light (Debian, Ubuntu) or nginx (RHEL, Fedora)" in doc["error"]["hint"]
     assert not (tmp_path / "root/opt/gptoss").exists()
 
 
