@@ -34,6 +34,10 @@ def smoke(
         help="Run the reasoning and harmony checks (default: when the served name says gpt-oss)."),
     reasoning_prompt: str | None = typer.Option(
         None, "--reasoning-prompt", help="The question the reasoning checks ask (default: What is 17 * 3?)."),
+    router: bool = typer.Option(
+        False, "--router",
+        help="The URL is gptossctl's router in front of an instance: /version and /metrics must not be exposed "
+             "there (404); install smokes each vLLM replica itself."),
     junit: Path | None = JunitOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -52,7 +56,7 @@ def smoke(
         if junit:
             check_output_path(junit, what="--junit")  # before the first request: a bad path costs nothing
 
-        opts = SmokeOptions(model=model, tools=tools, reasoning=reasoning)
+        opts = SmokeOptions(model=model, tools=tools, reasoning=reasoning, router=router)
         if reasoning_prompt:
             opts = replace(opts, reasoning_prompt=reasoning_prompt)
         report = run_smoke(endpoint(url, api_key_file), opts)

@@ -155,7 +155,7 @@ def _install(box: Container, bundle: str, steps: Steps) -> str:
 
 def _smoke(box: Container, instance: str, steps: Steps) -> dict[str, Any]:
     with steps("smoke", "gpt-oss's own behaviour: reasoning at each effort, tool calls, harmony markers") as d:
-        _code, doc = _cli(box, "smoke", "--url", "http://127.0.0.1:8000", "--api-key-file",
+        _code, doc = _cli(box, "smoke", "--url", "http://127.0.0.1:8000", "--router", "--api-key-file",
                           f"/etc/gptoss/{instance}/api-key")
         checks = doc["data"]["checks"]
         passed = [c["id"] for c in checks if c["status"] == "pass"]

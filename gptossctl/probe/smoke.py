@@ -82,6 +82,8 @@ class SmokeOptions:
     max_tokens: int = 16
     reasoning_max_tokens: int = 1024  # room for a real gpt-oss at high effort, then its final answer
     reasoning_prompt: str = REASONING_PROMPT
+    # The URL is gptossctl's router (the operator says so): vLLM's /version and /metrics must be hidden there.
+    router: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,15 @@ def check_health(ctx: _Ctx) -> Outcome:
         f"GET /health -> {r.status}" + (" (engine dead)" if r.status == 503 else "")
 
 
+def _hidden_by_router(ctx: _Ctx, path: str) -> Outcome:
+    r = ctx.client.request("GET", path, key=False)
+    return ("pass", f"GET {path} -> 404: not exposed by the router") if r.status == 404 else \
+        ("fail", f"GET {path} -> {r.status}: the router must not expose it")
+
+
 def check_version(ctx: _Ctx) -> Outcome:
+    if ctx.opts.router:
+        return _hidden_by_router(ctx, "/version")
     r = ctx.client.request("GET", "/version", key=False)
     v = _text(_dict(r.body).get("version"))
     return ("pass", f"vLLM {v[:80]}") if r.ok and v else ("fail", f"GET /version -> {r.status} {_short(r.body)}")
@@ -431,6 +441,8 @@ def check_unauthenticated_paths(ctx: _Ctx) -> Outcome:
 
 
 def check_metrics(ctx: _Ctx) -> Outcome:
+    if ctx.opts.router:
+        return _hidden_by_router(ctx, "/metrics")
     r = ctx.client.request("GET", "/metrics", key=False)
     text = r.body if isinstance(r.body, str) else ""
     series = sorted({line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("vllm:")})
