@@ -12,10 +12,12 @@ message that says what to do.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from gptossctl.errors import Finding
+from gptossctl.hardware import architectures
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.layout import NO_OVERRIDES, Device, Layout, LayoutDoesNotFit, LayoutRequest, host_layout, propose_layout
 from gptossctl.hardware.profiles import Profile
@@ -26,8 +28,6 @@ DEFAULT_CUDA_LINE = "13.0"  # vLLM 0.33 wheels: CUDA 13 runtime
 DEFAULT_VLLM = "0.33.0"
 MIN_GLIBC = (2, 28)  # manylinux_2_28 wheels
 PYTHONS = ((3, 11), (3, 14))
-SUPPORTED_GFX = {"gfx942": "MI300X/MI325X: ROCm wheels with the AITER attention backend",
-                 "gfx950": "MI355X: needs the amd/gpt-oss-120b-w-mxfp4-a-fp8 checkpoint"}
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,63 @@ class Check:
     subject: str
     message: str
     remedy: str | None = None
+    gpus: tuple[int, ...] = ()  # the GPUs it was found on: said once for all of them
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "subject": self.subject, "message": self.message,
-                "remedy": self.remedy}
+                "remedy": self.remedy, "gpus": list(self.gpus)}
+
+
+def gpu_span(indexes: Iterable[int]) -> str:
+    """GPU indexes as people write them: 0-7, or 0, 2-3."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indexes)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+@dataclass(frozen=True)
+class GpuReason:
+    """Why a profile does not fit, said once for the GPUs it applies to."""
+
+    gpus: tuple[int, ...]
+    name: str  # the product name the GPUs share
+    text: str
+
+    @property
+    def message(self) -> str:
+        return f"GPU {gpu_span(self.gpus)} ({self.name}): {self.text}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpus": list(self.gpus), "message": self.message}
+
+
+def group_by_gpu(found: Iterable[tuple[Gpu, str]]) -> list[GpuReason]:
+    """(GPU, what holds for it) pairs, one GpuReason per distinct (product name, text), in first-seen order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for gpu, text in found:
+        groups.setdefault((gpu.name, text), []).append(gpu.index)
+    return [GpuReason(tuple(ix), name, text) for (name, text), ix in groups.items()]
+
+
+_INDEXES = "<gpu indexes>"  # in a remedy: the merged check's GPUs, as nvidia-smi -i takes them (0,1,2)
+
+
+def _merge_gpu_checks(checks: list[tuple[Gpu, Check]]) -> list[Check]:
+    """The same finding on several GPUs (same product name) becomes one check naming all of them."""
+    groups: dict[tuple[str, str, str, str, str | None], list[tuple[Gpu, Check]]] = {}
+    for g, c in checks:
+        groups.setdefault((c.id, c.status, g.name, c.message, c.remedy), []).append((g, c))
+    out = []
+    for found in groups.values():
+        g, c = found[0]
+        gpus = tuple(gpu.index for gpu, _c in found)
+        remedy = c.remedy.replace(_INDEXES, ",".join(map(str, gpus))) if c.remedy else None
+        out.append(replace(c, subject=f"GPU {gpu_span(gpus)} ({g.name})", remedy=remedy, gpus=gpus))
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,11 +106,13 @@ class ProfileFit:
     reasons: tuple[str, ...] = ()  # why it does not fit (empty when it does)
     warnings: tuple[str, ...] = ()
     layout: Layout | None = None  # the replicas this host runs with the profile (when it fits)
+    gpu_reasons: tuple[GpuReason, ...] = ()  # the reasons that hold for particular GPUs (also in `reasons`)
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile.name, "fits": self.fits, "priority": self.profile.priority,
                 "tensor_parallel": self.tensor_parallel, "gpus": list(self.gpus),
                 "memory": self.need.to_dict() if self.need else None, "reasons": list(self.reasons),
+                "gpu_reasons": [r.to_dict() for r in self.gpu_reasons],
                 "warnings": list(self.warnings), "performance": self.profile.performance,
                 "layout": self.layout.to_dict() if self.layout else None}
 
@@ -153,33 +208,15 @@ def _version(text: str | None) -> tuple[int, ...]:
 def gpu_arch_check(gpu: Gpu) -> Check:
     subject = f"GPU {gpu.index} ({gpu.name})"
     if gpu.vendor == "amd":
-        if gpu.gfx in SUPPORTED_GFX:
-            return Check("gpu.arch", "pass" if gpu.gfx == "gfx942" else "warn", subject,
-                         f"{gpu.gfx}: {SUPPORTED_GFX[gpu.gfx]}")
-        return Check("gpu.arch", "fail", subject,
-                     f"AMD architecture {gpu.gfx or 'unknown'} has no gpt-oss path in vLLM",
-                     "gpt-oss on AMD needs Instinct MI300X/MI325X (gfx942) or MI355X (gfx950)")
-    cc = gpu.compute_capability
-    how = " (inferred from the product name)" if gpu.cc_inferred else ""
-    if cc is None:
+        arch = architectures.amd(gpu.gfx)
+        text = gpu.gfx or "AMD architecture unknown"
+    elif gpu.compute_capability is None:
         return Check("gpu.arch", "warn", subject, "compute capability unknown and not inferable from the name",
                      "capture with nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv")
-    text = f"sm_{cc[0]}{cc[1]}{how}"
-    if cc < (7, 5):
-        return Check("gpu.arch", "fail", subject, f"{text}: vLLM ships no kernels below sm_75",
-                     "use an Ampere (A100/A10/L4), Ada (L40S), Hopper (H100/H200) or Blackwell (B200) GPU")
-    if cc < (8, 0):
-        return Check("gpu.arch", "fail", subject, f"{text}: Turing has no MXFP4 MoE kernel path for gpt-oss",
-                     "gpt-oss needs sm_80 or newer (A100, A10, L4, L40S, H100, B200)")
-    if cc >= (12, 0):
-        return Check("gpu.arch", "warn", subject, f"{text}: workstation Blackwell, Triton attention + Marlin MoE "
-                     "(works; not the datacenter fast path)")
-    if cc >= (10, 0):
-        return Check("gpu.arch", "pass", subject, f"{text}: Blackwell fast path (FlashInfer TRT-LLM attention and MoE)")
-    if cc >= (9, 0):
-        return Check("gpu.arch", "pass", subject, f"{text}: Hopper fast path (FlashAttention-3 with sinks, Triton MXFP4 MoE)")
-    return Check("gpu.arch", "warn", subject, f"{text}: Ampere/Ada, Triton attention + Marlin MoE "
-                 "(supported, slower than Hopper or Blackwell)")
+    else:
+        arch = architectures.nvidia(gpu.compute_capability)
+        text = arch.key + (" (inferred from the product name)" if gpu.cc_inferred else "")
+    return Check("gpu.arch", arch.status, subject, f"{text}: {arch.path}", arch.remedy)
 
 
 def general_checks(inv: Inventory, model: ModelFacts, req: Requirements) -> list[Check]:
@@ -190,23 +227,25 @@ def general_checks(inv: Inventory, model: ModelFacts, req: Requirements) -> list
                                 "check the driver (nvidia-smi / rocm-smi) or review a capture from the target"))
         else:
             checks.append(Check("gpu.count", "pass", "host", f"{len(inv.gpus)} GPU(s) from {inv.source}"))
-        checks += [gpu_arch_check(g) for g in inv.gpus]
+        checks += _merge_gpu_checks([(g, gpu_arch_check(g)) for g in inv.gpus])
         checks += _driver_checks(inv, req)
+        per_gpu: list[tuple[Gpu, Check]] = []
         for g in inv.gpus:
             subject = f"GPU {g.index} ({g.name})"
             if g.memory_total_mib is None:
-                checks.append(Check("gpu.memory_unknown", "fail", subject, "the capture reports no memory size",
-                                    "capture again with nvidia-smi -q -x on a supported driver"))
+                per_gpu.append((g, Check("gpu.memory_unknown", "fail", subject, "the capture reports no memory size",
+                                         "capture again with nvidia-smi -q -x on a supported driver")))
             if g.mig_enabled:
                 slices = ", ".join(f"{s.name} {s.memory_mib} MiB" for s in g.mig_slices) or "sizes unknown"
-                checks.append(Check("gpu.mig", "warn", subject,
+                per_gpu.append((g, Check("gpu.mig", "warn", subject,
                                     f"MIG is enabled ({slices}): vLLM sees one slice per process, no tensor "
                                     "parallelism across slices; gpt-oss-120b fits no slice",
-                                    f"to use the whole GPU: nvidia-smi -i {g.index} -mig 0, then reset the GPU "
-                                    f"(nvidia-smi -i {g.index} -r) or reboot"))
+                                    f"to use the whole GPU: nvidia-smi -i {_INDEXES} -mig 0, then reset the GPU "
+                                    f"(nvidia-smi -i {_INDEXES} -r) or reboot")))
             if g.vendor == "nvidia" and g.persistence_mode is False:
-                checks.append(Check("gpu.persistence", "warn", subject, "persistence mode is off",
-                                    "systemctl enable --now nvidia-persistenced (the unit orders itself after it)"))
+                per_gpu.append((g, Check("gpu.persistence", "warn", subject, "persistence mode is off",
+                                         "systemctl enable --now nvidia-persistenced (the unit orders itself after it)")))
+        checks += _merge_gpu_checks(per_gpu)
     if inv.host is not None:
         checks += _host_checks(inv, model, req)
     return checks
@@ -271,25 +310,26 @@ def _usable_memory(gpu: Gpu) -> tuple[int | None, str | None]:
     """Memory one vLLM process can use on this GPU, or why none: with MIG on, it is one slice."""
     if gpu.mig_enabled:
         if not gpu.mig_slices:
-            return None, f"GPU {gpu.index}: MIG is on and the capture gives no slice sizes"
+            return None, "MIG is on and the capture gives no slice sizes"
         return max(s.memory_mib for s in gpu.mig_slices), None
     return gpu.memory_total_mib, None
 
 
 def _eligible(profile: Profile, gpu: Gpu) -> str | None:
+    """Why this GPU cannot hold a rank of the profile (said of the GPU: group_by_gpu names it), or None."""
     m = profile.match
     if m.vendor != gpu.vendor:
-        return f"GPU {gpu.index} is {gpu.vendor}, the profile is for {m.vendor}"
+        return f"{gpu.vendor}, the profile is for {m.vendor}"
     if gpu.vendor == "nvidia":
         if gpu.cc_text is None:
-            return f"GPU {gpu.index} ({gpu.name}): compute capability unknown"
+            return "compute capability unknown"
         if gpu.cc_text not in m.compute_capability:
-            return (f"GPU {gpu.index} ({gpu.name}) is sm_{gpu.cc_text.replace('.', '')}, the profile needs "
+            return (f"sm_{gpu.cc_text.replace('.', '')}, the profile needs "
                     + " or ".join(f"sm_{c.replace('.', '')}" for c in m.compute_capability))
     elif gpu.gfx not in m.gfx:
-        return f"GPU {gpu.index} ({gpu.name}) is {gpu.gfx or 'an unknown architecture'}, the profile needs {', '.join(m.gfx)}"
+        return f"{gpu.gfx or 'an unknown architecture'}, the profile needs {', '.join(m.gfx)}"
     if gpu.memory_total_mib is None:
-        return f"GPU {gpu.index} ({gpu.name}): memory size unknown"
+        return "memory size unknown"
     return None
 
 
@@ -343,19 +383,21 @@ def _devices(gpus: list[Gpu]) -> list[Device]:
 
 def _fit_gpus(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[str, Any], sizes: tuple[int, ...],
               request: LayoutRequest) -> ProfileFit:
-    reasons: list[str] = []
+    ineligible: list[tuple[Gpu, str]] = []
     eligible: list[tuple[Gpu, int]] = []
     for g in inv.gpus:
         why = _eligible(profile, g)
         mem, mig_why = _usable_memory(g)
         if why or mig_why or mem is None:
-            reasons.append(why or mig_why or f"GPU {g.index}: memory unknown")
+            ineligible.append((g, why or mig_why or "memory unknown"))
         else:
             eligible.append((g, mem))
+    by_gpu = tuple(group_by_gpu(ineligible))
+    reasons = [r.message for r in by_gpu]
     if not inv.gpus:
         reasons.append("no GPU found")
     if not eligible:
-        return ProfileFit(profile, False, reasons=tuple(dict.fromkeys(reasons)))
+        return ProfileFit(profile, False, reasons=tuple(dict.fromkeys(reasons)), gpu_reasons=by_gpu)
 
     best_short: MemoryNeed | None = None
     for tp in sizes:
@@ -372,25 +414,25 @@ def _fit_gpus(profile: Profile, model: ModelFacts, inv: Inventory, sized: dict[s
             best_short = need if best_short is None or need.short_by < best_short.short_by else best_short
             continue
         gpus = tuple(g.index for g, _m in chosen)
-        busy = _free_memory_problems(chosen, profile, need)
+        busy = group_by_gpu(_free_memory_problems(chosen, profile, need))
         if busy:
-            return ProfileFit(profile, False, tp, gpus, need, tuple(busy))
+            return ProfileFit(profile, False, tp, gpus, need, tuple(r.message for r in busy), gpu_reasons=tuple(busy))
         try:
             layout = propose_layout(_devices([g for g, _m in eligible]), model=model.name, profile=profile.name,
                                     tensor_parallel=tp, need=need, utilization=profile.utilization,
                                     max_model_len=sized["context_len"], concurrency=sized["concurrency"],
                                     request=request, smaller=best_short)
         except LayoutDoesNotFit as exc:
-            return ProfileFit(profile, False, tp, gpus, need, (exc.reason,))
+            return ProfileFit(profile, False, tp, gpus, need, (exc.reason,), gpu_reasons=by_gpu)
         warnings = ("serving on one MIG slice",) if any(g.mig_enabled for g, _m in chosen) else ()
         return ProfileFit(profile, True, tp, gpus, need, (), warnings, layout)
     if best_short is not None:
         reasons.append(f"memory at tensor parallel {best_short.tensor_parallel}: {best_short.describe()}, "
                        f"short by {best_short.short_by / GIB:.1f} GiB")
-    return ProfileFit(profile, False, None, (), best_short, tuple(dict.fromkeys(reasons)))
+    return ProfileFit(profile, False, None, (), best_short, tuple(dict.fromkeys(reasons)), gpu_reasons=by_gpu)
 
 
-def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need: MemoryNeed) -> list[str]:
+def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need: MemoryNeed) -> list[tuple[Gpu, str]]:
     """vLLM refuses to start unless free memory >= total x gpu-memory-utilization."""
     problems = []
     for g, mem in chosen:
@@ -400,11 +442,11 @@ def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need:
         if g.memory_free_mib < wanted:
             could = g.memory_free_mib / mem
             still = need.total <= int(g.memory_free_mib * MIB)
-            problems.append(
-                f"GPU {g.index}: {mem - g.memory_free_mib} MiB already in use; vLLM needs {wanted} MiB free at "
+            problems.append((g,
+                f"{mem - g.memory_free_mib} MiB already in use; vLLM needs {wanted} MiB free at "
                 f"start ({profile.utilization:.2f} of {mem} MiB), {g.memory_free_mib} MiB free: stop the other "
                 f"processes (nvidia-smi shows them)"
-                + (f", or lower gpu-memory-utilization to {could:.2f} (the model still fits)" if still else ""))
+                + (f", or lower gpu-memory-utilization to {could:.2f} (the model still fits)" if still else "")))
     return problems
 
 

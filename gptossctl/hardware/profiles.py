@@ -158,6 +158,10 @@ class Match(_Strict):
 class VllmSpec(_Strict):
     versions: str = Field(description="PEP 440 specifier of the vLLM versions this profile is valid for")
     flags: dict[str, Scalar] = Field(description="`vllm serve --config` keys (long flag names without --)")
+    prefix_caching_off: str | None = Field(
+        None, min_length=10, max_length=500,
+        description="Why enable-prefix-caching is false in this profile. Production profiles cache prefixes "
+                    "(chat traffic shares system prompts); one that does not says why here")
     env: dict[str, str] = {}
 
     @field_validator("versions")
@@ -195,6 +199,9 @@ class VllmSpec(_Strict):
         problems = unknown_flags(list(self.flags), self.versions)
         if problems:
             raise ValueError("; ".join(problems))
+        if self.prefix_caching_off is not None and self.flags.get("enable-prefix-caching") is not False:
+            raise ValueError("prefix_caching_off gives a reason for prefix caching being off, but the flags do not "
+                             "turn it off: set enable-prefix-caching: false, or drop prefix_caching_off")
         return self
 
     @field_validator("env")
@@ -237,6 +244,11 @@ class Profile(_Strict):
     vllm: VllmSpec
     sizing: Sizing
     performance: str = Field(description="What to expect, so nobody is surprised by a slower path")
+
+    @property
+    def production(self) -> bool:
+        """Serves a real model: the tiny CPU models are for the demo and the tests."""
+        return "tiny" not in self.models
 
     @property
     def context_len(self) -> int:

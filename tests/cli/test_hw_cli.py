@@ -90,3 +90,31 @@ def test_hw_check_refuses_a_bundle_profile_that_does_not_match_its_manifest(cli,
     code, doc = cli("hw", "check", "--bundle", str(bundle), "--prefix", str(tmp_path))
     assert code == 1 and doc["error"]["code"] == "hw.bundle_damaged", doc["error"]
     assert "bundle verify" in doc["error"]["hint"]
+
+
+def test_hw_check_says_a_reason_shared_by_eight_gpus_once() -> None:
+    """Through the installed console script, in both outputs: 8x V100S, every profile refused for the same
+    reason on every GPU; it is said once for GPU 0-7, and JSON keeps the GPU indexes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("gptossctl")
+    args = [str(exe), "hw", "check", "--model", "gpt-oss-20b", "--nvidia-smi-xml",
+            str(G / "guancecloud-datakit" / "gtx-8card.xml")]
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
+    text = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert text.returncode == 1, text.stderr
+    assert "GPU 0-7 (Tesla V100S-PCIE-32GB): sm_70, the profile needs sm_90" in text.stdout
+    assert "GPU 1 " not in text.stdout and "GPU 7 " not in text.stdout and "Traceback" not in text.stderr
+    res = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    (m,) = doc["data"]["models"]
+    hopper = [p for p in m["profiles"] if p["profile"] == "hopper-20b"][0]
+    assert {"gpus": list(range(8)), "message": "GPU 0-7 (Tesla V100S-PCIE-32GB): sm_70, the profile needs sm_90"} \
+        in hopper["gpu_reasons"]
+    (arch,) = [c for c in m["checks"] if c["id"] == "gpu.arch"]
+    assert arch["gpus"] == list(range(8)) and arch["subject"] == "GPU 0-7 (Tesla V100S-PCIE-32GB)"
+    assert [f["subject"] for f in doc["findings"]].count("GPU 0-7 (Tesla V100S-PCIE-32GB)") == 1

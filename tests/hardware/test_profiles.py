@@ -69,3 +69,27 @@ def test_vllm_config_carries_flags_and_tensor_parallel() -> None:
     cfg = p.vllm_config(tensor_parallel=1)
     assert cfg["gpu-memory-utilization"] == 0.95 and cfg["max-num-batched-tokens"] == 1024
     assert cfg["tensor-parallel-size"] == 1 and "api-key" not in cfg
+
+
+def test_every_production_profile_caches_prefixes_or_says_why() -> None:
+    """Chat traffic shares system prompts: prefix caching is on unless the profile states why it is off
+    (vLLM's recipe turns it off only for reproducible benchmarks). The tiny CPU profiles are test profiles."""
+    from gptossctl.hardware.vllm_flags import unknown_flags
+
+    production = [p for p in load_profiles() if p.production]
+    assert len(production) >= 18 and not any("tiny" in p.models for p in production)
+    for p in production:
+        flag = p.vllm.flags.get("enable-prefix-caching")
+        assert flag is True or (flag is False and p.vllm.prefix_caching_off), (p.name, flag)
+        assert unknown_flags(["enable-prefix-caching"], p.vllm.versions) == []  # vLLM's own name, every version
+
+
+def test_prefix_caching_off_needs_its_reason_and_the_reason_needs_it_off(tmp_path: Path) -> None:
+    text = (REPO / "profiles" / "hopper-20b.yaml").read_text()
+    off = text.replace("    enable-prefix-caching: true\n", "    enable-prefix-caching: false\n").replace(
+        "  env: {}\n", "  prefix_caching_off: reproducible benchmark runs compare cold caches\n  env: {}\n")
+    p = tmp_path / "hopper-20b.yaml"
+    p.write_text(off)
+    assert load_profile(p).vllm.prefix_caching_off == "reproducible benchmark runs compare cold caches"
+    e = _bad(tmp_path, "  prefix_caching_off: benchmarks\n  env: {}\n", "  env: {}\n")  # flag on, reason given
+    assert "prefix_caching_off" in (e.hint or "") and "enable-prefix-caching" in (e.hint or "")

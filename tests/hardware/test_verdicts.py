@@ -147,3 +147,40 @@ def test_profile_outside_its_vllm_range_does_not_fit() -> None:
     r = check_models(h100, load_profiles(), ["gpt-oss-120b"], Requirements(vllm_version="0.34.1"))
     assert r.models[0].chosen is None
     assert "valid for vLLM >=0.33.0,<0.34" in r.models[0].fits[0].reasons[0]
+
+
+def test_a_reason_every_gpu_shares_is_said_once_for_the_gpus_it_applies_to() -> None:
+    _, m = chosen(report_for("gtx-8card.xml", "gpt-oss-20b"), "gpt-oss-20b")  # 8x V100S, driver 460
+    hopper = [f for f in m.fits if f.profile.name == "hopper-20b"][0]
+    said = "GPU 0-7 (Tesla V100S-PCIE-32GB): sm_70, the profile needs sm_90"
+    assert [r for r in hopper.reasons if "sm_70" in r] == [said]
+    assert hopper.to_dict()["gpu_reasons"] == [{"gpus": list(range(8)), "message": said}]
+    amd = [f for f in m.fits if f.profile.name == "mi300x-20b"][0]
+    assert [r for r in amd.reasons if "nvidia" in r] == ["GPU 0-7 (Tesla V100S-PCIE-32GB): nvidia, the profile is for amd"]
+    arch = [c for c in m.checks if c.id == "gpu.arch"]
+    assert len(arch) == 1 and arch[0].subject == "GPU 0-7 (Tesla V100S-PCIE-32GB)"
+    assert arch[0].to_dict()["gpus"] == list(range(8))
+    assert len([c for c in m.checks if c.id == "gpu.persistence"]) == 1
+    assert m.reason.count("sm_70") == 1, m.reason
+
+
+def test_gpus_that_differ_are_named_apart() -> None:
+    h100 = parse_nvidia_smi_csv([p for p in ALL if p.name == EXPORTER.format("h100-80gb-hbm3__590.48.01")][0]).gpus[0]
+    l40s = parse_nvidia_smi_csv([p for p in ALL if p.name == EXPORTER.format("l40s__595.80")][0]).gpus[0]
+    gpus = (replace(l40s, index=0), replace(h100, index=1), replace(l40s, index=2), replace(l40s, index=3))
+    r = check_models(_inv(*gpus), load_profiles(), ["gpt-oss-20b"], Requirements())
+    blackwell = [f for f in r.models[0].fits if f.profile.name == "blackwell-20b"][0]
+    assert blackwell.reasons[:2] == ("GPU 0, 2-3 (NVIDIA L40S): sm_89, the profile needs sm_100",
+                                     "GPU 1 (NVIDIA H100 80GB HBM3): sm_90, the profile needs sm_100")
+    assert [g["gpus"] for g in blackwell.to_dict()["gpu_reasons"]] == [[0, 2, 3], [1]]
+
+
+def test_mig_on_several_gpus_is_one_check_whose_remedy_names_them_all() -> None:
+    h100 = parse_nvidia_smi_csv([p for p in ALL if p.name == EXPORTER.format("h100-80gb-hbm3__590.48.01")][0]).gpus[0]
+    gpus = [replace(h100, index=i, mig_enabled=True) for i in range(4)]
+    r = check_models(_inv(*gpus), load_profiles(), ["gpt-oss-20b"], Requirements())
+    (mig,) = [c for c in r.models[0].checks if c.id == "gpu.mig"]
+    assert mig.gpus == (0, 1, 2, 3) and mig.subject == "GPU 0-3 (NVIDIA H100 80GB HBM3)"
+    assert "nvidia-smi -i 0,1,2,3 -mig 0" in (mig.remedy or "")
+    hopper = [f for f in r.models[0].fits if f.profile.name == "hopper-20b"][0]
+    assert hopper.reasons == ("GPU 0-3 (NVIDIA H100 80GB HBM3): MIG is on and the capture gives no slice sizes",)
