@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, canary, compliance, demo, hw, keys, probe, profiles, service, trust
+from gptossctl.cli import bundle, canary, compliance, consumers, demo, hw, keys, probe, profiles, service, trust
 from gptossctl.cli.output import StdoutLost, document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
 from gptossctl.fsutil import os_error
@@ -40,6 +40,9 @@ app.command("uninstall")(service.uninstall)
 app.add_typer(service.audit_app, name="audit")
 app.add_typer(compliance.app, name="compliance")
 app.command("support-bundle")(compliance.support_bundle)
+app.add_typer(consumers.app, name="consumers")
+app.add_typer(consumers.tls_app, name="tls")
+app.command("usage")(consumers.usage)
 
 
 def _version(value: bool) -> None:

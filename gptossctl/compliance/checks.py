@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gptossctl.compliance import access, configuration, integrity, provenance
+from gptossctl.compliance import access, configuration, edge, integrity, provenance
 from gptossctl.compliance.evidence import ComplianceOptions, Evidence, current, gather, open_instance
 from gptossctl.compliance.redact import instance_redactor, redact_report
 from gptossctl.compliance.result import CheckResult, ComplianceReport
@@ -24,7 +24,8 @@ CHECKS: tuple[Callable[[Evidence], CheckResult], ...] = (
     configuration.check_unit, configuration.check_release_files, configuration.check_exposure,
     configuration.check_offline, configuration.check_usage_stats, configuration.check_bind,
     access.check_api_key, access.check_secrets, access.check_permissions,
-    provenance.check_license, provenance.check_sbom, provenance.check_audit, provenance.check_running)
+    provenance.check_license, provenance.check_sbom, provenance.check_audit, provenance.check_running,
+    edge.check_tls)
 
 
 def run_checks(root: Path, instance: str, opts: ComplianceOptions = ComplianceOptions()) -> ComplianceReport:

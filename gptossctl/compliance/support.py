@@ -37,11 +37,13 @@ from gptossctl.compliance.redact import (
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write, new_output
 from gptossctl.install import audit
+from gptossctl.install.consumers import access_log, registry_path
 from gptossctl.install.layout import Layout, check_instance
 from gptossctl.install.operations import status
 from gptossctl.install.release import CONFIG, ENV_FILE, RELEASE_JSON, ROUTER_CONFIG, current_version
 
 __all__ = ["REDACTED", "Redactor", "SupportBundle", "collect", "write_support_bundle"]
+EDGE_LOG_LINES = 2000  # the newest requests: enough to see a pattern, bounded on a busy edge
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,12 @@ def collect(root: Path, instance: str) -> dict[str, str]:
     if (t := _text(layout.log_dir / audit.LOG)) is not None:
         out["audit/audit.jsonl"] = t
     out["hardware.json"] = json.dumps(_safe(_hardware), indent=1, default=str)
+    # The network edge: who may call (names, limits, fingerprints; no key) and the newest access-log lines
+    # (consumer names, never a key; the redactor still searches them for every key it learned).
+    if (t := _text(registry_path(layout))) is not None:
+        out["edge/consumers.json"] = t
+    if (t := _text(access_log(layout))) is not None:
+        out["edge/access.jsonl"] = "".join(t.splitlines(keepends=True)[-EDGE_LOG_LINES:])
     if systemd.live:
         out["journal/service.txt"] = systemd.journal_tail(layout.unit_name, 500)
         for p in _unit_paths(layout)[1:]:  # with replicas: each one's, and the router's

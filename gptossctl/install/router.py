@@ -25,6 +25,7 @@ from gptossctl.adapters.proc_net import established
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write, read_nofollow
+from gptossctl.install.edge import EdgeText
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, ReleaseRecord, ReplicaRecord
 from gptossctl.install.units import check_directives, own_template
@@ -65,8 +66,9 @@ def _listen(host: str, port: int) -> str:
 
 
 def render_router_config(*, instance: str, host: str, port: int, replicas: Sequence[ReplicaRecord],
-                         key_map: Path, runtime: Path, down: Collection[int] = ()) -> str:
-    """nginx.conf of the router. `down`: replicas taken out of rotation (drained) for a rolling upgrade."""
+                         key_map: Path, runtime: Path, down: Collection[int] = (), edge: EdgeText | None = None) -> str:
+    """nginx.conf of the router. `down`: replicas taken out of rotation (drained) for a rolling upgrade.
+    `edge`: the network edge's text (install/edge.py); None renders the loopback router alone, as before."""
     servers = "".join(f"        server 127.0.0.1:{r.port} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s"
                       f"{' down' if r.index in down else ''};  # replica {r.index}\n" for r in replicas)
     temp = "".join(f"    {kind}_temp_path {runtime / kind};\n"
@@ -76,7 +78,7 @@ def render_router_config(*, instance: str, host: str, port: int, replicas: Seque
 worker_processes 2;
 pid {runtime / "nginx.pid"};
 error_log stderr warn;
-
+{edge.main if edge else ""}
 events {{
     worker_connections 4096;
 }}
@@ -129,7 +131,7 @@ http {{
             return 404 '{{"error": "Not Found"}}';
         }}
     }}
-}}
+{edge.http if edge else ""}}}
 """
 
 

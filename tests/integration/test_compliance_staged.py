@@ -27,7 +27,7 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gptoss
 RULE_IDS = ["release.current", "bundle.signatures", "bundle.expiry", "drift.payload", "drift.environment",
             "record.sealed", "config.unit", "config.release_files", "config.exposure", "config.offline", "config.usage_stats",
             "config.bind", "access.api_key", "access.secrets", "access.permissions", "license.model",
-            "provenance.sbom", "audit.chain", "service.running"]
+            "provenance.sbom", "audit.chain", "service.running", "edge.tls"]
 
 
 @pytest.fixture(scope="module")

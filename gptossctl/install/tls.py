@@ -1,0 +1,175 @@
+"""The router's TLS certificate: checked (pure), installed root-only, reloaded gracefully.
+
+`check_certificate` is what compliance and `tls rotate` both run: the certificate matches the key, chains
+(through the intermediates in the certificate file) to the site's CA, and is within its validity; within
+WARN_DAYS of its end it passes with a warning finding. It never returns a bool: a `CertReport`, or
+CheckFailed with every finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from gptossctl.errors import CheckFailed, Finding, UsageError
+from gptossctl.fsutil import atomic_write, read_bytes
+from gptossctl.install import audit
+from gptossctl.install.edge import EDGE_DIR, TLS_CA, TLS_CERT, TLS_KEY
+from gptossctl.install.layout import Layout, install_lock
+
+WARN_DAYS = 30
+MAX_CHAIN = 8
+
+
+@dataclass(frozen=True)
+class CertReport:
+    subject: str
+    not_after: datetime
+    chain: tuple[str, ...]
+    findings: tuple[Finding, ...] = ()  # warnings only: a failure raises
+    installed: str = ""
+    reload: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"subject": self.subject, "not_after": self.not_after.isoformat(),
+                             "expiry_timestamp": int(self.not_after.timestamp()), "chain": list(self.chain)}
+        if self.installed:
+            d |= {"installed": self.installed, "reload": self.reload}
+        return d
+
+    def prometheus(self, instance: str) -> str:
+        return ("# HELP gptoss_tls_cert_expiry_timestamp_seconds When the router's TLS certificate expires.\n"
+                "# TYPE gptoss_tls_cert_expiry_timestamp_seconds gauge\n"
+                f'gptoss_tls_cert_expiry_timestamp_seconds{{instance="{instance}"}} {int(self.not_after.timestamp())}\n')
+
+
+def _certs(pem: bytes, what: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise UsageError(f"the {what} holds no PEM certificate", code="tls.bad_certificate",
+                         hint="give a PEM file (-----BEGIN CERTIFICATE-----)")
+    return certs
+
+
+def _key(pem: bytes) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"the TLS key is not an unencrypted PEM private key ({exc})", code="tls.bad_key",
+                         hint="nginx reads the key at start without a passphrase: give an unencrypted PEM key") from None
+
+
+def _pub(obj: Any) -> bytes:
+    return bytes(obj.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, *, now: datetime | None = None) -> CertReport:
+    """Leaf (+ intermediates) against the key and the CA. Fails on: key mismatch, no chain to the CA, a
+    certificate in the chain expired or not yet valid. Warns WARN_DAYS before the leaf expires."""
+    now = now or datetime.now(UTC)
+    certs, cas = _certs(cert_pem, "certificate file"), _certs(ca_pem, "CA file")
+    leaf, pool = certs[0], certs[1:]
+    subject = leaf.subject.rfc4514_string()
+    findings: list[Finding] = []
+    if _pub(leaf) != _pub(_key(key_pem)):
+        findings.append(Finding("tls.key_mismatch", subject, "the certificate is not for this private key",
+                                "give the key the certificate was issued for"))
+    chain, current, trusted = [subject], leaf, False
+    for _ in range(MAX_CHAIN):
+        roots = chain_certs(current, cas)
+        if roots:
+            chain.append(roots[0].subject.rfc4514_string() + " (CA)")
+            trusted = True
+            break
+        issuers = chain_certs(current, pool)
+        if not issuers:
+            break
+        current = issuers[0]
+        chain.append(current.subject.rfc4514_string())
+    if not trusted:
+        findings.append(Finding("tls.untrusted_chain", subject,
+                                f"no chain to the site CA: nothing given issued {current.subject.rfc4514_string()}",
+                                "add the intermediates to the certificate file after the leaf, or give the right --ca"))
+    for c in [leaf, *pool]:
+        who = c.subject.rfc4514_string()
+        if now < c.not_valid_before_utc:
+            findings.append(Finding("tls.not_yet_valid", who, f"valid only from {c.not_valid_before_utc.isoformat()}",
+                                    "check the host clock, or wait"))
+        if now >= c.not_valid_after_utc:
+            findings.append(Finding("tls.expired", who, f"expired {c.not_valid_after_utc.isoformat()}",
+                                    "renew the certificate and install it: gptossctl tls rotate"))
+    if findings:
+        raise CheckFailed(f"the TLS certificate {subject} fails its checks", code="tls.check_failed", findings=findings,
+                          hint="each finding says what is wrong; nothing was installed")
+    warn: tuple[Finding, ...] = ()
+    if leaf.not_valid_after_utc - now < timedelta(days=WARN_DAYS):
+        warn = (Finding("tls.expires_soon", subject, f"expires {leaf.not_valid_after_utc.isoformat()}, in under "
+                        f"{WARN_DAYS} days", "renew it and run gptossctl tls rotate"),)
+    return CertReport(subject, leaf.not_valid_after_utc, tuple(chain), warn)
+
+
+def chain_certs(cert: x509.Certificate, candidates: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The candidates that issued `cert` (name and signature)."""
+    out = []
+    for c in candidates:
+        if c.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(c)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        out.append(c)
+    return out
+
+
+def rotate_certificate(layout: Layout, *, cert: Path, key: Path, ca: Path, reload: Callable[[bool], str],
+                       command: list[str], textfile: Path | None = None) -> CertReport:
+    """Validate, then install (key 0600 root in the 0700 edge directory), record, reload gracefully."""
+    from gptossctl.install.consumers import edge_dir
+
+    cert_pem = read_bytes(cert, what="certificate", code="tls.unreadable")
+    key_pem = read_bytes(key, what="TLS key", code="tls.unreadable")
+    ca_pem = read_bytes(ca, what="CA file", code="tls.unreadable")
+    report = check_certificate(cert_pem, key_pem, ca_pem)
+    if not layout.etc.is_dir():
+        from gptossctl.errors import EnvironmentNotReady
+
+        raise EnvironmentNotReady(f"instance {layout.instance!r} is not installed here", code="tls.no_instance",
+                                  hint="install the instance first, or name it with --instance")
+    checked = audit.require_intact(layout.root)
+    with install_lock(layout):
+        d = edge_dir(layout)
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+        atomic_write(d / TLS_KEY, key_pem, 0o600)  # the key first: a new cert never meets the old key on reload
+        atomic_write(d / TLS_CERT, cert_pem, 0o644)
+        atomic_write(d / TLS_CA, ca_pem, 0o644)  # what compliance checks the chain against
+        audit.record(layout.root, command, "ok", instance=layout.instance, checked=checked,
+                     detail=f"tls rotate: {report.subject}, expires {report.not_after.isoformat()}")
+    if textfile is not None:
+        atomic_write(textfile, report.prometheus(layout.instance), 0o644)
+    words = reload(False)
+    return CertReport(report.subject, report.not_after, report.chain, report.findings, str(d / TLS_CERT), words)
+
+
+def installed_certificate(layout: Layout, *, now: datetime | None = None) -> CertReport | None:
+    """The check of the certificate the router serves (as `tls rotate` installed it, with the CA it was
+    checked against), for compliance: None when the instance has no TLS listener."""
+    d = layout.etc / EDGE_DIR
+    if not (d / TLS_CERT).exists():
+        return None
+    return check_certificate(read_bytes(d / TLS_CERT, what="certificate", code="tls.unreadable"),
+                             read_bytes(d / TLS_KEY, what="TLS key", code="tls.unreadable"),
+                             read_bytes(d / TLS_CA, what="CA file", code="tls.unreadable"), now=now)

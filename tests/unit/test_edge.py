@@ -1,0 +1,285 @@
+"""The network edge's pure parts: nginx rendering, the consumer registry, certificate checks, usage."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gptossctl.adapters.systemd import Systemd
+from gptossctl.compliance.edge import check_tls
+from gptossctl.compliance.evidence import ComplianceOptions, Evidence
+from gptossctl.errors import CheckFailed, UsageError
+from gptossctl.install.consumers import (
+    Consumer,
+    KeyRecord,
+    Registry,
+    fingerprint,
+    new_key,
+    read_usage,
+    valid_keys,
+)
+from gptossctl.install.edge import (
+    ConsumerKey,
+    EdgeSettings,
+    Limits,
+    check_consumer_name,
+    default_limits,
+    render_consumer_includes,
+    render_edge,
+    render_logrotate,
+    render_router_dropin,
+)
+from gptossctl.install.layout import Layout
+from gptossctl.install.release import ReleaseRecord, ReplicaRecord
+from gptossctl.install.router import UPSTREAM, render_router_config
+from gptossctl.install.tls import check_certificate
+from gptossctl.probe.usage import summarise
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+KEY_A = "sk-gptoss-" + "a" * 43
+KEY_B = "sk-gptoss-" + "b" * 43
+UP = "instance-key-" + "u" * 30
+
+
+def _router(**kw: object) -> str:
+    return render_router_config(instance="t", host="127.0.0.1", port=8000,
+                                replicas=[ReplicaRecord(0, 8101), ReplicaRecord(1, 8102)],
+                                key_map=Path("/run/k.map"), runtime=Path("/run/r"), down=(1,), **kw)  # type: ignore[arg-type]
+
+
+def _edge(**kw: object) -> EdgeSettings:
+    return EdgeSettings(host="10.0.0.5", port=443, edge_dir=Path("/etc/gptoss/t/edge"),
+                        access_log=Path("/var/log/gptoss/edge-t.access.jsonl"), **kw)  # type: ignore[arg-type]
+
+
+def test_router_without_edge_is_byte_for_byte_what_it_was() -> None:
+    # SHA-256 of main's render_router_config for the same inputs, before the edge hook existed.
+    assert hashlib.sha256(_router().encode()).hexdigest() == \
+        "8151c4c1e92b72191d8cb34bc57c62da4b2c7eb3719879be2630442fad24dcc0"
+
+
+def test_edge_renders_tls_limits_429_and_a_json_log_without_keys() -> None:
+    text = _router(edge=render_edge(_edge(mutual_tls=True), upstream=UPSTREAM))
+    assert "user gptoss-router;\n\nevents" in text
+    assert "listen 10.0.0.5:443 ssl;" in text and "ssl_protocols TLSv1.2 TLSv1.3;" in text
+    assert "listen 127.0.0.1:8000;" in text  # plain HTTP stays on loopback
+    assert "ssl_verify_client on;" in text and "/etc/gptoss/t/edge/client-ca.pem" in text
+    assert "escape=json" in text and '"consumer":"$gptoss_consumer"' in text and "$http_authorization\"" not in text
+    assert "add_header Retry-After 1 always;" in text and '"type": "rate_limit_error"' in text
+    assert "limit_req_status 429;" in text and "proxy_set_header X-Request-Id $request_id;" in text
+    assert "proxy_set_header Authorization $gptoss_upstream_authorization;" in text
+    assert text.count("{") == text.count("}")
+
+
+def test_mutual_tls_off_renders_no_client_verification() -> None:
+    assert "ssl_verify_client" not in render_edge(_edge(), upstream=UPSTREAM).http
+
+
+def test_a_bad_worker_user_is_refused() -> None:
+    with pytest.raises(UsageError):
+        render_edge(_edge(worker_user="root;\nuser x"), upstream=UPSTREAM)
+
+
+def test_consumer_includes_map_each_key_to_its_name_with_its_own_zones() -> None:
+    http, server = render_consumer_includes(
+        [ConsumerKey("alice", fingerprint(KEY_A), KEY_A), ConsumerKey("bob", fingerprint(KEY_B), KEY_B)],
+        {"alice": Limits(2, 0, 3), "bob": Limits(10, 20, 5)}, upstream_key=UP)
+    assert f'"~^Bearer {KEY_A}$" alice;' in http and f'"~^Bearer {KEY_B}$" bob;' in http
+    assert "zone=gptoss_c_alice_req:1m rate=2r/s;" in http and "zone=gptoss_c_bob_req:1m rate=10r/s;" in http
+    assert "limit_req zone=gptoss_c_alice_req;\nlimit_conn gptoss_c_alice_conn 3;" in server
+    assert "limit_req zone=gptoss_c_bob_req burst=20 nodelay;" in server
+    assert f'default "Bearer {UP}";' in http
+
+
+@pytest.mark.parametrize("key", ["short", "sk-" + "a" * 40 + '" x;', "sk-" + "a" * 40 + "$", "ü" * 40])
+def test_a_key_that_could_break_the_map_is_refused(key: str) -> None:
+    with pytest.raises(UsageError):
+        render_consumer_includes([ConsumerKey("alice", "f", key)], {}, upstream_key=UP)
+
+
+@pytest.mark.parametrize("name", ["", "Alice", "-x", "a b", "a;", "_instance", "x" * 33, "a\nb"])
+def test_bad_consumer_names_are_refused(name: str) -> None:
+    with pytest.raises(UsageError):
+        check_consumer_name(name)
+
+
+def test_limits_bounds_and_defaults_from_sizing() -> None:
+    assert default_limits(sizing_concurrency=8, max_num_seqs=64) == Limits(8, 16, 8)
+    assert default_limits(sizing_concurrency=None, max_num_seqs=32, replicas=2) == Limits(64, 128, 64)
+    for bad in ((0, 1, 1), (1, -1, 1), (1, 1, 0), (10**6, 1, 1)):
+        with pytest.raises(UsageError):
+            Limits(*bad)
+
+
+def test_new_keys_are_unique_and_fit_the_map() -> None:
+    keys = {new_key() for _ in range(50)}
+    assert len(keys) == 50
+    render_consumer_includes([ConsumerKey("a", fingerprint(k), k) for k in keys], {}, upstream_key=UP)
+
+
+def test_registry_round_trips_and_rotation_grace_and_revocation_decide_valid_keys() -> None:
+    a1, a2, b = fingerprint(KEY_A), fingerprint(KEY_B), fingerprint(UP)
+    reg = Registry("t", (
+        Consumer("alice", NOW, Limits(1, 1, 1), (KeyRecord(a1, NOW, NOW + timedelta(hours=1)), KeyRecord(a2, NOW))),
+        Consumer("bob", NOW, Limits(1, 1, 1), (KeyRecord(b, NOW),), revoked=NOW)))
+    again = Registry.from_dict(json.loads(json.dumps(reg.to_dict())), "x")
+    assert again == reg
+    store = {a1: ("alice", KEY_A), a2: ("alice", KEY_B), b: ("bob", UP)}
+    assert {k.fingerprint for k in valid_keys(reg, store, NOW)} == {a1, a2}
+    assert {k.fingerprint for k in valid_keys(reg, store, NOW + timedelta(hours=2))} == {a2}
+    assert KEY_A not in json.dumps(reg.to_dict())
+
+
+@pytest.mark.parametrize("doc", [{}, {"schema": "gptossctl.consumers/2", "consumers": []},
+                                 {"schema": "gptossctl.consumers/1", "consumers": [{"name": "x"}]},
+                                 {"schema": "gptossctl.consumers/1", "consumers": [
+                                     {"name": "BAD", "created": NOW.isoformat(), "limits": {"rps": 1, "burst": 1,
+                                      "concurrency": 1}, "keys": []}]}])
+def test_a_malformed_registry_is_a_finding_not_a_crash(doc: object) -> None:
+    with pytest.raises(CheckFailed):
+        Registry.from_dict(doc, "consumers.json")
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey, *,
+          start: datetime, days: int, ca: bool = False) -> x509.Certificate:
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(start).not_valid_after(start + timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    return b.sign(signer, hashes.SHA256())
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _key_pem(k: ec.EllipticCurvePrivateKey) -> bytes:
+    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@pytest.fixture(scope="module")
+def pki() -> dict[str, object]:
+    ca_k, int_k, leaf_k, other_k = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    start = NOW - timedelta(days=10)
+    ca = _cert("ca", ca_k, "ca", ca_k, start=start, days=3650, ca=True)
+    inter = _cert("inter", int_k, "ca", ca_k, start=start, days=3650, ca=True)
+    return {"ca": ca, "inter": inter, "leaf": _cert("leaf", leaf_k, "inter", int_k, start=start, days=100),
+            "soon": _cert("leaf", leaf_k, "inter", int_k, start=start, days=20),
+            "expired": _cert("leaf", leaf_k, "inter", int_k, start=start, days=5),
+            "other_ca": _cert("ca", other_k, "ca", other_k, start=start, days=3650, ca=True),
+            "leaf_k": leaf_k, "other_k": other_k}
+
+
+def test_a_certificate_that_chains_through_intermediates_passes(pki: dict[str, object]) -> None:
+    r = check_certificate(_pem(pki["leaf"], pki["inter"]), _key_pem(pki["leaf_k"]), _pem(pki["ca"]), now=NOW)  # type: ignore[arg-type]
+    assert r.chain == ("CN=leaf", "CN=inter", "CN=ca (CA)") and not r.findings
+    assert f" {int(r.not_after.timestamp())}\n" in r.prometheus("t")
+
+
+def test_within_30_days_of_expiry_passes_with_a_warning(pki: dict[str, object]) -> None:
+    r = check_certificate(_pem(pki["soon"], pki["inter"]), _key_pem(pki["leaf_k"]), _pem(pki["ca"]), now=NOW)  # type: ignore[arg-type]
+    assert [f.code for f in r.findings] == ["tls.expires_soon"]
+
+
+@pytest.mark.parametrize("case,code", [("expired", "tls.expired"), ("wrong_key", "tls.key_mismatch"),
+                                       ("no_intermediate", "tls.untrusted_chain"), ("other_ca", "tls.untrusted_chain"),
+                                       ("future", "tls.not_yet_valid")])
+def test_certificate_failures(pki: dict[str, object], case: str, code: str) -> None:
+    leaf, key, ca, now = [pki["leaf"], pki["inter"]], pki["leaf_k"], pki["ca"], NOW
+    if case == "expired":
+        leaf = [pki["expired"], pki["inter"]]
+    elif case == "wrong_key":
+        key = pki["other_k"]
+    elif case == "no_intermediate":
+        leaf = [pki["leaf"]]
+    elif case == "other_ca":
+        ca = pki["other_ca"]
+    else:
+        now = NOW - timedelta(days=30)
+    with pytest.raises(CheckFailed) as err:
+        check_certificate(_pem(*leaf), _key_pem(key), _pem(ca), now=now)  # type: ignore[arg-type]
+    assert code in [f.code for f in err.value.findings]
+
+
+def test_not_pem_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        check_certificate(b"junk", b"junk", b"junk")
+
+
+# ---------------------------------------------------------------- usage
+
+
+def _line(consumer: str, status: int, rt: float, t: str = "2026-12-01T10:00:00+00:00", route: str = "/v1/models") -> str:
+    return json.dumps({"time": t, "consumer": consumer, "route": route, "status": str(status),
+                       "request_time": str(rt), "bytes_sent": "100", "request_id": "r"})
+
+
+def test_usage_counts_requests_errors_429s_and_latency_per_consumer() -> None:
+    lines = [_line("alice", 200, 0.1), _line("alice", 200, 0.3), _line("alice", 429, 0.0), _line("alice", 500, 1.0),
+             _line("bob", 200, 0.2, t="2026-12-02T10:00:00+00:00"), "not json", '{"time": "x"}', ""]
+    s = summarise(lines, by="consumer")
+    rows = {r.key: r for r in s.rows}
+    assert (rows["alice"].requests, rows["alice"].errors, rows["alice"].limited) == (4, 1, 1)
+    assert rows["alice"].p50_s == 0.3 and rows["alice"].p95_s == 1.0 and rows["alice"].tokens is None
+    assert rows["bob"].requests == 1 and s.unreadable == 3
+    assert [r.key for r in summarise(lines, by="day").rows] == ["2026-12-01", "2026-12-02"]
+    since = summarise(lines, since=datetime(2026, 12, 2, tzinfo=UTC))
+    assert [r.key for r in since.rows] == ["bob"]
+    assert 'gptoss_usage_requests_total{consumer="alice"} 4' in s.prometheus()
+    assert s.csv().splitlines()[1].startswith("alice,4,1,1,")
+
+
+def test_router_dropin_lets_a_root_master_drop_to_workers_and_open_the_site_port() -> None:
+    text = render_router_dropin(_edge(worker_user="gptoss-router"))
+    assert "DynamicUser=no\nUser=root\n" in text and "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_NET_BIND_SERVICE" in text
+    assert "SystemCallFilter=\n" in text and "IPAddressAllow=any" in text and "ReadWritePaths=/var/log/gptoss" in text
+    high = EdgeSettings(host="0.0.0.0", port=8443, edge_dir=Path("/e"), access_log=Path("/var/log/gptoss/x"))
+    assert "CAP_NET_BIND_SERVICE" not in render_router_dropin(high)
+
+
+def _evidence(root: Path, now: datetime) -> Evidence:
+    layout = Layout(root, "t")
+    rec = ReleaseRecord(1, "b", "t", "p", "m", "0" * 64, "/usr/bin/python3")
+    return Evidence(layout, Systemd(root), ComplianceOptions(), now, layout.release(1), rec)
+
+
+def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_path: Path) -> None:
+    ev = _evidence(tmp_path, NOW)
+    assert check_tls(ev).status == "pass" and "loopback only" in check_tls(ev).evidence[0]  # no TLS listener
+    d = tmp_path / "etc/gptoss/t/edge"
+    d.mkdir(parents=True)
+    (d / "tls-key.pem").write_bytes(_key_pem(pki["leaf_k"]))  # type: ignore[arg-type]
+    (d / "tls-ca.pem").write_bytes(_pem(pki["ca"]))  # type: ignore[arg-type]
+    for cert, status in (("leaf", "pass"), ("soon", "warn"), ("expired", "fail")):
+        (d / "tls-cert.pem").write_bytes(_pem(pki[cert], pki["inter"]))  # type: ignore[arg-type]
+        result = check_tls(ev)
+        assert result.status == status, result
+    assert any("expired" in e for e in result.evidence)
+
+
+def test_usage_reads_the_rotated_logs_too(tmp_path: Path) -> None:
+    log = tmp_path / "edge-t.access.jsonl"
+    log.write_text(_line("alice", 200, 0.1) + "\n")
+    (tmp_path / "edge-t.access.jsonl.1").write_text(_line("alice", 200, 0.1) + "\n")
+    (tmp_path / "edge-t.access.jsonl.2.gz").write_bytes(gzip.compress((_line("bob", 200, 0.1) + "\n").encode()))
+    (tmp_path / "edge-t.access.jsonl.bak").write_text(_line("eve", 200, 0.1) + "\n")  # not logrotate's
+    rows = {r.key: r.requests for r in read_usage(log, root=tmp_path, instance="t", since=None, by="consumer",
+                                                   fmt="json").rows}
+    assert rows == {"alice": 2, "bob": 1}
+    assert "kill -USR1" in render_logrotate(tmp_path) and f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path)
