@@ -36,7 +36,7 @@ from gptossctl.install.release import ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
 from tests.integration.vllm_server import free_port, make_trained_llama, vllm_python, vllm_server
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 NGINX = Path("/usr/sbin/nginx")
 INSTANCE = "edge"
 INSTANCE_KEY = "instance-key-0123456789abcdefghijklmnop"
