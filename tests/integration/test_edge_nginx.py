@@ -100,9 +100,33 @@ class Site:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120,
                              http_client=httpx.Client(verify=self.ssl_context()))
 
+    def workers(self) -> dict[int, str]:
+        """The master's children and their process titles ("nginx: worker process [is shutting down]")."""
+        out = {}
+        for task in Path(f"/proc/{self.nginx.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                try:
+                    out[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    pass
+        return out
+
     def reload(self) -> None:
-        """What the unit's ExecReload does: SIGHUP to the master (nginx's graceful reload)."""
+        """What the unit's ExecReload does: SIGHUP to the master (nginx's graceful reload). Returns once every
+        worker of the old configuration has stopped taking connections ("is shutting down": it keeps only
+        what it has in flight) or left, and new workers run: a single answer from a new worker proves
+        nothing while an old one may still accept the next connection (seen under load: a 200, then a 401)."""
+        old = set(self.workers())
         os.kill(self.nginx.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = self.workers()
+            fresh = [p for p in now if p not in old and "cache" not in now[p]]
+            if fresh and all("shutting down" in now[p] for p in old if p in now):
+                time.sleep(0.05)  # the title changes just before the listening sockets close
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"nginx did not finish its reload in 60 s: {self.workers()}")
 
     def status(self, key: str, path: str = "/v1/models") -> int:
         with httpx.Client(verify=self.ssl_context()) as c:
