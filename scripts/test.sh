@@ -32,4 +32,5 @@ bash scripts/lint.sh
 # heaviest modules are handed out first (tests/conftest.py) so that the long ones overlap.
 workers=$(nproc)
 [ "$workers" -ge 2 ] || workers=2
-exec .venv/bin/python -m pytest --ignore=tests/gpu -n "$workers" --dist loadfile --no-loadscope-reorder "${select[@]}" "$@"
+# The 40 slowest tests are listed at the end: the record the suite-time budget is kept against.
+exec .venv/bin/python -m pytest --ignore=tests/gpu --durations=40 -n "$workers" --dist loadfile --no-loadscope-reorder "${select[@]}" "$@"
