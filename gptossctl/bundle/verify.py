@@ -141,9 +141,9 @@ def signature_report(envelope: Envelope, policy: TrustPolicy) -> SignatureReport
     findings: list[Finding] = []
     notes: list[Finding] = []
     for sig in envelope.signatures:
-        subject = f"signature:{sig.keyid[:16]}"
+        subject = f"signature:{sig.keyid}"  # key ids whole: reports (SARIF, the compliance page) are matched on them
         name = policy.name_of(sig.keyid)
-        who = f"{name} ({sig.keyid[:16]})" if name else sig.keyid
+        who = f"{name} ({sig.keyid})" if name else sig.keyid
         if sig.keyid in policy.revoked:
             findings.append(Finding("signature.revoked_key", subject, f"signed by revoked key {who}",
                                     hint="re-sign the bundle with a current key"))

@@ -40,6 +40,9 @@ def check(
     report: Path | None = typer.Option(None, "--report", help="Also write the JSON report here."),
     textfile: Path | None = typer.Option(None, "--textfile", help="Also write a Prometheus textfile here "
                                          "(node_exporter --collector.textfile.directory)."),
+    html: Path | None = typer.Option(None, "--html", help="Also write one self-contained HTML page here for "
+                                     "auditors: verdict first, failed checks with evidence, fix and NIST "
+                                     "controls (mode 0644, secrets redacted, nothing loaded from elsewhere)."),
     as_json: JsonOpt = False,
 ) -> None:
     """Check the installed instance against its signed bundle and its approved configuration: file drift,
@@ -50,30 +53,21 @@ def check(
     """
 
     def action():  # type: ignore[no-untyped-def]
-        import json
         from datetime import timedelta
 
         from gptossctl.compliance.checks import run_checks
         from gptossctl.compliance.evidence import ComplianceOptions
-        from gptossctl.compliance.outputs import REPORT_MODE, to_junit, to_sarif, to_textfile
+        from gptossctl.compliance.outputs import output_paths, write_reports
         from gptossctl.durations import parse_duration
-        from gptossctl.fsutil import atomic_write, check_output_paths
+        from gptossctl.fsutil import check_output_paths
 
-        check_output_paths([(report, "--report"), (sarif, "--sarif"), (junit, "--junit"), (textfile, "--textfile")])
+        outputs = {"report": report, "sarif": sarif, "junit": junit, "textfile": textfile, "html": html}
+        check_output_paths(output_paths(outputs))
         policy = trust_policy(trust, threshold=threshold, revoked=revoked) if trust else None
         opts = ComplianceOptions(policy=policy, max_exposure=max_exposure,
                                  expiry_warning=timedelta(seconds=parse_duration(expiry_warning)))
         r = run_checks(root, pick_instance(root, instance), opts)
-        # 0600: host details, even with every secret redacted. The textfile stays 0644 (node_exporter reads it;
-        # it holds check ids and counts, no evidence).
-        if report:
-            atomic_write(report, json.dumps(r.to_dict(), indent=1) + "\n", REPORT_MODE)
-        if sarif:
-            atomic_write(sarif, json.dumps(to_sarif(r), indent=1) + "\n", REPORT_MODE)
-        if junit:
-            atomic_write(junit, to_junit(r), REPORT_MODE)
-        if textfile:
-            to_textfile(r, textfile)
+        write_reports(r, outputs)  # each format's mode is in its row of outputs.FORMATS
         return r
 
     def render(r) -> None:  # type: ignore[no-untyped-def]

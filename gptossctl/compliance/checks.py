@@ -8,6 +8,7 @@ compliance.outputs. Nothing here changes the system; the API key never enters a 
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,8 @@ def run_checks(root: Path, instance: str, opts: ComplianceOptions = ComplianceOp
 def _run_checks(layout: Layout, opts: ComplianceOptions) -> ComplianceReport:
     root, instance = layout.root, layout.instance
     cur, rec = current(layout)
-    report = ComplianceReport(instance, root, cur, opts.now or datetime.now(UTC))
+    report = ComplianceReport(instance, root, cur, opts.now or datetime.now(UTC), host=platform.node(),
+                              bundle=rec.bundle if rec else "", bundle_sha256=rec.manifest_sha256 if rec else "")
     if rec is None:
         report.checks.append(CheckResult("release.current", "fail", (
             f"no current release under {layout.live_path(layout.opt)}" if cur is None

@@ -274,7 +274,7 @@ def _verify(layout: Layout, release: Path, policy: TrustPolicy | None,
     else:
         try:  # the release holds files beside the bundle's, so the names come from the envelope alone
             good = check_envelope(parse_envelope((release / ENVELOPE).read_bytes()), policy).signers
-            signed_by = tuple(f"{s['name']} ({str(s['keyid'])[:16]})" for s in policy.signed_by(good))
+            signed_by = tuple(f"{s['name']} ({s['keyid']})" for s in policy.signed_by(good))  # whole: auditors match it
         except (GptossctlError, OSError):
             pass  # reported by verify_bundle above
     return tuple(findings), manifest, signed_by

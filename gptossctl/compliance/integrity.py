@@ -27,10 +27,10 @@ def check_signatures(ev: Evidence) -> CheckResult:
         digest = hashlib.sha256(payload).hexdigest()
         recorded = ev.rec.manifest_sha256
         if recorded and digest != recorded:
-            bad.append(f"the release's signed manifest ({digest[:16]}…) is not the one installed "
-                       f"({str(recorded)[:16]}…): it was replaced")
+            bad.append(f"the release's signed manifest (sha256 {digest}) is not the one installed "
+                       f"(sha256 {recorded}): it was replaced")
         else:
-            evidence.append(f"signed manifest {digest[:16]}… is the one installed")
+            evidence.append(f"signed manifest sha256 {digest} is the one installed")
     except (GptossctlError, OSError) as exc:
         bad.append(f"{ENVELOPE}: {getattr(exc, 'message', exc)}")
     m = ev.manifest

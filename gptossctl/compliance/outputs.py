@@ -1,14 +1,22 @@
-"""The report in the formats auditors and schedulers consume: JSON (to_dict), JUnit, SARIF 2.1.0 and a
-Prometheus textfile for node_exporter."""
+"""The report in the formats auditors and schedulers consume: JSON (to_dict), JUnit, SARIF 2.1.0, a
+Prometheus textfile for node_exporter and an HTML page for people (compliance.page).
+
+FORMATS is the one table of them: a format is one row (its name, the option that asks for it, its file mode
+and the function that renders a report to bytes) and one option on `compliance check`; write_reports writes
+every one asked for, atomically."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from gptossctl import __version__
+from gptossctl.compliance.page import to_html
 from gptossctl.compliance.result import ComplianceReport
 from gptossctl.compliance.rules import RULES
 from gptossctl.fsutil import atomic_write
@@ -72,6 +80,11 @@ def to_sarif(report: ComplianceReport) -> dict[str, Any]:
 
 def to_textfile(report: ComplianceReport, path: Path) -> None:
     """Prometheus node_exporter textfile (written atomically, as the collector requires)."""
+    atomic_write(path, to_prometheus(report), 0o644)  # never renamed over a device or FIFO (fsutil checks)
+
+
+def to_prometheus(report: ComplianceReport) -> bytes:
+    """The textfile's bytes: check ids, statuses and counts, no evidence."""
     from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
     reg = CollectorRegistry()
@@ -87,4 +100,45 @@ def to_textfile(report: ComplianceReport, path: Path) -> None:
     release.labels(report.instance).set(report.release or 0)
     last = Gauge("gptoss_compliance_last_run_timestamp_seconds", "When the check ran", ["instance"], registry=reg)
     last.labels(report.instance).set(report.generated.timestamp())
-    atomic_write(path, generate_latest(reg), 0o644)  # never renamed over a device or FIFO (fsutil checks)
+    return generate_latest(reg)
+
+
+def to_json(report: ComplianceReport) -> bytes:
+    return (json.dumps(report.to_dict(), indent=1) + "\n").encode()
+
+
+def to_sarif_bytes(report: ComplianceReport) -> bytes:
+    return (json.dumps(to_sarif(report), indent=1) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class ReportFormat:
+    name: str
+    option: str  # the `compliance check` option that names its file
+    mode: int
+    render: Callable[[ComplianceReport], bytes]
+
+
+# 0600 where the file carries evidence (host details, even with every secret redacted); the textfile carries
+# ids and counts (node_exporter reads it); the page is for people to pass around: 0644, its evidence redacted.
+FORMATS: tuple[ReportFormat, ...] = (
+    ReportFormat("report", "--report", REPORT_MODE, to_json),
+    ReportFormat("sarif", "--sarif", REPORT_MODE, to_sarif_bytes),
+    ReportFormat("junit", "--junit", REPORT_MODE, to_junit),
+    ReportFormat("textfile", "--textfile", 0o644, to_prometheus),
+    ReportFormat("html", "--html", 0o644, to_html),
+)
+FORMAT = {f.name: f for f in FORMATS}
+
+
+def output_paths(targets: Mapping[str, Path | None]) -> list[tuple[Path | None, str]]:
+    """(path, option) per format asked for, for fsutil.check_output_paths before any work is done."""
+    return [(path, FORMAT[name].option) for name, path in targets.items()]
+
+
+def write_reports(report: ComplianceReport, targets: Mapping[str, Path | None]) -> None:
+    """Each format named with a path, written whole or not at all (never renamed over a device or FIFO)."""
+    for name, path in targets.items():
+        if path is not None:
+            fmt = FORMAT[name]
+            atomic_write(path, fmt.render(report), fmt.mode)

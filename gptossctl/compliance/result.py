@@ -41,6 +41,9 @@ class ComplianceReport:
     release: int | None
     generated: datetime
     checks: list[CheckResult] = field(default_factory=list)
+    host: str = ""  # the machine that ran the check (the staged tree's, when root is not /)
+    bundle: str = ""  # the current release's bundle name, and the SHA-256 of its signed manifest
+    bundle_sha256: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -59,5 +62,6 @@ class ComplianceReport:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": REPORT_SCHEMA, "instance": self.instance, "root": str(self.root),
                 "release": self.release, "generated": self.generated.isoformat(timespec="seconds"),
+                "host": self.host, "bundle": self.bundle, "bundle_sha256": self.bundle_sha256,
                 "gptossctl": __version__, "ok": self.ok, "counts": self.counts,
                 "checks": [c.to_dict(self.instance) for c in self.checks]}

@@ -247,7 +247,7 @@ def current_trust(layout: Layout) -> tuple[TrustRoot | None, str]:
     compliance): the root; an older install's listed keys (not yet migrated); or None."""
     current = load_root(layout)
     if current is not None:
-        return current.root, f"trust root version {current.root.version} ({current.root.digest[:16]})"
+        return current.root, f"trust root version {current.root.version} (sha256 {current.root.digest})"
     legacy = load_legacy(layout)
     if legacy is not None:
         return legacy, "legacy trust (policy.json and the keys it lists): no trust root yet"

@@ -37,11 +37,12 @@ tr.bad td{background:#fdf0ee} tr.good td{background:#f0f8f1}
 """
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, *, css: str = "") -> str:
+    """`css`: a page's own rules after the shared ones (the compliance page's cards); never from outside."""
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
+            f"<title>{escape(title)}</title><style>{_CSS}{css}</style></head>\n<body><main>\n{body}\n</main></body></html>\n")
 
 
 def verdict_box(ok: bool, headline: str, reasons: Sequence[str]) -> str:
