@@ -54,10 +54,10 @@ def _render_run(r: Any) -> None:
     for name, wf in [*sbs.get("workflows", {}).items(), *([("all workflows", sbs["overall"])] if sbs else [])]:
         stdout.print(f"  gpt-oss against the current stack on {escape(name)}: {wf['verdict']}"
                      + (f" ({escape(', '.join(wf['deciding']))})" if wf["deciding"] else ""))
-    for r in sbs.get("overall", {}).get("rows", []):
-        if r.get("relative") and r["judgement"] != "n/a":
-            stdout.print(f"    {escape(r['name'])}: {r['judgement']}, change {escape(interval_text(r))} "
-                         f"({sbs['confidence']:.0%} bootstrap interval; same within ±{r['tolerance']:.0%})")
+    for row in sbs.get("overall", {}).get("rows", []):
+        if row.get("relative") and row["judgement"] != "n/a":
+            stdout.print(f"    {escape(row['name'])}: {row['judgement']}, change {escape(interval_text(row))} "
+                         f"({sbs['confidence']:.0%} bootstrap interval; same within ±{row['tolerance']:.0%})")
     for c in d.get("baseline", []):
         stdout.print(f"  [{'red' if c['regressed'] else 'green'}]{escape(c['message'])}[/]")
     if d.get("files"):

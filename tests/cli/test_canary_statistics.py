@@ -128,3 +128,15 @@ def test_too_few_samples_is_not_enough_data(servers: dict[str, str], suite: Path
         assert r[metric]["judgement"] == "not enough data" and r[metric]["interval"] is None, r[metric]
     assert d["side_by_side"]["min_samples"] > 6
     assert d["side_by_side"]["workflows"]["capitals"]["verdict"] == "not enough data"
+
+
+def test_the_terminal_output_states_each_endpoints_throughput_and_the_intervals(servers: dict[str, str],
+                                                                                suite: Path) -> None:
+    res = subprocess.run([str(GPTOSSCTL), "canary", "run", "--url", servers["slow"], "--compare-url", servers["fast"],
+                          "--suite", str(suite), "--requests", "24", "--concurrency", "4"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert "current stack: 24/24 requests" in out and "output tok/s" in out
+    assert "end-to-end latency median: worse, change +" in out and "95% bootstrap interval; same within ±20%" in out
+    assert "canary FAILED" in out

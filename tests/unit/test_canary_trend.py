@@ -5,6 +5,8 @@ Built from report files written here (no server): the trend reads only report.js
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,17 @@ def test_older_reports_are_still_read(tmp_path: Path) -> None:
         p = tmp_path / f"{schema[-1]}.json"
         p.write_text(json.dumps({"schema": schema, "latency_ms": {"ttft": {"p95": 12.5}}}))
         assert load_baseline(p)["schema"] == schema
+
+
+def test_the_trend_command_names_what_was_measured_and_the_runs_left_out(tmp_path: Path) -> None:
+    for h in range(4):
+        write_run(tmp_path, h * 2)
+    write_run(tmp_path, 9, concurrency=32)
+    res = subprocess.run([str(Path(sys.executable).with_name("gptossctl")), "canary", "trend", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert ("suite workflows on gpt-oss-20b at http://127.0.0.1:8000 against the current stack llama-current at "
+            "http://10.0.0.5:9000, concurrency 4") in out
+    assert "5 runs over 9.0 hours" in out
+    assert "1 run(s) of another shape left out of the charts and verdict" in out and "concurrency 32" in out
