@@ -292,7 +292,7 @@ def what_was_measured(trend: Trend) -> str:
 
 
 def _duration(hours: float) -> str:
-    return f"{hours / 24:.1f} days" if hours >= 72 else f"{hours:.1f} hours"
+    return f"{hours / 24:.1f} days" if hours >= 72 else f"{hours:.1f} hours" if hours >= 1 else f"{hours:.2f} hours"
 
 
 def _pct_band(trend: Trend) -> str:
