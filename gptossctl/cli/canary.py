@@ -31,10 +31,16 @@ TimeoutOpt = typer.Option(120.0, "--timeout", min=0.1, max=86400.0, help="Per-re
 
 
 def _render_run(r: Any) -> None:
+    from gptossctl.probe.canary.page import interval_text
+
     d = r.to_dict()
     lat = d["latency_ms"]
     stdout.print(f"{d['completed']}/{d['requests']} requests in {d['duration_s']:.1f} s, "
                  f"{d['throughput']['output_tokens_per_s']:.1f} output tok/s, errors {d['errors']['total']}")
+    if d.get("current"):
+        c = d["current"]
+        stdout.print(f"  current stack: {c['completed']}/{c['requests']} requests, "
+                     f"{c['throughput']['output_tokens_per_s']:.1f} output tok/s, errors {c['errors']['total']}")
     for m in ("ttft", "tpot", "itl", "e2el"):
         s = lat[m]
         if s["n"]:
@@ -44,9 +50,14 @@ def _render_run(r: Any) -> None:
         stdout.print(f"  correctness {d['correctness']['passed']}/{d['correctness']['cases']}, safety incidents "
                      f"{len(d['safety']['incidents'])}, harmony failures {d['harmony']['failed']}"
                      + (f", edits-to-accept median {e['median']:.2f}" if e["cases"] else ""))
-    for name, wf in (d.get("side_by_side") or {}).get("workflows", {}).items():
+    sbs = d.get("side_by_side") or {}
+    for name, wf in [*sbs.get("workflows", {}).items(), *([("all workflows", sbs["overall"])] if sbs else [])]:
         stdout.print(f"  gpt-oss against the current stack on {escape(name)}: {wf['verdict']}"
                      + (f" ({escape(', '.join(wf['deciding']))})" if wf["deciding"] else ""))
+    for row in sbs.get("overall", {}).get("rows", []):
+        if row.get("relative") and row["judgement"] != "n/a":
+            stdout.print(f"    {escape(row['name'])}: {row['judgement']}, change {escape(interval_text(row))} "
+                         f"({sbs['confidence']:.0%} bootstrap interval; same within ±{row['tolerance']:.0%})")
     for c in d.get("baseline", []):
         stdout.print(f"  [{'red' if c['regressed'] else 'green'}]{escape(c['message'])}[/]")
     if d.get("files"):
@@ -212,8 +223,16 @@ def canary_trend(
 
     def render(t: Any) -> None:
         d = t.to_dict()
+        from gptossctl.probe.canary.trend import what_was_measured
+
         passed = sum(r["ok"] for r in d["runs"])
-        stdout.print(f"{len(d['runs'])} runs, {passed} passed; trend in {escape(d['files']['html'])}")
+        other = [r for r in d["runs"] if r["differs"]]
+        stdout.print(f"{escape(what_was_measured(t))}, concurrency {d['shape']['concurrency']}")
+        stdout.print(f"{len(d['runs'])} runs over {d['runs'][-1]['hours']:.1f} hours, {passed} passed; "
+                     f"trend in {escape(d['files']['html'])}")
+        if other:
+            stdout.print(f"  [yellow]{len(other)} run(s) of another shape left out of the charts and verdict: "
+                         + escape("; ".join(f"{r['folder']}: {', '.join(r['differs'])}" for r in other[:3])) + "[/]")
         for name, wf in d["week"].items():
             stdout.print(f"  gpt-oss against the current stack on {escape(name)}: {wf['verdict']}")
         stdout.print(f"[{'green' if t.ok else 'red'}]trend {'passed' if t.ok else 'FAILED'}[/]"

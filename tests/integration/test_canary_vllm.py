@@ -154,14 +154,14 @@ def test_trend_over_several_runs(cli, servers, files, tmp_path: Path) -> None:  
     code, doc = cli("canary", "trend", str(runs), "--max-regression", "100")  # latency never decides (above)
     assert code == 1  # every run failed: gpt-oss is worse than the current stack
     t = doc["data"]
-    assert t["schema"] == "gptossctl.canary-trend/1" and len(t["runs"]) == 3
+    assert t["schema"] == "gptossctl.canary-trend/2" and len(t["runs"]) == 3
     assert t["week"]["capitals"]["verdict"] == "worse"
     assert set(t["series"]) == {"gpt-oss", "current"}
     for endpoint in ("gpt-oss", "current"):
         assert len(t["series"][endpoint]["capitals"]["correctness"]) == 3
         assert len(t["series"][endpoint]["all workflows"]["ttft_p50"]) == 3
     assert t["baseline"]["source"].endswith("run-0/report.json")
-    assert json.loads((runs / "trend.json").read_text())["schema"] == "gptossctl.canary-trend/1"
+    assert json.loads((runs / "trend.json").read_text())["schema"] == "gptossctl.canary-trend/2"
     page = (runs / "trend.html").read_text()
     check_self_contained(page)
     assert page.count("<svg") >= 10 and "Workflow capitals" in page and "gpt-oss baseline" in page

@@ -68,7 +68,7 @@ def test_canary_demo_suite_catches_the_wrong_answer_and_the_incident(cli, server
                     "--out", str(out))
     assert code == 1
     d = doc["data"]
-    assert d["schema"] == "gptossctl.canary-report/2"
+    assert d["schema"] == "gptossctl.canary-report/3"
     results = {r["case"]: r for r in d["correctness"]["workflows"]["question-answering"]["results"]}
     assert {k: v["passed"] for k, v in results.items()} == {
         "question-answering/capital-france": True, "question-answering/sky-colour": True,
@@ -94,7 +94,7 @@ def test_canary_demo_suite_catches_the_wrong_answer_and_the_incident(cli, server
     page = (out / "report.html").read_text()
     assert "<svg" in page and "<script" not in page and "http://" not in page.replace(server, "")
     assert "Here are the steps" in page and "no help harming people" in page  # the incident, reviewable
-    assert json.loads((out / "report.json").read_text())["schema"] == "gptossctl.canary-report/2"
+    assert json.loads((out / "report.json").read_text())["schema"] == "gptossctl.canary-report/3"
     assert d["server"]["vllm:request_success_total"] >= 6  # the server counted our requests
 
 

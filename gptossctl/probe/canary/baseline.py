@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from gptossctl.errors import UsageError
 from gptossctl.fsutil import load_json
 
-SCHEMAS = ("gptossctl.canary-report/1", "gptossctl.canary-report/2")
+SCHEMAS = ("gptossctl.canary-report/1", "gptossctl.canary-report/2", "gptossctl.canary-report/3")
 MAX_BYTES = 256 * 1024 * 1024
 EDIT_TOLERANCE = 0.05  # normalised edits-to-accept median may rise this much before it is a regression
 _HINT = "give report.json from an earlier 'gptossctl canary run --out DIR' (or its --json output)"

@@ -12,9 +12,11 @@ does (vllm/benchmarks/lib/endpoint_request_func.py, async_request_openai_chat_co
 - output tokens from the usage the server reports.
 
 Arrivals: all at once (bounded by --concurrency), or Poisson at --rate, as vllm bench. Several targets
-(the gpt-oss service and the current stack) are driven in one loop, each request sent to every target in
-turn, so both see the same workload at the same moments; each target has its own connection pool and
-concurrency limit.
+(the gpt-oss service and the current stack) get the same requests in the same order, started together;
+each target has its own connection pool and concurrency limit. At --rate every request arrives at every
+target at the same moment. Without a rate each target has its own closed loop (a request as soon as one of
+its slots frees): a slower target never holds back a faster one, so each one's throughput is its own (one
+loop for both waited on the slower target's slot before every request, and both showed the same rate).
 """
 
 from __future__ import annotations
@@ -166,17 +168,24 @@ async def _drive(targets: Sequence[Target], specs: Sequence[RequestSpec], *, con
             return i < len(specs) if duration is None else time.perf_counter() - t0 < duration
 
         tasks: list[asyncio.Task[None]] = []
-        i = 0
-        while more(i):
-            spec = specs[i % len(specs)]
-            for k in range(len(targets)):
-                if not rate:
-                    # Closed loop: a slot first, then the task (bounded tasks for a time-boxed run).
-                    await sems[k].acquire()
-                tasks.append(asyncio.create_task(run(k, spec, acquired=not rate)))
-            i += 1
-            if rate:
+        if rate:
+            i = 0
+            while more(i):
+                spec = specs[i % len(specs)]
+                tasks += [asyncio.create_task(run(k, spec, acquired=False)) for k in range(len(targets))]
+                i += 1
                 await asyncio.sleep(rng.expovariate(rate))  # Poisson arrivals, as vllm bench
+        else:
+
+            async def closed_loop(k: int) -> None:
+                # A slot first, then the task (bounded tasks for a time-boxed run).
+                i = 0
+                while more(i):
+                    await sems[k].acquire()
+                    tasks.append(asyncio.create_task(run(k, specs[i % len(specs)], acquired=True)))
+                    i += 1
+
+            await asyncio.gather(*(closed_loop(k) for k in range(len(targets))))
         await asyncio.gather(*tasks)
     finally:
         for pool in pools:

@@ -31,6 +31,7 @@ tr.bad td{background:#fdf0ee} tr.good td{background:#f0f8f1}
 .tag.pass,.tag.better{background:#d5efda;color:#1e6b34} .tag.fail,.tag.worse{background:#f7d4cf;color:#8e2a1f}
 .tag.mixed{background:#fbe3c4;color:#8a4b00}
 .tag.same,.tag.on.par,.tag.na{background:#e6e9ee;color:#3b4250}
+.tag.inconclusive,.tag.not.enough.data{background:#fff3c4;color:#6b5400}
 .charts{display:flex;flex-wrap:wrap;gap:12px} .charts svg{background:#fff;border:1px solid #dde1e7;border-radius:6px}
 .note{color:#4a5363;font-size:13px} code,.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}
 .answer{white-space:pre-wrap;font-family:ui-monospace,Menlo,monospace;font-size:12px;max-width:420px}
@@ -87,3 +88,15 @@ def num(v: float | None, digits: int = 1, unit: str = "") -> str:
 
 def pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.0%}"
+
+
+def interval_text(row: dict[str, Any]) -> str:
+    """A comparison row's bootstrap interval of the change ('+12% to +30%', or '+0.10 to +0.20' for a
+    difference), or why there is none."""
+    iv = row.get("interval")
+    if iv is None:
+        n = row.get("samples")
+        return f"– (n {n[0]}/{n[1]})" if n else "–"
+    lo, hi = iv
+    text = f"{lo:+.0%} to {hi:+.0%}" if row.get("relative") else f"{lo:+.2f} to {hi:+.2f}"
+    return text + (f" (n {row['samples'][0]}/{row['samples'][1]})" if row.get("samples") else "")

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from gptossctl.fsutil import atomic_write  # node_exporter must never read a half-written file
 from gptossctl.probe.canary import svg
-from gptossctl.probe.canary.page import Raw, num, page, pct, table, tag, tile, verdict_box
+from gptossctl.probe.canary.page import Raw, interval_text, num, page, pct, table, tag, tile, verdict_box
 from gptossctl.probe.junit import Case, junit_xml
 
 MIN_TIMELINE_SECONDS = 5  # a shorter run has too few points for a throughput-over-time chart
@@ -185,18 +185,21 @@ def _value(v: float | None, unit: str) -> str:
 def _sbs_table(rows: list[dict[str, Any]]) -> str:
     cells = [[r["name"], _value(r["gpt_oss"], r["unit"]), _value(r["current"], r["unit"]),
               "–" if r["difference"] is None else (("+" if r["difference"] > 0 else "") + _value(r["difference"], r["unit"])),
-              Raw(tag(r["judgement"]))] for r in rows]
+              interval_text(r), Raw(tag(r["judgement"]))] for r in rows]
     cls = ["bad" if r["judgement"] == "worse" else "good" if r["judgement"] == "better" else "" for r in rows]
-    return table(["metric", "gpt-oss", "current stack", "difference", "gpt-oss is"], cells, numeric=(1, 2, 3),
-                 row_class=cls)
+    return table(["metric", "gpt-oss", "current stack", "difference", "change, 95 % interval", "gpt-oss is"], cells,
+                 numeric=(1, 2, 3), row_class=cls)
 
 
 def _side_by_side(d: dict[str, Any]) -> str:
     s = d["side_by_side"]
     verdicts = [[name, Raw(tag(wf["verdict"])), ", ".join(wf["deciding"]) or "–"] for name, wf in s["workflows"].items()]
     return ("<h2>gpt-oss against the current stack</h2>"
-            f'<p class="note">The same requests went to both, interleaved. Latency and throughput differ only '
-            f'beyond ±{s["max_regression"]:.0%}; quality metrics on any difference (edits beyond 0.05).</p>'
+            f'<p class="note">The same requests went to both, at the same time. Latency and throughput: the change '
+            f'with its {s.get("confidence", 0.95):.0%} bootstrap interval; "same" only when the whole interval lies '
+            f'within ±{s["max_regression"]:.0%}, worse or better only when it lies wholly beyond, inconclusive when it '
+            f'straddles the edge, and not enough data under {s.get("min_samples", "–")} answers per endpoint. '
+            f'Quality metrics on any difference (edits beyond 0.05).</p>'
             + table(["workflow", "verdict for gpt-oss", "deciding metrics"], verdicts)
             + "<h3>All workflows</h3>" + _sbs_table(s["overall"]["rows"]))
 
@@ -273,11 +276,14 @@ def _latency(d: dict[str, Any]) -> str:
                                      y_label="output tokens / s"))
     note = "" if len(tl) >= MIN_TIMELINE_SECONDS else \
         f'<p class="note">The run lasted {d["duration_s"]:.1f} s: too short for a throughput-over-time chart.</p>'
-    thr = d["throughput"]
+    thr = "; ".join(f'{label + ": " if d.get("current") else ""}{e["throughput"]["requests_per_s"]:.2f} requests/s, '
+                    f'{e["throughput"]["output_tokens_per_s"]:.1f} output tokens/s, '
+                    f'{e["throughput"]["total_tokens_per_s"]:.1f} total tokens/s'
+                    + (f' over {e["throughput"]["span_s"]:.1f} s' if "span_s" in e["throughput"] else "")
+                    for label, e in _endpoints(d))
     return ("<h2>Latency and throughput</h2>"
             f'<p class="note">Measured like <code>vllm bench serve</code> (milliseconds; TTFT at the first streamed '
-            f'chunk). Throughput: {thr["requests_per_s"]:.2f} requests/s, {thr["output_tokens_per_s"]:.1f} output '
-            f'tokens/s, {thr["total_tokens_per_s"]:.1f} total tokens/s.</p>'
+            f'chunk). Throughput, each endpoint over the time from its first request to its last answer: {escape(thr)}.</p>'
             + table(heads, rows, numeric=tuple(range(len(heads) - 6, len(heads))))
             + f'<div class="charts">{"".join(charts)}</div>' + note)
 

@@ -4,9 +4,12 @@ gpt-oss service and, when given, the current stack, interleaved, while sampling 
 (5) scrape again, (6) summarise each endpoint, (7) put them side by side, (8) verdict: thresholds, the
 current stack, the baseline.
 
-The report (`gptossctl.canary-report/2`) keeps the gpt-oss endpoint's metrics at the top level, where
+The report (`gptossctl.canary-report/3`) keeps the gpt-oss endpoint's metrics at the top level, where
 /1 had them (so a /1 report still serves as a baseline), the current stack's under `current`, and the
-comparison under `side_by_side`.
+comparison under `side_by_side`. /3 over /2: throughput is each endpoint's own (over its busy span,
+`throughput.span_s`; /2 divided both by the run's wall time), a workflow's latency is over every answer of it,
+and each side-by-side row carries its bootstrap interval, tolerance and sample counts (judgements
+"inconclusive" and "not enough data" are new). /1 and /2 reports are still read as baselines and by the trend.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from gptossctl.probe.canary.report import junit, write_reports
 from gptossctl.probe.canary.suite import Suite, load_suite
 from gptossctl.probe.canary.summary import Workload, summarise_endpoint
 
-REPORT_SCHEMA = "gptossctl.canary-report/2"
+REPORT_SCHEMA = "gptossctl.canary-report/3"
 MAX_INPUT_LEN = 131_072  # gpt-oss's context window: a longer synthetic prompt cannot be served
 MAX_OUTPUT_LEN = 131_072
 PRIMARY, CURRENT = "gpt-oss", "current"

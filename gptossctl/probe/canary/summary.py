@@ -28,16 +28,24 @@ class Workload:
     prompts: Mapping[str, str]
 
 
+def busy_span(results: Sequence[RequestResult]) -> float:
+    """Seconds from this endpoint's first request to its last answer: the time its throughput is over.
+    (The run's wall time is the slowest endpoint's: over it, every endpoint showed the same throughput.)"""
+    ends = [r.start + r.e2el for r in results if r.ok and r.e2el is not None]
+    return max(ends) - min(r.start for r in results) if ends else 0.0
+
+
 def summarise_endpoint(results: Sequence[RequestResult], wall: float, work: Workload) -> dict[str, Any]:
-    """Every metric for one endpoint (results of that endpoint only)."""
+    """Every metric for one endpoint (results of that endpoint only); `wall` is the whole run's."""
     ok = [r for r in results if r.ok]
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_tokens for r in ok)
+    span = busy_span(results)
     errors = Counter(r.error for r in results if r.error)
     first: dict[str, RequestResult] = {}
     for r in sorted(results, key=lambda r: r.start):
         first.setdefault(r.key, r)  # first-pass: the first answer to each case counts
-    workflows = _workflows(first, work)
+    workflows = _workflows(first, ok, work)
     harmony = _harmony(first, work)
     correct = [c for w in workflows.values() for c in w["results"]]
     all_edits = [ed.Edit(c["edit"]["chars"], c["edit"]["normalised"], c["edit"]["reference"])
@@ -45,9 +53,10 @@ def summarise_endpoint(results: Sequence[RequestResult], wall: float, work: Work
     return {
         "requests": len(results), "completed": len(ok),
         "latency_ms": latency(ok),
-        "throughput": {"requests_per_s": len(ok) / wall if wall else 0.0,
-                       "output_tokens_per_s": out_tokens / wall if wall else 0.0,
-                       "total_tokens_per_s": (in_tokens + out_tokens) / wall if wall else 0.0},
+        "throughput": {"requests_per_s": len(ok) / span if span else 0.0,
+                       "output_tokens_per_s": out_tokens / span if span else 0.0,
+                       "total_tokens_per_s": (in_tokens + out_tokens) / span if span else 0.0,
+                       "span_s": span},
         "tokens": {"input": in_tokens, "output": out_tokens},
         "errors": {"total": sum(errors.values()), "rate": sum(errors.values()) / len(results) if results else 0.0,
                    "by_class": dict(sorted(errors.items())),
@@ -88,19 +97,20 @@ def _case_result(key: str, case: Case, r: RequestResult | None) -> dict[str, Any
     return out
 
 
-def _workflows(first: Mapping[str, RequestResult], work: Workload) -> dict[str, dict[str, Any]]:
+def _workflows(first: Mapping[str, RequestResult], ok_results: Sequence[RequestResult],
+               work: Workload) -> dict[str, dict[str, Any]]:
+    """Correctness from each case's first answer; latency from every answer of the workflow (a case sent
+    again by --requests or --duration is another latency sample, and the comparison's bootstrap uses them all)."""
     workflows: dict[str, dict[str, Any]] = {}
     for key, case in work.cases.items():
         r = first.get(key)
-        wf = workflows.setdefault(key.split("/")[0], {"cases": 0, "passed": 0, "results": [], "_r": []})
+        wf = workflows.setdefault(key.split("/")[0], {"cases": 0, "passed": 0, "results": []})
         res = _case_result(key, case, r)
         wf["cases"] += 1
         wf["passed"] += res["passed"]
         wf["results"].append(res)
-        if r is not None and r.ok:
-            wf["_r"].append(r)
-    for wf in workflows.values():
-        ok: list[RequestResult] = wf.pop("_r")
+    for name, wf in workflows.items():
+        ok = [r for r in ok_results if r.key in work.cases and r.key.split("/")[0] == name]
         wf["rate"] = wf["passed"] / wf["cases"]
         wf["edits_to_accept"] = ed.summarise([ed.Edit(c["edit"]["chars"], c["edit"]["normalised"],
                                                       c["edit"]["reference"]) for c in wf["results"] if "edit" in c])
