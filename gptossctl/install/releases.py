@@ -155,7 +155,8 @@ def _failed_install(records: Sequence[Mapping[str, Any]], instance: str, manifes
         if isinstance(cmd, list) and cmd and cmd[0] == "install" and e.get("instance") == instance \
                 and e.get("bundle_sha256") == manifest_sha256 and isinstance(result, str) \
                 and (result.startswith("failed") or result == "interrupted"):
-            return e
+            found: Mapping[str, Any] = e
+            return found
     return None
 
 
@@ -194,25 +195,26 @@ def _classify(layout: Layout, name: str, path: Path, records: Sequence[Mapping[s
     on_disk = digest(path / RELEASE_JSON)
     seals = sealed.get(version, [])
     match = [e for e in seals if isinstance(e.get("seal"), dict) and e["seal"].get("release_json") == on_disk]
-    base = {"bundle_sha256": rec.manifest_sha256}
     if rec.version != version or rec.instance != layout.instance:
-        return ReleaseEntry(name, UNAUDITED, version, usage, **base,
+        return ReleaseEntry(name, UNAUDITED, version, usage, bundle_sha256=rec.manifest_sha256,
                             note=f"the record says release {rec.version} of {rec.instance!r}: it was edited or copied")
     if match:
         first = next((e for e in match if e["command"][0] == "install"), match[0])
-        return ReleaseEntry(name, RETIRED, version, usage, **base, signers=_signer_names(layout, rec.signers),
+        return ReleaseEntry(name, RETIRED, version, usage, bundle_sha256=rec.manifest_sha256,
+                            signers=_signer_names(layout, rec.signers),
                             installed_at=str(first.get("time")), installed_by=str(first.get("user")),
                             audit_seq=int(first["seq"]))
     if seals:
-        return ReleaseEntry(name, UNAUDITED, version, usage, **base,
+        return ReleaseEntry(name, UNAUDITED, version, usage, bundle_sha256=rec.manifest_sha256,
                             note=f"release.json is not what the audit chain sealed (entry {seals[-1].get('seq')}): "
                                  "it was changed outside gptossctl")
     failed = _failed_install(records, layout.instance, rec.manifest_sha256)
     if failed is not None and _manifest_digest(path) == rec.manifest_sha256:
-        return ReleaseEntry(name, FAILED, version, usage, **base, installed_at=str(failed.get("time")),
+        return ReleaseEntry(name, FAILED, version, usage, bundle_sha256=rec.manifest_sha256,
+                            installed_at=str(failed.get("time")),
                             installed_by=str(failed.get("user")), audit_seq=int(failed["seq"]),
                             note=f"its install {failed.get('result')}: never served")
-    return ReleaseEntry(name, UNAUDITED, version, usage, **base,
+    return ReleaseEntry(name, UNAUDITED, version, usage, bundle_sha256=rec.manifest_sha256,
                         note="the audit chain holds no install of this record")
 
 
@@ -332,7 +334,7 @@ def choose(h: ReleaseHistory, keep: int) -> tuple[list[ReleaseEntry], list[Relea
     """(removed oldest first, kept): the protected releases always, then the newest others up to `keep` in all;
     leftovers always go; unaudited and foreign entries always stay."""
     releases = sorted((e for e in h.entries if e.release), key=lambda e: -(e.version or 0))
-    kept_versions = {e.version for e in releases if e.version in h.protected}
+    kept_versions: set[int | None] = {e.version for e in releases if e.version in h.protected}
     for e in releases:
         if len(kept_versions) >= keep:
             break

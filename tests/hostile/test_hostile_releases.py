@@ -169,7 +169,7 @@ def test_a_forged_release_record_is_flagged_never_current_and_never_pruned(root:
     name = forge(root)
     code, doc = _cli("releases", "list", "--root", str(root), "--instance", INSTANCE)
     assert code == 1, doc
-    states = dict((r["name"], r["state"]) for r in doc["data"]["releases"])
+    states = {r["name"]: r["state"] for r in doc["data"]["releases"]}
     assert states[name] == "unaudited" and states["4"] == "current" and doc["data"]["current"] == 4
     flagged = [f for f in doc["findings"] if f["code"] == "releases.unaudited"]
     assert [f["subject"] for f in flagged] == [f"/{REL}/{name}"] and flagged[0]["hint"]
