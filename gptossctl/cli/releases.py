@@ -43,12 +43,14 @@ def list_(instance: InstanceOpt = None, root: ExistingRootOpt = Path("/"), as_js
     def render(h) -> None:  # type: ignore[no-untyped-def]
         from rich.table import Table
 
-        t = Table("version", "bundle", "signers", "installed at", "by", "state", "size", box=None)
+        t = Table(box=None)
+        for name in ("version", "bundle", "signers", "installed at", "by", "state", "size"):
+            t.add_column(name, overflow="fold")  # wrapped, never cut: --json has every value whole
         for e in h.entries:
             st = _STYLE.get(e.state, "white")
-            t.add_row(escape(e.name), (e.bundle_sha256 or "-")[:12], escape(", ".join(e.signers) or "-"),
-                      escape(e.installed_at or "-"), escape(e.installed_by or "-"), f"[{st}]{e.state}[/{st}]",
-                      _size(e.usage.bytes))
+            when = (e.installed_at or "-").replace("T", " ").replace("+00:00", "Z")
+            t.add_row(escape(e.name), (e.bundle_sha256 or "-")[:12], escape(", ".join(map(str, e.signers)) or "-"),
+                      escape(when), escape(e.installed_by or "-"), f"[{st}]{e.state}[/{st}]", _size(e.usage.bytes))
         stdout.print(t if h.entries else f"no release of {h.instance} on disk")
         for f in h.findings:
             stderr.print(f"[yellow]{escape(f.subject)}: {escape(f.message)}[/yellow]")

@@ -85,6 +85,18 @@ def measure(path: Path) -> Usage:
 
 
 @dataclass(frozen=True)
+class Signer:
+    name: str | None  # from the trust root; None for a key it does not name
+    keyid: str
+
+    def __str__(self) -> str:
+        return self.name or self.keyid[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "keyid": self.keyid}
+
+
+@dataclass(frozen=True)
 class ReleaseEntry:
     """One entry of releases/: a release and its state, or a leftover or foreign entry (version None for one
     that is not named by a number)."""
@@ -94,7 +106,7 @@ class ReleaseEntry:
     version: int | None
     usage: Usage
     bundle_sha256: str | None = None  # the signed manifest's digest, from the record
-    signers: tuple[str, ...] = ()  # "name (keyid16)", only from a record the chain sealed
+    signers: tuple[Signer, ...] = ()  # only from a record the chain sealed
     installed_at: str | None = None  # the audit entry's time
     installed_by: str | None = None  # the audit entry's actor
     audit_seq: int | None = None
@@ -106,7 +118,7 @@ class ReleaseEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "state": self.state, "bundle_sha256": self.bundle_sha256,
-                "signers": list(self.signers), "installed_at": self.installed_at, "installed_by": self.installed_by,
+                "signers": [x.to_dict() for x in self.signers], "installed_at": self.installed_at, "installed_by": self.installed_by,
                 "audit_seq": self.audit_seq, "bytes": self.usage.bytes, "freeable_bytes": self.usage.freeable,
                 "note": self.note}
 
@@ -169,12 +181,13 @@ def _manifest_digest(release: Path) -> str | None:
         return None
 
 
-def _signer_names(layout: Layout, keyids: Sequence[str]) -> tuple[str, ...]:
+def _signers(layout: Layout, keyids: Sequence[str]) -> tuple[Signer, ...]:
+    """The record's key ids, named by the instance's trust root where it knows them."""
     try:
         root, _note = current_trust(layout)
     except GptossctlError:
         root = None
-    return tuple(f"{(root.name_of(k) if root is not None else None) or '?'} ({k[:16]})" for k in keyids)
+    return tuple(Signer(root.name_of(k) if root is not None else None, k) for k in keyids)
 
 
 def _classify(layout: Layout, name: str, path: Path, records: Sequence[Mapping[str, Any]],
@@ -201,7 +214,7 @@ def _classify(layout: Layout, name: str, path: Path, records: Sequence[Mapping[s
     if match:
         first = next((e for e in match if e["command"][0] == "install"), match[0])
         return ReleaseEntry(name, RETIRED, version, usage, bundle_sha256=rec.manifest_sha256,
-                            signers=_signer_names(layout, rec.signers),
+                            signers=_signers(layout, rec.signers),
                             installed_at=str(first.get("time")), installed_by=str(first.get("user")),
                             audit_seq=int(first["seq"]))
     if seals:

@@ -52,7 +52,7 @@ def test_list_shows_each_release_with_its_audited_facts(cli, tiny_model: Path, k
         # The whole digest of the signed manifest, who installed it and when: the audit entry's, not the record's.
         assert r["bundle_sha256"] == hashlib.sha256((bundles[v] / "manifest.json").read_bytes()).hexdigest()
         assert (r["installed_at"], r["installed_by"], r["audit_seq"]) == (e["time"], e["user"], e["seq"])
-        assert r["signers"] == [f"alice ({keys['alice'].keyid[:16]})"]
+        assert r["signers"] == [{"name": "alice", "keyid": keys["alice"].keyid}]
         assert r["bytes"] == _du(root / "opt/gptoss" / INSTANCE / "releases" / str(v))
     assert doc["findings"] == []
 
