@@ -118,7 +118,8 @@ class ReleaseEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "state": self.state, "bundle_sha256": self.bundle_sha256,
-                "signers": [x.to_dict() for x in self.signers], "installed_at": self.installed_at, "installed_by": self.installed_by,
+                "signers": [x.to_dict() for x in self.signers], "installed_at": self.installed_at,
+                "installed_by": self.installed_by,
                 "audit_seq": self.audit_seq, "bytes": self.usage.bytes, "freeable_bytes": self.usage.freeable,
                 "note": self.note}
 
@@ -250,8 +251,8 @@ def history(root: Path, instance: str, *, records: Sequence[Mapping[str, Any]] |
             records = chain.records
     if not layout.releases.is_dir():
         if not layout.opt.is_dir():
-            raise UsageError(f"instance {instance} is not installed under {root}", code="releases.not_installed",
-                             hint="see 'gptossctl status' for the installed instances")
+            raise CheckFailed(f"instance {instance} is not installed under {root}", code="releases.not_installed",
+                              hint="see 'gptossctl status' for the installed instances")
         names: list[str] = []
     else:
         try:
@@ -434,8 +435,10 @@ def prune_advice(layout: Layout, short: int) -> str:
         h = history(layout.root, layout.instance)
     except GptossctlError:
         return ""
-    if not h.ok and any(f.code.startswith("audit.") for f in h.findings):
+    if any(f.code.startswith("audit.") for f in h.findings):
         return "releases prune is refused while the audit chain is broken ('gptossctl audit verify')"
+    if any(f.code in ("releases.current_unaudited", "releases.current_moved") for f in h.findings):
+        return f"releases prune is refused: the audit chain does not vouch for {h.instance}'s current release"
     count = sum(1 for e in h.entries if e.release)
     if not count:
         return ""
