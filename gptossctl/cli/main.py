@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import typer
 
 from gptossctl import __version__
-from gptossctl.cli import bundle, canary, compliance, consumers, demo, hw, keys, probe, profiles, service, trust
+from gptossctl.cli import bundle, canary, compliance, consumers, demo, hw, keys, probe, profiles, releases, service, trust
 from gptossctl.cli.output import StdoutLost, document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
 from gptossctl.fsutil import os_error
@@ -37,6 +37,7 @@ app.command("install")(service.install)
 app.command("status")(service.status)
 app.command("rollback")(service.rollback)
 app.command("uninstall")(service.uninstall)
+app.add_typer(releases.app, name="releases")
 app.add_typer(service.audit_app, name="audit")
 app.add_typer(compliance.app, name="compliance")
 app.command("support-bundle")(compliance.support_bundle)

@@ -20,6 +20,7 @@ from gptossctl.bundle.verify import VerifiedBundle
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, UsageError
 from gptossctl.fsutil import decode_text, read_bytes
 from gptossctl.hardware.check import (
+    Check,
     HardwareReport,
     ProfileFit,
     Requirements,
@@ -32,6 +33,8 @@ from gptossctl.hardware.profiles import Profile, load_profiles, profile_from_tex
 from gptossctl.hardware.requirements import KNOWN_MODELS, model_key
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import served_name
+from gptossctl.install.releases import prune_advice
+from gptossctl.install.unpack import UNPACK_MARGIN
 
 GPU_MODELS = ("gpt-oss-120b", "gpt-oss-20b")
 DEFAULT_PREFIX = Path("/opt/gptoss")
@@ -116,9 +119,21 @@ def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures:
     if m.chosen is None:
         failed = [Finding(f"preflight.{c.id}", c.subject, c.message) for c in m.checks if c.status == "fail"]
         failed += [Finding("preflight.profile", f.profile.name, "; ".join(f.reasons)) for f in m.fits]
-        raise CheckFailed(f"preflight failed: {m.reason}", code="install.preflight_failed", findings=failed,
-                          hint="run 'gptossctl hw check --bundle BUNDLE' for the full report")
+        prune = _prune_finding(layout, inventory, bundle.manifest.total_size, m.checks)
+        raise CheckFailed(f"preflight failed: {m.reason}", code="install.preflight_failed", findings=failed + prune,
+                          hint=(prune[0].message + "; " if prune else "")
+                          + "run 'gptossctl hw check --bundle BUNDLE' for the full report")
     return m.chosen
+
+
+def _prune_finding(layout: Layout, inventory: Inventory, size: int, checks: Sequence[Check]) -> list[Finding]:
+    """Disk too short for the release: what `releases prune` would free here (install/releases.py computes it
+    from the trees), counting the room unpack keeps beyond the payload."""
+    if inventory.host is None or not any(c.id == "host.disk" and c.status == "fail" for c in checks):
+        return []
+    free = min(inventory.host.disk_free_bytes.values(), default=0)
+    advice = prune_advice(layout, size + UNPACK_MARGIN - free)
+    return [Finding("preflight.prune", str(layout.live_path(layout.releases)), advice)] if advice else []
 
 
 def check_router(root: Path) -> Path:

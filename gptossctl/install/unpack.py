@@ -17,11 +17,12 @@ from gptossctl.bundle.manifest import sha256sums_text
 from gptossctl.bundle.verify import VerifiedBundle
 from gptossctl.errors import CheckFailed, Finding
 from gptossctl.install.layout import Layout
+from gptossctl.install.releases import prune_advice
 
-_MARGIN = 64 << 20
+UNPACK_MARGIN = 64 << 20  # room kept beyond the payload: the environment, rendered files, the record
 
 
-def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MARGIN,
+def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = UNPACK_MARGIN,
                    finish: Callable[[Path], None] | None = None) -> Path:
     """Copy the verified bundle into its release directory; return it. Idempotent. `margin` is the
     free space kept beyond the payload's size. `finish(tmp)` completes the release (environment,
@@ -37,7 +38,8 @@ def unpack_release(bundle: VerifiedBundle, layout: Layout, *, margin: int = _MAR
     if m.total_size + margin > free:
         raise CheckFailed(f"not enough disk at {layout.releases}: {m.total_size / 2**30:.2f} GiB needed, "
                           f"{free / 2**30:.2f} GiB free", code="install.insufficient_disk",
-                          hint="free space, or remove old releases once the current one is healthy")
+                          hint=prune_advice(layout, m.total_size + margin - free)
+                          or "free space, or remove old releases once the current one is healthy")
     try:
         # The signed files come from what verification held in memory, never from the bundle directory again.
         assert bundle.envelope is not None, "unpack takes a bundle that verify_bundle returned"
