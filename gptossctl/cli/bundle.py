@@ -170,8 +170,10 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory, a directo
         for name, c in d["sizes"].items():
             extra = d["components"].get(name, {})
             t.add_row(name, str(c["files"]), _human_size(c["bytes"]),
-                      escape(", ".join(f"{k}={v}" for k, v in extra.items() if not isinstance(v, dict | list))))
+                      escape(", ".join(f"{k}={v}" for k, v in extra.items()
+                                     if k not in ("files", "bytes") and not isinstance(v, dict | list))))
         stdout.print(t)
+        stdout.print("contents:")
         for f in d["contents"]:
             stdout.print(f"  {escape(f['path'])}  {_human_size(f['size'])}")
         stdout.print(f"signers: {escape(', '.join(d['signers'])) or 'none'}")
