@@ -254,3 +254,24 @@ def test_a_dry_run_on_a_delta_without_its_base_is_refused_and_cleans_up(delta_di
                            "--vllm-python", sys.executable, "--dry-run", tmpdir=tmp)
     assert (code, doc["error"]["code"]) == (2, "delta.base_missing"), doc
     assert _state(root) == {} and list(tmp.iterdir()) == []
+
+
+def test_without_nginx_the_dry_run_stops_as_install_does_and_names_the_rest(bundles, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A host without nginx (its sbin hidden in a private mount namespace), and a bundle without wheels: install
+    stops at the router (exit 3); the dry run gives that same code and exit, and names the wheels too."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _staged_python(root)
+    cmd = (f"mount -t tmpfs tmpfs /usr/sbin && {console_script()} install {bundles['plain']} --trust "
+           f"{keys['alice'].public} --root {root} --json")
+    docs = []
+    for extra in (" --dry-run", ""):
+        res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", cmd + extra],
+                             capture_output=True, text=True, timeout=300)
+        docs.append((res.returncode, json.loads(res.stdout)))
+        if extra:
+            assert _state(root) == {"usr": "dir", "usr/bin": "dir", "usr/bin/python3": "-> " + PY}
+    (dry_code, dry), (code, doc) = docs
+    assert (code, doc["error"]["code"]) == (3, "install.no_router"), doc
+    assert (dry_code, dry["error"]["code"]) == (code, doc["error"]["code"]), dry
+    assert {"install.no_router", "install.no_wheels"} <= set(finding_codes(dry)), dry
