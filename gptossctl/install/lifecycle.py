@@ -2,9 +2,11 @@
 previous state untouched with a clear reason.
 
 The named steps, in an order chosen for what a failure leaves behind:
-  (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, preflight on the bundle's
-  own profiles, host libraries  (4) unpack into releases/.N.partial, re-hashing every byte, build the offline
-  environment and render unit, config and environment file from the verified copy; rename: a whole release
+  (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, then the host checks of
+  install/checklist.py (router, hardware on the bundle's own profiles, libraries, wheels, interpreter, ports,
+  disk; a dry run runs the same list and reports every failure)  (4) unpack into releases/.N.partial,
+  re-hashing every byte, build the offline environment and render unit, config and environment file from the
+  verified copy; rename: a whole release
   (5) the service user  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the
   records (trust, API key): only now is it "installed"  (9) the daily compliance timer.
 A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
