@@ -294,7 +294,7 @@ def wheel_misfit(filename: str, version: tuple[int, int] | None, arch: str | Non
     try:
         _name, _ver, _build, tags = parse_wheel_filename(filename)
     except InvalidWheelFilename:
-        return "not a wheel file name (name-version-python-abi-platform.whl)"
+        return ""  # its tags cannot be read: uv judges it (a name packaging refuses is not proof it won't install)
     py_ok = version is None or any(_python_fits(t, version) for t in tags)
     arch_ok = arch is None or any(t.platform == "any" or _machine(t.platform).endswith(f"_{arch}")
                                   or t.platform == arch for t in tags)
