@@ -11,17 +11,19 @@ verify_source: what `bundle verify` runs: a bundle directory is verified as ever
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptossctl.bundle.delta import apply_delta, needed_base
 from gptossctl.bundle.hashing import Progress
 from gptossctl.bundle.layout import ENVELOPE
-from gptossctl.bundle.partfile import MAGIC
+from gptossctl.bundle.partfile import MAGIC, DamagedPart, NotAPart, read_part
 from gptossctl.bundle.parts import collect_parts, join_parts, verify_parts
+from gptossctl.bundle.sign import Inspection, PartsSeen, inspect_bundle, signer_names
 from gptossctl.bundle.transfer import TransferOptions
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, verify_bundle
-from gptossctl.errors import UsageError
+from gptossctl.errors import CheckFailed, Finding, UsageError
 
 if TYPE_CHECKING:
     # parts, delta and partfile load pydantic (a third of a second): verifying a bundle directory
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from gptossctl.bundle.partfile import BundleRef
     from gptossctl.bundle.parts import VerifiedParts
 
-__all__ = ["delta_base", "is_bundle", "materialize", "verify_source"]
+__all__ = ["delta_base", "inspect_source", "is_bundle", "materialize", "verify_source"]
 
 
 def is_bundle(path: Path) -> bool:
@@ -94,6 +96,39 @@ def verify_source(
 
     return verify_parts([path], policy, whole_set=path.is_dir(), workers=workers, progress=progress,
                         on_total=on_total)
+
+
+def inspect_source(path: Path, *, name_of: Callable[[str], str | None] = lambda _k: None,
+                   now: datetime | None = None) -> Inspection:
+    """`bundle inspect PATH`: what a bundle, a folder of parts, one part or a delta holds, read from the signed
+    manifest and the part headers only. Nothing is hashed and no signature is checked (`name_of` only names the
+    key ids a trust root knows). A damaged part is a finding (and the set's exit 1), never a crash."""
+    if is_bundle(path) or (path.is_dir() and not _has_parts(path)):
+        return inspect_bundle(path, now=now, name_of=name_of)
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{path} does not exist", code="bundle.not_found",
+                         hint="give a bundle directory, a directory of parts, or one .part file")
+    if not path.is_dir():
+        try:
+            read_part(path)
+        except NotAPart as exc:
+            raise UsageError(f"{path} is not a bundle directory and not a gptossctl part ({exc})",
+                             code="bundle.not_a_bundle", hint="give a bundle directory (it holds manifest.dsse.json), "
+                             "a directory of parts, or one .part file") from None
+        except DamagedPart as exc:
+            raise CheckFailed(f"{path} is a damaged gptossctl part: {exc}", code="parts.damaged",
+                              findings=[Finding("parts.damaged", str(path), str(exc))],
+                              hint="copy this part again from its medium, or bring another copy") from None
+    ps = collect_parts([path], None)
+    here = {p.header.part: p for p in ps.parts if p.header.layout == ps.layout}
+    present = tuple({"part": n, "name": here[n].path.name, "size": here[n].size} for n in sorted(here))
+    missing = tuple({"part": i, "name": e.name, "size": e.size} for i, e in enumerate(ps.layout, 1) if i not in here)
+    seen = PartsSeen(ps.kind, ps.base.model_dump() if ps.base else None, len(ps.layout), present, missing,
+                     sum(p.length for p in ps.needed()))
+    source = "delta" if ps.kind == "delta" else ("parts" if path.is_dir() else "part")
+    return Inspection(path, ps.checked.manifest, signer_names(ps.envelope.signatures, name_of),
+                      now or datetime.now(UTC), source=source, parts=seen,
+                      findings=tuple(f for f in ps.findings if f.code.startswith("parts.")))
 
 
 def _has_parts(directory: Path) -> bool:

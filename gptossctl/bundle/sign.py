@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +14,7 @@ from gptossctl.bundle.keys import SigningKey
 from gptossctl.bundle.layout import ENVELOPE
 from gptossctl.bundle.manifest import Manifest, parse_manifest
 from gptossctl.bundle.verify import read_envelope, verify_bundle
-from gptossctl.errors import UsageError
+from gptossctl.errors import Finding, UsageError
 from gptossctl.fsutil import atomic_write
 
 
@@ -45,16 +45,45 @@ def cosign_bundle(root: Path, key: SigningKey, *, check_files: bool = True) -> S
 
 
 @dataclass(frozen=True)
+class PartsSeen:
+    """What a folder of parts, one part or a delta holds, read from the part headers alone."""
+
+    kind: str  # split | delta
+    base: dict[str, Any] | None  # a delta's base: name, version, manifest_sha256
+    total: int  # parts in the layout
+    present: tuple[dict[str, Any], ...]  # {"part", "name", "size"} of each part found intact in its framing
+    missing: tuple[dict[str, Any], ...]  # the layout's parts not found here
+    carried_bytes: int  # the payload bytes the parts carry (a delta: the rest comes from its base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "base": self.base, "total": self.total, "present": list(self.present),
+                "missing": list(self.missing), "complete": not self.missing, "carried_bytes": self.carried_bytes}
+
+
+@dataclass(frozen=True)
 class Inspection:
     path: Path
     manifest: Manifest = field(repr=False)
     signers: tuple[str, ...]
     now: datetime
+    source: str = "bundle"  # bundle | parts (a folder) | part (one file) | delta
+    parts: PartsSeen | None = None
+    findings: tuple[Finding, ...] = ()  # damaged, extra or foreign files beside the parts
+
+    @property
+    def damaged(self) -> bool:
+        return any(f.code in ("parts.damaged", "parts.header_mismatch") for f in self.findings)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.manifest
+        sizes: dict[str, dict[str, int]] = {}
+        for f in m.files:
+            c = sizes.setdefault(f.component, {"files": 0, "bytes": 0})
+            c["files"] += 1
+            c["bytes"] += f.size
         return {
             "bundle": str(self.path),
+            "source": self.source,
             "name": m.name,
             "version": m.version,
             "created": m.created.isoformat(),
@@ -65,7 +94,11 @@ class Inspection:
             "bytes": m.total_size,
             "signers": list(self.signers),
             "components": m.components,
+            "sizes": sizes,
+            "contents": [{"path": f.path, "size": f.size, "component": f.component} for f in m.files],
+            "parts": self.parts.to_dict() if self.parts else None,
             "verified": False,  # inspect never vouches: run 'bundle verify' for that
+            "hashed": 0,  # no byte was hashed: headers and the manifest only
         }
 
 
@@ -77,5 +110,8 @@ def inspect_bundle(root: Path, *, now: datetime | None = None,
         raise UsageError(f"{root} is not a directory", code="bundle.not_found")
     envelope = read_envelope(root)
     manifest = parse_manifest(envelope.payload)
-    signers = tuple(f"{name} ({s.keyid[:16]})" if (name := name_of(s.keyid)) else s.keyid for s in envelope.signatures)
-    return Inspection(root, manifest, signers, now or datetime.now(UTC))
+    return Inspection(root, manifest, signer_names(envelope.signatures, name_of), now or datetime.now(UTC))
+
+
+def signer_names(signatures: Sequence[Signature], name_of: Callable[[str], str | None]) -> tuple[str, ...]:
+    return tuple(f"{name} ({s.keyid[:16]})" if (name := name_of(s.keyid)) else s.keyid for s in signatures)

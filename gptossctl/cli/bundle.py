@@ -148,33 +148,60 @@ def verify(
 
 
 @app.command("inspect")
-def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), trust_root: TrustRootOpt = None,
-            as_json: JsonOpt = False) -> None:
-    """Show what a bundle holds, its signers (named by --trust-root) and expiry, without re-hashing (not a
-    verification)."""
+def inspect(bundle: Path = typer.Argument(..., help="Bundle directory, a directory of its parts, one .part file, "
+                                          "or a delta."),
+            trust_root: TrustRootOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what is on the stick: model, version, files and sizes, signers (named by --trust-root), expiry;
+    for parts, which are here and which are missing; for a delta, its base. Read from the signed manifest and
+    the part headers only: nothing is hashed and no signature checked (not a verification: 'bundle verify').
+
+    Exit 0 read (parts may be missing), 1 a part here is damaged (truncated, edited header), 2 not a bundle
+    or part."""
 
     def render(r: Any) -> None:
         from rich.table import Table
 
         d = r.to_dict()
-        stdout.print(f"{d['name']} v{d['version']}  created {d['created']}  expires {d['expires']}"
+        stdout.print(f"{escape(d['name'])} v{d['version']}  ({d['source']} {escape(d['bundle'])})")
+        stdout.print(f"created {d['created']}  expires {d['expires']}"
                      f"{'  [red]EXPIRED[/red]' if d['expired'] else ''}")
+        stdout.print(f"files: {d['files']}, {_human_size(d['bytes'])}")
         t = Table("component", "files", "size", "details", box=None)
-        for name, c in d["components"].items():
-            extra = {k: v for k, v in c.items() if k not in ("files", "bytes")}
-            t.add_row(name, str(c.get("files", "")), _human_size(c.get("bytes", 0)),
-                      ", ".join(f"{k}={v}" for k, v in extra.items()))
+        for name, c in d["sizes"].items():
+            extra = d["components"].get(name, {})
+            t.add_row(name, str(c["files"]), _human_size(c["bytes"]),
+                      escape(", ".join(f"{k}={v}" for k, v in extra.items()
+                                     if k not in ("files", "bytes") and not isinstance(v, dict | list))))
         stdout.print(t)
-        stdout.print(f"signers: {', '.join(d['signers']) or 'none'}")
-        stderr.print("[dim]not verified: run 'gptossctl bundle verify' to check signatures and hashes[/dim]")
+        stdout.print("contents:")
+        for f in d["contents"]:
+            stdout.print(f"  {escape(f['path'])}  {_human_size(f['size'])}")
+        stdout.print(f"signers: {escape(', '.join(d['signers'])) or 'none'}")
+        parts = d["parts"]
+        if parts:
+            if parts["base"]:
+                b = parts["base"]
+                stdout.print(f"delta: applies to {escape(b['name'])} v{b['version']} (manifest sha256 "
+                             f"{b['manifest_sha256']}); it carries {_human_size(parts['carried_bytes'])}, the rest "
+                             "comes from that base")
+            stdout.print(f"parts here: {len(parts['present'])} of {parts['total']}")
+            for p in parts["present"]:
+                stdout.print(f"  present  part {p['part']}  {escape(p['name'])}  {_human_size(p['size'])}")
+            for p in parts["missing"]:
+                stdout.print(f"  [yellow]missing[/yellow]  part {p['part']}  {escape(p['name'])}  "
+                             f"{_human_size(p['size'])}")
+        for f in r.findings:
+            stdout.print(f"[red]{f.code}[/red] {escape(f.subject)}: {escape(f.message)}")
+        stdout.print("not verified: read from the signed manifest and the part headers, no byte hashed and no "
+                     "signature checked; run 'gptossctl bundle verify' for that")
 
     def action():  # type: ignore[no-untyped-def]
-        from gptossctl.bundle.sign import inspect_bundle
+        from gptossctl.bundle.materialize import inspect_source
 
         names = trust_root_policy(trust_root).name_of if trust_root is not None else (lambda _k: None)
-        return inspect_bundle(bundle, name_of=names)
+        return inspect_source(bundle, name_of=names)
 
-    run(action, as_json=as_json, render=render)
+    run(action, as_json=as_json, render=render, exit_code=lambda r: 1 if r.damaged else 0)
 
 
 # ---- carrying bundles across the gap: split, join, copy, delta, apply (docs/bundle-format.md) ------

@@ -66,7 +66,9 @@ def install(
     port: PortOpt = 8000,
     no_start: bool = typer.Option(False, "--no-start", help="Install and enable, do not start."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test after /health (not advised)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Verify and preflight, then print the plan; change nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Run every check install runs (verify, trust, router, "
+                                 "hardware, wheels, interpreter, ports, disk), report every failure with install's "
+                                 "code, print the plan; change nothing. Parts and deltas are rebuilt in $TMPDIR."),
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Install an older bundle on purpose."),
     repair: bool = typer.Option(False, "--repair", help="Unpack the release again from the bundle even if it is "
                                 "installed (what 'compliance check' advises on drift), and restart."),

@@ -2,9 +2,11 @@
 previous state untouched with a clear reason.
 
 The named steps, in an order chosen for what a failure leaves behind:
-  (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, preflight on the bundle's
-  own profiles, host libraries  (4) unpack into releases/.N.partial, re-hashing every byte, build the offline
-  environment and render unit, config and environment file from the verified copy; rename: a whole release
+  (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, then the host checks of
+  install/checklist.py (router, hardware on the bundle's own profiles, libraries, wheels, interpreter, ports,
+  disk; a dry run runs the same list and reports every failure)  (4) unpack into releases/.N.partial,
+  re-hashing every byte, build the offline environment and render unit, config and environment file from the
+  verified copy; rename: a whole release
   (5) the service user  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the
   records (trust, API key): only now is it "installed"  (9) the daily compliance timer.
 A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
@@ -27,6 +29,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -46,6 +49,7 @@ from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import wipe_kernel_caches
+from gptossctl.install.checklist import Preflight, run_checks
 from gptossctl.install.environment import (
     LISTING,
     build_env,
@@ -63,7 +67,6 @@ from gptossctl.install.layout import (
     check_writable,
     install_lock,
 )
-from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import (
     DEFAULT_PORT,
     LOOPBACK,
@@ -79,7 +82,6 @@ from gptossctl.install.release import (
     write_release,
 )
 from gptossctl.install.render import ships_vocab
-from gptossctl.install.replicas import check_names, plan_replicas
 from gptossctl.install.rolling import (
     Activation,
     bring_up,
@@ -206,8 +208,8 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
     """Install or upgrade one instance; every step is recorded, also in the error when one fails."""
     steps = Steps(on_step)
     try:
-        with _assembled_removed_on_failure(req):
-            result, checked = _install(req, steps, progress, on_total)
+        with _assembled_removed_on_failure(req), _dry_run_scratch(req) as scratch:
+            result, checked = _install(req, steps, progress, on_total, scratch)
     except KeyboardInterrupt:
         raise _interrupted(req, steps) from None
     except GptossctlError as exc:
@@ -273,11 +275,25 @@ def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
         raise
 
 
-def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
-             on_total: Progress | None) -> tuple[InstallResult, audit.AuditReport | None]:
+@contextmanager
+def _dry_run_scratch(req: InstallRequest) -> Iterator[Path | None]:
+    """A dry run on parts or a delta rebuilds the bundle in a temporary folder (TMPDIR), never in the install
+    tree, to verify and plan it as install would; the folder goes when the dry run ends, whatever happened."""
+    if not req.dry_run or is_bundle(req.bundle):
+        yield None
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="gptossctl-dry-run-"))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None,
+             scratch: Path | None = None) -> tuple[InstallResult, audit.AuditReport | None]:
     validate_request(req)  # (1)
     checked = _audit_intact(req, steps)  # no change is made that its audit entry could not record
-    rebuilt = materialized(req, steps, progress, on_total)  # parts joined, a delta applied to its base
+    rebuilt = materialized(req, steps, progress, on_total, scratch)  # parts joined, a delta applied to its base
     layout = Layout(req.root, check_instance(req.instance or _named_instance(rebuilt.bundle)))
     now = audit.checked_now(checked.records if checked is not None else ())  # expiry judged at a checked time
     with steps("trust", "the instance's trust root") as d:
@@ -288,7 +304,9 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None,
         raise CheckFailed("the bundle names another instance once verified", code="install.instance_changed",
                           hint="obtain a clean copy of the bundle")  # the peek read the same signed bytes: never
     try:
-        plan = make_plan(rebuilt, steps, bundle, layout, trust)  # (3)
+        # A dry run rebuilt parts or a delta elsewhere: the install would write that bundle on its disk first.
+        pending = bundle.manifest.total_size if req.dry_run and rebuilt.bundle != req.bundle else 0
+        plan = make_plan(rebuilt, steps, bundle, layout, trust, pending_bytes=pending)  # (3)
         if checked is not None and not req.allow_downgrade:
             _refuse_below_high_water(layout, plan.version, checked.records)
         result = _result(plan, steps)
@@ -395,22 +413,24 @@ def validate_request(req: InstallRequest) -> None:
         check_writable(Layout(req.root))
 
 
-def materialized(req: InstallRequest, steps: Steps, progress: Progress | None,
-                 on_total: Progress | None) -> InstallRequest:
+def materialized(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None,
+                 scratch: Path | None = None) -> InstallRequest:
     """What crossed the gap as parts or a delta becomes a whole bundle on the releases' disk first (resumable,
-    every piece checked against the signed manifest as it lands); install then verifies it as any bundle."""
+    every piece checked against the signed manifest as it lands); install then verifies it as any bundle.
+    A dry run rebuilds it in `scratch` (a temporary folder outside the install tree, removed afterwards)."""
     if is_bundle(req.bundle):
         return req
-    if req.dry_run:
-        raise UsageError(f"{req.bundle} is parts or a delta, not a bundle: a dry run changes nothing, so it "
-                         "cannot rebuild it", code="install.dry_run_parts",
-                         hint="check it with 'gptossctl bundle verify', or join it first ('gptossctl bundle join')")
     layout = Layout(req.root)
     base = req.base or _installed_base(layout, req.bundle)
-    with steps("materialize", f"rebuilding the bundle from {req.bundle}") as d:
-        path = materialize(req.bundle, base=base, scratch=layout.base / INCOMING, policy=req.policy,
+    if req.dry_run and scratch is None:
+        raise AssertionError("a dry run rebuilds in a temporary folder, never in the install tree")
+    where = scratch if scratch is not None else layout.base / INCOMING
+    with steps("materialize", f"rebuilding the bundle from {req.bundle}"
+               + (" in a temporary folder (dry run)" if req.dry_run else "")) as d:
+        path = materialize(req.bundle, base=base, scratch=where, policy=req.policy,
                            progress=progress, on_total=on_total)
-        d.append(f"{path} rebuilt" + (f" on the base {base}" if base else ""))
+        d.append(f"{path} rebuilt" + (f" on the base {base}" if base else "")
+                 + ("; removed when the dry run ends" if req.dry_run else ""))
     return replace(req, bundle=path)
 
 
@@ -457,8 +477,11 @@ def verified_digest(bundle: VerifiedBundle) -> str:
     return hashlib.sha256(bundle.envelope.payload).hexdigest()
 
 
-def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout: Layout, trust: TrustPlan) -> Plan:
-    """(3) Downgrade, preflight on the bundle's own signed profiles, host libraries: nothing written yet."""
+def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout: Layout, trust: TrustPlan, *,
+              pending_bytes: int = 0) -> Plan:
+    """(3) Downgrade, templates, then the host checks (install/checklist.py: router, hardware on the bundle's
+    own signed profiles, libraries, wheels, interpreter, ports, disk): nothing written yet. `pending_bytes`: what
+    is still to be written on the install's disk before the release (a dry run's bundle rebuilt elsewhere)."""
     m = bundle.manifest
     systemd = Systemd(None if not layout.staged else layout.root)
     if req.start and not layout.staged and not req.dry_run:
@@ -474,19 +497,15 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
     with steps("templates", "the bundle's unit templates are gptossctl's own") as d:
         shipped = check_shipped(bundle.root, m)
         d.append(f"{shipped} unit template(s), each exactly gptossctl's; units are rendered from gptossctl's own")
-    with steps("preflight", "hardware, profile, replicas and disk") as d:
-        prev = read_release(layout.release(previous)) if previous is not None else None
-        request, kept = _layout_request(req, prev)
-        router = check_router(layout.root)
-        fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
-        replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port, gpus=fit.gpus)
-        check_names(layout, len(replicas))
-        d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}; {len(replicas)} "
-                 f"replica(s) on ports {replicas[0].port}-{replicas[-1].port} behind the router ({router}) on "
-                 f"{req.port}" + kept)
-    if not layout.staged:
-        with steps("libraries", "host libraries the profile's vLLM loads") as d:
-            d.append(check_host_libraries(fit.profile.match.vendor))
+    prev = read_release(layout.release(previous)) if previous is not None else None
+    request, kept = _layout_request(req, prev)
+    # The host checks (install/checklist.py): install stops at the first that fails, a dry run runs them all.
+    checks = Preflight(bundle, layout, port=req.port, python=req.python, vllm_python=req.vllm_python,
+                       profile=req.profile, captures=req.captures, request=request, previous=prev,
+                       repair=req.repair, pending_bytes=pending_bytes, kept=kept)
+    run_checks(checks, steps, every=req.dry_run)
+    assert checks.fit is not None and checks.router is not None  # run_checks raised otherwise
+    fit, replicas, router = checks.fit, checks.replicas, checks.router
     moving = _moving(layout, prev, replicas, port=req.port, live=req.start and not layout.staged)
     if moving:
         with steps("shape", moving) as d:

@@ -92,12 +92,13 @@ def test_a_refused_upgrade_leaves_trust_key_and_records_as_they_were(cli, tiny_m
                           f"etc/systemd/system/gptoss@{INSTANCE}-r0.service")
     # v6 is signed by alice and bob; installed against the instance's root (alice, 1 of 1: bob is an unknown
     # co-signer, not counted), but without an environment to build (no wheels and no --vllm-python): it is
-    # refused after verification, preflight and unpack. (A new trust set on the command line is refused
-    # outright since trust roots: see test_trust_root.py.)
+    # refused after verification, by the host checks, before anything is unpacked. (A new trust set on the
+    # command line is refused outright since trust roots: see test_trust_root.py.)
     v6 = pack(tmp_path / "v6", tiny_model, [keys["alice"], keys["bob"]], version=6)
     code, doc = cli("install", str(v6), "--root", str(root))
     assert code == 1 and doc["error"]["code"] == "install.no_wheels", doc
-    assert [s["step"] for s in doc["data"]["steps"]][-2:] == ["environment", "unpack"]  # environment runs inside unpack
+    assert [s["step"] for s in doc["data"]["steps"]][-1] == "wheels" and not (
+        root / f"opt/gptoss/{INSTANCE}/releases/6").exists()
     assert _tree_digest(root, f"etc/gptoss/{INSTANCE}", f"opt/gptoss/{INSTANCE}/releases/5",
                         f"etc/systemd/system/gptoss@{INSTANCE}-r0.service") == before
     code, doc = cli("trust", "show", "--root", str(root))

@@ -261,7 +261,7 @@ def test_a_second_instance_cannot_open_a_weaker_door_on_the_same_host(cli, bundl
     assert _digest_tree(root) == before
     # The site's own signers and threshold are accepted for a second instance ...
     code, doc = cli("install", str(bundles["v5-ab"]), *_trust("alice", "bob", keys=keys, threshold=2), "--instance",
-                    "second", "--root", str(root), "--vllm-python", sys.executable)
+                    "second", "--port", "8100", "--root", str(root), "--vllm-python", sys.executable)
     assert code == 0, doc
     # ... and a weaker root written by hand for it is a compliance failure of that instance.
     weak = _root_file(cli, tmp_path, "weak", [keys["alice"]], [keys["alice"]])
