@@ -261,10 +261,11 @@ def test_a_host_whose_install_fails_stops_the_rollout_and_runs_what_it_ran(fleet
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-6000:]
     assert "No further" in out and f"[{other.name}]" not in out  # the play never reached the other host
-    # The canary's install failed on the port and put release 1 back; it serves again on 8000.
+    # The canary's install is refused by its port check before anything changed (install.port_in_use, as its
+    # dry run would say); release 1 never stopped and still serves on 8000.
     install = json.loads((fleet_hosts.reports("run2") / canary.name / "install.json").read_text())
     assert install["exit_code"] == 1, install
-    assert "address already in use" in json.dumps(install).lower(), install  # the journal tail it carries
+    assert "address already in use" in json.dumps(install).lower(), install  # the port check names the cause
     row = _status(canary)
     assert (row["state"], row["health"], row["version"], row["endpoint"]) == (
         "active", 200, 1, "http://127.0.0.1:8000"), row
