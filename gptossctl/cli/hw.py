@@ -12,7 +12,8 @@ from gptossctl.cli.output import JsonOpt, run, stdout
 
 app = typer.Typer(no_args_is_help=True, help="Check whether this machine (or a captured target) serves gpt-oss.")
 
-ModelOpt = typer.Option(None, "--model", help="gpt-oss-120b, gpt-oss-20b or tiny (default: the bundle's, else both).")
+ModelOpt = typer.Option(None, "--model", help="gpt-oss-120b, gpt-oss-20b or tiny: the published facts (default: the "
+                        "bundle's own model, sized from its config.json, else both published models).")
 BundleOpt = typer.Option(None, "--bundle", help="Bundle directory: its own model (sized from its config.json and "
                          "weights), profiles, CUDA line and vLLM version.")
 XmlOpt = typer.Option(None, "--nvidia-smi-xml", help="Review a target's `nvidia-smi -q -x` output.")

