@@ -462,7 +462,7 @@ def check_models(inv: Inventory, profiles: list[Profile], models: Sequence[str |
         checks = general_checks(inv, model, req)
         fits = [fit_profile(p, model, inv, req, request) for p in profiles if p.serves(model.model_class)]
         if model.quantization != "mxfp4" and model.model_class != "tiny":  # say which kernel path it takes
-            fits = [replace(f, warnings=(*f.warnings, model.kernel_path)) for f in fits]
+            fits = [replace(f, warnings=(*f.warnings, model.kernel_path)) if f.fits else f for f in fits]
         fits.sort(key=lambda f: (not f.fits, -f.profile.priority, f.profile.name))
         blocking = [c for c in checks if c.status == "fail" and c.id in ("driver.version", "host.arch",
                                                                           "host.glibc", "host.python", "host.disk")]
@@ -473,7 +473,8 @@ def check_models(inv: Inventory, profiles: list[Profile], models: Sequence[str |
         if chosen:
             reason = (f"{chosen.profile.name} fits at tensor parallel {chosen.tensor_parallel}"
                       + (f" on GPU {', '.join(map(str, chosen.gpus))}" if chosen.gpus else "")
-                      + (f": {chosen.need.describe()}" if chosen.need else ""))
+                      + (f": {chosen.need.describe()}" if chosen.need else "")
+                      + (f"; {model.kernel_path}" if model.kernel_path in chosen.warnings else ""))
         elif fits:
             failed = list(dict.fromkeys(f"{c.subject}: {c.message}" for c in checks if c.status == "fail"))
             reason = "no profile fits: " + "; ".join(

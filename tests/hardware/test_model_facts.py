@@ -73,6 +73,7 @@ def test_a_bf16_fine_tune_is_sized_by_its_bytes_and_takes_the_bf16_path() -> Non
     (m,) = check_models(_h100(), load_profiles(), [bf16], Requirements()).models
     assert m.chosen is not None and m.chosen.profile.name == "hopper-20b"
     assert any("bf16" in w for w in m.chosen.warnings), m.chosen.warnings
+    assert "bf16 MoE path" in m.reason
     assert m.model == "acme/gpt-oss-20b-legal" and m.facts.weights_bytes == 3 * W20
 
 
@@ -135,3 +136,8 @@ def test_a_model_past_120b_class_is_refused() -> None:
     with pytest.raises(CheckFailed) as exc:
         facts_from_config(config, name="acme/huge", weights_bytes=W120 * 3)
     assert exc.value.code == "model.too_large"
+
+
+def test_the_published_mxfp4_model_carries_no_kernel_path_warning() -> None:
+    (m,) = check_models(_h100(), load_profiles(), ["gpt-oss-20b"], Requirements()).models
+    assert m.chosen is not None and not any("bf16" in w for w in m.chosen.warnings) and "bf16" not in m.reason
