@@ -119,13 +119,16 @@ def bundle_model_facts(root: Path, manifest: Manifest, *, code: str) -> ModelFac
                                             "changed since the bundle was signed, or since it was verified")],
                           hint="protect the bundle from writers (read-only media), check it with "
                                "'gptossctl bundle verify', and try again")
+    problem = None
     try:
         doc: Any = json.loads(decode_text(data, path=path, what="model config"), object_pairs_hook=refuse_duplicate_keys)
     except (DuplicateKey, RecursionError, ValueError) as exc:
-        doc = f"unparseable ({exc})"[:200]
-    if not isinstance(doc, dict):
-        raise CheckFailed(f"{where} is not a JSON object: {str(doc)[:200]}", code="model.config_invalid",
-                          findings=[Finding("model.config_invalid", where, "not a JSON object")],
+        problem = f"is not JSON ({exc.__class__.__name__}: {str(exc)[:120]})"
+    else:
+        problem = None if isinstance(doc, dict) else "is not a JSON object"
+    if problem:
+        raise CheckFailed(f"{where} {problem}", code="model.config_invalid",
+                          findings=[Finding("model.config_invalid", where, problem)],
                           hint="pack the model's own config.json, as its repository publishes it")
     weights = sum(f.size for f in manifest.files if f.component == "model" and f.path.endswith(".safetensors"))
     return facts_from_config(doc, name=name, weights_bytes=weights, source=f"bundle {where}")
