@@ -12,8 +12,10 @@ from gptossctl.cli.output import JsonOpt, run, stdout
 
 app = typer.Typer(no_args_is_help=True, help="Check whether this machine (or a captured target) serves gpt-oss.")
 
-ModelOpt = typer.Option(None, "--model", help="gpt-oss-120b, gpt-oss-20b or tiny (default: the bundle's, else both).")
-BundleOpt = typer.Option(None, "--bundle", help="Bundle directory: its weights, CUDA line and vLLM version.")
+ModelOpt = typer.Option(None, "--model", help="gpt-oss-120b, gpt-oss-20b or tiny: the published facts (default: the "
+                        "bundle's own model, sized from its config.json, else both published models).")
+BundleOpt = typer.Option(None, "--bundle", help="Bundle directory: its own model (sized from its config.json and "
+                         "weights), profiles, CUDA line and vLLM version.")
 XmlOpt = typer.Option(None, "--nvidia-smi-xml", help="Review a target's `nvidia-smi -q -x` output.")
 CsvOpt = typer.Option(None, "--nvidia-smi-csv", help="Review a target's `nvidia-smi --query-gpu=... --format=csv`.")
 RocmOpt = typer.Option(None, "--rocm-smi-json", help="Review `rocm-smi --showproductname --showmeminfo vram --json`.")
@@ -30,19 +32,22 @@ _STYLE = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 def assess_from_cli(model: str | None, bundle: Path | None, xml: Path | None, csv: Path | None,
                     rocm: Path | None, amd: Path | None, prefix: Path | None,
-                    layout: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None)) -> Any:
-    """`layout` is (replicas, tp, max-model-len, concurrency) as given on the command line."""
+                    layout: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None),
+                    *, catalogue: bool = False) -> Any:
+    """`layout` is (replicas, tp, max-model-len, concurrency) as given on the command line. With `catalogue`
+    (profiles list), a machine with no GPU probe gets the profile catalogue instead of exit 3."""
     from gptossctl.adapters.gpus import Captures
     from gptossctl.errors import UsageError
     from gptossctl.hardware.layout import LayoutRequest
-    from gptossctl.install.preflight import assess
+    from gptossctl.install.preflight import assess, list_profiles
 
     if model is not None and not model.strip():
         raise UsageError("--model is empty", code="usage.bad_model",
                          hint="give gpt-oss-120b, gpt-oss-20b or tiny, or leave --model out (the bundle's, else both)")
     request = LayoutRequest(*layout)  # validated before anything is probed: nonsense is a usage error
-    return assess(model=model, bundle=bundle, captures=Captures(xml, csv, rocm, amd),
-                  disk_paths=[prefix] if prefix else None, layout=request)
+    judge = list_profiles if catalogue else assess
+    return judge(model=model, bundle=bundle, captures=Captures(xml, csv, rocm, amd),
+                 disk_paths=[prefix] if prefix else None, layout=request)
 
 
 def render_layout(model_report: Any) -> None:
@@ -79,6 +84,7 @@ def render_profiles(model_report: Any) -> None:
     t = Table("profile", "fits", "TP", "why", box=None, title=f"profiles for {model_report.model}", title_justify="left")
     for f in model_report.fits:
         why = (f.need.describe() if f.need else "") if f.fits else "; ".join(f.reasons)
+        why += "".join(f"; {w}" for w in f.warnings)
         t.add_row(f.profile.name, "[green]yes[/green]" if f.fits else "[red]no[/red]",
                   str(f.tensor_parallel or "-"), escape(why))
     stdout.print(t)
@@ -89,6 +95,11 @@ def render_report(report: Any) -> None:
 
     render_inventory(report)
     for m in report.models:
+        if m.facts is not None:
+            f = m.facts
+            stdout.print(f"[bold]{escape(m.model)}[/bold]: {f.model_class} ({f.layers} layers, {f.experts} experts, "
+                         f"hidden {f.hidden_size}, {f.quantization}, {f.weights_bytes / (1 << 30):.1f} GiB of "
+                         f"weights; {escape(f.source)})")
         t = Table("", "check", "subject", "result", box=None, title=f"checks for {m.model}", title_justify="left")
         for c in m.checks:
             text = escape(c.message) + (f"\n[dim]-> {escape(c.remedy)}[/dim]" if c.remedy and c.status != "pass" else "")

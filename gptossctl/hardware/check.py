@@ -12,7 +12,7 @@ message that says what to do.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -135,6 +135,7 @@ class ModelReport:
     fits: tuple[ProfileFit, ...]
     chosen: ProfileFit | None
     reason: str
+    facts: ModelFacts | None = None  # what it was sized from (its class, shape, quantisation and bytes)
 
     @property
     def layout(self) -> Layout | None:
@@ -143,7 +144,8 @@ class ModelReport:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "chosen": self.chosen.profile.name if self.chosen else None,
                 "tensor_parallel": self.chosen.tensor_parallel if self.chosen else None,
-                "reason": self.reason, "layout": self.layout.to_dict() if self.layout else None,
+                "reason": self.reason, "facts": self.facts.to_dict() if self.facts else None,
+                "layout": self.layout.to_dict() if self.layout else None,
                 "checks": [c.to_dict() for c in self.checks], "profiles": [f.to_dict() for f in self.fits]}
 
 
@@ -221,7 +223,7 @@ def gpu_arch_check(gpu: Gpu) -> Check:
 
 def general_checks(inv: Inventory, model: ModelFacts, req: Requirements) -> list[Check]:
     checks: list[Check] = []
-    if model.name != "tiny":
+    if model.model_class != "tiny":
         if not inv.gpus:
             checks.append(Check("gpu.count", "fail", "host", f"no GPU found ({inv.source})",
                                 "check the driver (nvidia-smi / rocm-smi) or review a capture from the target"))
@@ -450,13 +452,17 @@ def _free_memory_problems(chosen: list[tuple[Gpu, int]], profile: Profile, need:
     return problems
 
 
-def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req: Requirements,
+def check_models(inv: Inventory, profiles: list[Profile], models: Sequence[str | ModelFacts], req: Requirements,
                  request: LayoutRequest = NO_OVERRIDES) -> HardwareReport:
+    """Judge each model (its facts, or a published model's name) against the profiles of its class."""
     reports = []
-    for name in models:
-        model = KNOWN_MODELS[name]
+    for item in models:
+        model = item if isinstance(item, ModelFacts) else KNOWN_MODELS[item]
+        name = model.name
         checks = general_checks(inv, model, req)
-        fits = [fit_profile(p, model, inv, req, request) for p in profiles if name in p.models]
+        fits = [fit_profile(p, model, inv, req, request) for p in profiles if p.serves(model.model_class)]
+        if model.quantization != "mxfp4" and model.model_class != "tiny":  # say which kernel path it takes
+            fits = [replace(f, warnings=(*f.warnings, model.kernel_path)) if f.fits else f for f in fits]
         fits.sort(key=lambda f: (not f.fits, -f.profile.priority, f.profile.name))
         blocking = [c for c in checks if c.status == "fail" and c.id in ("driver.version", "host.arch",
                                                                           "host.glibc", "host.python", "host.disk")]
@@ -467,14 +473,15 @@ def check_models(inv: Inventory, profiles: list[Profile], models: list[str], req
         if chosen:
             reason = (f"{chosen.profile.name} fits at tensor parallel {chosen.tensor_parallel}"
                       + (f" on GPU {', '.join(map(str, chosen.gpus))}" if chosen.gpus else "")
-                      + (f": {chosen.need.describe()}" if chosen.need else ""))
+                      + (f": {chosen.need.describe()}" if chosen.need else "")
+                      + (f"; {model.kernel_path}" if model.kernel_path in chosen.warnings else ""))
         elif fits:
             failed = list(dict.fromkeys(f"{c.subject}: {c.message}" for c in checks if c.status == "fail"))
             reason = "no profile fits: " + "; ".join(
                 failed or [f"{f.profile.name}: {f.reasons[0]}" for f in fits if f.reasons])
         else:
-            reason = f"no profile is defined for {name}"
-        reports.append(ModelReport(name, tuple(checks), tuple(fits), chosen, reason))
+            reason = f"no profile is defined for {model.model_class} models such as {name}"
+        reports.append(ModelReport(name, tuple(checks), tuple(fits), chosen, reason, model))
     return HardwareReport(inv, tuple(reports), req)
 
 

@@ -12,15 +12,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from gptossctl.errors import UsageError
+from gptossctl.hardware.modelfacts import ModelClass
 from gptossctl.hardware.vllm_flags import unknown_flags
 from gptossctl.resources import data_dir
 from gptossctl.secretnames import is_secret_name
 from gptossctl.yamldoc import load_model, parse_yaml, validate
 
-PROFILE_SCHEMA = "gptossctl.profile/1"
+PROFILE_SCHEMA = "gptossctl.profile/2"
+# Schema /2 matches model classes (hardware.modelfacts: derived from a model's config.json, never its name).
+# Schema /1 named the published models; it is still read (bundles signed with /1 profiles stay installable), each
+# name read as its class.
 ModelName = Literal["gpt-oss-20b", "gpt-oss-120b", "tiny"]
+V1_CLASSES: dict[str, ModelClass] = {"gpt-oss-20b": "20b-class", "gpt-oss-120b": "120b-class", "tiny": "tiny"}
 # Flags a profile may not set, with why. The installer owns where vLLM listens, what it serves and its key;
 # the rest open the network, read or load code or files from outside the release, or log what must not be
 # logged. A profile sets tuning flags only (the flag must also be vLLM's own name in full: vllm_flags).
@@ -234,21 +240,52 @@ class Sizing(_Strict):
     overhead_gib: float = Field(gt=0, description="Per-GPU runtime overhead: CUDA context, activations, graphs")
 
 
+_ONE_OF_CLASSES_OR_MODELS: JsonDict = {"allOf": [{
+    "if": {"properties": {"schema": {"const": "gptossctl.profile/1"}}},
+    "then": {"required": ["models"], "not": {"required": ["classes"]}},
+    "else": {"required": ["classes"], "not": {"required": ["models"]}}}]}
+
+
 class Profile(_Strict):
-    schema_: Literal["gptossctl.profile/1"] = Field(alias="schema")
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_ONE_OF_CLASSES_OR_MODELS)
+
+    schema_: Literal["gptossctl.profile/1", "gptossctl.profile/2"] = Field(alias="schema")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     description: str
-    models: tuple[ModelName, ...] = Field(min_length=1)
+    classes: tuple[ModelClass, ...] = Field(
+        (), description="Schema /2: the model classes served (20b-class, 120b-class, tiny), derived from a model's "
+                        "config.json, so a fine-tune matches the profiles of the model it was tuned from")
+    models: tuple[ModelName, ...] = Field(
+        (), description="Schema /1 only (still read, no longer written): published model names, each read as its class")
     priority: int = Field(0, description="Among profiles that fit, the highest wins (fast paths first)")
     match: Match
     vllm: VllmSpec
     sizing: Sizing
     performance: str = Field(description="What to expect, so nobody is surprised by a slower path")
 
+    @model_validator(mode="after")
+    def _classes_or_models(self) -> Profile:
+        if self.schema_ == "gptossctl.profile/1":
+            if not self.models or self.classes:
+                raise ValueError("a gptossctl.profile/1 profile lists models (and no classes); write "
+                                 "schema: gptossctl.profile/2 with classes: [20b-class] instead")
+        elif not self.classes or self.models:
+            raise ValueError("a gptossctl.profile/2 profile lists the model classes it serves, e.g. "
+                             "classes: [20b-class] (models: is schema /1)")
+        return self
+
+    @property
+    def model_classes(self) -> tuple[ModelClass, ...]:
+        """The classes this profile serves, whichever schema it was written in."""
+        return self.classes or tuple(dict.fromkeys(V1_CLASSES[m] for m in self.models))
+
+    def serves(self, model_class: str) -> bool:
+        return model_class in self.model_classes
+
     @property
     def production(self) -> bool:
         """Serves a real model: the tiny CPU models are for the demo and the tests."""
-        return "tiny" not in self.models
+        return "tiny" not in self.model_classes
 
     @property
     def context_len(self) -> int:

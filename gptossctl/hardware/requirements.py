@@ -9,41 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gptossctl.hardware.modelfacts import ALIASES, PUBLISHED, ModelFacts, published_key
+
 GIB = 1 << 30
 MIB = 1 << 20
+__all__ = ["GIB", "KNOWN_MODELS", "MIB", "MemoryNeed", "ModelFacts", "kv_cache_bytes", "memory_need", "model_key"]
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    name: str
-    weights_bytes: int  # what vLLM loads: the root safetensors shards
-    full_attention_layers: int
-    sliding_layers: int
-    sliding_window: int
-    kv_heads: int
-    head_dim: int
-
-    def kv_bytes_per_token_layer(self, dtype_bytes: int) -> int:
-        return self.kv_heads * self.head_dim * 2 * dtype_bytes  # K and V
-
-
-# From the repositories' own files (../shared/fixtures/gpt-oss): 120b is the sum of its 15 root shards;
-# 20b is the index total_size (its three shards are within a few KiB of it).
-KNOWN_MODELS: dict[str, ModelFacts] = {
-    "gpt-oss-120b": ModelFacts("gpt-oss-120b", 65_248_893_184, 18, 18, 128, 8, 64),
-    "gpt-oss-20b": ModelFacts("gpt-oss-20b", 13_761_264_768, 12, 12, 128, 8, 64),
-    # The embedded demo model (gptossctl.demo.tinymodel): 2 layers, 1 KV head; about 1.1 MB of weights.
-    "tiny": ModelFacts("tiny", 2 * MIB, 1, 1, 128, 1, 64),
-}
-MODEL_ALIASES = {"openai/gpt-oss-120b": "gpt-oss-120b", "openai/gpt-oss-20b": "gpt-oss-20b",
-                 "gptossctl/tiny-gpt-oss": "tiny", "tiny-gpt-oss": "tiny", "gptossctl/tiny-gpt-oss-harmony": "tiny",
-                 # The integration tests' tiny Llama (taught answers at test time): sized like the tiny gpt-oss.
-                 "gptossctl/tiny-llama": "tiny"}
+# The published models and the embedded tiny one, by name (hardware.modelfacts: any other gpt-oss is sized from
+# its own config.json).
+KNOWN_MODELS: dict[str, ModelFacts] = PUBLISHED
+MODEL_ALIASES = ALIASES
 
 
 def model_key(name: str) -> str | None:
-    n = name.strip()
-    return n if n in KNOWN_MODELS else MODEL_ALIASES.get(n)
+    return published_key(name)
 
 
 def kv_cache_bytes(model: ModelFacts, *, context_len: int, concurrency: int, dtype_bytes: int) -> int:

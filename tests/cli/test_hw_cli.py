@@ -71,7 +71,9 @@ def test_hw_check_reads_the_bundle_model(cli, packed: Path, tmp_path: Path) -> N
     code, doc = cli("hw", "check", "--bundle", str(packed), "--prefix", str(tmp_path))
     assert code == 0
     (m,) = doc["data"]["models"]
-    assert m["model"] == "tiny" and m["chosen"] == "cpu-tiny"
+    # The bundle's own model, by its name and sized from its config.json (was the name "tiny", looked up by name).
+    assert m["model"] == "gptossctl/tiny-gpt-oss" and m["chosen"] == "cpu-tiny"
+    assert m["facts"]["class"] == "tiny" and m["facts"]["source"] == "bundle payload/model/config.json"
     assert doc["data"]["requirements"]["weights_bytes"] > 1_000_000
 
 

@@ -16,6 +16,7 @@ from gptossctl.adapters.captures import parse_nvidia_smi_csv, parse_nvidia_smi_x
 from gptossctl.hardware.check import Requirements, check_models
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.profiles import load_profiles
+from gptossctl.hardware.requirements import KNOWN_MODELS
 from tests.conftest import FIXTURES
 
 GPU = FIXTURES / "gpu"
@@ -91,7 +92,7 @@ def test_a_server_of_eight_such_cards_serves_120b_whenever_they_hold_it(card: Gp
 def test_every_nvidia_architecture_has_memory_class_profiles_for_both_models(cc: str) -> None:
     profiles = load_profiles()
     for model in ("gpt-oss-20b", "gpt-oss-120b"):
-        classes = [p for p in profiles if model in p.models and cc in p.match.compute_capability]
+        classes = [p for p in profiles if p.serves(KNOWN_MODELS[model].model_class) and cc in p.match.compute_capability]
         assert classes, f"no {model} profile for sm_{cc.replace('.', '')}"
     # 16 GB holds 20b; 96 GB holds 120b on one card; 2 x 48 GB and 8 x 16 GB hold it split.
     assert _chosen([_card("16 GB card", cc, 16376)], "gpt-oss-20b").chosen is not None
@@ -119,4 +120,4 @@ def test_the_shipped_recipe_carries_every_profile_of_its_model(model: str) -> No
     import yaml
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[2] / "bundles" / f"{model}.yaml").read_text())
-    assert set(recipe["profiles"]) == {p.name for p in load_profiles() if model in p.models}
+    assert set(recipe["profiles"]) == {p.name for p in load_profiles() if p.serves(KNOWN_MODELS[model].model_class)}

@@ -93,3 +93,25 @@ def test_prefix_caching_off_needs_its_reason_and_the_reason_needs_it_off(tmp_pat
     assert load_profile(p).vllm.prefix_caching_off == "reproducible benchmark runs compare cold caches"
     e = _bad(tmp_path, "  prefix_caching_off: benchmarks\n  env: {}\n", "  env: {}\n")  # flag on, reason given
     assert "prefix_caching_off" in (e.hint or "") and "enable-prefix-caching" in (e.hint or "")
+
+
+def test_a_schema_1_profile_is_still_read_each_model_as_its_class(tmp_path: Path) -> None:
+    """Bundles signed with gptossctl.profile/1 profiles stay installable: `models` is read as classes."""
+    text = (REPO / "profiles" / "hopper-20b.yaml").read_text()
+    v1 = text.replace("schema: gptossctl.profile/2", "schema: gptossctl.profile/1") \
+        .replace("classes: [20b-class]", "models: [gpt-oss-20b]")
+    assert v1 != text
+    (tmp_path / "hopper-20b.yaml").write_text(v1)
+    p = load_profile(tmp_path / "hopper-20b.yaml")
+    assert p.model_classes == ("20b-class",) and p.serves("20b-class") and not p.serves("120b-class")
+    jsonschema.validate(yaml.safe_load(v1), json.loads((REPO / "schemas" / "profile.schema.json").read_text()))
+
+
+def test_a_schema_2_profile_names_classes_not_models(tmp_path: Path) -> None:
+    e = _bad(tmp_path, "models: [gpt-oss-20b]", "classes: [20b-class]")
+    assert "classes" in (e.hint or "") + e.message
+    schema = json.loads((REPO / "schemas" / "profile.schema.json").read_text())
+    doc = yaml.safe_load((REPO / "profiles" / "hopper-20b.yaml").read_text().replace(
+        "classes: [20b-class]", "models: [gpt-oss-20b]"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, schema)

@@ -772,6 +772,15 @@ CASES: list[Case] = [
     C("hw-bundle-envelope-binary", "hw", "check", "--bundle", "{b}", expect={1, 2},
       setup=_bundle_variant(lambda b: (b / "manifest.dsse.json").write_bytes(os.urandom(512)))),
     C("profiles-list-prefix-file", "profiles", "list", "--model", "tiny", "--prefix", "{garbage}/x", expect={0, 1, 2, 3}),
+    # The bundle's model is sized from its config.json: read against the manifest, parsed strictly, never guessed.
+    C("hw-bundle-config-changed", "hw", "check", "--bundle", "{b}", expect=1, code="hw.bundle_damaged",
+      setup=_bundle_variant(lambda b: (b / "payload/model/config.json").write_text('{"architectures": ["X"]}'))),
+    C("hw-bundle-config-deep", "hw", "check", "--bundle", "{b}", expect=1, code="model.config_invalid",
+      setup=_signed_payload("payload/model/config.json", lambda t: "[" * 100_000 + "]" * 100_000)),
+    C("hw-bundle-config-duplicate-key", "hw", "check", "--bundle", "{b}", expect=1, code="model.config_invalid",
+      setup=_signed_payload("payload/model/config.json", lambda t: t.replace("{", '{"num_hidden_layers": 2, ', 1))),
+    C("hw-bundle-model-mismatch", "hw", "check", "--bundle", "{bundle}", "--model", "gpt-oss-120b", expect=2,
+      code="hw.model_mismatch"),
     # ------------------------------------------------------------ install
     C("install-port-zero", "install", "{bundle}", "--trust", *P, "--root", "{root}", "--port", "0", "--vllm-python",
       sys.executable, expect=2, watch=("root", "bundle")),
@@ -787,6 +796,13 @@ CASES: list[Case] = [
         "--vllm-python", sys.executable, expect=2, code="profile.invalid", watch=("root",),
         setup=_signed_payload("payload/profiles/cpu-tiny.yaml", lambda t, n=n: t.replace(
             'VLLM_CPU_KVCACHE_SPACE: "1"', f'VLLM_CPU_KVCACHE_SPACE: "1"\n    {n}: /tmp/x'))) for n in CODE_LOADING_ENV],
+    C("install-signed-config-not-gpt-oss", "install", "{b}", "--trust", *P, "--root", "{root}", "--vllm-python",
+      sys.executable, expect=1, code="model.not_gpt_oss", watch=("root",),
+      setup=_signed_payload("payload/model/config.json", lambda t: t.replace("GptOssForCausalLM", "Qwen2ForCausalLM"))),
+    C("install-signed-config-huge-layers", "install", "{b}", "--trust", *P, "--root", "{root}", "--vllm-python",
+      sys.executable, expect=1, code="model.config_invalid", watch=("root",),
+      setup=_signed_payload("payload/model/config.json",
+                            lambda t: t.replace('"num_hidden_layers": 2', '"num_hidden_layers": 1e400'))),
     # Another key on an installed instance changes its trust: refused as usage (trust changes by rotation only).
     C("install-untrusted", "install", "{bundle}", "--trust", "{bobpub}", "--root", "{root}", "--vllm-python",
       sys.executable, expect=2, code="trust.differs_from_root", watch=("root",)),

@@ -4,8 +4,9 @@ the real systemd-analyze (verify, and security --offline=true at most 2.0) and t
 the real `nginx -t`. Compliance covers every unit and the router; tampering with the router is caught.
 (A booted systemd serving replicas behind the router: tests/integration/test_scaleout.py.)
 
-The bundle carries the tiny model under the name gpt-oss-120b: sizing uses the signed weights' real size, so
-every H100 of the capture holds a replica and the layout is the one `hw check` proposes for a real 120b."""
+The bundle carries the tiny model's weights with gpt-oss-120b's config.json: the config makes it 120b-class (its
+profiles match), sizing uses the signed weights' real size, so every H100 of the capture holds a replica and the
+layout is the one `hw check` proposes for a real 120b."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import yaml
 
 from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
-from tests.conftest import KeyPair
+from tests.conftest import FIXTURES, KeyPair
 from tests.hardware.test_layout import H100_XML, multiply_xml
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,12 @@ def pack_120b(work: Path, model: Path, key: KeyPair, version: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.yaml").write_text(RECIPE)
     spec, spec_dir = load_spec(work / "recipe.yaml")
-    pack_bundle(spec, spec_dir, work / f"b{version}", [key.signer()], model_dir=model, version=version)
+    # The class comes from the config, not the name: the tiny weights with the published 120b config.json.
+    shaped = work / "model-120b"
+    if not shaped.exists():
+        shutil.copytree(model, shaped)
+        shutil.copy(FIXTURES / "gpt-oss" / "openai_gpt-oss-120b__config.json", shaped / "config.json")
+    pack_bundle(spec, spec_dir, work / f"b{version}", [key.signer()], model_dir=shaped, version=version)
     return work / f"b{version}"
 
 
