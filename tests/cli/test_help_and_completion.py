@@ -72,3 +72,25 @@ def test_show_completion_prints_a_bash_script_that_completes_commands(tmp_path: 
     res = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60, env=_env(),
                          stdin=subprocess.DEVNULL)
     assert "1:bundle" in res.stdout and re.search(r"^2:.*\bverify\b", res.stdout, re.M), res.stdout + res.stderr
+
+
+def test_the_split_hint_names_only_options_that_exist() -> None:
+    """A piece larger than a part: the hint said 'or pack the bundle with a smaller shard size', which no
+    option of pack sets. Every option it names must be one of `bundle split`, and its size must work."""
+    import hashlib
+
+    from gptossctl.bundle.parts import plan_parts
+    from gptossctl.bundle.pieces import PieceRef
+    from gptossctl.errors import UsageError
+
+    pieces = [PieceRef("w/big", 0, 0, 5000, hashlib.sha256(b"b").hexdigest())]
+    with pytest.raises(UsageError) as exc:
+        plan_parts(pieces, 4000, 100)
+    hint = exc.value.hint or ""
+    pack_help = CliRunner().invoke(app, ["bundle", "pack", "--help"]).output
+    split_help = CliRunner().invoke(app, ["bundle", "split", "--help"]).output
+    assert "shard" not in pack_help.lower() and "pack" not in hint, hint  # no setting of pack to point at
+    for option in re.findall(r"--[a-z][a-z-]+", hint):
+        assert option in split_help, f"{option} in {hint!r}"
+    size = int(re.search(r"--part-size (\d+)", hint).group(1))  # type: ignore[union-attr]
+    assert plan_parts(pieces, size, 100)
