@@ -11,7 +11,6 @@ from __future__ import annotations
 from types import MethodType
 from typing import Any
 
-import click
 import typer.core
 
 
@@ -38,14 +37,15 @@ def _plain_argument(param: typer.core.TyperArgument) -> None:
     param._usage_display_name = MethodType(usage, param)  # type: ignore[method-assign]
 
 
-def plain_help(command: click.Command) -> None:
-    """Give every option and argument under `command` a value name in place of its Python type."""
+def plain_help(command: Any) -> None:
+    """Give every option and argument under `command` (a command or group of Typer's own click) a value name
+    in place of its Python type."""
     for param in command.params:
         if isinstance(param, typer.core.TyperOption):
             _plain_option(param)
         elif isinstance(param, typer.core.TyperArgument):
             _plain_argument(param)
-    if isinstance(command, click.Group | typer.core.TyperGroup):
+    if isinstance(command, typer.core.TyperGroup):
         for sub in command.commands.values():
             plain_help(sub)
 

@@ -65,9 +65,11 @@ def test_show_completion_prints_a_bash_script_that_completes_commands(tmp_path: 
     (tmp_path / "completion.bash").write_text(script.stdout)
     probe = (f"PATH='{GPTOSSCTL.parent}':$PATH; source '{tmp_path / 'completion.bash'}'; "
              "f=$(complete -p gptossctl | sed -E 's/.*-F ([^ ]+).*/\\1/'); "
-             "COMP_WORDS=(gptossctl bun); COMP_CWORD=1; COMP_LINE='gptossctl bun'; COMP_POINT=13; $f gptossctl bun gptossctl; "
+             "COMP_WORDS=(gptossctl bun); COMP_CWORD=1; COMP_LINE='gptossctl bun'; COMP_POINT=13; "
+             "$f gptossctl bun gptossctl; "
              "echo \"1:${COMPREPLY[*]}\"; "
-             "COMP_WORDS=(gptossctl bundle v); COMP_CWORD=2; COMP_LINE='gptossctl bundle v'; COMP_POINT=18; $f gptossctl v bundle; "
+             "COMP_WORDS=(gptossctl bundle v); COMP_CWORD=2; COMP_LINE='gptossctl bundle v'; COMP_POINT=18; "
+             "$f gptossctl v bundle; "
              "echo \"2:${COMPREPLY[*]}\"")
     res = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60, env=_env(),
                          stdin=subprocess.DEVNULL)

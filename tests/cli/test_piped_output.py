@@ -27,8 +27,8 @@ ELLIPSIS = "\u2026"
 def piped(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The console script as `... </dev/null | cat` runs it: no terminal anywhere, no COLUMNS."""
     clean = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    return subprocess.run([str(GPTOSSCTL), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=300, env={**clean, **(env or {})})
+    return subprocess.run([str(GPTOSSCTL), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300, env={**clean, **(env or {})})
 
 
 def whole(res: subprocess.CompletedProcess[str], *values: str) -> str:
@@ -66,7 +66,8 @@ def test_status_prints_version_and_endpoint_whole_through_a_pipe(world: dict[str
 def test_compliance_check_prints_evidence_whole_through_a_pipe(world: dict[str, str]) -> None:
     r = piped("compliance", "check", "--root", world["root"])
     assert r.returncode == 0, r.stdout + r.stderr
-    whole(r, world["root"], "/etc/gptoss/tiny-gpt-oss/api-key", "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "gptoss@tiny-gpt-oss-r0.service")
+    whole(r, world["root"], "/etc/gptoss/tiny-gpt-oss/api-key", "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1",
+          "gptoss@tiny-gpt-oss-r0.service")
 
 
 def test_install_dry_run_prints_step_details_whole_through_a_pipe(world: dict[str, str], tmp_path: Path) -> None:
@@ -113,3 +114,37 @@ def test_trust_show_keys_show_and_audit_verify_print_whole_through_a_pipe(world:
     r = piped("audit", "verify", "--root", world["root"])
     assert r.returncode == 0, r.stdout + r.stderr
     whole(r, world["root"])
+
+
+def _at_a_terminal(*args: str) -> str:
+    """stdout a terminal 80 columns wide (a pseudo-terminal), as a person at a console sees the command."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    proc = subprocess.Popen([str(GPTOSSCTL), *args], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=subprocess.DEVNULL, env={**env, "COLUMNS": "80", "TERM": "xterm"})
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_plain_prints_whole_at_a_terminal_too(world: dict[str, str]) -> None:
+    fitted = _at_a_terminal("status", "--root", world["root"])
+    assert "\u2026" in fitted  # at a terminal, without --plain, the table fits the window (the check can fail)
+    plain = _at_a_terminal("--plain", "status", "--root", world["root"])
+    assert "\u2026" not in plain and VERSION in plain and "http://127.0.0.1:8000" in plain, plain
