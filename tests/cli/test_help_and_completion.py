@@ -96,3 +96,13 @@ def test_the_split_hint_names_only_options_that_exist() -> None:
         assert option in split_help, f"{option} in {hint!r}"
     size = int(re.search(r"--part-size (\d+)", hint).group(1))  # type: ignore[union-attr]
     assert plan_parts(pieces, size, 100)
+
+
+def test_install_completion_writes_the_script_and_sources_it_from_bashrc(tmp_path: Path) -> None:
+    env = {**_env(), "HOME": str(tmp_path)}
+    res = subprocess.run(["bash", "-c", f"'{GPTOSSCTL}' --install-completion; exit $?"], capture_output=True,
+                         text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stdout + res.stderr
+    scripts = list(tmp_path.rglob("gptossctl*"))
+    assert scripts and "_GPTOSSCTL_COMPLETE" in scripts[0].read_text(), scripts
+    assert str(scripts[0].relative_to(tmp_path)) in (tmp_path / ".bashrc").read_text()
