@@ -237,7 +237,8 @@ def progress_interval() -> float:
 class ProgressLog:
     """Progress for a log: a line on stderr every `interval` seconds while the work runs (bytes done, of how
     many, the rate over the last interval, the time left at the average rate), also when no byte moved (a
-    stalled disk shows as 0 B/s rather than as silence). `advance` may be called from any thread."""
+    stalled disk shows as 0 B/s rather than as silence), until one line has said every byte is done.
+    `advance` may be called from any thread."""
 
     def __init__(self, description: str, interval: float, *, write: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -276,8 +277,13 @@ class ProgressLog:
         return text
 
     def _run(self) -> None:
+        complete_shown = False  # once every byte is done, one line says so; the rest of the command is not bytes
         while not self._stop.wait(self.interval):
-            self._write(self.line())
+            with self._lock:
+                complete = self.total is not None and self.done >= self.total
+            if not (complete and complete_shown):
+                self._write(self.line())
+            complete_shown = complete
 
     def __enter__(self) -> ProgressLog:
         self._thread.start()

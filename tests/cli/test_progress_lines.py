@@ -104,3 +104,13 @@ def test_a_stalled_copy_still_reports_zero_bytes_a_second() -> None:
             time.sleep(0.005)
     assert lines[0].startswith("copying: 1.0 MiB of 1.0 GiB (0%), ") and "ETA" in lines[0]
     assert ", 0 B/s, " in lines[-1], lines
+
+
+def test_once_every_byte_is_done_one_line_says_so_and_then_none() -> None:
+    """An install goes on for minutes after verifying (environment, health): '100%, 0 B/s' every 10 s is noise."""
+    lines: list[str] = []
+    with ProgressLog("verifying", 0.01, write=lines.append) as log:
+        log.set_total(1 << 20)
+        log.advance(1 << 20)
+        time.sleep(0.3)
+    assert len([ln for ln in lines if "(100%)" in ln]) == 1, lines
