@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptossctl.bundle.assemble import assemble_bundle, partial_of
-from gptossctl.bundle.hashing import HashRun, Piece, Progress
+from gptossctl.bundle.hashing import SHARD_SIZE, HashRun, Piece, Progress
 from gptossctl.bundle.partfile import (
     INDEX_NAME,
     BundleRef,
@@ -109,7 +109,8 @@ def plan_parts(pieces: Sequence[PieceRef], part_size: int, reserve: int) -> list
                 f"--part-size {part_size} leaves {max(capacity, 0)} bytes for data, but {p.label} is "
                 f"{p.length} bytes: parts are cut only at the digests the signers signed",
                 code="split.part_size_too_small",
-                hint=f"use --part-size {p.length + reserve} or more, or pack the bundle with a smaller shard size")
+                hint=f"use --part-size {p.length + reserve} or more: a part holds whole signed pieces (files, and the "
+                     f"{SHARD_SIZE >> 30} GiB shards of larger ones), and this is the largest")
         for i, free in enumerate(room):
             if p.length <= free:
                 bins[i].append(p)

@@ -20,7 +20,7 @@ from gptossctl.cli.options import (
     trust_policy,
     trust_root_policy,
 )
-from gptossctl.cli.output import progress_bar, run, stderr, stdout
+from gptossctl.cli.output import ident, progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True,
@@ -233,7 +233,7 @@ def _render_verified(r: Any) -> None:
     stdout.print(
         f"[green]verified[/green] {r.root}: {r.manifest.name} v{r.manifest.version}, {len(r.manifest.files)} files, "
         f"{_human_size(r.bytes_hashed)} hashed, {len(r.signers)} trusted signature(s) ("
-        + ", ".join(escape(f"{s['name']} {str(s['keyid'])[:16]}") for s in getattr(r, "signed_by", ())) + "), "
+        + ", ".join(escape(f"{s['name']} {ident(str(s['keyid']))}") for s in getattr(r, "signed_by", ())) + "), "
         f"expires {r.manifest.expires.isoformat()}")
     for note in getattr(r, "notes", ()):
         stderr.print(f"[yellow]note[/yellow] ({note.code}): {escape(note.message)}")

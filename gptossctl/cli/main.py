@@ -13,6 +13,7 @@ import typer
 
 from gptossctl import __version__
 from gptossctl.cli import bundle, canary, compliance, consumers, demo, hw, keys, probe, profiles, releases, service, trust
+from gptossctl.cli.helptext import PlainHelpGroup
 from gptossctl.cli.output import StdoutLost, document, emit_json, state
 from gptossctl.errors import GptossctlError, UsageError
 from gptossctl.fsutil import os_error
@@ -21,7 +22,7 @@ app = typer.Typer(
     name="gptossctl",
     help="Put gpt-oss into production on air-gapped networks: signed bundles, hardware checks, hardened vLLM.",
     no_args_is_help=True,
-    add_completion=False,
+    cls=PlainHelpGroup,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -56,8 +57,15 @@ def _version(value: bool) -> None:
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    plain: bool = typer.Option(False, "--plain", help="Output for a program or a log even at a terminal: every "
+                               "value whole, never cut to the window, and progress as log lines."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr (no bar, no log lines)."),
+    progress_interval: float | None = typer.Option(None, "--progress-interval", min=0.001, max=86400.0,
+                                                   envvar="GPTOSSCTL_PROGRESS_INTERVAL", hidden=True,
+                                                   help="Seconds between progress lines without a terminal."),
 ) -> None:
     state.debug = debug
+    state.plain, state.quiet, state.progress_interval = plain, quiet, progress_interval
 
 
 class _StderrTee:

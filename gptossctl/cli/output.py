@@ -1,5 +1,10 @@
 """The frame every command runs in: one result document, Rich on stderr, stable exit codes.
 
+Who reads the output decides its shape, here and nowhere else: at a terminal, Rich fits it to the window;
+through a pipe, a file, Ansible or a log (or with `gptossctl --plain`), nothing is cut to a width (every
+path, version, URL, key id and digest is printed whole) and progress is a log line on stderr every
+GPTOSSCTL_PROGRESS_INTERVAL seconds (10) instead of a bar; `gptossctl --quiet` shows no progress at all.
+
 `--json` prints exactly one document on stdout, on success and on failure:
 {"schema": "gptossctl.result/1", "command": [...], "status": "ok|failed|error", "exit_code": N,
  "data": {...}, "findings": [...], "error": {"code", "message", "hint"}}
@@ -8,31 +13,68 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, NoReturn, Protocol, TextIO, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from gptossctl.errors import Finding, GptossctlError, Interrupted, UsageError
 from gptossctl.fsutil import os_error
 
 RESULT_SCHEMA = "gptossctl.result/1"
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False, soft_wrap=True)
+PROGRESS_INTERVAL = 10.0  # seconds between progress lines without a terminal (GPTOSSCTL_PROGRESS_INTERVAL)
+WHOLE = 1 << 20  # the width a console has for a reader that is not a person at a terminal: no cell is cut
 
 
 class _State:
     debug = False
     emitted = False  # a result document is on stdout: main() must not print a second one
+    plain = False  # --plain: print for a program or a log even at a terminal
+    quiet = False  # --quiet: no progress, neither bar nor lines
+    progress_interval: float | None = None  # --progress-interval / GPTOSSCTL_PROGRESS_INTERVAL
 
 
 state = _State()
+
+
+class _Console(Console):
+    """A Rich console that cuts nothing unless a person reads it at a terminal. Rich fits tables to a width
+    and ends cells that do not fit with "…"; without a terminal that width is 80 (or whatever window stdin
+    happens to be), so a pipe, Ansible or a log got `2026120714…` and `http://127.…`. Off a terminal, or with
+    --plain, the width is unbounded: a table is as wide as its values, every value whole."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        real = super().size
+        return ConsoleDimensions(WHOLE, real.height) if self.whole else real
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    @property
+    def whole(self) -> bool:
+        """True when values must be printed whole: no terminal, or --plain."""
+        return state.plain or not self.is_terminal
+
+
+stderr = _Console(stderr=True, highlight=False)
+stdout = _Console(highlight=False, soft_wrap=True)
+
+
+def ident(value: str, *, short: int = 16) -> str:
+    """A key id, digest or other long identifier: whole for a program or a log, its first `short` characters
+    at a terminal (where the whole one is a command away: --json, or 'gptossctl keys show')."""
+    return value if stdout.whole or len(value) <= short else value[:short]
 
 
 _CREDENTIALS = re.compile(r"(://)[^/?#@]*@")
@@ -168,11 +210,100 @@ def run(action: Callable[[], T], *, as_json: bool, render: Callable[[T], None],
     raise typer.Exit(code)
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _duration(s: float) -> str:
+    s = int(s + 0.5)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress_interval() -> float:
+    """Seconds between progress lines: --progress-interval, else GPTOSSCTL_PROGRESS_INTERVAL, else 10."""
+    if state.progress_interval is not None:
+        return state.progress_interval
+    try:
+        value = float(os.environ.get("GPTOSSCTL_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
+    except ValueError:
+        return PROGRESS_INTERVAL
+    return value if 0 < value < float("inf") else PROGRESS_INTERVAL
+
+
+class ProgressLog:
+    """Progress for a log: a line on stderr every `interval` seconds while the work runs (bytes done, of how
+    many, the rate over the last interval, the time left at the average rate), also when no byte moved (a
+    stalled disk shows as 0 B/s rather than as silence), until one line has said every byte is done.
+    `advance` may be called from any thread."""
+
+    def __init__(self, description: str, interval: float, *, write: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.description = description
+        self.interval = interval
+        self.total: int | None = None
+        self.done = 0
+        self._clock = clock
+        self._write = write or (lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._start = self._last_time = clock()
+        self._last_done = 0
+        self._thread = threading.Thread(target=self._run, name="gptossctl-progress", daemon=True)
+
+    def set_total(self, n: int) -> None:
+        self.total = n
+
+    def advance(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+
+    def line(self) -> str:
+        now = self._clock()
+        with self._lock:
+            done = self.done
+        rate = (done - self._last_done) / max(now - self._last_time, 1e-9)
+        average = done / max(now - self._start, 1e-9)
+        self._last_time, self._last_done = now, done
+        text = f"{self.description}: {_size(done)}"
+        if self.total:
+            text += f" of {_size(self.total)} ({100 * done / self.total:.0f}%)"
+        text += f", {_size(rate)}/s, {_duration(now - self._start)} elapsed"
+        if self.total and average > 0:
+            text += f", ETA {_duration(max(self.total - done, 0) / average)}"
+        return text
+
+    def _run(self) -> None:
+        complete_shown = False  # once every byte is done, one line says so; the rest of the command is not bytes
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                complete = self.total is not None and self.done >= self.total
+            if not (complete and complete_shown):
+                self._write(self.line())
+            complete_shown = complete
+
+    def __enter__(self) -> ProgressLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @contextmanager
 def progress_bar(description: str, *, enabled: bool = True) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
-    """Yield (set_total, advance) for a bytes-and-throughput bar on stderr."""
-    if not enabled or not stderr.is_terminal:
+    """Yield (set_total, advance) for progress on stderr: a bytes-and-throughput bar at a terminal, a log line
+    every progress_interval() seconds otherwise (or with --plain), nothing with --quiet."""
+    if not enabled or state.quiet:
         yield (lambda _n: None), (lambda _n: None)
+        return
+    if stderr.whole:
+        with ProgressLog(description, progress_interval()) as log:
+            yield log.set_total, log.advance
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 

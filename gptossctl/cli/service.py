@@ -23,7 +23,7 @@ from gptossctl.cli.options import (
     YesOpt,
     install_policy,
 )
-from gptossctl.cli.output import progress_bar, run, stderr, stdout
+from gptossctl.cli.output import ident, progress_bar, run, stderr, stdout
 from gptossctl.errors import UsageError
 from gptossctl.install.layout import pick_instance
 
@@ -232,7 +232,7 @@ def audit_verify(root: ExistingRootOpt = Path("/"), as_json: JsonOpt = False) ->
 
     def render(r) -> None:  # type: ignore[no-untyped-def]
         stdout.print(f"[green]intact[/green]: {r.entries} entries in {escape(str(r.path))}"
-                     + (f", head {r.head[:16]}…" if r.head else ""))
+                     + (f", head {ident(r.head)}" if r.head else ""))
         if r.pending_reset:
             stderr.print(f"[yellow]the chain was reset at entry {r.pending_reset['seq']} and not yet acknowledged: "
                          "gptossctl audit acknowledge --yes[/yellow]")

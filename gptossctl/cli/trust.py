@@ -15,7 +15,7 @@ from gptossctl.cli.options import (
     JsonOpt,
     YesOpt,
 )
-from gptossctl.cli.output import run, stderr, stdout
+from gptossctl.cli.output import ident, run, stderr, stdout
 from gptossctl.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, help="The signed trust root of an instance: who signs releases, how many.")
@@ -51,7 +51,7 @@ def _render_root(d: dict[str, Any]) -> None:
                  f"{'  [red]EXPIRED[/red]' if d.get('expired') else ''}  digest {d['digest']}")
     t = Table("signer", "key id", "algorithm", "roles", box=None)
     for s in d["signers"]:
-        t.add_row(escape(s["name"]), s["keyid"][:16], s["algorithm"], ", ".join(s["roles"]))
+        t.add_row(escape(s["name"]), ident(s["keyid"]), s["algorithm"], ", ".join(s["roles"]))
     stdout.print(t)
     for role, r in d["roles"].items():
         stdout.print(f"{role}: {r['threshold']} of {', '.join(map(escape, r['signers'])) or 'none'}")
@@ -146,5 +146,5 @@ def rotate(file: RootFileArg, instance: InstanceOpt = None, root: ExistingRootOp
 
     run(action, as_json=as_json, render=lambda r: stdout.print(
         f"[green]rotated[/green] {r.instance}: trust root v{r.before['version']} -> v{r.after['version']} "
-        f"({r.after['digest'][:16]}), release: {r.after['roles']['release']['threshold']} of "
+        f"({ident(r.after['digest'])}), release: {r.after['roles']['release']['threshold']} of "
         f"{', '.join(map(escape, r.after['roles']['release']['signers']))}"))
