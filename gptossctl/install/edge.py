@@ -40,6 +40,19 @@ CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDS
 CONSUMER_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 RETRY_AFTER_S = 1
 KEY_RE = re.compile(r"[A-Za-z0-9_\-]{32,200}")
+# How both listeners (the router's loopback one in install/router.py, the site's TLS one here) pass requests on: one request per
+# client connection (a graceful reload closes idle keep-alive connections, and a client reusing one at that
+# instant gets a reset), SSE streamed unbuffered, long generations allowed, and a refused connection or a
+# replica that answers 502/503 (engine dead) retried on another one. Server-context lines, indented for it.
+PROXY_SETTINGS = """        keepalive_timeout 0;
+        default_type application/json;
+        proxy_http_version 1.1;
+        proxy_buffering off;
+        proxy_read_timeout 3600s;
+        proxy_send_timeout 3600s;
+        # A refused connection or a replica that answers 502/503 (engine dead) is retried on another one.
+        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+"""
 
 
 def check_consumer_name(name: str) -> str:
@@ -172,14 +185,7 @@ def render_edge(edge: EdgeSettings, *, upstream: str) -> EdgeText:
         ssl_prefer_server_ciphers off;
         ssl_session_tickets off;
 {mtls}        access_log {edge.access_log} {LOG_FORMAT};
-        keepalive_timeout 0;
-        default_type application/json;
-        proxy_http_version 1.1;
-        proxy_buffering off;
-        proxy_read_timeout 3600s;
-        proxy_send_timeout 3600s;
-        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-        proxy_set_header X-Request-Id $request_id;
+{PROXY_SETTINGS}        proxy_set_header X-Request-Id $request_id;
         proxy_set_header Authorization $gptoss_upstream_authorization;
         add_header X-Request-Id $request_id always;
         limit_req_status 429;

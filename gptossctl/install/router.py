@@ -25,7 +25,7 @@ from gptossctl.adapters.proc_net import established
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write, read_nofollow
-from gptossctl.install.edge import EdgeText
+from gptossctl.install.edge import PROXY_SETTINGS, EdgeText
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, ReleaseRecord, ReplicaRecord
 from gptossctl.install.units import check_directives, own_template
@@ -107,15 +107,7 @@ http {{
         # One request per client connection: a graceful reload (drain, undrain) closes the idle keep-alive
         # connections, and a client that reuses one at that instant gets a reset (seen once in 531 canary
         # requests during a rolling upgrade). A new connection on loopback costs about 0.1 ms.
-        keepalive_timeout 0;
-        default_type application/json;
-        proxy_http_version 1.1;
-        proxy_buffering off;
-        proxy_read_timeout 3600s;
-        proxy_send_timeout 3600s;
-        # A refused connection or a replica that answers 502/503 (engine dead) is retried on another one.
-        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-
+{PROXY_SETTINGS}
         location /v1/ {{
             if ($gptoss_authorized = 0) {{
                 return 401 '{{"error": "Unauthorized"}}';

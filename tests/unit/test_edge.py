@@ -41,6 +41,7 @@ from gptossctl.install.edge import (
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
+from gptossctl.install.serving import serving_set
 from gptossctl.install.tls import check_certificate
 from gptossctl.probe.usage import summarise
 
@@ -256,7 +257,7 @@ def test_router_dropin_lets_a_root_master_drop_to_workers_and_open_the_site_port
 def _evidence(root: Path, now: datetime) -> Evidence:
     layout = Layout(root, "t")
     rec = ReleaseRecord(1, "b", "t", "p", "m", "0" * 64, "/usr/bin/python3")
-    return Evidence(layout, Systemd(root), ComplianceOptions(), now, layout.release(1), rec)
+    return Evidence(layout, Systemd(root), ComplianceOptions(), now, layout.release(1), rec, serving_set(layout, rec))
 
 
 def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_path: Path) -> None:
