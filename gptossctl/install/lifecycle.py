@@ -28,7 +28,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ from gptossctl.install.environment import (
     listing,
     wheels_in,
 )
+from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, load_edge
 from gptossctl.install.layout import (
     SERVICE_USER,
     Layout,
@@ -67,6 +68,7 @@ from gptossctl.install.preflight import check_host_libraries, check_router, pref
 from gptossctl.install.release import (
     DEFAULT_PORT,
     LOOPBACK,
+    EdgeRecord,
     ReleaseRecord,
     ReplicaRecord,
     current_version,
@@ -126,6 +128,7 @@ class InstallRequest:
     tensor_parallel: int | None = None  # default: the smallest size that fits
     drain_timeout: float = 600.0  # rolling upgrade: how long a drained replica may finish its requests
     trust_root: Path | None = None  # a signed root file for a first install (instead of --trust)
+    listen: ListenRequest | None = None  # the router's TLS listener on the site's network; None: loopback only
 
     @property
     def layout_request(self) -> LayoutRequest:
@@ -136,7 +139,7 @@ class InstallRequest:
         return ["install", str(self.bundle), f"--profile={self.profile}", f"--port={self.port}"] + \
             ([f"--instance={self.instance}"] if self.instance else []) + \
             (["--allow-downgrade"] if self.allow_downgrade else []) + (["--repair"] if self.repair else []) + \
-            self.layout_request.overrides
+            self.layout_request.overrides + (self.listen.args if self.listen else [])
 
 
 @dataclass
@@ -158,6 +161,7 @@ class InstallResult:
     replicas: tuple[ReplicaRecord, ...] = ()  # behind the router (`unit`)
     trust: TrustPlan | None = None  # the root this install verified against, and whether it set one
     signed_by: tuple[dict[str, str | None], ...] = ()
+    edge: EdgeRecord | None = None  # the router's listener on the site's network; None: loopback only
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "version": self.version, "previous": self.previous,
@@ -165,7 +169,8 @@ class InstallResult:
                 "staged": self.staged, "started": self.started, "changed": self.changed, "dry_run": self.dry_run,
                 "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke,
                 "replicas": [r.to_dict() for r in self.replicas], "signed_by": [dict(s) for s in self.signed_by],
-                "trust": self.trust.to_dict() if self.trust else None}
+                "trust": self.trust.to_dict() if self.trust else None,
+                "listen": self.edge.to_dict() if self.edge else None, "open": describe(self.edge)}
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,11 @@ class Plan:
     replicas: tuple[ReplicaRecord, ...]  # one or more, behind the router on --port
     router: Path  # the nginx the router unit runs
     moving: str = ""  # the previous release is a legacy single: what moving it behind the router does
+    edge: EdgeInput | None = None  # install --listen, judged: the router's TLS listener
+
+    @property
+    def edge_record(self) -> EdgeRecord | None:
+        return self.edge.record() if self.edge else None
 
     @property
     def version(self) -> int:
@@ -360,6 +370,8 @@ def validate_request(req: InstallRequest) -> None:
     if not 1024 <= req.port <= 65535:
         raise UsageError(f"port {req.port} is outside 1024-65535", code="service.bad_port",
                          hint="choose an unprivileged port that nothing else on this host uses, e.g. 8000")
+    if req.listen is not None:  # the certificate, key and address judged before anything is read from the bundle
+        load_edge(req.listen, router_host=req.host, taken={req.port})
     req.layout_request  # noqa: B018 - constructing it refuses --replicas 0, --tp 3 as usage errors
     if req.instance is not None:
         check_instance(req.instance)
@@ -481,6 +493,8 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
         fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
         replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port, gpus=fit.gpus)
         check_names(layout, len(replicas))
+        edge = load_edge(req.listen, router_host=req.host, taken={req.port, *(r.port for r in replicas)}) \
+            if req.listen else None
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}; {len(replicas)} "
                  f"replica(s) on ports {replicas[0].port}-{replicas[-1].port} behind the router ({router}) on "
                  f"{req.port}" + kept)
@@ -491,7 +505,10 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
     if moving:
         with steps("shape", moving) as d:
             d.append(moving)
-    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router, moving)
+    with steps("listen", "the router's listeners") as d:
+        d.append("; ".join([describe(edge.record() if edge else None),
+                            *(f"warning: {f.message}" for f in (edge.report.findings if edge else ()))]))
+    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router, moving, edge)
 
 
 def _moving(layout: Layout, prev: ReleaseRecord | None, replicas: Sequence[ReplicaRecord], *, port: int,
@@ -540,7 +557,7 @@ def _result(plan: Plan, steps: Steps) -> InstallResult:
                          endpoint_url(req.host, req.port), layout.router_unit_name,
                          plan.release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
                          bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas, trust=plan.trust,
-                         signed_by=plan.bundle.signed_by)
+                         signed_by=plan.bundle.signed_by, edge=plan.edge_record)
 
 
 def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
@@ -554,7 +571,9 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                        ("start", f"restart {', '.join(layout.replica_unit_name(r.index) for r in plan.replicas)} and "
                         f"{layout.router_unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
-                       ("switch", f"{layout.current} -> releases/{plan.version}")):
+                       ("switch", f"{layout.current} -> releases/{plan.version}"),
+                       ("edge", f"open {describe(plan.edge_record)}" if plan.edge else
+                        "keep the router on loopback only (no --listen)")):
         steps.skip(name, f"dry run: would {what}")
     result.changed = False
     return result
@@ -577,6 +596,19 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         atomic_write(layout.sysusers, SYSUSERS, 0o644)
         systemd.sysusers(layout.sysusers)
         d.append(f"{SERVICE_USER} present")
+    with ExitStack() as stack:
+        if plan.edge is not None:  # a failure up to the switch puts the edge's files back as they were
+            with steps("edge", "the site's TLS listener: key and certificate root-only, the workers' user") as d:
+                d.append(stack.enter_context(edge_installed(layout, systemd, plan.edge, api_key)))
+        _activate_and_switch(plan, steps, result, api_key)
+    with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
+        d.append(install_compliance_timer(layout, systemd))
+    return result
+
+
+def _activate_and_switch(plan: Plan, steps: Steps, result: InstallResult, api_key: str) -> None:
+    """(6)-(8): the units started and proven (or enabled only), then `current` switched and the state committed."""
+    layout, systemd = plan.layout, plan.systemd
     with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
         d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
     if plan.live_start:
@@ -591,9 +623,6 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         commit_state(layout, api_key, plan.trust)
         d.append(f"release {plan.version} is current and serving at {result.endpoint}" if result.started else
                  f"current is release {plan.version}; not started ({'staged' if layout.staged else '--no-start'})")
-    with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
-        d.append(install_compliance_timer(layout, systemd))
-    return result
 
 
 def _set_aside_for_repair(plan: Plan) -> Path | None:
@@ -617,8 +646,9 @@ def _gpus(plan: Plan) -> tuple[int, ...]:
 
 
 def _matches(rec: ReleaseRecord, plan: Plan, api_key: str) -> bool:
-    return (rec.profile, rec.port, rec.host, rec.gpus, rec.replicas, rec.router) == \
-        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router)) \
+    return (rec.profile, rec.port, rec.host, rec.gpus, rec.replicas, rec.router, rec.edge) == \
+        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router),
+         plan.edge_record) \
         and release_api_key(plan.release) == api_key
 
 
@@ -629,7 +659,8 @@ def _record(plan: Plan, python: str, external: bool) -> ReleaseRecord:
                          installed_at=datetime.now(UTC).isoformat(), expires=m.expires.isoformat(),
                          rendered_by=__version__, host=req.host, port=req.port,
                          tensor_parallel=fit.tensor_parallel or 1, gpus=_gpus(plan), signers=plan.bundle.signers,
-                         external_env=external, replicas=plan.replicas, router=str(plan.router))
+                         external_env=external, replicas=plan.replicas, router=str(plan.router),
+                         edge=plan.edge_record)
 
 
 def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, *, external: bool) -> None:
