@@ -247,3 +247,31 @@ def test_a_failure_after_the_edge_step_puts_every_edge_file_back(pki: Path, tmp_
     assert not (layout.root / "etc/logrotate.d/gptoss-edge").exists()
     assert not (layout.root / "etc/sysusers.d/gptoss-router.conf").exists()
 
+
+
+def test_consumers_sync_runs_before_each_compliance_check(cli, bundle: Path, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Rotated keys leave the router when their grace ends without an operator: the compliance service pulls in
+    `consumers sync` (its own hardened unit, where consumers are managed) and orders itself after it."""
+    root = tmp_path / "root"
+    code, doc = _install(cli, bundle, keys, root)
+    assert code == 0, doc
+    units = root / "etc/systemd/system"
+    sync = (units / "gptoss-consumers@.service").read_text()
+    assert f"ExecStart={sys.executable} -m gptossctl consumers sync --instance %i --json\n" in sync
+    assert "ConditionPathExists=/etc/gptoss/%i/consumers.json\n" in sync and "{{" not in sync
+    compliance = (units / "gptoss-compliance@.service").read_text()
+    assert "Wants=gptoss-consumers@%i.service\n" in compliance
+    assert "After=gptoss-router@%i.service gptoss-consumers@%i.service\n" in compliance
+    check = tmp_path / f"gptoss-consumers@{INSTANCE}.service"
+    check.write_text(sync)
+    res = subprocess.run(["systemd-analyze", "verify", str(check)], capture_output=True, text=True)
+    assert res.returncode == 0 and "gptoss" not in res.stdout + res.stderr, res.stdout + res.stderr
+    assert _grade(root, f"gptoss-consumers@{INSTANCE}.service") <= 2.0
+    # Compliance holds it to its rendering like the timer's own units.
+    code, report = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
+    unit_check = {c["id"]: c for c in report["data"]["checks"]}["config.unit"]
+    assert unit_check["status"] == "pass" and f"gptoss-consumers@{INSTANCE}.service" in unit_check["evidence"][1]
+    (units / "gptoss-consumers@.service").write_text(sync.replace("CapabilityBoundingSet=\n",
+                                                                  "CapabilityBoundingSet=CAP_SYS_ADMIN\n"))
+    code, report = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
+    assert {c["id"]: c for c in report["data"]["checks"]}["config.unit"]["status"] == "fail"
