@@ -81,7 +81,8 @@ def install(
     drain_timeout: str = typer.Option("10m", "--drain-timeout", help="Rolling upgrade: how long a replica taken "
                                       "out of rotation may finish its requests before it is restarted anyway."),
     listen: str | None = typer.Option(None, "--listen", help="Open the router on the site's network with TLS: "
-                                      "ADDR:PORT (e.g. 10.0.0.5:443, 0.0.0.0:8443); default loopback only."),
+                                      "ADDR:PORT (e.g. 10.0.0.5:443, 0.0.0.0:8443); an upgrade keeps the installed "
+                                      "listener; 'none' closes it (loopback only)."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", help="With --listen: the certificate (PEM, leaf "
                                          "then intermediates)."),
     tls_key: Path | None = typer.Option(None, "--tls-key", help="With --listen: its unencrypted PEM private key "

@@ -55,7 +55,7 @@ from gptossctl.install.environment import (
     listing,
     wheels_in,
 )
-from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, load_edge
+from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, kept_listen, load_edge
 from gptossctl.install.layout import (
     SERVICE_USER,
     Layout,
@@ -365,12 +365,12 @@ def validate_request(req: InstallRequest) -> None:
             f"refusing to bind vLLM to {req.host}: vLLM's API key guards /v1 only, and /invocations "
             "(and other routes) answer anyone who can reach the port",
             code="install.exposed_bind",
-            hint="keep the default 127.0.0.1 and publish it through a TLS reverse proxy that allows only "
-                 "/v1/* and /health and terminates TLS (see README, 'Serving beyond this host')")
+            hint="keep the default 127.0.0.1; open the router (only /v1/* and /health) on the site's network "
+                 "with TLS: --listen ADDR:PORT --tls-cert F --tls-key F (README, 'The network edge')")
     if not 1024 <= req.port <= 65535:
         raise UsageError(f"port {req.port} is outside 1024-65535", code="service.bad_port",
                          hint="choose an unprivileged port that nothing else on this host uses, e.g. 8000")
-    if req.listen is not None:  # the certificate, key and address judged before anything is read from the bundle
+    if req.listen is not None and not req.listen.closes:  # judged before anything is read from the bundle
         load_edge(req.listen, router_host=req.host, taken={req.port})
     req.layout_request  # noqa: B018 - constructing it refuses --replicas 0, --tp 3 as usage errors
     if req.instance is not None:
@@ -493,8 +493,10 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
         fit = preflight(bundle, layout, profile=req.profile, captures=req.captures, request=request)
         replicas = plan_replicas(fit.layout.replicas if fit.layout else (), port=req.port, gpus=fit.gpus)
         check_names(layout, len(replicas))
-        edge = load_edge(req.listen, router_host=req.host, taken={req.port, *(r.port for r in replicas)}) \
-            if req.listen else None
+        listen = req.listen if req.listen is not None or prev is None or prev.edge is None else \
+            kept_listen(layout, prev.edge, prev.version)
+        edge = None if listen is None or listen.closes else \
+            load_edge(listen, router_host=req.host, taken={req.port, *(r.port for r in replicas)})
         d.append(f"profile {fit.profile.name} at tensor parallel {fit.tensor_parallel or 1}; {len(replicas)} "
                  f"replica(s) on ports {replicas[0].port}-{replicas[-1].port} behind the router ({router}) on "
                  f"{req.port}" + kept)
@@ -506,7 +508,9 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
         with steps("shape", moving) as d:
             d.append(moving)
     with steps("listen", "the router's listeners") as d:
-        d.append("; ".join([describe(edge.record() if edge else None),
+        d.append("; ".join([describe(edge.record() if edge else None)
+                            + (f" (kept as release {edge.kept} has it; --listen none closes it)"
+                               if edge and edge.kept is not None else ""),
                             *(f"warning: {f.message}" for f in (edge.report.findings if edge else ()))]))
     return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router, moving, edge)
 

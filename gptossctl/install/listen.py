@@ -39,6 +39,7 @@ from gptossctl.install.release import EdgeRecord
 from gptossctl.install.router import EDGE_USER, TEMP_KINDS, edge_temp_dir
 from gptossctl.install.tls import CertReport, check_certificate, public_key_sha256
 
+CLOSE = "none"  # --listen none: back to loopback only
 EDGE_SYSUSERS = f'u {EDGE_USER} - "gpt-oss router workers (nginx, network edge)" - /usr/sbin/nologin\n'
 LOGROTATE = "gptoss-edge"
 
@@ -47,15 +48,23 @@ LOGROTATE = "gptoss-edge"
 class ListenRequest:
     """What the install command was given for the site's network (paths, not yet read)."""
 
-    address: str
-    cert: Path
-    key: Path
+    address: str  # ADDR:PORT, or CLOSE
+    cert: Path = Path()
+    key: Path = Path()
     client_ca: Path | None = None
     allow: tuple[str, ...] = ()
+    chain_ca: Path | None = None  # what the chain is checked against, when not --client-ca (a kept listener)
+    kept: int | None = None  # the release whose listener an upgrade keeps (no --listen given)
+
+    @property
+    def closes(self) -> bool:
+        return self.address == CLOSE
 
     @property
     def args(self) -> list[str]:
         """For the audit log: the address and the files' paths (never their contents)."""
+        if self.closes or self.kept is not None:
+            return [f"--listen={self.address}"] if self.closes else []
         return [f"--listen={self.address}", f"--tls-cert={self.cert}", f"--tls-key={self.key}"] + \
             ([f"--client-ca={self.client_ca}"] if self.client_ca else []) + [f"--allow-from={a}" for a in self.allow]
 
@@ -71,6 +80,8 @@ class EdgeInput:
     key_pem: bytes = field(repr=False)
     client_ca_pem: bytes | None
     report: CertReport
+    chain_ca_pem: bytes | None = None  # the chain's anchor (TLS_CA): the client CA, or a kept one
+    kept: int | None = None
 
     def record(self) -> EdgeRecord:
         return EdgeRecord(self.host, self.port, hashlib.sha256(self.cert_pem).hexdigest(),
@@ -132,15 +143,26 @@ def load_edge(req: ListenRequest, *, router_host: str, taken: set[int]) -> EdgeI
     cert = read_bytes(req.cert, what="--tls-cert", code="install.tls_unreadable")
     key = read_bytes(req.key, what="--tls-key", code="install.tls_unreadable")
     ca = read_bytes(req.client_ca, what="--client-ca", code="install.tls_unreadable") if req.client_ca else None
+    anchor = read_bytes(req.chain_ca, what="site CA", code="install.tls_unreadable") if req.chain_ca else ca
     try:
-        report = check_certificate(cert, key, ca)
+        report = check_certificate(cert, key, anchor)
     except (CheckFailed, UsageError) as exc:
         raise UsageError(f"--tls-cert {req.cert} / --tls-key {req.key}: {exc.message}", code="install.tls_refused",
                          findings=exc.findings,
                          hint=(exc.hint + "; " if exc.hint and not exc.findings else "")
-                         + "give a certificate that matches the key, is within its dates and chains (intermediates "
-                           "after the leaf) to --client-ca; nothing was changed") from None
-    return EdgeInput(host, port, allow, cert, key, ca, report)
+                         + ("renew the installed certificate with 'gptossctl tls rotate' first, or give --listen with "
+                            "new files" if req.kept is not None else
+                            "give a certificate that matches the key, is within its dates and chains (intermediates "
+                            "after the leaf) to --client-ca") + "; nothing was changed") from None
+    return EdgeInput(host, port, allow, cert, key, ca, report, anchor, req.kept)
+
+
+def kept_listen(layout: Layout, edge: EdgeRecord, version: int) -> ListenRequest:
+    """An upgrade without --listen keeps the installed release's listener (as --replicas is kept), with the
+    files its router serves now (a `tls rotate` since included): judged again like new ones."""
+    d = layout.etc / EDGE_DIR
+    return ListenRequest(edge.address, d / TLS_CERT, d / TLS_KEY, d / CLIENT_CA if edge.mutual_tls else None,
+                         edge.allow, chain_ca=d / TLS_CA if (d / TLS_CA).exists() else None, kept=version)
 
 
 # ---------------------------------------------------------------- on the host
@@ -191,9 +213,10 @@ def edge_installed(layout: Layout, systemd: Systemd, edge: EdgeInput, api_key: s
         d.chmod(0o700)  # root only: the router's master reads it as root, its workers never
         atomic_write(d / TLS_KEY, edge.key_pem, 0o600)  # the key first: a new cert never meets the old key
         atomic_write(d / TLS_CERT, edge.cert_pem, 0o600)
-        for name in (TLS_CA, CLIENT_CA):  # the chain's anchor for compliance, and the clients' CA for nginx
-            if edge.client_ca_pem is not None:
-                atomic_write(d / name, edge.client_ca_pem, 0o600)
+        # The chain's anchor for compliance, and the clients' CA for nginx.
+        for name, pem in ((TLS_CA, edge.chain_ca_pem), (CLIENT_CA, edge.client_ca_pem)):
+            if pem is not None:
+                atomic_write(d / name, pem, 0o600)
             else:
                 (d / name).unlink(missing_ok=True)
         if not (d / CONSUMERS_HTTP).exists() or not (d / CONSUMERS_SERVER).exists():
@@ -220,11 +243,13 @@ def listen_request(address: str | None, *, cert: Path | None, key: Path | None, 
     """The command's options as one request: --listen needs --tls-cert and --tls-key; the TLS options and
     --allow-from mean nothing without --listen (refused, so a typo never installs a loopback-only router the
     operator believes is open)."""
-    if address is None:
+    if address == CLOSE and not (cert or key or client_ca or allow):
+        return ListenRequest(CLOSE)
+    if address is None or address == CLOSE:
         given = [o for o, v in (("--tls-cert", cert), ("--tls-key", key), ("--client-ca", client_ca),
                                 ("--allow-from", allow)) if v]
         if given:
-            raise UsageError(f"{', '.join(given)} given without --listen", code="install.tls_without_listen",
+            raise UsageError(f"{', '.join(given)} given without --listen ADDR:PORT", code="install.tls_without_listen",
                              hint="add --listen ADDR:PORT to open the router on the site's network, or drop them")
         return None
     if cert is None or key is None:

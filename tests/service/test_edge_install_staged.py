@@ -275,3 +275,28 @@ def test_consumers_sync_runs_before_each_compliance_check(cli, bundle: Path, key
                                                                   "CapabilityBoundingSet=CAP_SYS_ADMIN\n"))
     code, report = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
     assert {c["id"]: c for c in report["data"]["checks"]}["config.unit"]["status"] == "fail"
+
+
+def test_an_upgrade_keeps_the_listener_and_listen_none_closes_it(cli, bundle: Path, keys, pki: Path,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    code, doc = _install(cli, bundle, keys, root, "--listen", "127.0.0.1:8443", *_tls(pki))
+    assert code == 0, doc
+    layout = Layout(root, INSTANCE)
+    first = read_release(layout.release(5))
+    assert first is not None and first.edge is not None
+    # Installing again without --listen keeps the listener (as --replicas is kept): no outage by omission.
+    code, doc = _install(cli, bundle, keys, root)
+    assert code == 0, doc
+    listen = {s["step"]: s for s in doc["data"]["steps"]}["listen"]["detail"]
+    assert "127.0.0.1:8443" in listen and "kept as release 5 has it" in listen
+    kept = read_release(layout.release(5))
+    assert kept is not None and kept.edge == first.edge and "listen 127.0.0.1:8443 ssl;" in _router_files(root)[0]
+    # --listen none goes back to loopback only: the router's files are the loopback router's again.
+    code, doc = _install(cli, bundle, keys, root, "--listen", "none")
+    assert code == 0, doc
+    closed = read_release(layout.release(5))
+    conf, unit = _router_files(root)
+    assert closed is not None and closed.edge is None and " ssl;" not in conf and "DynamicUser=yes\n" in unit
+    code, doc = _install(cli, bundle, keys, root, "--listen", "none", "--tls-cert", str(pki / "server.pem"))
+    assert code == 2 and doc["error"]["code"] == "install.tls_without_listen"
