@@ -9,8 +9,8 @@ take new connections, the old ones finish the requests they have in flight.
 
 Rendering is pure. `render_edge` gives the text the router's configuration gains (`EdgeText`, inserted by
 install/router.py's `render_router_config(edge=...)`, from the release record's edge: `router_config`; the
-unit's side is the router template's own edge shape, `render_router_unit(edge=...)`): the main-context `user` line and, in the http
-context, the JSON access log, the consumer map and the TLS server. The consumers' own parts (keys, zones,
+unit's side is the router template's own edge shape, `render_router_unit(edge=...)`): the main-context `user`
+line and, in the http context, the JSON access log, the consumer map and the TLS server. The consumers' own parts (keys, zones,
 limits) live in two include files that `render_consumer_includes` renders from the registry
 (install/consumers.py): a consumer change rewrites those and reloads, never the release's router.conf.
 """
@@ -41,9 +41,9 @@ CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDS
 CONSUMER_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 RETRY_AFTER_S = 1
 KEY_RE = re.compile(r"[A-Za-z0-9_\-]{32,200}")
-# How both listeners (the router's loopback one in install/router.py, the site's TLS one here) pass requests on: one request per
-# client connection (a graceful reload closes idle keep-alive connections, and a client reusing one at that
-# instant gets a reset), SSE streamed unbuffered, long generations allowed, and a refused connection or a
+# How both listeners (the router's loopback one in install/router.py, the site's TLS one here) pass requests
+# on: one request per client connection (a graceful reload closes idle keep-alive connections, and a client
+# reusing one at that instant gets a reset), SSE streamed unbuffered, long generations allowed, and a refused connection or a
 # replica that answers 502/503 (engine dead) retried on another one. Server-context lines, indented for it.
 PROXY_SETTINGS = """        keepalive_timeout 0;
         default_type application/json;

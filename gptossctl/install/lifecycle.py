@@ -55,7 +55,6 @@ from gptossctl.install.environment import (
     listing,
     wheels_in,
 )
-from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, kept_listen, load_edge
 from gptossctl.install.layout import (
     SERVICE_USER,
     Layout,
@@ -64,6 +63,7 @@ from gptossctl.install.layout import (
     check_writable,
     install_lock,
 )
+from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, kept_listen, load_edge
 from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import (
     DEFAULT_PORT,

@@ -12,8 +12,8 @@ import pytest
 
 from gptossctl.errors import CheckFailed
 from gptossctl.install.environment import check_flags
-from gptossctl.install.render import UnitInputs, render_unit, unit_template
 from gptossctl.install.release import EdgeRecord
+from gptossctl.install.render import UnitInputs, render_unit, unit_template
 from gptossctl.install.router import render_router_unit, router_template, router_unit_problems
 from gptossctl.install.units import VLLM_FILLED, directive_problems
 
