@@ -5,8 +5,9 @@ The named steps, in an order chosen for what a failure leaves behind:
   (1) validate the request  (2) verify the bundle, once  (3) plan: downgrade check, preflight on the bundle's
   own profiles, host libraries  (4) unpack into releases/.N.partial, re-hashing every byte, build the offline
   environment and render unit, config and environment file from the verified copy; rename: a whole release
-  (5) the service user  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the
-  records (trust, API key): only now is it "installed"  (9) the daily compliance timer.
+  (5) the service user, and with --listen the TLS listener's files (put back on any failure up to (8))
+  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the records (trust, API key):
+  only now is it "installed"  (9) the daily compliance timer.
 A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
 nothing that serves. Running the same command again after an interruption converges: finished releases are
 reused, partial ones discarded.
@@ -92,6 +93,7 @@ from gptossctl.install.rolling import (
     roll,
     serving_units,
 )
+from gptossctl.install.router import reload_router
 from gptossctl.install.seal import high_water, make_seal, require_as_sealed
 from gptossctl.install.serving import render_set
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
@@ -577,7 +579,7 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                         else "enable only (staged or --no-start)"),
                        ("switch", f"{layout.current} -> releases/{plan.version}"),
                        ("edge", f"open {describe(plan.edge_record)}" if plan.edge else
-                        "keep the router on loopback only (no --listen)")):
+                        "leave the router on loopback only")):
         steps.skip(name, f"dry run: would {what}")
     result.changed = False
     return result
@@ -600,11 +602,17 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         atomic_write(layout.sysusers, SYSUSERS, 0o644)
         systemd.sysusers(layout.sysusers)
         d.append(f"{SERVICE_USER} present")
-    with ExitStack() as stack:
-        if plan.edge is not None:  # a failure up to the switch puts the edge's files back as they were
-            with steps("edge", "the site's TLS listener: key and certificate root-only, the workers' user") as d:
-                d.append(stack.enter_context(edge_installed(layout, systemd, plan.edge, api_key)))
-        _activate_and_switch(plan, steps, result, api_key)
+    try:
+        with ExitStack() as stack:
+            if plan.edge is not None:  # a failure up to the switch puts the edge's files back as they were
+                with steps("edge", "the site's TLS listener: key and certificate root-only, the workers' user") as d:
+                    d.append(stack.enter_context(edge_installed(layout, systemd, plan.edge, api_key)))
+            _activate_and_switch(plan, steps, result, api_key)
+    except BaseException:
+        if plan.edge is not None and plan.live_start:  # the restored router rereads the files put back
+            with suppress(GptossctlError):
+                reload_router(layout, systemd)
+        raise
     with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
         d.append(install_compliance_timer(layout, systemd))
     return result
