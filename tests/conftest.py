@@ -100,7 +100,8 @@ def now() -> datetime:
 # scripts/test.sh hands whole modules to one worker per core in collection order (pytest-xdist --dist loadfile
 # --no-loadscope-reorder): these go first so the long ones overlap, and the many short modules fill the gaps.
 HEAVIEST = ("test_fleet_ansible.py", "test_systemd_install.py", "test_demo_full.py", "test_canary_schedule.py",
-            "test_scaleout.py", "test_fleet_scripts.py", "test_edge_nginx.py", "test_fleet_kofn.py", "test_harmony.py",
+            "test_scaleout.py", "test_edge_install.py",
+            "test_fleet_scripts.py", "test_edge_nginx.py", "test_fleet_kofn.py", "test_harmony.py",
             "test_canary_vllm.py",
             "test_probe_vllm.py")
 

@@ -82,6 +82,17 @@ def install(
     tp: int | None = TpOpt,
     drain_timeout: str = typer.Option("10m", "--drain-timeout", help="Rolling upgrade: how long a replica taken "
                                       "out of rotation may finish its requests before it is restarted anyway."),
+    listen: str | None = typer.Option(None, "--listen", help="Open the router on the site's network with TLS: "
+                                      "ADDR:PORT (e.g. 10.0.0.5:443, 0.0.0.0:8443); an upgrade keeps the installed "
+                                      "listener; 'none' closes it (loopback only)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="With --listen: the certificate (PEM, leaf "
+                                         "then intermediates)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="With --listen: its unencrypted PEM private key "
+                                        "(copied root-only)."),
+    client_ca: Path | None = typer.Option(None, "--client-ca", help="With --listen: require client certificates "
+                                          "from this CA (mutual TLS); the server chain is checked against it."),
+    allow_from: list[str] = typer.Option([], "--allow-from", help="With --listen: a network whose peers may reach "
+                                         "the router (CIDR; repeat; default any)."),
     yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -102,6 +113,7 @@ def install(
         from gptossctl.durations import parse_duration
         from gptossctl.install.lifecycle import InstallRequest
         from gptossctl.install.lifecycle import install as do_install
+        from gptossctl.install.listen import listen_request
 
         policy = install_policy(trust, threshold, revoked)
         staged = root.resolve() != Path("/")
@@ -112,7 +124,9 @@ def install(
                              health_timeout=float(parse_duration(health_timeout)), captures=Captures(xml, csv, rocm, amd),
                              python=python, vllm_python=vllm_python, smoke=not no_smoke, repair=repair, base=base,
                              replicas=replicas, tensor_parallel=tp,
-                             drain_timeout=float(parse_duration(drain_timeout)), trust_root=trust_root)
+                             drain_timeout=float(parse_duration(drain_timeout)), trust_root=trust_root,
+                             listen=listen_request(listen, cert=tls_cert, key=tls_key, client_ca=client_ca,
+                                                   allow=tuple(allow_from)))
         with progress_bar("verifying") as (total, advance):
             return do_install(req, on_step=lambda _s, msg: stderr.print(f"[dim]-[/dim] {escape(msg)}"),
                               progress=advance, on_total=total)
@@ -121,11 +135,13 @@ def install(
         _render_steps([s.to_dict() for s in r.steps])
         if r.dry_run:
             stdout.print(f"dry run: release {r.version} of {r.instance} with profile {r.profile}; nothing changed")
+            stdout.print(f"would open: {escape(r.to_dict()['open'])}")
         elif not r.changed:
             stdout.print(f"[green]unchanged[/green]: release {r.version} is current and healthy at {r.endpoint}")
         elif r.started:
             stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}) serving at {r.endpoint}"
-                         + f" through the router, {len(r.replicas)} replica(s) behind it")
+                         + f" through the router, {len(r.replicas)} replica(s) behind it"
+                         + (f"; on the site's network at https://{r.edge.address}" if r.edge else ""))
         else:
             stdout.print(f"[green]installed[/green] {r.unit}: release {r.version} ({r.profile}), enabled, not started")
 

@@ -16,7 +16,7 @@ from gptossctl.compliance.invariants import env_allowlist_problems, unit_directi
 from gptossctl.compliance.result import CheckResult
 from gptossctl.compliance.units import SEARCH_PATH, UnitView, manager_environment_problems
 from gptossctl.install.release import ROUTER_CONFIG
-from gptossctl.install.router import credential_path, render_router_config, runtime_dir
+from gptossctl.install.router import router_config
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 NO_TELEMETRY = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
@@ -137,9 +137,7 @@ def _router_config_problems(ev: Evidence) -> list[str]:
 
 
 def _with_down(ev: Evidence, down: set[int]) -> str:
-    return render_router_config(instance=ev.layout.instance, host=ev.rec.host, port=ev.rec.port,
-                                replicas=ev.rec.replicas, key_map=credential_path(ev.layout),
-                                runtime=runtime_dir(ev.layout), down=down)
+    return router_config(ev.layout, ev.rec, down=down)
 
 
 def _router_files(ev: Evidence) -> list[str]:
@@ -187,15 +185,20 @@ def check_exposure(ev: Evidence) -> CheckResult:
 
 
 def _fenced(ev: Evidence) -> list[str]:
-    """Every unit denies all addresses but loopback."""
+    """Every unit denies all addresses but loopback; the router also the peers install approved for its listener
+    on the site's network (the release record's edge), and no others."""
     bad = []
+    router = ev.serving.router.unit if ev.serving.router else None
     for name, path, _copy in ev.serving.unit_paths:
         lines = [ln.strip() for ln in (read_text(path) or "").splitlines()]
         if "IPAddressDeny=any" not in lines:
             bad.append(f"{name} lacks IPAddressDeny=any")
-        allowed = [ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("IPAddressAllow=")]
-        if any(a not in ("localhost", "127.0.0.1", "::1", "127.0.0.0/8") for a in allowed):
-            bad.append(f"{name} allows traffic beyond loopback: IPAddressAllow={' '.join(allowed)}")
+        allowed = [a for ln in lines if ln.startswith("IPAddressAllow=") for a in ln.split("=", 1)[1].split()]
+        approved = {"localhost", "127.0.0.1", "::1", "127.0.0.0/8"}
+        if name == router and ev.rec.edge is not None:
+            approved |= set(ev.rec.edge.allow)
+        if any(a not in approved for a in allowed):
+            bad.append(f"{name} allows traffic beyond what install approved: IPAddressAllow={' '.join(allowed)}")
     return bad
 
 
@@ -217,8 +220,10 @@ def _env_rule(ev: Evidence, rule: str, want: dict[str, str], forbidden: str, ext
 def check_offline(ev: Evidence) -> CheckResult:
     res = _env_rule(ev, "config.offline", OFFLINE, "HF_ENDPOINT", _fenced(ev))
     if res.status == "pass":
-        return CheckResult(res.id, "pass", (*res.evidence, "every unit: IPAddressDeny=any, IPAddressAllow=localhost"),
-                           res.locations)
+        edge = f" (the router also {', '.join(ev.rec.edge.allow)}: its listener on the site's network)" \
+            if ev.rec.edge and ev.serving.router else ""
+        return CheckResult(res.id, "pass", (*res.evidence, "every unit: IPAddressDeny=any, IPAddressAllow=localhost"
+                                            + edge), res.locations)
     return res
 
 
@@ -241,12 +246,14 @@ def _configured_hosts(ev: Evidence) -> list[str]:
             bad.append(f"{m.files[0]} binds {host}, install approved {ev.rec.host}")
     if ev.serving.router is None:
         return bad
-    listens = re.findall(r"^\s*listen\s+(\S+?);", read_text(ev.layout.router_config) or "", re.M)
-    approved = ["127.0.0.1" if ev.rec.host == "localhost" else ev.rec.host]
-    hosts = [lst.rsplit(":", 1)[0].strip("[]") for lst in listens]
-    if hosts != approved:
-        bad.append(f"the router listens on {', '.join(listens) or 'nothing'}, install approved "
-                   f"{approved[0]}:{ev.rec.port}")
+    approved = [f"{'127.0.0.1' if ev.rec.host == 'localhost' else ev.rec.host}:{ev.rec.port}"]
+    if ev.rec.edge is not None:  # the TLS listener on the site's network, as the record has it
+        approved.append(f"{ev.rec.edge.address} ssl")
+    got = [" ".join(m) for m in re.findall(r"^\s*listen\s+(\S+?)(?:\s+(ssl))?;", read_text(ev.layout.router_config)
+                                             or "", re.M)]
+    if [g.strip().replace("[", "").replace("]", "") for g in got] != \
+            [a.replace("[", "").replace("]", "") for a in approved]:
+        bad.append(f"the router listens on {', '.join(got) or 'nothing'}, install approved {', '.join(approved)}")
     return bad
 
 
@@ -254,7 +261,9 @@ def check_bind(ev: Evidence) -> CheckResult:
     bad = _configured_hosts(ev)
     ports = list(dict.fromkeys([ev.rec.port, *(m.port for m in ev.serving.members)]))
     good = [f"{'the router' if ev.serving.router else ev.serving.front} listens on {ev.rec.host}:{ev.rec.port}"
-            + (f"; replicas on 127.0.0.1:{ports[1]}-{ports[-1]}" if len(ports) > 1 else "")]
+            + (f"; replicas on 127.0.0.1:{ports[1]}-{ports[-1]}" if len(ports) > 1 else "")
+            + (f"; TLS on the site's network at {ev.rec.edge.address}, as install approved"
+               if ev.rec.edge and ev.serving.router else "")]
     if ev.systemd.live:
         for port in ports:
             outside = [a for a in listeners(port) if not (a.startswith("127.") or a == "::1")]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gptossctl.compliance.evidence import Evidence, parse_env, read_text
 from gptossctl.hardware.profiles import rendered_env_problems
-from gptossctl.install.router import ROUTER_TEMPLATE
+from gptossctl.install.router import ROUTER_FILLED, ROUTER_TEMPLATE, router_unit_problems
 from gptossctl.install.units import VLLM_FILLED, VLLM_TEMPLATE, directive_problems, own_template
 
 
@@ -20,7 +20,7 @@ def instance_units(ev: Evidence) -> list[tuple[str, Path, str, Collection[str]]]
     """(unit name, installed path, gptossctl's template it renders, keys its placeholders fill) of every unit."""
     out: list[tuple[str, Path, str, Collection[str]]] = [
         (m.unit, m.path, VLLM_TEMPLATE, VLLM_FILLED) for m in ev.serving.members]
-    return out + ([(ev.serving.router.unit, ev.serving.router.path, ROUTER_TEMPLATE, ())] if ev.serving.router else [])
+    return out + ([(ev.serving.router.unit, ev.serving.router.path, ROUTER_TEMPLATE, ROUTER_FILLED)] if ev.serving.router else [])
 
 
 def unit_directive_problems(ev: Evidence) -> list[str]:
@@ -28,8 +28,9 @@ def unit_directive_problems(ev: Evidence) -> list[str]:
     for name, path, template, filled in instance_units(ev):
         text = read_text(path)
         if text is not None:
-            bad += [f"{ev.live(path)}: {p}" for p in directive_problems(text, own_template(template), name,
-                                                                        filled=filled)]
+            problems = router_unit_problems(text, own_template(template)) if template == ROUTER_TEMPLATE else \
+                directive_problems(text, own_template(template), name, filled=filled)
+            bad += [f"{ev.live(path)}: {p}" for p in problems]
     return bad
 
 

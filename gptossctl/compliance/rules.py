@@ -61,8 +61,7 @@ RULES: tuple[Rule, ...] = (
          "restore the environment files (gptossctl install --repair): VLLM_NO_USAGE_STATS=1 and DO_NOT_TRACK=1"),
     Rule("config.bind", "vLLM binds only the approved loopback address", "high", ("SC-7", "AC-4"),
          "restore the vLLM configs and the router's configuration (gptossctl install --repair); publish beyond "
-         "this host only through an "
-         "allowlisting TLS proxy (README, 'Serving beyond this host')"),
+         "this host only through the router's TLS listener (install --listen; README, 'The network edge')"),
     Rule("access.api_key", "The API key is set and required (probed live when the service runs)", "high",
          ("AC-3", "IA-2"),
          "restore the environment files and router-key.map from /etc/gptoss/INSTANCE/api-key (gptossctl install "

@@ -27,7 +27,7 @@ from gptossctl.errors import GptossctlError
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord
 from gptossctl.install.serving import serving_set
-from gptossctl.install.timer import COMPLIANCE_UNITS
+from gptossctl.install.timer import COMPLIANCE_UNITS, compliance_unit_names
 from gptossctl.probe.canary.schedule import UNITS as CANARY_UNITS
 from gptossctl.probe.canary.schedule import (
     ScheduleLayout,
@@ -124,7 +124,7 @@ def installed_units(layout: Layout, rec: ReleaseRecord, release: Path,
     out = [Installed(name, path, (rendered or {}).get(copy), why, release / copy)
            for name, path, copy in serving_set(layout, rec).unit_paths]
     python = {"python": sys.executable}  # the timer and canary units run the gptossctl that laid them down
-    for template, name in zip(COMPLIANCE_UNITS, (layout.compliance_unit, layout.compliance_timer), strict=True):
+    for template, name in zip(COMPLIANCE_UNITS, compliance_unit_names(layout), strict=True):
         out.append(Installed(name, layout.unit_dir / template,
                              fill_template((data_dir("systemd") / template).read_text(), python),
                              why=f"as rendered by this gptossctl ({sys.executable})"))

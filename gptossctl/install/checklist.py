@@ -27,6 +27,7 @@ from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, Gptossct
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import NO_OVERRIDES, LayoutRequest
 from gptossctl.install.layout import Layout
+from gptossctl.install.listen import EdgeInput, ListenRequest, describe, kept_listen, load_edge
 from gptossctl.install.preflight import check_host_libraries, check_router, preflight
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord, current_record, read_release
 from gptossctl.install.replicas import check_names, plan_replicas
@@ -52,10 +53,13 @@ class Preflight:
     repair: bool = False
     pending_bytes: int = 0  # written on this disk before the release (a dry run's bundle rebuilt elsewhere)
     kept: str = ""  # how the layout request was chosen (said in the preflight step)
+    listen: ListenRequest | None = None  # install --listen; None: keep the installed release's listener, if any
+    router_host: str = "127.0.0.1"  # the router's loopback address (the replicas' too)
     # decided by the checks
     router: Path | None = None
     fit: ProfileFit | None = None
     replicas: tuple[ReplicaRecord, ...] = field(default=())
+    edge: EdgeInput | None = None  # the router's TLS listener on the site's network, judged
 
     @property
     def live(self) -> bool:
@@ -131,13 +135,29 @@ def _wheels(p: Preflight) -> str:
                                         " (the interpreter's version is unknown: tags not checked)")
 
 
+def _listen(p: Preflight) -> str:
+    """The site's TLS listener (install --listen, or the one the installed release has): its certificate judged
+    before anything changes, its port apart from the router's and the replicas'."""
+    prev = p.previous
+    listen = p.listen if p.listen is not None or prev is None or prev.edge is None else \
+        kept_listen(p.layout, prev.edge, prev.version)
+    p.edge = None if listen is None or listen.closes else \
+        load_edge(listen, router_host=p.router_host, taken={p.port, *(r.port for r in p.replicas)})
+    edge = p.edge
+    return "; ".join([describe(edge.record() if edge else None)
+                      + (f" (kept as release {edge.kept} has it; --listen none closes it)"
+                         if edge and edge.kept is not None else ""),
+                      *(f"warning: {f.message}" for f in (edge.report.findings if edge else ()))])
+
+
 def wanted_ports(p: Preflight) -> list[tuple[int, str]]:
     """Every port the new release listens on, with what listens there."""
-    return [(p.port, "the router")] + [(r.port, f"replica r{r.index}") for r in p.replicas]
+    return [(p.port, "the router")] + [(r.port, f"replica r{r.index}") for r in p.replicas] + \
+        ([(p.edge.port, "the TLS listener")] if p.edge is not None else [])
 
 
 def _ports_of(rec: ReleaseRecord) -> set[int]:
-    return {rec.port, *(r.port for r in rec.replicas)}
+    return {rec.port, *(r.port for r in rec.replicas), *((rec.edge.port,) if rec.edge is not None else ())}
 
 
 def _ports(p: Preflight) -> str:
@@ -206,7 +226,8 @@ CHECKS: tuple[Check, ...] = (
           needs_fit=True),
     Check("wheels", "the bundle's wheels for the target's interpreter", _wheels, applies=_builds_env),
     Check("interpreter", "the interpreter the release's environment is built on", _interpreter, applies=_builds_env),
-    Check("ports", "the router's and every replica's port", _ports, needs_fit=True),
+    Check("listen", "the router's listeners", _listen, needs_fit=True),
+    Check("ports", "the router's, every replica's and the TLS listener's port", _ports, needs_fit=True),
     Check("disk", "room for the release", _disk),
 )
 

@@ -8,8 +8,9 @@ rereads its own files on `nginx -s reload` changes keys, certificates and consum
 take new connections, the old ones finish the requests they have in flight.
 
 Rendering is pure. `render_edge` gives the text the router's configuration gains (`EdgeText`, inserted by
-install/router.py's `render_router_config(edge=...)`): the main-context `user` line and, in the http
-context, the JSON access log, the consumer map and the TLS server. The consumers' own parts (keys, zones,
+install/router.py's `render_router_config(edge=...)`, from the release record's edge: `router_config`; the
+unit's side is the router template's own edge shape, `render_router_unit(edge=...)`): the main-context `user`
+line and, in the http context, the JSON access log, the consumer map and the TLS server. The consumers' own parts (keys, zones,
 limits) live in two include files that `render_consumer_includes` renders from the registry
 (install/consumers.py): a consumer change rewrites those and reloads, never the release's router.conf.
 """
@@ -40,6 +41,19 @@ CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDS
 CONSUMER_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 RETRY_AFTER_S = 1
 KEY_RE = re.compile(r"[A-Za-z0-9_\-]{32,200}")
+# How both listeners (the router's loopback one in install/router.py, the site's TLS one here) pass requests
+# on: one request per client connection (a graceful reload closes idle keep-alive connections, and a client
+# reusing one at that instant gets a reset), SSE streamed unbuffered, long generations allowed, and a refused connection or a
+# replica that answers 502/503 (engine dead) retried on another one. Server-context lines, indented for it.
+PROXY_SETTINGS = """        keepalive_timeout 0;
+        default_type application/json;
+        proxy_http_version 1.1;
+        proxy_buffering off;
+        proxy_read_timeout 3600s;
+        proxy_send_timeout 3600s;
+        # A refused connection or a replica that answers 502/503 (engine dead) is retried on another one.
+        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+"""
 
 
 def check_consumer_name(name: str) -> str:
@@ -172,14 +186,7 @@ def render_edge(edge: EdgeSettings, *, upstream: str) -> EdgeText:
         ssl_prefer_server_ciphers off;
         ssl_session_tickets off;
 {mtls}        access_log {edge.access_log} {LOG_FORMAT};
-        keepalive_timeout 0;
-        default_type application/json;
-        proxy_http_version 1.1;
-        proxy_buffering off;
-        proxy_read_timeout 3600s;
-        proxy_send_timeout 3600s;
-        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-        proxy_set_header X-Request-Id $request_id;
+{PROXY_SETTINGS}        proxy_set_header X-Request-Id $request_id;
         proxy_set_header Authorization $gptoss_upstream_authorization;
         add_header X-Request-Id $request_id always;
         limit_req_status 429;
@@ -241,31 +248,12 @@ def render_consumer_includes(keys: Sequence[ConsumerKey], limits: dict[str, Limi
     return "".join(lines), "".join(server)
 
 
-def render_router_dropin(edge: EdgeSettings) -> str:
-    """The router unit's change for the edge, as a drop-in (gptoss-router@I.service.d/50-edge.conf) so the
-    template stays as it is: the master runs as root to read the root-only key files again on every reload
-    (systemd 252 refreshes no credential on reload), the workers drop to `edge.worker_user` (nginx `user`,
-    which needs setuid/setgid), the access log is writable, and the site's network may reach the listener."""
-    return f"""# gptossctl (install/edge.py): the network edge of gptoss-router@%i.
-[Service]
-DynamicUser=no
-User=root
-Group=root
-# nginx's master reads the TLS key and the consumers' keys (0600 root) on start and on every reload, then
-# its workers run as {edge.worker_user}: setuid/setgid to drop, chown for its temporary directories.
-CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN{' CAP_NET_BIND_SERVICE' if edge.port < 1024 else ''}
-RuntimeDirectoryMode=0711
-ReadWritePaths={edge.access_log.parent}
-SystemCallFilter=
-SystemCallFilter=@system-service
-SystemCallFilter=~@mount @debug @cpu-emulation @obsolete @reboot @swap @module @raw-io @clock
-IPAddressAllow=any
-"""
-
-
 def render_logrotate(log_dir: Path) -> str:
     """/etc/logrotate.d/gptoss-edge: the edge's access logs rotated daily and kept 30 days (the distribution's
-    logrotate, on Debian and RHEL alike); nginx's master reopens its logs on USR1, without a reload."""
+    logrotate, on Debian and RHEL alike). The router then reloads gracefully (HUP, what `systemctl reload` sends):
+    nginx's USR1 reopen would chown the new file to the workers' user, which the edge's master may not do (no
+    CAP_CHOWN, the chown calls filtered), so it would keep writing the rotated file; a reload opens the logs
+    afresh as root and hands them to new workers, old ones finish what they have in flight."""
     return f"""# gptossctl (install/edge.py): the network edge's JSON access logs.
 {log_dir}/edge-*.access.jsonl {{
     daily
@@ -277,7 +265,7 @@ def render_logrotate(log_dir: Path) -> str:
     create 0640 root adm
     sharedscripts
     postrotate
-        for p in /run/gptoss-router/*/nginx.pid; do [ -f "$p" ] && kill -USR1 "$(cat "$p")"; done; true
+        for p in /run/gptoss-router/*/nginx.pid; do [ -f "$p" ] && kill -HUP "$(cat "$p")"; done; true
     endscript
 }}
 """

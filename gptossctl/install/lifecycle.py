@@ -7,7 +7,8 @@ The named steps, in an order chosen for what a failure leaves behind:
   disk; a dry run runs the same list and reports every failure)  (4) unpack into releases/.N.partial,
   re-hashing every byte, build the offline environment and render unit, config and environment file from the
   verified copy; rename: a whole release
-  (5) the service user  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the
+  (5) the service user, and with --listen the TLS listener's files (put back on any failure up to (8))
+  (6) the units  (7) restart, /health, smoke  (8) switch `current` and commit the
   records (trust, API key): only now is it "installed"  (9) the daily compliance timer.
 A failure after (6) puts back the previous release's unit and proves it healthy; a failure before it touched
 nothing that serves. Running the same command again after an interruption converges: finished releases are
@@ -31,7 +32,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,9 +68,11 @@ from gptossctl.install.layout import (
     check_writable,
     install_lock,
 )
+from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, load_edge
 from gptossctl.install.release import (
     DEFAULT_PORT,
     LOOPBACK,
+    EdgeRecord,
     ReleaseRecord,
     ReplicaRecord,
     current_version,
@@ -92,6 +95,7 @@ from gptossctl.install.rolling import (
     roll,
     serving_units,
 )
+from gptossctl.install.router import reload_router
 from gptossctl.install.seal import high_water, make_seal, require_as_sealed
 from gptossctl.install.serving import render_set
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
@@ -128,6 +132,7 @@ class InstallRequest:
     tensor_parallel: int | None = None  # default: the smallest size that fits
     drain_timeout: float = 600.0  # rolling upgrade: how long a drained replica may finish its requests
     trust_root: Path | None = None  # a signed root file for a first install (instead of --trust)
+    listen: ListenRequest | None = None  # the router's TLS listener on the site's network; None: loopback only
 
     @property
     def layout_request(self) -> LayoutRequest:
@@ -138,7 +143,7 @@ class InstallRequest:
         return ["install", str(self.bundle), f"--profile={self.profile}", f"--port={self.port}"] + \
             ([f"--instance={self.instance}"] if self.instance else []) + \
             (["--allow-downgrade"] if self.allow_downgrade else []) + (["--repair"] if self.repair else []) + \
-            self.layout_request.overrides
+            self.layout_request.overrides + (self.listen.args if self.listen else [])
 
 
 @dataclass
@@ -160,6 +165,7 @@ class InstallResult:
     replicas: tuple[ReplicaRecord, ...] = ()  # behind the router (`unit`)
     trust: TrustPlan | None = None  # the root this install verified against, and whether it set one
     signed_by: tuple[dict[str, str | None], ...] = ()
+    edge: EdgeRecord | None = None  # the router's listener on the site's network; None: loopback only
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "version": self.version, "previous": self.previous,
@@ -167,7 +173,8 @@ class InstallResult:
                 "staged": self.staged, "started": self.started, "changed": self.changed, "dry_run": self.dry_run,
                 "steps": [s.to_dict() for s in self.steps], "smoke": self.smoke,
                 "replicas": [r.to_dict() for r in self.replicas], "signed_by": [dict(s) for s in self.signed_by],
-                "trust": self.trust.to_dict() if self.trust else None}
+                "trust": self.trust.to_dict() if self.trust else None,
+                "listen": self.edge.to_dict() if self.edge else None, "open": describe(self.edge)}
 
 
 @dataclass(frozen=True)
@@ -184,6 +191,11 @@ class Plan:
     replicas: tuple[ReplicaRecord, ...]  # one or more, behind the router on --port
     router: Path  # the nginx the router unit runs
     moving: str = ""  # the previous release is a legacy single: what moving it behind the router does
+    edge: EdgeInput | None = None  # install --listen, judged: the router's TLS listener
+
+    @property
+    def edge_record(self) -> EdgeRecord | None:
+        return self.edge.record() if self.edge else None
 
     @property
     def version(self) -> int:
@@ -373,11 +385,13 @@ def validate_request(req: InstallRequest) -> None:
             f"refusing to bind vLLM to {req.host}: vLLM's API key guards /v1 only, and /invocations "
             "(and other routes) answer anyone who can reach the port",
             code="install.exposed_bind",
-            hint="keep the default 127.0.0.1 and publish it through a TLS reverse proxy that allows only "
-                 "/v1/* and /health and terminates TLS (see README, 'Serving beyond this host')")
+            hint="keep the default 127.0.0.1; open the router (only /v1/* and /health) on the site's network "
+                 "with TLS: --listen ADDR:PORT --tls-cert F --tls-key F (README, 'The network edge')")
     if not 1024 <= req.port <= 65535:
         raise UsageError(f"port {req.port} is outside 1024-65535", code="service.bad_port",
                          hint="choose an unprivileged port that nothing else on this host uses, e.g. 8000")
+    if req.listen is not None and not req.listen.closes:  # judged before anything is read from the bundle
+        load_edge(req.listen, router_host=req.host, taken={req.port})
     req.layout_request  # noqa: B018 - constructing it refuses --replicas 0, --tp 3 as usage errors
     if req.instance is not None:
         check_instance(req.instance)
@@ -502,15 +516,16 @@ def make_plan(req: InstallRequest, steps: Steps, bundle: VerifiedBundle, layout:
     # The host checks (install/checklist.py): install stops at the first that fails, a dry run runs them all.
     checks = Preflight(bundle, layout, port=req.port, python=req.python, vllm_python=req.vllm_python,
                        profile=req.profile, captures=req.captures, request=request, previous=prev,
-                       repair=req.repair, pending_bytes=pending_bytes, kept=kept)
+                       repair=req.repair, pending_bytes=pending_bytes, kept=kept, listen=req.listen,
+                       router_host=req.host)
     run_checks(checks, steps, every=req.dry_run)
     assert checks.fit is not None and checks.router is not None  # run_checks raised otherwise
-    fit, replicas, router = checks.fit, checks.replicas, checks.router
+    fit, replicas, router, edge = checks.fit, checks.replicas, checks.router, checks.edge
     moving = _moving(layout, prev, replicas, port=req.port, live=req.start and not layout.staged)
     if moving:
         with steps("shape", moving) as d:
             d.append(moving)
-    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router, moving)
+    return Plan(req, bundle, layout, systemd, fit, previous, trust, replicas, router, moving, edge)
 
 
 def _moving(layout: Layout, prev: ReleaseRecord | None, replicas: Sequence[ReplicaRecord], *, port: int,
@@ -559,7 +574,7 @@ def _result(plan: Plan, steps: Steps) -> InstallResult:
                          endpoint_url(req.host, req.port), layout.router_unit_name,
                          plan.release, layout.staged, False, dry_run=req.dry_run, steps=steps.records,
                          bundle_sha256=verified_digest(plan.bundle), replicas=plan.replicas, trust=plan.trust,
-                         signed_by=plan.bundle.signed_by)
+                         signed_by=plan.bundle.signed_by, edge=plan.edge_record)
 
 
 def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
@@ -573,7 +588,9 @@ def dry_run(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
                        ("start", f"restart {', '.join(layout.replica_unit_name(r.index) for r in plan.replicas)} and "
                         f"{layout.router_unit_name}, wait for /health, smoke test" if plan.live_start
                         else "enable only (staged or --no-start)"),
-                       ("switch", f"{layout.current} -> releases/{plan.version}")):
+                       ("switch", f"{layout.current} -> releases/{plan.version}"),
+                       ("edge", f"open {describe(plan.edge_record)}" if plan.edge else
+                        "leave the router on loopback only")):
         steps.skip(name, f"dry run: would {what}")
     result.changed = False
     return result
@@ -596,6 +613,25 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         atomic_write(layout.sysusers, SYSUSERS, 0o644)
         systemd.sysusers(layout.sysusers)
         d.append(f"{SERVICE_USER} present")
+    try:
+        with ExitStack() as stack:
+            if plan.edge is not None:  # a failure up to the switch puts the edge's files back as they were
+                with steps("edge", "the site's TLS listener: key and certificate root-only, the workers' user") as d:
+                    d.append(stack.enter_context(edge_installed(layout, systemd, plan.edge, api_key)))
+            _activate_and_switch(plan, steps, result, api_key)
+    except BaseException:
+        if plan.edge is not None and plan.live_start:  # the restored router rereads the files put back
+            with suppress(GptossctlError):
+                reload_router(layout, systemd)
+        raise
+    with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
+        d.append(install_compliance_timer(layout, systemd))
+    return result
+
+
+def _activate_and_switch(plan: Plan, steps: Steps, result: InstallResult, api_key: str) -> None:
+    """(6)-(8): the units started and proven (or enabled only), then `current` switched and the state committed."""
+    layout, systemd = plan.layout, plan.systemd
     with steps("caches", "emptying the service's kernel caches (torch.compile, inductor, Triton, FlashInfer)") as d:
         d.append(", ".join(wipe_kernel_caches(layout)) or "none yet")
     if plan.live_start:
@@ -610,9 +646,6 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
         commit_state(layout, api_key, plan.trust)
         d.append(f"release {plan.version} is current and serving at {result.endpoint}" if result.started else
                  f"current is release {plan.version}; not started ({'staged' if layout.staged else '--no-start'})")
-    with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
-        d.append(install_compliance_timer(layout, systemd))
-    return result
 
 
 def _set_aside_for_repair(plan: Plan) -> Path | None:
@@ -636,8 +669,9 @@ def _gpus(plan: Plan) -> tuple[int, ...]:
 
 
 def _matches(rec: ReleaseRecord, plan: Plan, api_key: str) -> bool:
-    return (rec.profile, rec.port, rec.host, rec.gpus, rec.replicas, rec.router) == \
-        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router)) \
+    return (rec.profile, rec.port, rec.host, rec.gpus, rec.replicas, rec.router, rec.edge) == \
+        (plan.fit.profile.name, plan.req.port, plan.req.host, _gpus(plan), plan.replicas, str(plan.router),
+         plan.edge_record) \
         and release_api_key(plan.release) == api_key
 
 
@@ -648,7 +682,8 @@ def _record(plan: Plan, python: str, external: bool) -> ReleaseRecord:
                          installed_at=datetime.now(UTC).isoformat(), expires=m.expires.isoformat(),
                          rendered_by=__version__, host=req.host, port=req.port,
                          tensor_parallel=fit.tensor_parallel or 1, gpus=_gpus(plan), signers=plan.bundle.signers,
-                         external_env=external, replicas=plan.replicas, router=str(plan.router))
+                         external_env=external, replicas=plan.replicas, router=str(plan.router),
+                         edge=plan.edge_record)
 
 
 def render_into(plan: Plan, release_dir: Path, python_live: Path, api_key: str, *, external: bool) -> None:

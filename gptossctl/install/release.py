@@ -74,6 +74,45 @@ class ReplicaRecord:
 
 
 @dataclass(frozen=True)
+class EdgeRecord:
+    """The router's listener on the site's network, as install approved it (install --listen): where it listens,
+    which peers besides loopback may reach it, and digests of the TLS files it was installed with (never the
+    key: the SHA-256 of the public key the private key holds). Compliance renders the router again from this."""
+
+    host: str  # an IP literal; 0.0.0.0 or :: for every address
+    port: int
+    cert_sha256: str  # SHA-256 of the certificate file (leaf and intermediates) as installed
+    key_sha256: str  # SHA-256 of the DER public key of the private key (the key itself is never recorded)
+    client_ca_sha256: str = ""  # SHA-256 of the client CA file: mutual TLS; "" for none
+    allow: tuple[str, ...] = ("any",)  # IPAddressAllow= of the router besides localhost: CIDRs, or "any"
+
+    @property
+    def mutual_tls(self) -> bool:
+        return bool(self.client_ca_sha256)
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "cert_sha256": self.cert_sha256, "key_sha256": self.key_sha256,
+                "client_ca_sha256": self.client_ca_sha256, "allow": list(self.allow)}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> EdgeRecord | None:
+        if not isinstance(doc, dict) or set(doc) - {"host", "port", "cert_sha256", "key_sha256", "client_ca_sha256",
+                                                    "allow"}:
+            return None
+        strings = [doc.get(k) for k in ("host", "cert_sha256", "key_sha256")] + [doc.get("client_ca_sha256", "")]
+        allow = doc.get("allow", ["any"])
+        if not (all(isinstance(s, str) for s in strings) and _is(doc.get("port"), int) and isinstance(allow, list)
+                and allow and all(isinstance(a, str) for a in allow)):
+            return None
+        return cls(doc["host"], doc["port"], doc["cert_sha256"], doc["key_sha256"], doc.get("client_ca_sha256", ""),
+                   tuple(allow))
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     version: int
     bundle: str
@@ -96,6 +135,9 @@ class ReleaseRecord:
     # the router was always in front: one vLLM on `port` (install/serving.py reads it as a legacy set).
     replicas: tuple[ReplicaRecord, ...] = ()
     router: str = ""  # the nginx binary the router unit runs
+    # The router's TLS listener on the site's network (install --listen); None: loopback only. Written only when
+    # set, so a record without it reads and writes back byte for byte as before.
+    edge: EdgeRecord | None = None
 
     @property
     def endpoint(self) -> str:
@@ -112,6 +154,10 @@ class ReleaseRecord:
         d["replicas"] = [r.to_dict() for r in self.replicas]
         if not self.replicas:  # a legacy record is written back exactly as it was
             del d["replicas"], d["router"]
+        if self.edge is None:
+            del d["edge"]
+        else:
+            d["edge"] = self.edge.to_dict()
         return {"schema": RELEASE_SCHEMA, **d}
 
     @classmethod
@@ -134,6 +180,10 @@ class ReleaseRecord:
                 if any(r is None for r in parsed):
                     return None
                 v = tuple(r for r in parsed if r is not None)
+            elif f.name == "edge":
+                v = EdgeRecord.from_dict(v)
+                if v is None:
+                    return None
             elif f.name == "rendered":
                 if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
                     return None

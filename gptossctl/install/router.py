@@ -25,10 +25,11 @@ from gptossctl.adapters.proc_net import established
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, GptossctlError, UsageError
 from gptossctl.fsutil import atomic_write, read_nofollow
-from gptossctl.install.edge import EdgeText
+from gptossctl.install.consumers import access_log
+from gptossctl.install.edge import EDGE_DIR, PROXY_SETTINGS, EdgeSettings, EdgeText, render_edge
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, ReleaseRecord, ReplicaRecord
-from gptossctl.install.units import check_directives, own_template
+from gptossctl.install.release import ROUTER_CONFIG, ROUTER_UNIT_COPY, EdgeRecord, ReleaseRecord, ReplicaRecord
+from gptossctl.install.units import check_directives, directive_problems, directives, own_template
 from gptossctl.probe.canary.metrics import parse
 from gptossctl.templates import fill_template
 
@@ -36,6 +37,11 @@ ROUTER_TEMPLATE = "gptoss-router@.service"
 CREDENTIAL = "api-key.map"
 FAIL_TIMEOUT_S = 10  # a replica that refused a connection is tried again after this long
 UPSTREAM = "gptoss_replicas"
+TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+EDGE_USER = "gptoss-router"  # the edge's nginx workers (sysusers.d); the master stays root
+LOG_DIR = "/var/log/gptoss"  # Layout.log_dir as the booted host sees it
+# What the template's whole-line {{ edge }} adds (the edge's unit): checked like the vLLM template's own.
+ROUTER_FILLED = frozenset({"PrivateMounts", "ReadWritePaths", "SystemCallFilter"})
 
 
 def router_template() -> str:
@@ -66,13 +72,14 @@ def _listen(host: str, port: int) -> str:
 
 
 def render_router_config(*, instance: str, host: str, port: int, replicas: Sequence[ReplicaRecord],
-                         key_map: Path, runtime: Path, down: Collection[int] = (), edge: EdgeText | None = None) -> str:
+                         key_map: Path, runtime: Path, down: Collection[int] = (), edge: EdgeText | None = None,
+                         temp: Path | None = None) -> str:
     """nginx.conf of the router. `down`: replicas taken out of rotation (drained) for a rolling upgrade.
-    `edge`: the network edge's text (install/edge.py); None renders the loopback router alone, as before."""
+    `edge`: the network edge's text (install/edge.py); None renders the loopback router alone, as before.
+    `temp`: where the temporary directories are (default: in `runtime`; the edge's: `edge_temp_dir`)."""
     servers = "".join(f"        server 127.0.0.1:{r.port} max_fails=1 fail_timeout={FAIL_TIMEOUT_S}s"
                       f"{' down' if r.index in down else ''};  # replica {r.index}\n" for r in replicas)
-    temp = "".join(f"    {kind}_temp_path {runtime / kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = "".join(f"    {kind}_temp_path {(temp or runtime) / kind};\n" for kind in TEMP_KINDS)
     return f"""# gptoss-router@{instance}: one endpoint for the vLLM replicas of {instance}; written by gptossctl.
 # Only /v1/* (with the API key) and /health reach a replica; anything else is 404 here.
 worker_processes 2;
@@ -86,7 +93,7 @@ events {{
 http {{
     server_tokens off;
     access_log off;
-{temp}    client_max_body_size 32m;
+{temps}    client_max_body_size 32m;
     client_body_buffer_size 1m;
 
     # The key is a credential systemd hands to this unit alone: it is never in this file.
@@ -107,15 +114,7 @@ http {{
         # One request per client connection: a graceful reload (drain, undrain) closes the idle keep-alive
         # connections, and a client that reuses one at that instant gets a reset (seen once in 531 canary
         # requests during a rolling upgrade). A new connection on loopback costs about 0.1 ms.
-        keepalive_timeout 0;
-        default_type application/json;
-        proxy_http_version 1.1;
-        proxy_buffering off;
-        proxy_read_timeout 3600s;
-        proxy_send_timeout 3600s;
-        # A refused connection or a replica that answers 502/503 (engine dead) is retried on another one.
-        proxy_next_upstream error timeout http_502 http_503 non_idempotent;
-
+{PROXY_SETTINGS}
         location /v1/ {{
             if ($gptoss_authorized = 0) {{
                 return 401 '{{"error": "Unauthorized"}}';
@@ -135,19 +134,91 @@ http {{
 """
 
 
-def render_router_unit(template: str, *, nginx: Path, config: Path, key_source: Path) -> str:
-    unit = fill_template(template, {"nginx": str(nginx), "config": str(config), "key_map": str(key_source)})
-    return check_directives(unit, template, ROUTER_TEMPLATE)
+def edge_temp_dir(layout: Layout) -> Path:
+    """The edge's temporary directories (request bodies): /var/lib/gptoss-router/<instance>, root 0711, and in it
+    one directory per kind owned by the workers' user. nginx chowns a temporary directory it finds owned by
+    another user; these are laid down owned already (`prepare_edge_dirs`), so the master needs no CAP_CHOWN."""
+    return layout.root / "var/lib/gptoss-router" / layout.instance
 
 
-def render_router(layout: Layout, *, host: str, port: int, replicas: Sequence[ReplicaRecord],
-                  nginx: Path) -> dict[str, str]:
+def edge_settings(layout: Layout, edge: EdgeRecord) -> EdgeSettings:
+    """The record's listener with the files the router's master reads, as the booted host sees them."""
+    return EdgeSettings(host=edge.host, port=edge.port, edge_dir=layout.live_path(layout.etc / EDGE_DIR),
+                        access_log=layout.live_path(access_log(layout)), worker_user=EDGE_USER,
+                        mutual_tls=edge.mutual_tls)
+
+
+def router_config(layout: Layout, rec: ReleaseRecord, *, down: Collection[int] = ()) -> str:
+    """The router's nginx.conf for a release record (its listener on the site's network included): what install
+    writes, what a drain renders, what compliance renders again and compares."""
+    edge = render_edge(edge_settings(layout, rec.edge), upstream=UPSTREAM) if rec.edge else None
+    return render_router_config(instance=layout.instance, host=rec.host, port=rec.port, replicas=rec.replicas,
+                                key_map=credential_path(layout), runtime=runtime_dir(layout), down=down, edge=edge,
+                                temp=layout.live_path(edge_temp_dir(layout)) if rec.edge else None)
+
+
+def _edge_unit_lines(edge: EdgeRecord) -> str:
+    return ("# The network edge (install --listen): nginx's master runs as root to read the root-only TLS key and\n"
+            "# consumers' keys again on every reload (systemd 252 refreshes no credential on reload), and its workers\n"
+            f"# run as {EDGE_USER} (nginx `user`: setuid/setgid only, the chown family stays denied); peers of the\n"
+            "# site's network may reach the listener (IPAddressAllow above).\n"
+            "PrivateMounts=yes\n"
+            f"ReadWritePaths={LOG_DIR} /var/lib/gptoss-router/%i\n"
+            "SystemCallFilter=@setuid")
+
+
+def render_router_unit(template: str, *, nginx: Path, config: Path, key_source: Path,
+                       edge: EdgeRecord | None = None) -> str:
+    """The router's unit. Without an edge it is the loopback router, byte for byte as before the edge existed:
+    a DynamicUser without capabilities that reaches loopback only."""
+    values = {"nginx": str(nginx), "config": str(config), "key_map": str(key_source), "dynamic_user": "yes",
+              "capabilities": "", "ip_allow": "localhost", "edge": ""}
+    own = template
+    if edge is None:
+        template = template.replace("{{ edge }}\n", "")
+    else:
+        caps = "CAP_SETUID CAP_SETGID" + (" CAP_NET_BIND_SERVICE" if edge.port < 1024 else "")
+        values |= {"dynamic_user": "no", "capabilities": caps, "edge": _edge_unit_lines(edge),
+                   "ip_allow": "any" if "any" in edge.allow else " ".join(("localhost", *edge.allow))}
+    unit = fill_template(template, values, lines=("edge",))
+    check_directives(unit, own, ROUTER_TEMPLATE, filled=ROUTER_FILLED)
+    bad = router_unit_problems(unit, own)
+    if bad:
+        raise CheckFailed(f"the rendered {ROUTER_TEMPLATE} breaks its invariant: {bad[0]}",
+                          code="service.unit_directives", hint="report it; nothing was installed")
+    return unit
+
+
+def router_unit_problems(text: str, template: str) -> list[str]:
+    """The router unit is one of its two shapes, whatever the inputs: the loopback router (DynamicUser, no
+    capability, loopback only), or the edge's (root master with the edge's lines: setuid/setgid, and the
+    bind capability for a port below 1024, nothing else). What the template's placeholders may say, pinned
+    (compliance applies this to the installed unit too, beside units.directive_problems)."""
+    bad = directive_problems(text, template, ROUTER_TEMPLATE, filled=ROUTER_FILLED)
+    got = directives(text)
+    values = {k: v for s, k, v in got if s == "Service" and k in ("DynamicUser", "CapabilityBoundingSet")}
+    filled = [(k, v) for s, k, v in got if s == "Service" and k in ROUTER_FILLED and (s, k, v) not in
+              set(directives(template))]
+    edge = ("PrivateMounts", "yes") in filled
+    caps = set(values.get("CapabilityBoundingSet", "").split())
+    if values.get("DynamicUser") != ("no" if edge else "yes"):
+        bad.append(f"{ROUTER_TEMPLATE}: DynamicUser={values.get('DynamicUser')}: the master runs as root only with "
+                   "the edge's lines, and only then")
+    if caps - ({"CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE"} if edge else set()):
+        bad.append(f"{ROUTER_TEMPLATE}: CapabilityBoundingSet={' '.join(sorted(caps))} is more than the "
+                   + ("edge's master needs (CAP_SETUID CAP_SETGID, CAP_NET_BIND_SERVICE below port 1024)" if edge
+                      else "loopback router's (none)"))
+    allowed = {("PrivateMounts", "yes"), ("ReadWritePaths", f"{LOG_DIR} /var/lib/gptoss-router/%i"),
+               ("SystemCallFilter", "@setuid")}
+    bad += [f"{ROUTER_TEMPLATE}: {k}={v} is not one of the edge's lines" for k, v in filled if (k, v) not in allowed]
+    return bad
+
+
+def render_router(layout: Layout, rec: ReleaseRecord) -> dict[str, str]:
     """The release's router files ({file name: text}), paths as the booted host sees them."""
-    config = render_router_config(instance=layout.instance, host=host, port=port, replicas=replicas,
-                                  key_map=credential_path(layout), runtime=runtime_dir(layout))
-    unit = render_router_unit(router_template(), nginx=nginx, config=layout.live_path(layout.router_config),
-                              key_source=layout.live_path(layout.router_key))
-    return {ROUTER_CONFIG: config, ROUTER_UNIT_COPY: unit}
+    unit = render_router_unit(router_template(), nginx=Path(rec.router), config=layout.live_path(layout.router_config),
+                              key_source=layout.live_path(layout.router_key), edge=rec.edge)
+    return {ROUTER_CONFIG: router_config(layout, rec), ROUTER_UNIT_COPY: unit}
 
 
 # ---------------------------------------------------------------- in service
@@ -208,8 +279,7 @@ def reload_router(layout: Layout, systemd: Systemd) -> None:
 
 def set_down(layout: Layout, systemd: Systemd, rec: ReleaseRecord, down: Collection[int]) -> None:
     """Run the router with these replicas out of rotation (none: the release's approved configuration)."""
-    text = render_router_config(instance=layout.instance, host=rec.host, port=rec.port, replicas=rec.replicas,
-                                key_map=credential_path(layout), runtime=runtime_dir(layout), down=down)
+    text = router_config(layout, rec, down=down)
     if systemd.live:
         check_router_config(layout, Path(rec.router), text)
     atomic_write(layout.router_config, text, 0o644)

@@ -117,4 +117,4 @@ def render_set(profile: Profile, layout: Layout, release_live: Path, rec: Releas
         out |= {config: rendered["config"], env: rendered["env"], unit: rendered["unit"]}
     if ss.router is None:
         return out
-    return out | render_router(layout, host=rec.host, port=rec.port, replicas=rec.replicas, nginx=Path(rec.router))
+    return out | render_router(layout, rec)

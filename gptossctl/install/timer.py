@@ -1,5 +1,7 @@
 """The daily compliance timer laid down with every instance: a hardened oneshot service that runs
-`gptossctl compliance check` for the instance and writes its JSON, SARIF, JUnit and Prometheus reports."""
+`gptossctl compliance check` for the instance and writes its JSON, SARIF, JUnit and Prometheus reports. Before
+it (Wants=, After=) `gptossctl consumers sync` runs in its own unit, where consumers are managed: a rotated
+key whose grace has ended leaves the router without an operator (install/consumers.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,12 @@ from gptossctl.install.layout import Layout
 from gptossctl.resources import data_dir
 from gptossctl.templates import fill_template
 
-COMPLIANCE_UNITS = ("gptoss-compliance@.service", "gptoss-compliance@.timer")
+COMPLIANCE_UNITS = ("gptoss-compliance@.service", "gptoss-compliance@.timer", "gptoss-consumers@.service")
+
+
+def compliance_unit_names(layout: Layout) -> tuple[str, str, str]:
+    """The instance's units of COMPLIANCE_UNITS, in that order."""
+    return layout.compliance_unit, layout.compliance_timer, f"gptoss-consumers@{layout.instance}.service"
 
 
 def install_compliance_timer(layout: Layout, systemd: Systemd) -> str:

@@ -8,6 +8,7 @@ CheckFailed with every finding.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,11 +76,14 @@ def _pub(obj: Any) -> bytes:
                                                serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, *, now: datetime | None = None) -> CertReport:
+def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None, *,
+                      now: datetime | None = None) -> CertReport:
     """Leaf (+ intermediates) against the key and the CA. Fails on: key mismatch, no chain to the CA, a
-    certificate in the chain expired or not yet valid. Warns WARN_DAYS before the leaf expires."""
+    certificate in the chain expired or not yet valid. Warns WARN_DAYS before the leaf expires. `ca_pem` None: no
+    site CA was given (install --listen without --client-ca): the chain is not judged, the rest is."""
     now = now or datetime.now(UTC)
-    certs, cas = _certs(cert_pem, "certificate file"), _certs(ca_pem, "CA file")
+    certs = _certs(cert_pem, "certificate file")
+    cas = _certs(ca_pem, "CA file") if ca_pem is not None else []
     leaf, pool = certs[0], certs[1:]
     subject = leaf.subject.rfc4514_string()
     findings: list[Finding] = []
@@ -98,7 +102,9 @@ def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes, *, now: da
             break
         current = issuers[0]
         chain.append(current.subject.rfc4514_string())
-    if not trusted:
+    if ca_pem is None:
+        chain.append("(no site CA given: chain not checked)")
+    elif not trusted:
         findings.append(Finding("tls.untrusted_chain", subject,
                                 f"no chain to the site CA: nothing given issued {current.subject.rfc4514_string()}",
                                 "add the intermediates to the certificate file after the leaf, or give the right --ca"))
@@ -170,6 +176,11 @@ def installed_certificate(layout: Layout, *, now: datetime | None = None) -> Cer
     d = layout.etc / EDGE_DIR
     if not (d / TLS_CERT).exists():
         return None
+    ca = read_bytes(d / TLS_CA, what="CA file", code="tls.unreadable") if (d / TLS_CA).exists() else None
     return check_certificate(read_bytes(d / TLS_CERT, what="certificate", code="tls.unreadable"),
-                             read_bytes(d / TLS_KEY, what="TLS key", code="tls.unreadable"),
-                             read_bytes(d / TLS_CA, what="CA file", code="tls.unreadable"), now=now)
+                             read_bytes(d / TLS_KEY, what="TLS key", code="tls.unreadable"), ca, now=now)
+
+
+def public_key_sha256(key_pem: bytes) -> str:
+    """SHA-256 of the DER public key a private key holds: what a record may say of the key."""
+    return hashlib.sha256(_pub(_key(key_pem))).hexdigest()

@@ -123,3 +123,22 @@ def test_support_bundle_lists_the_edge_without_a_key(root: Path, tmp_path: Path)
     with tarfile.open(out) as tar:
         text = "".join(tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile())  # type: ignore[union-attr]
     assert "edge/access.jsonl" in res.members and key not in text  # a key that reached the log is redacted
+
+
+def test_install_refuses_a_bad_listener_before_reading_the_bundle(root: Path, tmp_path: Path) -> None:
+    """install --listen: a key of another certificate, an address that is not one, TLS files without --listen:
+    exit 2 with one document, the hint, no traceback, nothing changed (judged before the bundle is read)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    for name in ("a", "b"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "90", "-subj", f"/CN={name}"],
+                       cwd=pki, check=True, capture_output=True)
+    base = ["install", str(tmp_path / "no-bundle"), "--root", str(root), "--vllm-python", sys.executable]
+    doc = refused(root, [*base, "--listen", "127.0.0.1:8443", "--tls-cert", str(pki / "a.pem"), "--tls-key",
+                         str(pki / "b.key")], (2,), "install.tls_refused")
+    assert [f["code"] for f in doc["findings"]] == ["tls.key_mismatch"]
+    refused(root, [*base, "--listen", "127.0.0.1", "--tls-cert", str(pki / "a.pem"), "--tls-key",
+                   str(pki / "a.key")], (2,), "install.bad_listen")
+    refused(root, [*base, "--tls-key", str(pki / "a.key")], (2,), "install.tls_without_listen")
+    refused(root, [*base, "--listen", "[::1]:8443"], (2,), "install.listen_needs_tls")

@@ -36,11 +36,11 @@ from gptossctl.install.edge import (
     render_consumer_includes,
     render_edge,
     render_logrotate,
-    render_router_dropin,
 )
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
+from gptossctl.install.serving import serving_set
 from gptossctl.install.tls import check_certificate
 from gptossctl.probe.usage import summarise
 
@@ -245,18 +245,10 @@ def test_usage_counts_requests_errors_429s_and_latency_per_consumer() -> None:
     assert s.csv().splitlines()[1].startswith("alice,4,1,1,")
 
 
-def test_router_dropin_lets_a_root_master_drop_to_workers_and_open_the_site_port() -> None:
-    text = render_router_dropin(_edge(worker_user="gptoss-router"))
-    assert "DynamicUser=no\nUser=root\n" in text and "CAP_SETUID CAP_SETGID CAP_CHOWN CAP_NET_BIND_SERVICE" in text
-    assert "SystemCallFilter=\n" in text and "IPAddressAllow=any" in text and "ReadWritePaths=/var/log/gptoss" in text
-    high = EdgeSettings(host="0.0.0.0", port=8443, edge_dir=Path("/e"), access_log=Path("/var/log/gptoss/x"))
-    assert "CAP_NET_BIND_SERVICE" not in render_router_dropin(high)
-
-
 def _evidence(root: Path, now: datetime) -> Evidence:
     layout = Layout(root, "t")
     rec = ReleaseRecord(1, "b", "t", "p", "m", "0" * 64, "/usr/bin/python3")
-    return Evidence(layout, Systemd(root), ComplianceOptions(), now, layout.release(1), rec)
+    return Evidence(layout, Systemd(root), ComplianceOptions(), now, layout.release(1), rec, serving_set(layout, rec))
 
 
 def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_path: Path) -> None:
@@ -282,4 +274,4 @@ def test_usage_reads_the_rotated_logs_too(tmp_path: Path) -> None:
     rows = {r.key: r.requests for r in read_usage(log, root=tmp_path, instance="t", since=None, by="consumer",
                                                    fmt="json").rows}
     assert rows == {"alice": 2, "bob": 1}
-    assert "kill -USR1" in render_logrotate(tmp_path) and f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path)
+    assert "kill -HUP" in render_logrotate(tmp_path) and f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path)

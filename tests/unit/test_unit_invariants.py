@@ -12,8 +12,9 @@ import pytest
 
 from gptossctl.errors import CheckFailed
 from gptossctl.install.environment import check_flags
+from gptossctl.install.release import EdgeRecord
 from gptossctl.install.render import UnitInputs, render_unit, unit_template
-from gptossctl.install.router import render_router_unit, router_template
+from gptossctl.install.router import render_router_unit, router_template, router_unit_problems
 from gptossctl.install.units import VLLM_FILLED, directive_problems
 
 PY = Path(sys.executable)
@@ -60,11 +61,28 @@ def test_a_changed_vllm_unit_breaks_the_invariant(change: tuple[str, str]) -> No
 
 @pytest.mark.parametrize("change", [("DynamicUser=yes\n", "DynamicUser=no\n"),
                                     ("[Service]\n", "[Service]\nUser=root\n"),
-                                    ("ExecReload=/bin/kill", "ExecReload=+/bin/kill")])
+                                    ("ExecReload=/bin/kill", "ExecReload=+/bin/kill"),
+                                    ("CapabilityBoundingSet=\n", "CapabilityBoundingSet=CAP_SETUID\n"),
+                                    ("IPAddressDeny=any\n", "IPAddressDeny=any\nReadWritePaths=/etc\n")])
 def test_a_changed_router_unit_breaks_the_invariant(change: tuple[str, str]) -> None:
     unit = _router()
-    assert change[0] in unit
-    assert directive_problems(unit.replace(change[0], change[1], 1), router_template(), "gptoss-router@.service")
+    assert change[0] in unit and router_unit_problems(unit, router_template()) == []
+    assert router_unit_problems(unit.replace(change[0], change[1], 1), router_template())
+
+
+EDGE = EdgeRecord("10.0.0.5", 443, "0" * 64, "1" * 64)
+
+
+@pytest.mark.parametrize("change", [("CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE", "CAP_SETUID CAP_SETGID CAP_SYS_ADMIN"),
+                                    ("DynamicUser=no", "DynamicUser=yes"),
+                                    ("SystemCallFilter=@setuid", "SystemCallFilter=@mount"),
+                                    ("PrivateMounts=yes\n", ""),
+                                    ("ReadWritePaths=/var/log/gptoss ", "ReadWritePaths=/etc ")])
+def test_the_edge_router_unit_is_pinned_to_what_its_master_needs(change: tuple[str, str]) -> None:
+    unit = render_router_unit(router_template(), nginx=Path("/usr/sbin/nginx"), config=Path("/etc/n.conf"),
+                              key_source=Path("/etc/k"), edge=EDGE)
+    assert change[0] in unit and router_unit_problems(unit, router_template()) == []
+    assert router_unit_problems(unit.replace(change[0], change[1], 1), router_template())
 
 
 def _fake_python(tmp_path: Path, options: list[str]) -> Path:
