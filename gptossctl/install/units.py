@@ -9,13 +9,15 @@ wherever the template fixes one, no Exec*= line beyond the template's, and no Ex
 `!!` run with privileges; `@`, `:` and `-` change what runs or hide a failure; none of our templates uses
 one). Compliance applies the same invariant to the installed units, and renders from gptossctl's own template.
 
-Older bundles: exact match is enough while gptossctl's template text is unchanged (it is the same as in every
-release so far); when it changes, bundles packed with the older text are refused with the hint to repack.
+Older bundles: a template text an earlier gptossctl shipped (its SHA-256 in `RELEASED`) is accepted too, so a
+bundle packed before a template changed still installs and rolls back after gptossctl is upgraded; it grants
+nothing either way, since units are rendered from this gptossctl's own text. Any other text is refused.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
@@ -29,6 +31,23 @@ if TYPE_CHECKING:
     from gptossctl.bundle.manifest import Manifest
 
 VLLM_TEMPLATE = "gptoss@.service"
+# Every earlier text of each template, as gptossctl shipped it (SHA-256 of the file): when a template changes, its
+# previous digest is added here (tests/unit/test_released_templates.py holds this to the git history).
+RELEASED: dict[str, frozenset[str]] = {
+    "gptoss@.service": frozenset({
+        "337062ddabc24a4293c3495b2166dee43f9a7487bb0bd8d31ca64ffbc65228f5",
+        "4db34fb1e93d978b4c7193ed45f037f58dea579f05b6b7184d7c32cede1c1d06",
+        "653b1c57567a06c40d9c53485025e5544708925b962d6f1ef1c5d0769ba84faa",
+    }),
+    "gptoss-router@.service": frozenset({
+        "c1dee83256fc2f2c07c9e30821af6626926842abfcd6cd95bd987cdf5f233358",
+        "e96a4c483f65951c2edd3f4cc24bd3eef7f4f6b1408d5aa80169912aac85e7f8",
+    }),
+    "gptoss-compliance@.service": frozenset({
+        "cb47388d0ba0f7d41d5b8f63c741f9c964cd1d8084c249b143c6e7424d1e7373",
+        "dd5745ced78c3094a92403ead37258b1cecd7386c19fe0f0a5df74e5a4e09f0d",
+    }),
+}
 # Keys the vLLM template's whole-line placeholders ({{ device_allow }}, {{ ip_allow }}, {{ private_ipc }}) add.
 VLLM_FILLED = frozenset({"DeviceAllow", "IPAddressAllow", "PrivateIPC"})
 
@@ -46,7 +65,7 @@ def _first_difference(own: str, shipped: str) -> str:
 
 def check_shipped(root: Path, manifest: Manifest) -> int:
     """Refuse (exit 1, install.unit_template_differs) a bundle whose signed unit templates are not exactly
-    gptossctl's own; return how many it ships."""
+    gptossctl's own or a text an earlier gptossctl shipped; return how many it ships."""
     findings = []
     shipped = [f for f in manifest.files if f.component == "units" or f.path.startswith("systemd/")]
     for f in shipped:
@@ -57,7 +76,7 @@ def check_shipped(root: Path, manifest: Manifest) -> int:
         if not own.is_file():
             findings.append(Finding("install.unit_template_unknown", f"payload/{f.path}",
                                     "not a unit template this gptossctl ships"))
-        elif data != own.read_bytes():
+        elif data != own.read_bytes() and hashlib.sha256(data).hexdigest() not in RELEASED.get(name, ()):
             text = data.decode("utf-8", "replace")
             findings.append(Finding("install.unit_template_differs", f"payload/{f.path}",
                                     f"differs from gptossctl's {name}: {_first_difference(own.read_text(), text)}"))

@@ -70,6 +70,28 @@ def test_a_signed_bundle_whose_unit_template_differs_installs_nothing(cli, bundl
     assert _tree(tmp_path / "root") == []
 
 
+RELEASED_UNIT = Path(__file__).resolve().parents[1] / "data" / "released-units" / "gptoss@.service"
+
+
+def test_a_bundle_packed_with_an_earlier_gptossctls_template_installs_rendered_from_todays(  # type: ignore[no-untyped-def]
+        cli, bundle: Path, keys, tmp_path: Path) -> None:
+    # What a bundle packed by an earlier gptossctl carries (the template at 92061e8, with ProcSubset=pid, which
+    # vLLM cannot run under): it still installs once gptossctl is upgraded, and the unit installed is today's
+    # rendering, not the bundle's text.
+    old = RELEASED_UNIT.read_text()
+    _edit_signed(bundle, UNIT, lambda _t: old, keys["alice"])
+    root = tmp_path / "root"
+    code, doc = _install(cli, bundle, keys, root)
+    assert code == 0, doc.get("error")
+    unit = (root / "etc/systemd/system" / f"gptoss@{INSTANCE}-r0.service").read_text()
+    assert "\nProcSubset=pid\n" in old and "\nProcSubset=pid\n" not in unit and "AF_NETLINK" in unit
+    # A text no gptossctl shipped is still refused, even one line away from an earlier one.
+    _edit_signed(bundle, UNIT, lambda _t: _privileged(old), keys["alice"])
+    code, doc = _install(cli, bundle, keys, tmp_path / "root2")
+    assert code == 1 and doc["error"]["code"] == "install.unit_template_differs", doc.get("error")
+    assert _tree(tmp_path / "root2") == []
+
+
 @pytest.mark.parametrize("name", ["NCCL_NET_PLUGIN", "PYTHONPYCACHEPREFIX", "TRITON_LIBCUDA_PATH", "LD_AUDIT",
                                   "OPENSSL_CONF", "HF_MODULES_CACHE"])
 def test_a_signed_profile_with_a_code_loading_variable_installs_nothing(cli, bundle: Path, keys, tmp_path: Path,  # type: ignore[no-untyped-def]
