@@ -218,13 +218,21 @@ def start_router(act: Activation, rec: ReleaseRecord, *, restart: bool) -> dict[
         raise _failing(exc, name) from None
 
 
+def _listener_shape(rec: ReleaseRecord) -> tuple[str, int, tuple[str, ...]] | None:
+    """What of the TLS listener the router's unit is rendered from (its user, capabilities, peers)."""
+    return None if rec.edge is None else (rec.edge.host, rec.edge.port, rec.edge.allow)
+
+
 def can_roll(layout: Layout, systemd: Systemd, prev: ReleaseRecord | None, new: ReleaseRecord) -> bool:
-    """Replica by replica only onto the same shape (ports, GPUs, endpoint) with the router running: anything
-    else would put two replicas on one GPU or port."""
+    """Replica by replica only onto the same shape (ports, GPUs, endpoint, the router's listener) with the router
+    running: anything else would put two replicas on one GPU or port, or hand a drain's configuration (which
+    reads the listener's root-only files) to a router unit of the other shape, whose reload then fails and the
+    replica is never drained."""
     if prev is None or prev.legacy_single or new.legacy_single or not systemd.live:
         return False
     shape = [(r.index, r.port, r.gpus) for r in prev.replicas] == [(r.index, r.port, r.gpus) for r in new.replicas]
     return shape and (prev.host, prev.port) == (new.host, new.port) \
+        and _listener_shape(prev) == _listener_shape(new) \
         and systemd.active_state(layout.router_unit_name) == "active"
 
 
