@@ -72,10 +72,15 @@ def _state(root: Path) -> dict[str, str]:
     return out
 
 
+STAGED_PY = f"/usr/bin/{Path(PY).name}"  # python3.N, as the target names it
+
+
 def _staged_python(root: Path) -> None:
-    """/usr/bin/python3 in the staged tree, a link to this host's python3.N (its version read from the name)."""
+    """/usr/bin/python3 in the staged tree, an absolute link to the tree's own python3.N (its version read from
+    the name, its machine from the ELF header copied from this host's): read inside the tree, never the host's."""
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    (root / "usr/bin/python3").symlink_to(PY)
+    (root / STAGED_PY.lstrip("/")).write_bytes(Path(PY).read_bytes()[:64])
+    (root / "usr/bin/python3").symlink_to(STAGED_PY)
 
 
 def _base_install(cli: Any, bundle: Path, keys: dict[str, KeyPair], root: Path) -> None:
@@ -192,7 +197,8 @@ def test_a_dry_run_that_passes_says_what_it_checked(cli, bundles, keys, tmp_path
     ok = {s["step"]: s["detail"] for s in doc["data"]["steps"] if s["status"] == "ok"}
     assert {"verify", "router", "preflight", "wheels", "interpreter", "ports", "disk"} <= set(ok), ok
     assert "1 wheel(s), each installable for Python 3." in ok["wheels"] and "8000, 8001" in ok["ports"], ok
-    assert _state(root) == {"usr": "dir", "usr/bin": "dir", "usr/bin/python3": "-> " + PY}
+    staged = _state(root)
+    assert staged.pop("usr/bin/python3") == "-> " + STAGED_PY and set(staged) == {"usr", "usr/bin", STAGED_PY[1:]}
 
 
 # ---- parts and deltas: rebuilt in a temporary folder, checked, removed
@@ -270,7 +276,8 @@ def test_without_nginx_the_dry_run_stops_as_install_does_and_names_the_rest(bund
                              capture_output=True, text=True, timeout=300)
         docs.append((res.returncode, json.loads(res.stdout)))
         if extra:
-            assert _state(root) == {"usr": "dir", "usr/bin": "dir", "usr/bin/python3": "-> " + PY}
+            staged = _state(root)
+    assert staged.pop("usr/bin/python3") == "-> " + STAGED_PY and set(staged) == {"usr", "usr/bin", STAGED_PY[1:]}
     (dry_code, dry), (code, doc) = docs
     assert (code, doc["error"]["code"]) == (3, "install.no_router"), doc
     assert (dry_code, dry["error"]["code"]) == (code, doc["error"]["code"]), dry
