@@ -282,3 +282,47 @@ def test_without_nginx_the_dry_run_stops_as_install_does_and_names_the_rest(bund
     assert (code, doc["error"]["code"]) == (3, "install.no_router"), doc
     assert (dry_code, dry["error"]["code"]) == (code, doc["error"]["code"]), dry
     assert {"install.no_router", "install.no_wheels"} <= set(finding_codes(dry)), dry
+
+
+def test_a_dry_run_without_room_in_tmpdir_is_refused_before_rebuilding(carry_parts: Path, keys,  # type: ignore[no-untyped-def]
+                                                                        tmp_path: Path) -> None:
+    """The rebuilt bundle goes to TMPDIR: too little room there is exit 3 before anything is copied, with a
+    hint naming TMPDIR and the bytes needed."""
+    root, tmp = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    tmp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tmp)], check=True)
+    try:
+        code, doc = _gptossctl("install", str(carry_parts), "--trust", str(keys["alice"].public), "--root",
+                               str(root), "--vllm-python", sys.executable, "--dry-run", tmpdir=tmp)
+        assert code == 3 and doc["error"]["code"] == "install.dry_run_no_room", doc
+        assert "TMPDIR" in doc["error"]["hint"] and str(tmp) in doc["error"]["message"], doc
+        need = int(doc["error"]["message"].split(" bytes needed")[0].rsplit(" ", 1)[-1])
+        assert need > sum(p.stat().st_size for p in carry_parts.iterdir()) and f"{need} bytes" in doc["error"]["hint"]
+        assert _state(root) == {} and list(tmp.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(tmp)], check=True)
+
+
+def test_a_killed_dry_runs_scratch_is_removed_by_the_next_dry_run(carry_parts: Path, keys,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    """A SIGKILL'd dry run leaves its rebuilt copy in TMPDIR: named gptossctl-dry-run-<pid>-*, it is removed by
+    the next dry run when that process is gone and the folder is older than this run and owned by this user;
+    a live process's folder and any other name are left alone."""
+    root, tmp = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    tmp.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp / f"gptossctl-dry-run-{gone.pid}-k1ll3d"
+    live = tmp / f"gptossctl-dry-run-{os.getpid()}-running"
+    other = tmp / "gptossctl-dry-run-notes"
+    for d in (stale, live, other):
+        (d / "carry-5").mkdir(parents=True)
+        (d / "carry-5" / "payload.bin").write_bytes(b"x" * 4096)
+        os.utime(d, (1_700_000_000, 1_700_000_000))
+    code, doc = _gptossctl("install", str(carry_parts), "--trust", str(keys["alice"].public), "--root", str(root),
+                           "--vllm-python", sys.executable, "--dry-run", tmpdir=tmp)
+    assert code == 0, doc
+    assert "gptossctl-dry-run-" in {s["step"]: s for s in doc["data"]["steps"]}["materialize"]["detail"]
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, other.name])
