@@ -17,7 +17,7 @@ app = typer.Typer(no_args_is_help=True, help="The releases of an instance on dis
 KeepOpt = Annotated[int, typer.Option("--keep", help="Releases to keep, N >= 1 (the current release and the "
                                       "rollback target are always kept).")]
 _STYLE = {"current": "green", "rollback target": "cyan", "failed": "red", "unaudited": "bold red",
-          "foreign": "yellow", "leftover": "yellow"}
+          "foreign": "yellow", "leftover": "yellow", "evidence": "red"}
 
 
 def _size(n: int) -> str:

@@ -119,14 +119,14 @@ class ReportFormat:
     render: Callable[[ComplianceReport], bytes]
 
 
-# 0600 where the file carries evidence (host details, even with every secret redacted); the textfile carries
-# ids and counts (node_exporter reads it); the page is for people to pass around: 0644, its evidence redacted.
+# 0600 where the file carries evidence (host details, even with every secret redacted), the page included: its
+# evidence is the reports'; the textfile carries ids and counts only (node_exporter reads it): 0644.
 FORMATS: tuple[ReportFormat, ...] = (
     ReportFormat("report", "--report", REPORT_MODE, to_json),
     ReportFormat("sarif", "--sarif", REPORT_MODE, to_sarif_bytes),
     ReportFormat("junit", "--junit", REPORT_MODE, to_junit),
     ReportFormat("textfile", "--textfile", 0o644, to_prometheus),
-    ReportFormat("html", "--html", 0o644, to_html),
+    ReportFormat("html", "--html", REPORT_MODE, to_html),
 )
 FORMAT = {f.name: f for f in FORMATS}
 

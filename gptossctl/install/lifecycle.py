@@ -27,10 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -42,15 +45,15 @@ from gptossctl import __version__
 from gptossctl.adapters.gpus import Captures
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.bundle.manifest import parse_manifest
-from gptossctl.bundle.materialize import delta_base, is_bundle, materialize
+from gptossctl.bundle.materialize import delta_base, inspect_source, is_bundle, materialize
 from gptossctl.bundle.verify import TrustPolicy, VerifiedBundle, read_envelope, verify_bundle
-from gptossctl.errors import CheckFailed, Finding, GptossctlError, Interrupted, UsageError
+from gptossctl.errors import CheckFailed, EnvironmentNotReady, Finding, GptossctlError, Interrupted, UsageError
 from gptossctl.fsutil import atomic_write, check_not_inside, discard
 from gptossctl.hardware.check import ProfileFit
 from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import wipe_kernel_caches
-from gptossctl.install.checklist import Preflight, run_checks
+from gptossctl.install.checklist import Preflight, free_bytes, run_checks
 from gptossctl.install.environment import (
     LISTING,
     build_env,
@@ -287,18 +290,73 @@ def _assembled_removed_on_failure(req: InstallRequest) -> Iterator[None]:
         raise
 
 
+DRY_RUN_PREFIX = "gptossctl-dry-run-"  # then the dry run's pid: gptossctl-dry-run-<pid>-<random>
+_DRY_RUN_SCRATCH = re.compile(re.escape(DRY_RUN_PREFIX) + r"([0-9]{1,10})-[A-Za-z0-9_]+")
+DRY_RUN_MARGIN = 16 << 20  # the envelope, the parts' bookkeeping
+
+
 @contextmanager
 def _dry_run_scratch(req: InstallRequest) -> Iterator[Path | None]:
     """A dry run on parts or a delta rebuilds the bundle in a temporary folder (TMPDIR), never in the install
-    tree, to verify and plan it as install would; the folder goes when the dry run ends, whatever happened."""
+    tree, to verify and plan it as install would; the folder goes when the dry run ends, whatever happened. A
+    killed dry run's folder is removed by the next one (remove_stale_scratch); too little room in TMPDIR for
+    the whole bundle is exit 3 before anything is copied."""
     if not req.dry_run or is_bundle(req.bundle):
         yield None
         return
-    scratch = Path(tempfile.mkdtemp(prefix="gptossctl-dry-run-"))
+    tmp = Path(tempfile.gettempdir())
+    remove_stale_scratch(tmp, started=time.time())
+    _require_scratch_room(req.bundle, tmp)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{DRY_RUN_PREFIX}{os.getpid()}-", dir=tmp))
     try:
         yield scratch
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def remove_stale_scratch(tmp: Path, *, started: float) -> list[Path]:
+    """The rebuilt copies earlier dry runs left in `tmp` when they were killed (SIGKILL runs no cleanup): a
+    folder named gptossctl-dry-run-<pid>-*, not a link, owned by this user (root on a target), older than
+    `started` (this run's start) and whose process is gone. Anything else is left alone."""
+    removed = []
+    for p in tmp.iterdir() if tmp.is_dir() else ():
+        m = _DRY_RUN_SCRATCH.fullmatch(p.name)
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if m is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mtime >= started \
+                or _alive(int(m.group(1))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a number no pid can be): not ours to judge gone
+    return True
+
+
+def _require_scratch_room(source: Path, tmp: Path) -> None:
+    """Room in TMPDIR for the whole rebuilt bundle (its size read from the parts' or delta's manifest); what
+    cannot be read is left for materialize to report."""
+    try:
+        need = inspect_source(source).manifest.total_size + DRY_RUN_MARGIN
+    except GptossctlError:
+        return
+    free = free_bytes(tmp)
+    if free is not None and need > free:
+        raise EnvironmentNotReady(f"a dry run rebuilds the bundle in {tmp} (TMPDIR) first: {need} bytes needed, "
+                                  f"{free} free", code="install.dry_run_no_room",
+                                  hint=f"point TMPDIR at a folder with {need} bytes free (TMPDIR=/var/tmp "
+                                       "gptossctl install ... --dry-run), or run the install itself, which "
+                                       "checks its own disk")
 
 
 def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_total: Progress | None,

@@ -32,7 +32,7 @@ from gptossctl.hardware.check import (
 )
 from gptossctl.hardware.inventory import Inventory
 from gptossctl.hardware.layout import NO_OVERRIDES, LayoutRequest
-from gptossctl.hardware.modelfacts import PUBLISHED, ModelFacts, facts_from_config, published_key
+from gptossctl.hardware.modelfacts import PUBLISHED, ModelFacts, facts_from_config, loaded_weights_bytes, published_key
 from gptossctl.hardware.profiles import Profile, load_profiles, profile_from_text
 from gptossctl.install.layout import Layout
 from gptossctl.install.releases import prune_advice
@@ -133,7 +133,7 @@ def bundle_model_facts(root: Path, manifest: Manifest, *, code: str) -> ModelFac
         raise CheckFailed(f"{where} {problem}", code="model.config_invalid",
                           findings=[Finding("model.config_invalid", where, problem)],
                           hint="pack the model's own config.json, as its repository publishes it")
-    weights = sum(f.size for f in manifest.files if f.component == "model" and f.path.endswith(".safetensors"))
+    weights = loaded_weights_bytes(manifest.files)
     return facts_from_config(doc, name=name, weights_bytes=weights, source=f"bundle {where}")
 
 

@@ -2,9 +2,10 @@
 `releases prune --keep N` (room for the next release without losing the way back).
 
 Every fact a verdict rests on comes from the verified audit chain, never from a file on the host alone:
-  (1) survey opt/gptoss/<instance>/releases/: a directory named by a number is a release; `.N.partial`,
-      `.N.replaced` and `.N.pruning` are gptossctl's own leftovers of an interrupted unpack, repair or prune;
-      any other name is foreign (someone's backup, a mount point) and is never touched.
+  (1) survey opt/gptoss/<instance>/releases/: a directory named by a number is a release; `.N.partial` and
+      `.N.pruning` are gptossctl's own leftovers of an interrupted unpack or prune; `.N.replaced` is the drifted
+      copy `install --repair` set aside: tampering evidence, listed as such and never pruned; any other name
+      is foreign (someone's backup, a mount point) and is never touched.
   (2) match each release's record (release.json) against the seals that installs and rollbacks attached to
       the chain (install/seal.py): a record whose digest the chain sealed is audited, and the entry that
       sealed it says when it was installed and by whom. A record the chain does not know (edited, copied,
@@ -42,10 +43,11 @@ PRUNE_SCHEMA = "gptossctl.release-prune/1"
 MAX_KEEP = 1000
 _MANIFEST = "manifest.json"
 _RELEASE = re.compile(r"[0-9]{1,15}")
-_LEFTOVER = re.compile(r"\.([0-9]{1,15})\.(partial|replaced|pruning)")
+_LEFTOVER = re.compile(r"\.([0-9]{1,15})\.(partial|pruning)")
+_EVIDENCE = re.compile(r"\.([0-9]{1,15})\.replaced")
 
 CURRENT, ROLLBACK, RETIRED, FAILED = "current", "rollback target", "retired", "failed"
-UNAUDITED, LEFTOVER, FOREIGN = "unaudited", "leftover", "foreign"
+UNAUDITED, LEFTOVER, EVIDENCE, FOREIGN = "unaudited", "leftover", "evidence", "foreign"
 _RELEASE_STATES = (CURRENT, ROLLBACK, RETIRED, FAILED)
 
 
@@ -128,7 +130,7 @@ class ReleaseEntry:
 class ReleaseHistory:
     instance: str
     path: Path
-    entries: tuple[ReleaseEntry, ...]  # releases newest first, then leftovers, then foreign entries
+    entries: tuple[ReleaseEntry, ...]  # releases newest first, then leftovers, evidence, foreign entries
     current: int | None
     rollback_target: int | None
     findings: tuple[Finding, ...] = ()
@@ -195,8 +197,13 @@ def _classify(layout: Layout, name: str, path: Path, records: Sequence[Mapping[s
               sealed: Mapping[int, list[Mapping[str, Any]]]) -> ReleaseEntry:
     """(2) What one entry of releases/ is, judged by the chain."""
     usage = measure(path)
-    if path.is_symlink() or not path.is_dir() or not (_RELEASE.fullmatch(name) or _LEFTOVER.fullmatch(name)):
+    if path.is_symlink() or not path.is_dir() or not (_RELEASE.fullmatch(name) or _LEFTOVER.fullmatch(name)
+                                                        or _EVIDENCE.fullmatch(name)):
         return ReleaseEntry(name, FOREIGN, None, usage, note="not a gptossctl release: never touched")
+    if ev := _EVIDENCE.fullmatch(name):
+        return ReleaseEntry(name, EVIDENCE, int(ev.group(1)), usage,
+                            note=f"the drifted copy of release {ev.group(1)} that 'install --repair' set aside: "
+                                 "evidence, never pruned (remove it by hand once investigated)")
     m = _LEFTOVER.fullmatch(name)
     if m:
         return ReleaseEntry(name, LEFTOVER, int(m.group(1)), usage,
@@ -290,10 +297,15 @@ def history(root: Path, instance: str, *, records: Sequence[Mapping[str, Any]] |
         elif e.state == FOREIGN:
             findings.append(Finding("releases.foreign", where, e.note,
                                     hint="move it out of the releases folder if it is yours; gptossctl leaves it"))
+        elif e.state == EVIDENCE:
+            findings.append(Finding("releases.evidence", where, e.note,
+                                    hint="compare it with the release ('diff -r') and the audit chain; copy it off "
+                                         "the host, then remove it by hand: gptossctl never does"))
     protected = frozenset(v for v in (current, target, link, sealed_current) if v is not None)
-    order = {s: i for i, s in enumerate((*_RELEASE_STATES, UNAUDITED, LEFTOVER, FOREIGN))}
-    entries.sort(key=lambda e: (e.state in (LEFTOVER, FOREIGN), order[e.state] if e.state in (LEFTOVER, FOREIGN)
-                                else 0, -(e.version or 0), e.name))
+    order = {s: i for i, s in enumerate((*_RELEASE_STATES, UNAUDITED, LEFTOVER, EVIDENCE, FOREIGN))}
+    others = (LEFTOVER, EVIDENCE, FOREIGN)
+    entries.sort(key=lambda e: (e.state in others, order[e.state] if e.state in others else 0, -(e.version or 0),
+                                e.name))
     return ReleaseHistory(layout.instance, layout.live_path(layout.releases), tuple(entries), current, target,
                           tuple(sorted(findings)), protected)
 
@@ -346,7 +358,7 @@ def check_keep(keep: int) -> int:
 
 def choose(h: ReleaseHistory, keep: int) -> tuple[list[ReleaseEntry], list[ReleaseEntry]]:
     """(removed oldest first, kept): the protected releases always, then the newest others up to `keep` in all;
-    leftovers always go; unaudited and foreign entries always stay."""
+    leftovers always go; unaudited, evidence and foreign entries always stay."""
     releases = sorted((e for e in h.entries if e.release), key=lambda e: -(e.version or 0))
     kept_versions: set[int | None] = {e.version for e in releases if e.version in h.protected}
     for e in releases:

@@ -29,7 +29,7 @@ model:
   name: {model}
   repo: {model}
   revision: site-v1
-  license: Apache-2.0
+  license: Apache-2.0{model_extra}
 profiles: [{profiles}]
 units: [gptoss@.service]
 """
@@ -57,15 +57,20 @@ def _run(*args: str, env: dict[str, str] | None = None, json_out: bool = True) -
 
 
 def _fine_tune(tmp: Path, tiny_model: Path, keys: dict[str, KeyPair], *, model: str, profiles: str,
-               config: dict[str, Any] | None = None, edit: dict[str, Any] | None = None) -> Path:
+               config: dict[str, Any] | None = None, edit: dict[str, Any] | None = None,
+               model_extra: str = "", original: bool = False) -> Path:
     """The tiny gpt-oss's weights packed under a site's own model name, its config.json replaced or edited."""
     src = tmp / "model"
     shutil.copytree(tiny_model, src)
     doc = config if config is not None else json.loads((src / "config.json").read_text())
     doc.update(edit or {})
     (src / "config.json").write_text(json.dumps(doc, indent=1))
+    if original:  # the checkpoint's original/ copy, as the published repositories carry it (vLLM never reads it)
+        (src / "original").mkdir(exist_ok=True)
+        for shard in src.glob("*.safetensors"):
+            shutil.copy(shard, src / "original" / shard.name)
     recipe = tmp / "recipe.yaml"
-    recipe.write_text(RECIPE.format(bundle="acme-legal", model=model, profiles=profiles))
+    recipe.write_text(RECIPE.format(bundle="acme-legal", model=model, profiles=profiles, model_extra=model_extra))
     spec, spec_dir = load_spec(recipe)
     out = tmp / "bundle"
     pack_bundle(spec, spec_dir, out, [keys["alice"].signer()], model_dir=src, version=3)
@@ -157,4 +162,38 @@ def test_install_refuses_a_model_that_is_not_gpt_oss_and_changes_nothing(
                            "--vllm-python", sys.executable, env=no_gpu)
     assert code == 1 and doc["error"]["code"] == "model.not_gpt_oss", doc
     assert "Qwen2ForCausalLM" in doc["error"]["message"] and doc["error"]["hint"]
+    assert not (root / "opt").exists() and not (root / "etc/systemd").exists(), _tree(root)
+
+
+def test_sizing_counts_only_the_root_shards_vllm_loads(tmp_path: Path, tiny_model: Path,
+                                                      keys: dict[str, KeyPair]) -> None:
+    """A recipe that packs the checkpoint's original/ copy too: the weights are the model directory's root
+    *.safetensors (what vLLM reads), not every *.safetensors the manifest signs (that doubled the size)."""
+    config = json.loads((FIXTURES / "gpt-oss" / "openai_gpt-oss-20b__config.json").read_text())
+    b = _fine_tune(tmp_path, tiny_model, keys, model="acme/gpt-oss-20b-legal", profiles="hopper-20b", config=config,
+                   model_extra="\n  include: ['*']\n  exclude: []", original=True)
+    root_shards = sum(p.stat().st_size for p in (b / "payload" / "model").glob("*.safetensors"))
+    assert list((b / "payload" / "model" / "original").glob("*.safetensors"))  # packed, and signed
+    code, doc, _err = _run("hw", "check", "--bundle", str(b), "--nvidia-smi-csv", str(H100))
+    assert code == 0, doc
+    (m,) = doc["data"]["models"]
+    assert m["facts"]["weights_bytes"] == root_shards, (m["facts"]["weights_bytes"], root_shards)
+    hopper = [p for p in m["profiles"] if p["profile"] == "hopper-20b"][0]
+    assert hopper["memory"]["weights_bytes"] == root_shards
+
+
+def test_a_real_llama_is_refused_as_a_tiny_test_model(tmp_path: Path, tiny_model: Path, keys: dict[str, KeyPair],
+                                                      no_gpu: dict[str, str]) -> None:
+    """LlamaForCausalLM is accepted only as the integration tests' tiny Llama: a real small Llama (SmolLM-135M's
+    shape: hidden 576, under the tiny class's hidden size < 1024) is refused by hw check --bundle and install."""
+    smol = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "head_dim": 64, "max_position_embeddings": 2048, "rms_norm_eps": 1e-05}
+    b = _fine_tune(tmp_path, tiny_model, keys, model="HuggingFaceTB/SmolLM-135M", profiles="cpu-tiny", config=smol)
+    code, doc, _err = _run("hw", "check", "--bundle", str(b), "--prefix", str(tmp_path), env=no_gpu)
+    assert code == 1 and doc["error"]["code"] == "model.not_gpt_oss", doc
+    root = tmp_path / "root"
+    code, doc, _err = _run("install", str(b), "--trust", str(keys["alice"].public), "--root", str(root),
+                           "--vllm-python", sys.executable, env=no_gpu)
+    assert code == 1 and doc["error"]["code"] == "model.not_gpt_oss", doc
     assert not (root / "opt").exists() and not (root / "etc/systemd").exists(), _tree(root)

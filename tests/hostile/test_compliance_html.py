@@ -56,7 +56,7 @@ def test_html_page_of_a_failing_run(world: World, tmp_path: Path) -> None:
     assert "config.unit" in failed, failed
     assert any("alert(1)" in e for c in doc["data"]["checks"] if c["id"] == "config.unit" for e in c["evidence"])
     page = page_path.read_text()
-    assert oct(stat.S_IMODE(page_path.stat().st_mode)) == "0o644"
+    assert oct(stat.S_IMODE(page_path.stat().st_mode)) == "0o600"  # evidence, like --report (the old 0644 was the bug)
     assert sorted(p.name for p in page_path.parent.iterdir()) == ["compliance.html"]  # no temporary left
     assert_self_contained(page)
     assert "<script" not in page and "<img" not in page and "evil.example/x.png\">" not in page

@@ -207,3 +207,18 @@ def test_a_prune_interrupted_after_the_rename_never_leaves_a_release_that_looks_
     code, doc = _cli("releases", "prune", "--root", str(root), "--instance", INSTANCE, "--keep", "3")
     assert code == 0 and [(r["name"], r["bytes_freed"]) for r in doc["data"]["removed"]] == [(".1.pruning", left)]
     assert sorted(p.name for p in rel.iterdir()) == ["2", "3", "4", "backup-before-upgrade"]
+
+
+def test_a_drifted_copy_set_aside_by_repair_is_evidence_listed_and_never_pruned(root: Path) -> None:
+    """`.N.replaced` is the drifted copy `install --repair` set aside (tampering evidence): `releases list` shows
+    it as `evidence`, prune leaves it, and it is not mistaken for a release or a leftover."""
+    rel = root / REL
+    shutil.copytree(rel / "1", rel / ".1.replaced", symlinks=True)
+    (rel / ".1.replaced/payload").chmod(0o755)
+    drifted = _state(rel / ".1.replaced")
+    code, doc = _cli("releases", "list", "--root", str(root), "--instance", INSTANCE)
+    assert code == 0 and (".1.replaced", "evidence") in [(r["name"], r["state"]) for r in doc["data"]["releases"]]
+    for keep in ("1", "3"):
+        code, doc = _cli("releases", "prune", "--root", str(root), "--instance", INSTANCE, "--keep", keep)
+        assert code == 0 and ".1.replaced" not in [r["name"] for r in doc["data"]["removed"]], doc
+        assert _state(rel / ".1.replaced") == drifted

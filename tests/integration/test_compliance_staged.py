@@ -48,9 +48,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, keys: 
                         env=ENV, catch_exceptions=False)
     assert res.exit_code == 0, res.stdout
     root = work / "root"
-    # The release's environment is built on the target's /usr/bin/python3, found under the staging root.
+    # The release's environment is built on the target's /usr/bin/python3, found under the staging root: links
+    # are followed inside the tree (install/checklist.resolve_in_root), so the tree holds its own python3.N, a
+    # wrapper that runs this host's (a link to the host's path would name the target's, absent from the tree).
+    host_python = os.path.realpath("/usr/bin/python3")
     (root / "usr" / "bin").mkdir(parents=True)
-    (root / "usr" / "bin" / "python3").symlink_to(os.path.realpath("/usr/bin/python3"))
+    wrapper = root / "usr" / "bin" / Path(host_python).name
+    wrapper.write_text(f'#!/bin/sh\nexec {host_python} "$@"\n')
+    wrapper.chmod(0o755)
+    (root / "usr" / "bin" / "python3").symlink_to(wrapper.name)
     res = runner.invoke(app, ["install", str(work / "bundle"), "--trust", str(keys["alice"].public), "--root",
                               str(root), "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.stdout

@@ -72,10 +72,15 @@ def _state(root: Path) -> dict[str, str]:
     return out
 
 
+STAGED_PY = f"/usr/bin/{Path(PY).name}"  # python3.N, as the target names it
+
+
 def _staged_python(root: Path) -> None:
-    """/usr/bin/python3 in the staged tree, a link to this host's python3.N (its version read from the name)."""
+    """/usr/bin/python3 in the staged tree, an absolute link to the tree's own python3.N (its version read from
+    the name, its machine from the ELF header copied from this host's): read inside the tree, never the host's."""
     (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    (root / "usr/bin/python3").symlink_to(PY)
+    (root / STAGED_PY.lstrip("/")).write_bytes(Path(PY).read_bytes()[:64])
+    (root / "usr/bin/python3").symlink_to(STAGED_PY)
 
 
 def _base_install(cli: Any, bundle: Path, keys: dict[str, KeyPair], root: Path) -> None:
@@ -192,7 +197,8 @@ def test_a_dry_run_that_passes_says_what_it_checked(cli, bundles, keys, tmp_path
     ok = {s["step"]: s["detail"] for s in doc["data"]["steps"] if s["status"] == "ok"}
     assert {"verify", "router", "preflight", "wheels", "interpreter", "ports", "disk"} <= set(ok), ok
     assert "1 wheel(s), each installable for Python 3." in ok["wheels"] and "8000, 8001" in ok["ports"], ok
-    assert _state(root) == {"usr": "dir", "usr/bin": "dir", "usr/bin/python3": "-> " + PY}
+    staged = _state(root)
+    assert staged.pop("usr/bin/python3") == "-> " + STAGED_PY and set(staged) == {"usr", "usr/bin", STAGED_PY[1:]}
 
 
 # ---- parts and deltas: rebuilt in a temporary folder, checked, removed
@@ -270,8 +276,53 @@ def test_without_nginx_the_dry_run_stops_as_install_does_and_names_the_rest(bund
                              capture_output=True, text=True, timeout=300)
         docs.append((res.returncode, json.loads(res.stdout)))
         if extra:
-            assert _state(root) == {"usr": "dir", "usr/bin": "dir", "usr/bin/python3": "-> " + PY}
+            staged = _state(root)
+    assert staged.pop("usr/bin/python3") == "-> " + STAGED_PY and set(staged) == {"usr", "usr/bin", STAGED_PY[1:]}
     (dry_code, dry), (code, doc) = docs
     assert (code, doc["error"]["code"]) == (3, "install.no_router"), doc
     assert (dry_code, dry["error"]["code"]) == (code, doc["error"]["code"]), dry
     assert {"install.no_router", "install.no_wheels"} <= set(finding_codes(dry)), dry
+
+
+def test_a_dry_run_without_room_in_tmpdir_is_refused_before_rebuilding(carry_parts: Path, keys,  # type: ignore[no-untyped-def]
+                                                                        tmp_path: Path) -> None:
+    """The rebuilt bundle goes to TMPDIR: too little room there is exit 3 before anything is copied, with a
+    hint naming TMPDIR and the bytes needed."""
+    root, tmp = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    tmp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(tmp)], check=True)
+    try:
+        code, doc = _gptossctl("install", str(carry_parts), "--trust", str(keys["alice"].public), "--root",
+                               str(root), "--vllm-python", sys.executable, "--dry-run", tmpdir=tmp)
+        assert code == 3 and doc["error"]["code"] == "install.dry_run_no_room", doc
+        assert "TMPDIR" in doc["error"]["hint"] and str(tmp) in doc["error"]["message"], doc
+        need = int(doc["error"]["message"].split(" bytes needed")[0].rsplit(" ", 1)[-1])
+        assert need > sum(p.stat().st_size for p in carry_parts.iterdir()) and f"{need} bytes" in doc["error"]["hint"]
+        assert _state(root) == {} and list(tmp.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(tmp)], check=True)
+
+
+def test_a_killed_dry_runs_scratch_is_removed_by_the_next_dry_run(carry_parts: Path, keys,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    """A SIGKILL'd dry run leaves its rebuilt copy in TMPDIR: named gptossctl-dry-run-<pid>-*, it is removed by
+    the next dry run when that process is gone and the folder is older than this run and owned by this user;
+    a live process's folder and any other name are left alone."""
+    root, tmp = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    tmp.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp / f"gptossctl-dry-run-{gone.pid}-k1ll3d"
+    live = tmp / f"gptossctl-dry-run-{os.getpid()}-running"
+    other = tmp / "gptossctl-dry-run-notes"
+    for d in (stale, live, other):
+        (d / "carry-5").mkdir(parents=True)
+        (d / "carry-5" / "payload.bin").write_bytes(b"x" * 4096)
+        os.utime(d, (1_700_000_000, 1_700_000_000))
+    code, doc = _gptossctl("install", str(carry_parts), "--trust", str(keys["alice"].public), "--root", str(root),
+                           "--vllm-python", sys.executable, "--dry-run", tmpdir=tmp)
+    assert code == 0, doc
+    assert "gptossctl-dry-run-" in {s["step"]: s for s in doc["data"]["steps"]}["materialize"]["detail"]
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([live.name, other.name])

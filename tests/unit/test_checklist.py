@@ -12,8 +12,15 @@ from typing import Any
 
 import pytest
 
-from gptossctl.errors import CheckFailed
-from gptossctl.install.checklist import Preflight, _ports, interpreter_facts, wheel_misfit
+from gptossctl.errors import CheckFailed, EnvironmentNotReady
+from gptossctl.install.checklist import (
+    Preflight,
+    _interpreter,
+    _ports,
+    interpreter_facts,
+    resolve_in_root,
+    wheel_misfit,
+)
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import ReleaseRecord, ReplicaRecord
 
@@ -49,6 +56,40 @@ def test_the_interpreter_is_read_not_run(tmp_path: Path) -> None:
     script = tmp_path / "python3.11"
     script.write_text("#!/bin/sh\n")  # not ELF: the machine is unknown, the name still says the version
     assert interpreter_facts(script) == ((3, 11), None)
+
+
+def _elf(machine: int) -> bytes:
+    return b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little") + machine.to_bytes(2, "little")
+
+
+def test_a_staged_interpreter_s_absolute_links_are_followed_inside_the_staged_root(tmp_path: Path) -> None:
+    """RHEL's /usr/bin/python3 -> /etc/alternatives/python3 -> /usr/bin/python3.11: each absolute target is
+    re-rooted under the staging root, never read on the build host."""
+    root = tmp_path / "root"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "etc" / "alternatives").mkdir(parents=True)
+    other = 0xB7 if MACHINE != "aarch64" else 0x3E  # a machine that is not the build host's
+    (root / "usr" / "bin" / "python3.11").write_bytes(_elf(other))
+    (root / "etc" / "alternatives" / "python3").symlink_to("/usr/bin/python3.11")
+    (root / "usr" / "bin" / "python3").symlink_to("/etc/alternatives/python3")
+    assert interpreter_facts(Path("/usr/bin/python3"), root) == ((3, 11), "aarch64" if other == 0xB7 else "x86_64")
+    assert resolve_in_root(root, Path("/usr/bin/python3")) == root / "usr" / "bin" / "python3.11"
+    assert resolve_in_root(root, Path("/usr/../../usr/bin/python3")) == root / "usr" / "bin" / "python3.11"
+
+
+def test_a_staged_interpreter_link_loop_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "python3").symlink_to("/usr/bin/python3")  # on the build host: the host's python
+    with pytest.raises(OSError):
+        resolve_in_root(root, Path("/usr/bin/python3"))
+    assert interpreter_facts(Path("/usr/bin/python3"), root) == (None, None)
+    layout = Layout(root, "checklist-test")
+    p = Preflight(bundle=None, layout=layout, port=8000,  # type: ignore[arg-type]
+                  python=Path("/usr/bin/python3"), vllm_python=None, previous=None)
+    with pytest.raises(EnvironmentNotReady) as err:
+        _interpreter(p)
+    assert err.value.code == "install.no_python" and "loop" in err.value.message
 
 
 def _plan(port: int, previous: ReleaseRecord | None = None) -> Preflight:

@@ -10,7 +10,7 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
-from gptossctl.compliance.outputs import FORMATS, to_html
+from gptossctl.compliance.outputs import FORMATS, to_html, write_reports
 from gptossctl.compliance.result import CheckResult, ComplianceReport
 from gptossctl.compliance.rules import RULE, RULES
 from tests.integration.test_canary_vllm import check_self_contained
@@ -129,6 +129,14 @@ def test_the_page_is_one_row_of_the_table_of_report_formats() -> None:
     fmts = {f.name: f for f in FORMATS}
     assert set(fmts) >= {"report", "sarif", "junit", "textfile", "html"}
     html = fmts["html"]
-    assert html.option == "--html" and html.mode == 0o644
+    assert html.option == "--html" and html.mode == 0o600
     assert html.render(_report()) == to_html(_report())
     assert len({f.option for f in FORMATS}) == len(FORMATS)
+
+
+def test_the_page_is_written_0600_like_every_format_that_carries_evidence(tmp_path: Path) -> None:
+    """The page holds the same (redacted) evidence as the JSON, SARIF and JUnit reports: as private as they."""
+    targets = {name: tmp_path / f"out.{name}" for name in ("report", "sarif", "junit", "html")}
+    write_reports(_report(), targets)
+    modes = {name: path.stat().st_mode & 0o777 for name, path in targets.items()}
+    assert modes == {"report": 0o600, "sarif": 0o600, "junit": 0o600, "html": 0o600}
