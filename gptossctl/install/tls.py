@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
@@ -60,20 +60,29 @@ def _certs(pem: bytes, what: str) -> list[x509.Certificate]:
     if not certs:
         raise UsageError(f"the {what} holds no PEM certificate", code="tls.bad_certificate",
                          hint="give a PEM file (-----BEGIN CERTIFICATE-----)")
+    for c in certs:
+        _pub(c, what)  # a key type or curve this host's cryptography cannot use is refused here, not later
     return certs
 
 
 def _key(pem: bytes) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"the TLS key is not an unencrypted PEM private key ({exc})", code="tls.bad_key",
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise UsageError(f"the TLS key is not an unencrypted PEM private key of a supported type ({exc})",
+                         code="tls.bad_key",
                          hint="nginx reads the key at start without a passphrase: give an unencrypted PEM key") from None
 
 
-def _pub(obj: Any) -> bytes:
-    return bytes(obj.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+def _pub(obj: Any, what: str = "certificate") -> bytes:
+    try:
+        return bytes(obj.public_key().public_bytes(serialization.Encoding.DER,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        key = what == "TLS key"
+        raise UsageError(f"the {what} holds a key this host cannot use ({exc})",
+                         code="tls.bad_key" if key else "tls.bad_certificate",
+                         hint="use an RSA (2048+), P-256 or P-384 key, or Ed25519") from None
 
 
 def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None, *,
@@ -87,7 +96,7 @@ def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None, *,
     leaf, pool = certs[0], certs[1:]
     subject = leaf.subject.rfc4514_string()
     findings: list[Finding] = []
-    if _pub(leaf) != _pub(_key(key_pem)):
+    if _pub(leaf) != _pub(_key(key_pem), "TLS key"):
         findings.append(Finding("tls.key_mismatch", subject, "the certificate is not for this private key",
                                 "give the key the certificate was issued for"))
     chain, current, trusted = [subject], leaf, False
@@ -136,6 +145,10 @@ def chain_certs(cert: x509.Certificate, candidates: list[x509.Certificate]) -> l
             cert.verify_directly_issued_by(c)
         except (ValueError, TypeError, InvalidSignature):
             continue
+        except UnsupportedAlgorithm as exc:
+            raise UsageError(f"the certificate {cert.subject.rfc4514_string()} is signed with an algorithm this host "
+                             f"cannot check ({exc})", code="tls.bad_certificate",
+                             hint="have it issued with SHA-256 or stronger by an RSA, P-256/P-384 or Ed25519 CA") from None
         out.append(c)
     return out
 
@@ -183,4 +196,4 @@ def installed_certificate(layout: Layout, *, now: datetime | None = None) -> Cer
 
 def public_key_sha256(key_pem: bytes) -> str:
     """SHA-256 of the DER public key a private key holds: what a record may say of the key."""
-    return hashlib.sha256(_pub(_key(key_pem))).hexdigest()
+    return hashlib.sha256(_pub(_key(key_pem), "TLS key")).hexdigest()
