@@ -347,8 +347,13 @@ def key_fingerprints(consumers: Sequence[Consumer]) -> list[str]:
 
 
 def access_log(layout: Layout) -> Path:
-    """The edge's JSON access log (rotated by the distribution's logrotate; listed by support-bundle)."""
-    return layout.log_dir / f"edge-{layout.instance}.access.jsonl"
+    """The edge's JSON access log (rotated by the distribution's logrotate; listed by support-bundle), in a
+    directory of its own: the router's master may write there, never beside the audit log."""
+    return edge_log_dir(layout) / f"edge-{layout.instance}.access.jsonl"
+
+
+def edge_log_dir(layout: Layout) -> Path:
+    return layout.log_dir / "edge"
 
 
 def router_reloader(layout: Layout) -> Reloader:

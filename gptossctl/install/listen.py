@@ -34,6 +34,7 @@ from gptossctl.install.edge import (
     render_consumer_includes,
     render_logrotate,
 )
+from gptossctl.install.consumers import edge_log_dir
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import EdgeRecord
 from gptossctl.install.router import EDGE_USER, TEMP_KINDS, edge_temp_dir
@@ -194,8 +195,16 @@ def prepare_edge_dirs(layout: Layout) -> str:
         d.chmod(0o700)
         if owner is not None and os.geteuid() == 0:
             os.chown(d, *owner, follow_symlinks=False)
-    layout.log_dir.mkdir(parents=True, exist_ok=True)
+    logs = edge_log_dir(layout)  # the access logs only: the router's master never writes beside the audit log
+    logs.mkdir(parents=True, exist_ok=True)
+    logs.chmod(0o755)
     return f"{layout.live_path(base)}/{{{','.join(TEMP_KINDS)}}} owned by {EDGE_USER}"
+
+
+def edge_instances(layout: Layout, *, without: str | None = None) -> list[str]:
+    """The instances of the root whose router has an edge (its folder), this one included unless `without`."""
+    found = {p.parent.name for p in layout.etc.parent.glob(f"*/{EDGE_DIR}") if p.is_dir()}
+    return sorted((found | {layout.instance}) - {without} if without else found | {layout.instance})
 
 
 @contextmanager
@@ -226,7 +235,8 @@ def edge_installed(layout: Layout, systemd: Systemd, edge: EdgeInput, api_key: s
         atomic_write(sysusers, EDGE_SYSUSERS, 0o644)
         systemd.sysusers(sysusers)
         dirs = prepare_edge_dirs(layout)
-        atomic_write(logrotate, render_logrotate(layout.live_path(layout.log_dir)), 0o644)
+        atomic_write(logrotate, render_logrotate(layout.live_path(edge_log_dir(layout)), instances=edge_instances(layout)),
+                     0o644)
         yield (f"{layout.live_path(d)}: certificate {edge.report.subject} (expires "
                f"{edge.report.not_after.date().isoformat()}) and its key, 0600; user {EDGE_USER}; {dirs}")
     except BaseException:

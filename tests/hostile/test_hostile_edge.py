@@ -104,7 +104,8 @@ def test_tls_and_usage_refuse_missing_and_bad_files(root: Path, tmp_path: Path) 
     refused(root, ["usage", *where], (2,), "usage.no_log")
     refused(root, ["usage", "--by", "team", *where], (2,), "usage.bad_by")
     refused(root, ["usage", "--format", "xml", *where], (2,), "usage.bad_format")
-    log = root / "var/log/gptoss/edge-inst.access.jsonl"
+    log = root / "var/log/gptoss/edge/edge-inst.access.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     (log.parent / (log.name + ".2.gz")).write_bytes(b"\x1f\x8b not gzip")
     refused(root, ["usage", *where], (2,), "usage.bad_log")
@@ -113,7 +114,8 @@ def test_tls_and_usage_refuse_missing_and_bad_files(root: Path, tmp_path: Path) 
 def test_support_bundle_lists_the_edge_without_a_key(root: Path, tmp_path: Path) -> None:
     key = (tmp_path / "alice.key").read_text().strip()
     (root / "opt/gptoss/inst").mkdir(parents=True)
-    log = root / "var/log/gptoss/edge-inst.access.jsonl"
+    log = root / "var/log/gptoss/edge/edge-inst.access.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps({"time": "2026-12-01T10:00:00+00:00", "consumer": "alice", "status": "200"}) + "\n"
                    + json.dumps({"time": "2026-12-01T10:00:01+00:00", "consumer": key, "status": "200"}) + "\n")
     members = collect(root, "inst")

@@ -24,6 +24,7 @@ from gptossctl.install.consumers import (
     Consumer,
     KeyRecord,
     Registry,
+    access_log,
     fingerprint,
     new_key,
     read_usage,
@@ -40,6 +41,7 @@ from gptossctl.install.edge import (
     render_logrotate,
 )
 from gptossctl.install.layout import Layout
+from gptossctl.install.listen import prepare_edge_dirs
 from gptossctl.install.release import EdgeRecord, ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
 from gptossctl.install.serving import serving_set
@@ -276,7 +278,7 @@ def test_usage_reads_the_rotated_logs_too(tmp_path: Path) -> None:
     rows = {r.key: r.requests for r in read_usage(log, root=tmp_path, instance="t", since=None, by="consumer",
                                                    fmt="json").rows}
     assert rows == {"alice": 2, "bob": 1}
-    assert "kill -HUP" in render_logrotate(tmp_path) and f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path)
+    assert f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path, instances=("t",))
 
 
 # ---------------------------------------------------------------- review fixes (r4): the edge against its seal
@@ -392,3 +394,13 @@ def test_logrotate_reloads_each_router_unit_and_never_signals_a_pid_from_a_file(
     text = render_logrotate(Path("/var/log/gptoss/edge"), instances=("a", "b"))
     assert "kill" not in text and "nginx.pid" not in text
     assert "systemctl reload gptoss-router@a.service" in text and "systemctl reload gptoss-router@b.service" in text
+
+
+def test_the_access_log_lives_apart_from_the_audit_log(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, "t")
+    assert access_log(layout) == tmp_path / "var/log/gptoss/edge/edge-t.access.jsonl"
+    prepare_edge_dirs(layout)
+    edge_logs = tmp_path / "var/log/gptoss/edge"
+    assert edge_logs.is_dir() and edge_logs.stat().st_mode & 0o777 == 0o755
+    text = render_logrotate(Path("/var/log/gptoss/edge"), instances=("t",))
+    assert "/var/log/gptoss/edge/edge-*.access.jsonl {" in text
