@@ -259,12 +259,11 @@ def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_pa
     ev = _evidence(tmp_path, NOW)
     assert check_tls(ev).status == "pass" and "loopback only" in check_tls(ev).evidence[0]  # no TLS listener
     d = tmp_path / "etc/gptoss/t/edge"
-    d.mkdir(parents=True)
-    (d / "tls-key.pem").write_bytes(_key_pem(pki["leaf_k"]))  # type: ignore[arg-type]
-    (d / "tls-ca.pem").write_bytes(_pem(pki["ca"]))  # type: ignore[arg-type]
+    rec = _install_edge(d, pki, client_ca=False)
     for cert, status in (("leaf", "pass"), ("soon", "warn"), ("expired", "fail")):
         (d / "tls-cert.pem").write_bytes(_pem(pki[cert], pki["inter"]))  # type: ignore[arg-type]
-        result = check_tls(ev)
+        sealed = dataclasses.replace(rec, cert_sha256=hashlib.sha256((d / "tls-cert.pem").read_bytes()).hexdigest())
+        result = check_tls(dataclasses.replace(ev, rec=dataclasses.replace(ev.rec, edge=sealed)))
         assert result.status == status, result
     assert any("expired" in e for e in result.evidence)
 
