@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -201,10 +202,27 @@ def prepare_edge_dirs(layout: Layout) -> str:
     return f"{layout.live_path(base)}/{{{','.join(TEMP_KINDS)}}} owned by {EDGE_USER}"
 
 
-def edge_instances(layout: Layout, *, without: str | None = None) -> list[str]:
-    """The instances of the root whose router has an edge (its folder), this one included unless `without`."""
+def edge_instances(layout: Layout, *, closing: bool = False) -> list[str]:
+    """The instances of the root whose router has an edge (its folder): this one too, unless it is `closing`."""
     found = {p.parent.name for p in layout.etc.parent.glob(f"*/{EDGE_DIR}") if p.is_dir()}
-    return sorted((found | {layout.instance}) - {without} if without else found | {layout.instance})
+    return sorted(found - {layout.instance} if closing else found | {layout.instance})
+
+
+def remove_edge(layout: Layout) -> str:
+    """After a switch to a release without a listener: the edge's files go, the TLS key first (the includes hold
+    the instance's API key), and the logrotate file (kept for the root's other edges, without this one)."""
+    d = layout.etc / EDGE_DIR
+    for name in (TLS_KEY, CONSUMERS_HTTP, CONSUMERS_SERVER, TLS_CERT, TLS_CA, CLIENT_CA):
+        (d / name).unlink(missing_ok=True)
+    shutil.rmtree(d, ignore_errors=True)
+    logrotate, others = layout.root / "etc/logrotate.d" / LOGROTATE, edge_instances(layout, closing=True)
+    if others:
+        atomic_write(logrotate, render_logrotate(layout.live_path(edge_log_dir(layout)), instances=others), 0o644)
+    else:
+        logrotate.unlink(missing_ok=True)
+    return (f"edge removed: {layout.live_path(d)} (TLS key, certificate, CA, consumers' includes) and "
+            + (f"this instance out of {layout.live_path(logrotate)}" if others else
+               f"{layout.live_path(logrotate)}"))
 
 
 @contextmanager
