@@ -25,9 +25,11 @@ from gptossctl.install.consumers import (
     KeyRecord,
     Registry,
     access_log,
+    add_consumer,
     fingerprint,
     new_key,
     read_usage,
+    sync_consumers,
     valid_keys,
 )
 from gptossctl.install.edge import (
@@ -403,3 +405,28 @@ def test_the_access_log_lives_apart_from_the_audit_log(tmp_path: Path) -> None:
     assert edge_logs.is_dir() and edge_logs.stat().st_mode & 0o777 == 0o755
     text = render_logrotate(Path("/var/log/gptoss/edge"), instances=("t",))
     assert "/var/log/gptoss/edge/edge-*.access.jsonl {" in text
+
+
+def test_consumers_sync_records_and_reloads_a_consumer_file_changed_by_hand(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, "t")
+    layout.etc.mkdir(parents=True)
+    layout.api_key.write_text(f"VLLM_API_KEY={UP}\n")
+    reloads: list[bool] = []
+
+    def reload(cut: bool) -> str:
+        reloads.append(cut)
+        return "reloaded"
+
+    add_consumer(layout, "alice", limits=Limits(5, 10, 5), reload=reload, command=["consumers", "add", "alice"],
+                 out=tmp_path / "alice.key")
+    reloads.clear()
+    sync_consumers(layout, reload=reload, command=["consumers", "sync"])
+    assert reloads == []  # nothing changed: no reload, no entry
+    entries = (tmp_path / "var/log/gptoss/audit.jsonl").read_text().splitlines()
+    conf = layout.etc / "edge/consumers.conf"
+    planted = "sk-planted-" + "p" * 40
+    conf.write_text(conf.read_text().replace('    default "";\n', f'    default "";\n    "~^Bearer {planted}$" eve;\n'))
+    sync_consumers(layout, reload=reload, command=["consumers", "sync"])
+    assert planted not in conf.read_text() and reloads == [False]  # removed from disk and from the running nginx
+    after = (tmp_path / "var/log/gptoss/audit.jsonl").read_text().splitlines()
+    assert len(after) == len(entries) + 1 and "consumers.conf" in json.loads(after[-1])["detail"]
