@@ -51,6 +51,7 @@ from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import wipe_kernel_caches
 from gptossctl.install.checklist import Preflight, run_checks
+from gptossctl.install.edge import EDGE_DIR
 from gptossctl.install.environment import (
     LISTING,
     build_env,
@@ -68,7 +69,6 @@ from gptossctl.install.layout import (
     check_writable,
     install_lock,
 )
-from gptossctl.install.edge import EDGE_DIR
 from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, load_edge, remove_edge
 from gptossctl.install.release import (
     DEFAULT_PORT,

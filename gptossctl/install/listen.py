@@ -24,6 +24,7 @@ from pathlib import Path
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, UsageError
 from gptossctl.fsutil import atomic_write, read_bytes
+from gptossctl.install.consumers import edge_log_dir
 from gptossctl.install.edge import (
     CLIENT_CA,
     CONSUMERS_HTTP,
@@ -35,7 +36,6 @@ from gptossctl.install.edge import (
     render_consumer_includes,
     render_logrotate,
 )
-from gptossctl.install.consumers import edge_log_dir
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import EdgeRecord
 from gptossctl.install.router import EDGE_USER, TEMP_KINDS, edge_temp_dir

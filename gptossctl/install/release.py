@@ -110,8 +110,9 @@ class EdgeRecord:
                 and allow and all(isinstance(a, str) for a in allow)):
             return None
         # What the router's nginx.conf is rendered from (its `listen` line, IPAddressAllow=): checked, never escaped.
-        if not (_ip(doc["host"]) and 1 <= doc["port"] <= 65535 and all(_SHA256.fullmatch(s) for s in strings[1:3])
-                and (strings[3] == "" or _SHA256.fullmatch(strings[3]))
+        if not (_ip(doc["host"]) and 1 <= doc["port"] <= 65535
+                and all(_SHA256.fullmatch(str(s)) for s in strings[1:3])
+                and (strings[3] == "" or _SHA256.fullmatch(str(strings[3])))
                 and (allow == ["any"] or all(_cidr(a) for a in allow))):
             return None
         return cls(doc["host"], doc["port"], doc["cert_sha256"], doc["key_sha256"], doc.get("client_ca_sha256", ""),
