@@ -144,3 +144,13 @@ def test_install_refuses_a_bad_listener_before_reading_the_bundle(root: Path, tm
                    str(pki / "a.key")], (2,), "install.bad_listen")
     refused(root, [*base, "--tls-key", str(pki / "a.key")], (2,), "install.tls_without_listen")
     refused(root, [*base, "--listen", "[::1]:8443"], (2,), "install.listen_needs_tls")
+
+
+def test_tls_rotate_refuses_an_unsupported_curve_with_a_usage_error(root: Path, tmp_path: Path) -> None:
+    """A real sect163k1 certificate and key (OpenSSL makes them; cryptography cannot use them): exit 2, not 70."""
+    for args in (["ecparam", "-name", "sect163k1", "-genkey", "-noout", "-out", "k.pem"],
+                 ["req", "-x509", "-new", "-key", "k.pem", "-subj", "/CN=s163", "-days", "30", "-out", "c.pem"]):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    refused(root, ["tls", "rotate", "--cert", cert, "--key", key, "--ca", cert, "--instance", "inst", "--root",
+                   str(root)], (2,), "tls.bad_certificate")
