@@ -51,7 +51,6 @@ from gptossctl.hardware.layout import LayoutRequest
 from gptossctl.install import audit
 from gptossctl.install.activate import wipe_kernel_caches
 from gptossctl.install.checklist import Preflight, run_checks
-from gptossctl.install.edge import EDGE_DIR
 from gptossctl.install.environment import (
     LISTING,
     build_env,
@@ -69,7 +68,15 @@ from gptossctl.install.layout import (
     check_writable,
     install_lock,
 )
-from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, load_edge, remove_edge
+from gptossctl.install.listen import (
+    EdgeInput,
+    ListenRequest,
+    describe,
+    edge_installed,
+    has_listener_files,
+    load_edge,
+    remove_edge,
+)
 from gptossctl.install.release import (
     DEFAULT_PORT,
     LOOPBACK,
@@ -631,7 +638,7 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
             with suppress(GptossctlError):
                 reload_router(layout, systemd)
         raise
-    if plan.edge is None and (layout.etc / EDGE_DIR).exists():  # switched to loopback only: the edge's files go
+    if plan.edge is None and has_listener_files(layout):  # switched to loopback only: the edge's files go
         with steps("edge", "removing the closed listener's files (the TLS key first)") as d:
             result.edge_removed = remove_edge(layout)
             d.append(result.edge_removed)

@@ -208,19 +208,30 @@ def edge_instances(layout: Layout, *, closing: bool = False) -> list[str]:
     return sorted(found - {layout.instance} if closing else found | {layout.instance})
 
 
+LISTENER_FILES = (TLS_KEY, CONSUMERS_HTTP, CONSUMERS_SERVER, TLS_CERT, TLS_CA, CLIENT_CA)  # the key first
+
+
+def has_listener_files(layout: Layout) -> bool:
+    """A listener was laid down here (its TLS files; the consumers' commands write the includes on their own)."""
+    return any((layout.etc / EDGE_DIR / n).exists() for n in (TLS_KEY, TLS_CERT))
+
+
 def remove_edge(layout: Layout) -> str:
     """After a switch to a release without a listener: the edge's files go, the TLS key first (the includes hold
-    the instance's API key), and the logrotate file (kept for the root's other edges, without this one)."""
+    the instance's API key), and the logrotate file (kept for the root's other edges, without this one). The
+    consumers' own key store stays (the consumers commands own it: revoke removes a key) in the root-only
+    folder; the folder goes when nothing else is in it."""
     d = layout.etc / EDGE_DIR
-    for name in (TLS_KEY, CONSUMERS_HTTP, CONSUMERS_SERVER, TLS_CERT, TLS_CA, CLIENT_CA):
+    for name in LISTENER_FILES:
         (d / name).unlink(missing_ok=True)
-    shutil.rmtree(d, ignore_errors=True)
+    if not any(d.iterdir()):
+        shutil.rmtree(d, ignore_errors=True)
     logrotate, others = layout.root / "etc/logrotate.d" / LOGROTATE, edge_instances(layout, closing=True)
     if others:
         atomic_write(logrotate, render_logrotate(layout.live_path(edge_log_dir(layout)), instances=others), 0o644)
     else:
         logrotate.unlink(missing_ok=True)
-    return (f"edge removed: {layout.live_path(d)} (TLS key, certificate, CA, consumers' includes) and "
+    return (f"edge removed: {layout.live_path(d)}'s TLS key, certificate, CAs and consumers' includes, and "
             + (f"this instance out of {layout.live_path(logrotate)}" if others else
                f"{layout.live_path(logrotate)}"))
 

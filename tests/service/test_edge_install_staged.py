@@ -322,9 +322,13 @@ def test_an_upgrade_refuses_a_swapped_listener_file_and_listen_none_removes_the_
     assert code == 0, doc
     # --listen none: the edge's files (the TLS key, the includes holding the instance's key) and the logrotate
     # file go, audited; edge.tls is not applicable.
+    code, doc = cli("consumers", "add", "alice", "--instance", INSTANCE, "--root", str(root),
+                    "--out", str(tmp_path / "alice.key"))
+    assert code == 0, doc
     code, doc = _install(cli, bundle, keys, root, "--listen", "none")
     assert code == 0, doc
-    assert not edge.exists() and not (root / "etc/logrotate.d/gptoss-edge").exists()
+    left = sorted(p.name for p in edge.iterdir())
+    assert left == ["keys.json"] and not (root / "etc/logrotate.d/gptoss-edge").exists(), left  # consumers' own
     log = (root / "var/log/gptoss/audit.jsonl").read_text()
     assert "edge removed" in log
     code, report = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
