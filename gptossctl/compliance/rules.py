@@ -86,10 +86,11 @@ RULES: tuple[Rule, ...] = (
     Rule("service.running", "The service runs the current release and answers /health", "medium",
          ("CP-10", "SI-6"),
          "gptossctl status; journalctl -u gptoss@INSTANCE-r0; reinstall or gptossctl rollback"),
-    Rule("edge.tls", "The router's TLS certificate matches its key, chains to the site CA and is in date "
-         "(warned 30 days before it ends)", "high", ("SC-8", "SC-12", "SC-17"),
+    Rule("edge.tls", "The router's TLS files are the ones sealed in the audit chain (certificate, key, client "
+         "and chain CA), and the certificate matches its key, chains to the site CA and is in date (warned 30 "
+         "days before it ends)", "high", ("SC-8", "SC-12", "SC-17"),
          "renew the certificate from the site CA and install it: gptossctl tls rotate --instance INSTANCE "
-         "--cert F --key F --ca F"),
+         "--cert F --key F --ca F; a file that differs from its seal was changed outside gptossctl: investigate"),
 )
 
 

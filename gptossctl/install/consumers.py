@@ -228,6 +228,28 @@ def valid_keys(registry: Registry, store: dict[str, tuple[str, str]], now: datet
     return out
 
 
+def _rendered(layout: Layout, registry: Registry, store: dict[str, tuple[str, str]],
+              now: datetime) -> dict[str, str]:
+    """The router's consumer files ({name in the edge folder: text}) as the records say they are."""
+    http, server = render_consumer_includes(valid_keys(registry, store, now),
+                                            {c.name: c.limits for c in registry.consumers if c.active},
+                                            upstream_key=read_api_key(layout.api_key))
+    return {CONSUMERS_HTTP: http, CONSUMERS_SERVER: server}
+
+
+def _drifted(layout: Layout, rendered: dict[str, str]) -> list[str]:
+    """The consumer files on disk that are not what the records render (changed, or missing, by hand)."""
+    d, out = edge_dir(layout), []
+    for name, text in rendered.items():
+        try:
+            same = (d / name).read_bytes() == text.encode()
+        except OSError:
+            same = False
+        if not same:
+            out.append(name)
+    return out
+
+
 def _write_all(layout: Layout, registry: Registry, store: dict[str, tuple[str, str]], now: datetime) -> None:
     d = edge_dir(layout)
     d.mkdir(parents=True, exist_ok=True)
@@ -237,10 +259,8 @@ def _write_all(layout: Layout, registry: Registry, store: dict[str, tuple[str, s
     atomic_write(d / KEYS, json.dumps({"schema": KEYS_SCHEMA, "keys": [
         {"consumer": c, "fingerprint": fp, "key": key} for fp, (c, key) in sorted(kept.items())]}, indent=1) + "\n",
         0o600)
-    http, server = render_consumer_includes(keys, {c.name: c.limits for c in registry.consumers if c.active},
-                                            upstream_key=read_api_key(layout.api_key))
-    atomic_write(d / CONSUMERS_HTTP, http, 0o600)
-    atomic_write(d / CONSUMERS_SERVER, server, 0o600)
+    for name, text in _rendered(layout, registry, store, now).items():
+        atomic_write(d / name, text, 0o600)
     atomic_write(registry_path(layout), json.dumps(registry.to_dict(), indent=1) + "\n", 0o644)
 
 
@@ -314,7 +334,9 @@ def rotate_consumer(layout: Layout, name: str, *, grace_s: int, reload: Reloader
 
 def sync_consumers(layout: Layout, *, reload: Reloader, command: list[str]) -> ConsumerList:
     """Render the router's consumer files again from the records: keys past their grace are dropped. Reloads
-    (and records an audit entry) only when something changed."""
+    (and records an audit entry) only when something changed: a key dropped, or a file on disk that is not what
+    the records render (compared before it is rewritten: a key planted by hand, and loaded by a reload, is
+    recorded, then gone from the file and, by the reload, from nginx)."""
     _installed(layout)
     checked = audit.require_intact(layout.root)
     with install_lock(layout):
@@ -322,11 +344,15 @@ def sync_consumers(layout: Layout, *, reload: Reloader, command: list[str]) -> C
         registry, store = read_registry(layout), _read_keys(layout)
         before = set(store)
         after = {k.fingerprint for k in valid_keys(registry, store, now)}
+        drift = _drifted(layout, _rendered(layout, registry, store, now))
         _write_all(layout, registry, store, now)
-        if before != after:
+        changed = before != after or bool(drift)
+        if changed:
             audit.record(layout.root, command, "ok", instance=layout.instance, checked=checked,
-                         detail=f"consumers sync: {len(before - after)} expired key(s) dropped")
-    if before != after:
+                         detail=f"consumers sync: {len(before - after)} expired key(s) dropped"
+                         + (f"; {', '.join(drift)} differed from the consumer records (changed outside "
+                            "gptossctl): rewritten" if drift else ""))
+    if changed:
         reload(False)
     return ConsumerList(registry.consumers)
 
@@ -347,8 +373,13 @@ def key_fingerprints(consumers: Sequence[Consumer]) -> list[str]:
 
 
 def access_log(layout: Layout) -> Path:
-    """The edge's JSON access log (rotated by the distribution's logrotate; listed by support-bundle)."""
-    return layout.log_dir / f"edge-{layout.instance}.access.jsonl"
+    """The edge's JSON access log (rotated by the distribution's logrotate; listed by support-bundle), in a
+    directory of its own: the router's master may write there, never beside the audit log."""
+    return edge_log_dir(layout) / f"edge-{layout.instance}.access.jsonl"
+
+
+def edge_log_dir(layout: Layout) -> Path:
+    return layout.log_dir / "edge"
 
 
 def router_reloader(layout: Layout) -> Reloader:

@@ -248,12 +248,17 @@ def render_consumer_includes(keys: Sequence[ConsumerKey], limits: dict[str, Limi
     return "".join(lines), "".join(server)
 
 
-def render_logrotate(log_dir: Path) -> str:
+def render_logrotate(log_dir: Path, *, instances: Sequence[str]) -> str:
     """/etc/logrotate.d/gptoss-edge: the edge's access logs rotated daily and kept 30 days (the distribution's
-    logrotate, on Debian and RHEL alike). The router then reloads gracefully (HUP, what `systemctl reload` sends):
+    logrotate, on Debian and RHEL alike). Each instance's router then reloads gracefully (`systemctl reload`,
+    by unit name: never a pid read from a file its nginx can write, which root would then signal):
     nginx's USR1 reopen would chown the new file to the workers' user, which the edge's master may not do (no
     CAP_CHOWN, the chown calls filtered), so it would keep writing the rotated file; a reload opens the logs
     afresh as root and hands them to new workers, old ones finish what they have in flight."""
+    for name in instances:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,47}", name):
+            raise UsageError(f"instance name {name[:80]!r} is not valid", code="edge.bad_instance")
+    reloads = "".join(f"        systemctl reload gptoss-router@{name}.service\n" for name in sorted(set(instances)))
     return f"""# gptossctl (install/edge.py): the network edge's JSON access logs.
 {log_dir}/edge-*.access.jsonl {{
     daily
@@ -265,7 +270,6 @@ def render_logrotate(log_dir: Path) -> str:
     create 0640 root adm
     sharedscripts
     postrotate
-        for p in /run/gptoss-router/*/nginx.pid; do [ -f "$p" ] && kill -HUP "$(cat "$p")"; done; true
-    endscript
+{reloads}    endscript
 }}
 """

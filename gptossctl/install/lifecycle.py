@@ -71,7 +71,15 @@ from gptossctl.install.layout import (
     check_writable,
     install_lock,
 )
-from gptossctl.install.listen import EdgeInput, ListenRequest, describe, edge_installed, load_edge
+from gptossctl.install.listen import (
+    EdgeInput,
+    ListenRequest,
+    describe,
+    edge_installed,
+    has_listener_files,
+    load_edge,
+    remove_edge,
+)
 from gptossctl.install.release import (
     DEFAULT_PORT,
     LOOPBACK,
@@ -99,7 +107,7 @@ from gptossctl.install.rolling import (
     serving_units,
 )
 from gptossctl.install.router import reload_router
-from gptossctl.install.seal import high_water, make_seal, require_as_sealed
+from gptossctl.install.seal import high_water, make_seal, require_as_sealed, require_edge_as_sealed
 from gptossctl.install.serving import render_set
 from gptossctl.install.steps import StepCallback, StepRecord, Steps
 from gptossctl.install.timer import install_compliance_timer
@@ -169,6 +177,7 @@ class InstallResult:
     trust: TrustPlan | None = None  # the root this install verified against, and whether it set one
     signed_by: tuple[dict[str, str | None], ...] = ()
     edge: EdgeRecord | None = None  # the router's listener on the site's network; None: loopback only
+    edge_removed: str = ""  # what a switch to a release without the listener removed (audited)
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "version": self.version, "previous": self.previous,
@@ -239,7 +248,8 @@ def install(req: InstallRequest, *, on_step: StepCallback | None = None, progres
                      digest=result.bundle_sha256, detail=f"release {result.version} ({result.profile})"
                      + (", started" if result.started else "") + f", signed by {_signed_by(result)}"
                      # The install that sets (or migrates) the root is the trust change's audit entry.
-                     + (f"; trust {result.trust.audit_detail()}" if result.trust and result.trust.change else ""),
+                     + (f"; trust {result.trust.audit_detail()}" if result.trust and result.trust.change else "")
+                     + (f"; {result.edge_removed}" if result.edge_removed else ""),
                      attach={"seal": sealed} if sealed else None, checked=checked)
     return result
 
@@ -385,6 +395,10 @@ def _install(req: InstallRequest, steps: Steps, progress: Progress | None, on_to
         if checked is not None and not req.repair:  # a release reused as it stands must be as it was sealed
             require_as_sealed(layout, plan.version, checked.records, code="install.record_changed",
                               hint=f"reinstall it from the signed bundle: gptossctl install {req.bundle} --repair")
+        if checked is not None and plan.edge is not None and plan.edge.kept is not None:
+            kept = read_release(layout.release(plan.edge.kept))  # the listener kept is re-sealed: as sealed first
+            if kept is not None:
+                require_edge_as_sealed(layout, kept, checked.records)
         with install_lock(layout):
             try:
                 result = apply(plan, steps, result)  # (4)-(9)
@@ -682,6 +696,10 @@ def apply(plan: Plan, steps: Steps, result: InstallResult) -> InstallResult:
             with suppress(GptossctlError):
                 reload_router(layout, systemd)
         raise
+    if plan.edge is None and has_listener_files(layout):  # switched to loopback only: the edge's files go
+        with steps("edge", "removing the closed listener's files (the TLS key first)") as d:
+            result.edge_removed = remove_edge(layout)
+            d.append(result.edge_removed)
     with steps("compliance", f"daily compliance check ({layout.compliance_timer})") as d:
         d.append(install_compliance_timer(layout, systemd))
     return result

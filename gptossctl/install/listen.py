@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pathlib import Path
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.errors import CheckFailed, UsageError
 from gptossctl.fsutil import atomic_write, read_bytes
+from gptossctl.install.consumers import edge_log_dir
 from gptossctl.install.edge import (
     CLIENT_CA,
     CONSUMERS_HTTP,
@@ -194,8 +196,44 @@ def prepare_edge_dirs(layout: Layout) -> str:
         d.chmod(0o700)
         if owner is not None and os.geteuid() == 0:
             os.chown(d, *owner, follow_symlinks=False)
-    layout.log_dir.mkdir(parents=True, exist_ok=True)
+    logs = edge_log_dir(layout)  # the access logs only: the router's master never writes beside the audit log
+    logs.mkdir(parents=True, exist_ok=True)
+    logs.chmod(0o755)
     return f"{layout.live_path(base)}/{{{','.join(TEMP_KINDS)}}} owned by {EDGE_USER}"
+
+
+def edge_instances(layout: Layout, *, closing: bool = False) -> list[str]:
+    """The instances of the root whose router has an edge (its folder): this one too, unless it is `closing`."""
+    found = {p.parent.name for p in layout.etc.parent.glob(f"*/{EDGE_DIR}") if p.is_dir()}
+    return sorted(found - {layout.instance} if closing else found | {layout.instance})
+
+
+LISTENER_FILES = (TLS_KEY, CONSUMERS_HTTP, CONSUMERS_SERVER, TLS_CERT, TLS_CA, CLIENT_CA)  # the key first
+
+
+def has_listener_files(layout: Layout) -> bool:
+    """A listener was laid down here (its TLS files; the consumers' commands write the includes on their own)."""
+    return any((layout.etc / EDGE_DIR / n).exists() for n in (TLS_KEY, TLS_CERT))
+
+
+def remove_edge(layout: Layout) -> str:
+    """After a switch to a release without a listener: the edge's files go, the TLS key first (the includes hold
+    the instance's API key), and the logrotate file (kept for the root's other edges, without this one). The
+    consumers' own key store stays (the consumers commands own it: revoke removes a key) in the root-only
+    folder; the folder goes when nothing else is in it."""
+    d = layout.etc / EDGE_DIR
+    for name in LISTENER_FILES:
+        (d / name).unlink(missing_ok=True)
+    if not any(d.iterdir()):
+        shutil.rmtree(d, ignore_errors=True)
+    logrotate, others = layout.root / "etc/logrotate.d" / LOGROTATE, edge_instances(layout, closing=True)
+    if others:
+        atomic_write(logrotate, render_logrotate(layout.live_path(edge_log_dir(layout)), instances=others), 0o644)
+    else:
+        logrotate.unlink(missing_ok=True)
+    return (f"edge removed: {layout.live_path(d)}'s TLS key, certificate, CAs and consumers' includes, and "
+            + (f"this instance out of {layout.live_path(logrotate)}" if others else
+               f"{layout.live_path(logrotate)}"))
 
 
 @contextmanager
@@ -226,7 +264,8 @@ def edge_installed(layout: Layout, systemd: Systemd, edge: EdgeInput, api_key: s
         atomic_write(sysusers, EDGE_SYSUSERS, 0o644)
         systemd.sysusers(sysusers)
         dirs = prepare_edge_dirs(layout)
-        atomic_write(logrotate, render_logrotate(layout.live_path(layout.log_dir)), 0o644)
+        atomic_write(logrotate, render_logrotate(layout.live_path(edge_log_dir(layout)), instances=edge_instances(layout)),
+                     0o644)
         yield (f"{layout.live_path(d)}: certificate {edge.report.subject} (expires "
                f"{edge.report.not_after.date().isoformat()}) and its key, 0600; user {EDGE_USER}; {dirs}")
     except BaseException:

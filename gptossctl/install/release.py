@@ -8,6 +8,7 @@ or of the wrong shape reads as None: that directory is not a release.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -108,6 +109,12 @@ class EdgeRecord:
         if not (all(isinstance(s, str) for s in strings) and _is(doc.get("port"), int) and isinstance(allow, list)
                 and allow and all(isinstance(a, str) for a in allow)):
             return None
+        # What the router's nginx.conf is rendered from (its `listen` line, IPAddressAllow=): checked, never escaped.
+        if not (_ip(doc["host"]) and 1 <= doc["port"] <= 65535
+                and all(_SHA256.fullmatch(str(s)) for s in strings[1:3])
+                and (strings[3] == "" or _SHA256.fullmatch(str(strings[3])))
+                and (allow == ["any"] or all(_cidr(a) for a in allow))):
+            return None
         return cls(doc["host"], doc["port"], doc["cert_sha256"], doc["key_sha256"], doc.get("client_ca_sha256", ""),
                    tuple(allow))
 
@@ -194,6 +201,23 @@ class ReleaseRecord:
             return cls(**values)
         except TypeError:  # a required field is missing
             return None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _ip(text: str) -> bool:
+    try:
+        return str(ipaddress.ip_address(text)) == text
+    except ValueError:
+        return False
+
+
+def _cidr(text: str) -> bool:
+    try:
+        return str(ipaddress.ip_network(text, strict=False)) == text
+    except ValueError:
+        return False
 
 
 def _is(value: Any, kind: object) -> bool:

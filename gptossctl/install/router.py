@@ -39,7 +39,7 @@ FAIL_TIMEOUT_S = 10  # a replica that refused a connection is tried again after 
 UPSTREAM = "gptoss_replicas"
 TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 EDGE_USER = "gptoss-router"  # the edge's nginx workers (sysusers.d); the master stays root
-LOG_DIR = "/var/log/gptoss"  # Layout.log_dir as the booted host sees it
+EDGE_LOG_DIR = "/var/log/gptoss/edge"  # consumers.edge_log_dir as the booted host sees it (not the audit log's)
 # What the template's whole-line {{ edge }} adds (the edge's unit): checked like the vLLM template's own.
 ROUTER_FILLED = frozenset({"PrivateMounts", "ReadWritePaths", "SystemCallFilter"})
 
@@ -163,7 +163,7 @@ def _edge_unit_lines(edge: EdgeRecord) -> str:
             f"# run as {EDGE_USER} (nginx `user`: setuid/setgid only, the chown family stays denied); peers of the\n"
             "# site's network may reach the listener (IPAddressAllow above).\n"
             "PrivateMounts=yes\n"
-            f"ReadWritePaths={LOG_DIR} /var/lib/gptoss-router/%i\n"
+            f"ReadWritePaths={EDGE_LOG_DIR} /var/lib/gptoss-router/%i\n"
             "SystemCallFilter=@setuid")
 
 
@@ -208,7 +208,7 @@ def router_unit_problems(text: str, template: str) -> list[str]:
         bad.append(f"{ROUTER_TEMPLATE}: CapabilityBoundingSet={' '.join(sorted(caps))} is more than the "
                    + ("edge's master needs (CAP_SETUID CAP_SETGID, CAP_NET_BIND_SERVICE below port 1024)" if edge
                       else "loopback router's (none)"))
-    allowed = {("PrivateMounts", "yes"), ("ReadWritePaths", f"{LOG_DIR} /var/lib/gptoss-router/%i"),
+    allowed = {("PrivateMounts", "yes"), ("ReadWritePaths", f"{EDGE_LOG_DIR} /var/lib/gptoss-router/%i"),
                ("SystemCallFilter", "@setuid")}
     bad += [f"{ROUTER_TEMPLATE}: {k}={v} is not one of the edge's lines" for k, v in filled if (k, v) not in allowed]
     return bad

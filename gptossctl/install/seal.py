@@ -18,7 +18,8 @@ from typing import Any
 from gptossctl.errors import CheckFailed, Finding
 from gptossctl.install.environment import LISTING
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import RELEASE_JSON, read_release
+from gptossctl.install.release import RELEASE_JSON, ReleaseRecord, read_release
+from gptossctl.install.tls import EDGE_SEAL_SCHEMA, edge_differences, edge_digests
 
 SEAL_SCHEMA = "gptossctl.install-seal/1"
 _CHUNK = 1 << 20
@@ -48,7 +49,45 @@ def make_seal(layout: Layout, version: int) -> dict[str, Any] | None:
     return {"schema": SEAL_SCHEMA, "instance": layout.instance, "version": version, "python": rec.python,
             "external_env": rec.external_env, "release_json": digest(release / RELEASE_JSON),
             "listing": None if rec.external_env else digest(release / LISTING),
-            "api_key": digest(layout.api_key), "files": {n: digest(release / n) for n in sorted(rec.rendered)}}
+            "api_key": digest(layout.api_key), "files": {n: digest(release / n) for n in sorted(rec.rendered)},
+            **({"edge": edge_digests(layout)} if rec.edge is not None else {})}
+
+
+def sealed_edge(records: Sequence[Mapping[str, Any]], instance: str, rec: ReleaseRecord) -> tuple[dict[str, str | None],
+                                                                                                 str] | None:
+    """What the listener's files must be, and where that was said: the newest of a `tls rotate` seal and the
+    current release's install seal (its edge digests); a seal from before those: the release record's own
+    digests (sealed with it). None when the release has no edge."""
+    if rec.edge is None:
+        return None
+    for e in reversed(records):
+        s = e.get("seal")
+        if not isinstance(s, dict) or s.get("instance") != instance:
+            continue
+        if s.get("schema") == EDGE_SEAL_SCHEMA:
+            return {k: v for k, v in s.items() if k.endswith("_sha256") and (v is None or isinstance(v, str))}, \
+                "the seal of the last tls rotate"
+        if s.get("schema") == SEAL_SCHEMA and s.get("version") == rec.version:
+            if isinstance(s.get("edge"), dict):
+                return {k: v for k, v in s["edge"].items() if isinstance(v, str) or v is None}, \
+                    f"the seal of release {rec.version}"
+            break
+    e = rec.edge
+    return ({"cert_sha256": e.cert_sha256, "key_sha256": e.key_sha256, "client_ca_sha256": e.client_ca_sha256 or None},
+            f"release {rec.version}'s record")
+
+
+def require_edge_as_sealed(layout: Layout, rec: ReleaseRecord, records: Sequence[Mapping[str, Any]]) -> None:
+    """An upgrade that keeps the listener re-seals its files: they must first be what the chain sealed (exit 1)."""
+    expected = sealed_edge(records, layout.instance, rec)
+    if expected is None:
+        return
+    bad = edge_differences(layout, expected[0], what=expected[1])
+    if bad:
+        raise CheckFailed("the listener's TLS files differ from what the audit chain sealed: the upgrade would seal "
+                          "them as they are", code="install.edge_changed", findings=bad,
+                          hint="install the files you mean with 'gptossctl tls rotate' (audited), or put back the "
+                               "sealed ones, then upgrade again; nothing was changed")
 
 
 def newest_seal(records: Sequence[Mapping[str, Any]], instance: str, version: int) -> dict[str, Any] | None:

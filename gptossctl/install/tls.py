@@ -16,18 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from gptossctl.errors import CheckFailed, Finding, UsageError
 from gptossctl.fsutil import atomic_write, read_bytes
 from gptossctl.install import audit
-from gptossctl.install.edge import EDGE_DIR, TLS_CA, TLS_CERT, TLS_KEY
+from gptossctl.install.edge import CLIENT_CA, EDGE_DIR, TLS_CA, TLS_CERT, TLS_KEY
 from gptossctl.install.layout import Layout, install_lock
 
 WARN_DAYS = 30
 MAX_CHAIN = 8
+EDGE_SEAL_SCHEMA = "gptossctl.edge-seal/1"  # what `tls rotate` seals in the audit chain (install seals it too)
+# The listener's files and the digest the seal keeps of each (of the key: its public half's).
+SEALED_FILES = ((TLS_CERT, "cert_sha256"), (TLS_KEY, "key_sha256"), (CLIENT_CA, "client_ca_sha256"),
+                (TLS_CA, "chain_ca_sha256"))
 
 
 @dataclass(frozen=True)
@@ -60,20 +64,29 @@ def _certs(pem: bytes, what: str) -> list[x509.Certificate]:
     if not certs:
         raise UsageError(f"the {what} holds no PEM certificate", code="tls.bad_certificate",
                          hint="give a PEM file (-----BEGIN CERTIFICATE-----)")
+    for c in certs:
+        _pub(c, what)  # a key type or curve this host's cryptography cannot use is refused here, not later
     return certs
 
 
 def _key(pem: bytes) -> PrivateKeyTypes:
     try:
         return serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"the TLS key is not an unencrypted PEM private key ({exc})", code="tls.bad_key",
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise UsageError(f"the TLS key is not an unencrypted PEM private key of a supported type ({exc})",
+                         code="tls.bad_key",
                          hint="nginx reads the key at start without a passphrase: give an unencrypted PEM key") from None
 
 
-def _pub(obj: Any) -> bytes:
-    return bytes(obj.public_key().public_bytes(serialization.Encoding.DER,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo))
+def _pub(obj: Any, what: str = "certificate") -> bytes:
+    try:
+        return bytes(obj.public_key().public_bytes(serialization.Encoding.DER,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        key = what == "TLS key"
+        raise UsageError(f"the {what} holds a key this host cannot use ({exc})",
+                         code="tls.bad_key" if key else "tls.bad_certificate",
+                         hint="use an RSA (2048+), P-256 or P-384 key, or Ed25519") from None
 
 
 def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None, *,
@@ -87,7 +100,7 @@ def check_certificate(cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None, *,
     leaf, pool = certs[0], certs[1:]
     subject = leaf.subject.rfc4514_string()
     findings: list[Finding] = []
-    if _pub(leaf) != _pub(_key(key_pem)):
+    if _pub(leaf) != _pub(_key(key_pem), "TLS key"):
         findings.append(Finding("tls.key_mismatch", subject, "the certificate is not for this private key",
                                 "give the key the certificate was issued for"))
     chain, current, trusted = [subject], leaf, False
@@ -136,6 +149,10 @@ def chain_certs(cert: x509.Certificate, candidates: list[x509.Certificate]) -> l
             cert.verify_directly_issued_by(c)
         except (ValueError, TypeError, InvalidSignature):
             continue
+        except UnsupportedAlgorithm as exc:
+            raise UsageError(f"the certificate {cert.subject.rfc4514_string()} is signed with an algorithm this host "
+                             f"cannot check ({exc})", code="tls.bad_certificate",
+                             hint="have it issued with SHA-256 or stronger by an RSA, P-256/P-384 or Ed25519 CA") from None
         out.append(c)
     return out
 
@@ -162,25 +179,63 @@ def rotate_certificate(layout: Layout, *, cert: Path, key: Path, ca: Path, reloa
         atomic_write(d / TLS_KEY, key_pem, 0o600)  # the key first: a new cert never meets the old key on reload
         atomic_write(d / TLS_CERT, cert_pem, 0o644)
         atomic_write(d / TLS_CA, ca_pem, 0o644)  # what compliance checks the chain against
+        # The new digests sealed in the chain: compliance compares the files with the newest seal, never with a
+        # record the host alone wrote.
+        seal = {"schema": EDGE_SEAL_SCHEMA, "instance": layout.instance, **edge_digests(layout)}
         audit.record(layout.root, command, "ok", instance=layout.instance, checked=checked,
-                     detail=f"tls rotate: {report.subject}, expires {report.not_after.isoformat()}")
+                     detail=f"tls rotate: {report.subject}, expires {report.not_after.isoformat()}",
+                     attach={"seal": seal})
     if textfile is not None:
         atomic_write(textfile, report.prometheus(layout.instance), 0o644)
     words = reload(False)
     return CertReport(report.subject, report.not_after, report.chain, report.findings, str(d / TLS_CERT), words)
 
 
-def installed_certificate(layout: Layout, *, now: datetime | None = None) -> CertReport | None:
-    """The check of the certificate the router serves (as `tls rotate` installed it, with the CA it was
-    checked against), for compliance: None when the instance has no TLS listener."""
+def installed_files(layout: Layout) -> tuple[bytes, bytes, bytes | None]:
+    """(certificate, key, chain CA or None) as the router serves them, for compliance's check."""
     d = layout.etc / EDGE_DIR
-    if not (d / TLS_CERT).exists():
-        return None
     ca = read_bytes(d / TLS_CA, what="CA file", code="tls.unreadable") if (d / TLS_CA).exists() else None
-    return check_certificate(read_bytes(d / TLS_CERT, what="certificate", code="tls.unreadable"),
-                             read_bytes(d / TLS_KEY, what="TLS key", code="tls.unreadable"), ca, now=now)
+    return (read_bytes(d / TLS_CERT, what="certificate", code="tls.unreadable"),
+            read_bytes(d / TLS_KEY, what="TLS key", code="tls.unreadable"), ca)
+
+
+def edge_digests(layout: Layout) -> dict[str, str | None]:
+    """SHA-256 of each of the listener's files as they are now (of the key: its public half; "unusable" for a key
+    that cannot be read as one); None for a file that is not there."""
+    d, out = layout.etc / EDGE_DIR, {}
+    for name, field in SEALED_FILES:
+        p = d / name
+        try:
+            data = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+        except OSError:
+            data = None
+        if data is None or name != TLS_KEY:
+            out[field] = hashlib.sha256(data).hexdigest() if data is not None else None
+            continue
+        try:
+            out[field] = public_key_sha256(data)
+        except UsageError:
+            out[field] = "unusable"
+    return out
+
+
+def edge_differences(layout: Layout, sealed: dict[str, str | None], *, what: str) -> list[Finding]:
+    """A finding for each listener file that is missing, added or other than `sealed` says (fields `sealed` lacks
+    are not judged: a record written before the chain CA was sealed)."""
+    now, d, out = edge_digests(layout), layout.etc / EDGE_DIR, []
+    for name, field in SEALED_FILES:
+        if field not in sealed or (sealed[field] or None) == now[field]:
+            continue
+        want, got = sealed[field] or None, now[field]
+        why = (f"{name} is missing; {what} has sha256 {want}" if got is None else
+               f"{name} is there but {what} has none" if want is None else
+               f"{name} differs from {what}: sha256 {got}, sealed {want}")
+        out.append(Finding("tls.not_as_sealed", str(layout.live_path(d / name)), why,
+                           "put back the file gptossctl installed, or install new ones with gptossctl tls rotate "
+                           "(audited); investigate who changed it"))
+    return out
 
 
 def public_key_sha256(key_pem: bytes) -> str:
     """SHA-256 of the DER public key a private key holds: what a record may say of the key."""
-    return hashlib.sha256(_pub(_key(key_pem))).hexdigest()
+    return hashlib.sha256(_pub(_key(key_pem), "TLS key")).hexdigest()

@@ -104,7 +104,8 @@ def test_tls_and_usage_refuse_missing_and_bad_files(root: Path, tmp_path: Path) 
     refused(root, ["usage", *where], (2,), "usage.no_log")
     refused(root, ["usage", "--by", "team", *where], (2,), "usage.bad_by")
     refused(root, ["usage", "--format", "xml", *where], (2,), "usage.bad_format")
-    log = root / "var/log/gptoss/edge-inst.access.jsonl"
+    log = root / "var/log/gptoss/edge/edge-inst.access.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     (log.parent / (log.name + ".2.gz")).write_bytes(b"\x1f\x8b not gzip")
     refused(root, ["usage", *where], (2,), "usage.bad_log")
@@ -113,7 +114,8 @@ def test_tls_and_usage_refuse_missing_and_bad_files(root: Path, tmp_path: Path) 
 def test_support_bundle_lists_the_edge_without_a_key(root: Path, tmp_path: Path) -> None:
     key = (tmp_path / "alice.key").read_text().strip()
     (root / "opt/gptoss/inst").mkdir(parents=True)
-    log = root / "var/log/gptoss/edge-inst.access.jsonl"
+    log = root / "var/log/gptoss/edge/edge-inst.access.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps({"time": "2026-12-01T10:00:00+00:00", "consumer": "alice", "status": "200"}) + "\n"
                    + json.dumps({"time": "2026-12-01T10:00:01+00:00", "consumer": key, "status": "200"}) + "\n")
     members = collect(root, "inst")
@@ -142,3 +144,13 @@ def test_install_refuses_a_bad_listener_before_reading_the_bundle(root: Path, tm
                    str(pki / "a.key")], (2,), "install.bad_listen")
     refused(root, [*base, "--tls-key", str(pki / "a.key")], (2,), "install.tls_without_listen")
     refused(root, [*base, "--listen", "[::1]:8443"], (2,), "install.listen_needs_tls")
+
+
+def test_tls_rotate_refuses_an_unsupported_curve_with_a_usage_error(root: Path, tmp_path: Path) -> None:
+    """A real sect163k1 certificate and key (OpenSSL makes them; cryptography cannot use them): exit 2, not 70."""
+    for args in (["ecparam", "-name", "sect163k1", "-genkey", "-noout", "-out", "k.pem"],
+                 ["req", "-x509", "-new", "-key", "k.pem", "-subj", "/CN=s163", "-days", "30", "-out", "c.pem"]):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    refused(root, ["tls", "rotate", "--cert", cert, "--key", key, "--ca", cert, "--instance", "inst", "--root",
+                   str(root)], (2,), "tls.bad_certificate")

@@ -119,7 +119,7 @@ def _client(c: Container, key: str) -> dict[str, Any]:
 
 
 def _log(c: Container) -> list[dict[str, Any]]:
-    text = c.path(f"/var/log/gptoss/edge-{INSTANCE}.access.jsonl").read_text()
+    text = c.path(f"/var/log/gptoss/edge/edge-{INSTANCE}.access.jsonl").read_text()
     return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
 
 
@@ -151,7 +151,7 @@ def test_install_with_listen_serves_the_official_client_over_tls_with_a_consumer
     lines = _log(box)
     chat = [ln for ln in lines if ln["route"] == "/v1/chat/completions"]
     assert [ln["consumer"] for ln in chat] == ["team-a"] and chat[0]["status"] == "200"
-    assert key not in box.path(f"/var/log/gptoss/edge-{INSTANCE}.access.jsonl").read_text()
+    assert key not in box.path(f"/var/log/gptoss/edge/edge-{INSTANCE}.access.jsonl").read_text()
     # A revoked key stops within seconds (a graceful reload by the unit's ExecReload, the master as root).
     code, _ = _gptossctl(box, "consumers", "revoke", "team-a", "--instance", INSTANCE)
     t0 = time.monotonic()

@@ -131,10 +131,10 @@ def test_install_with_listen_records_the_edge_and_renders_the_router_from_it(cli
     # The unit: a root master that may only drop to its workers, reaching loopback and the allowed peers.
     assert "DynamicUser=no\n" in unit and "CapabilityBoundingSet=CAP_SETUID CAP_SETGID\n" in unit
     assert "IPAddressAllow=localhost 10.20.0.0/16\n" in unit and "SystemCallFilter=@setuid\n" in unit
-    assert "ReadWritePaths=/var/log/gptoss /var/lib/gptoss-router/%i\n" in unit and "CAP_CHOWN" not in unit
+    assert "ReadWritePaths=/var/log/gptoss/edge /var/lib/gptoss-router/%i\n" in unit and "CAP_CHOWN" not in unit
     assert "gptoss-router:" in (root / "etc/passwd").read_text()  # sysusers.d, through systemd-sysusers --root
     assert (root / "etc/sysusers.d/gptoss-router.conf").is_file()
-    assert "kill -HUP" in (root / "etc/logrotate.d/gptoss-edge").read_text()
+    assert f"systemctl reload gptoss-router@{INSTANCE}.service" in (root / "etc/logrotate.d/gptoss-edge").read_text()
     assert sorted(p.name for p in (root / "var/lib/gptoss-router" / INSTANCE).iterdir()) == \
         ["client_body", "fastcgi", "proxy", "scgi", "uwsgi"]
     # Graded: no worse than 2.0 (the loopback router's 1.3 is kept where there is no --listen).
@@ -300,3 +300,37 @@ def test_an_upgrade_keeps_the_listener_and_listen_none_closes_it(cli, bundle: Pa
     assert closed is not None and closed.edge is None and " ssl;" not in conf and "DynamicUser=yes\n" in unit
     code, doc = _install(cli, bundle, keys, root, "--listen", "none", "--tls-cert", str(pki / "server.pem"))
     assert code == 2 and doc["error"]["code"] == "install.tls_without_listen"
+
+
+def test_an_upgrade_refuses_a_swapped_listener_file_and_listen_none_removes_the_edge(  # type: ignore[no-untyped-def]
+        cli, bundle: Path, keys, pki: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    code, doc = _install(cli, bundle, keys, root, "--listen", "127.0.0.1:8443", *_tls(pki))
+    assert code == 0, doc
+    edge = root / "etc/gptoss" / INSTANCE / "edge"
+    sealed = (edge / "client-ca.pem").read_bytes()
+    (edge / "client-ca.pem").write_bytes((pki / "other-ca.pem").read_bytes())  # mTLS would admit its certificates
+    code, report = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
+    tls = {c["id"]: c for c in report["data"]["checks"]}["edge.tls"]
+    assert tls["status"] == "fail" and "client-ca.pem" in " ".join(tls["evidence"]), tls
+    before = _files(root)
+    code, doc = _install(cli, bundle, keys, root)  # keeps the listener: would seal the swapped file
+    assert code == 1 and doc["error"]["code"] == "install.edge_changed", doc
+    assert "tls rotate" in doc["error"]["hint"] and _files(root) == before
+    (edge / "client-ca.pem").write_bytes(sealed)
+    code, doc = _install(cli, bundle, keys, root)
+    assert code == 0, doc
+    # --listen none: the edge's files (the TLS key, the includes holding the instance's key) and the logrotate
+    # file go, audited; edge.tls is not applicable.
+    code, doc = cli("consumers", "add", "alice", "--instance", INSTANCE, "--root", str(root),
+                    "--out", str(tmp_path / "alice.key"))
+    assert code == 0, doc
+    code, doc = _install(cli, bundle, keys, root, "--listen", "none")
+    assert code == 0, doc
+    left = sorted(p.name for p in edge.iterdir())
+    assert left == ["keys.json"] and not (root / "etc/logrotate.d/gptoss-edge").exists(), left  # consumers' own
+    log = (root / "var/log/gptoss/audit.jsonl").read_text()
+    assert "edge removed" in log
+    code, report = cli("compliance", "check", "--root", str(root), "--instance", INSTANCE)
+    tls = {c["id"]: c for c in report["data"]["checks"]}["edge.tls"]
+    assert tls["status"] == "pass" and tls["evidence"][0].startswith("n/a"), tls

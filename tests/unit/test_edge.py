@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,15 +18,18 @@ from cryptography.x509.oid import NameOID
 
 from gptossctl.adapters.systemd import Systemd
 from gptossctl.compliance.edge import check_tls
-from gptossctl.compliance.evidence import ComplianceOptions, Evidence
+from gptossctl.compliance.evidence import ComplianceOptions, Evidence, read_chain
 from gptossctl.errors import CheckFailed, UsageError
 from gptossctl.install.consumers import (
     Consumer,
     KeyRecord,
     Registry,
+    access_log,
+    add_consumer,
     fingerprint,
     new_key,
     read_usage,
+    sync_consumers,
     valid_keys,
 )
 from gptossctl.install.edge import (
@@ -38,10 +43,11 @@ from gptossctl.install.edge import (
     render_logrotate,
 )
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ReleaseRecord, ReplicaRecord
+from gptossctl.install.listen import prepare_edge_dirs
+from gptossctl.install.release import EdgeRecord, ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
 from gptossctl.install.serving import serving_set
-from gptossctl.install.tls import check_certificate
+from gptossctl.install.tls import check_certificate, public_key_sha256, rotate_certificate
 from gptossctl.probe.usage import summarise
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -255,12 +261,11 @@ def test_compliance_checks_the_served_certificate(pki: dict[str, object], tmp_pa
     ev = _evidence(tmp_path, NOW)
     assert check_tls(ev).status == "pass" and "loopback only" in check_tls(ev).evidence[0]  # no TLS listener
     d = tmp_path / "etc/gptoss/t/edge"
-    d.mkdir(parents=True)
-    (d / "tls-key.pem").write_bytes(_key_pem(pki["leaf_k"]))  # type: ignore[arg-type]
-    (d / "tls-ca.pem").write_bytes(_pem(pki["ca"]))  # type: ignore[arg-type]
+    rec = _install_edge(d, pki, client_ca=False)
     for cert, status in (("leaf", "pass"), ("soon", "warn"), ("expired", "fail")):
         (d / "tls-cert.pem").write_bytes(_pem(pki[cert], pki["inter"]))  # type: ignore[arg-type]
-        result = check_tls(ev)
+        sealed = dataclasses.replace(rec, cert_sha256=hashlib.sha256((d / "tls-cert.pem").read_bytes()).hexdigest())
+        result = check_tls(dataclasses.replace(ev, rec=dataclasses.replace(ev.rec, edge=sealed)))
         assert result.status == status, result
     assert any("expired" in e for e in result.evidence)
 
@@ -274,4 +279,154 @@ def test_usage_reads_the_rotated_logs_too(tmp_path: Path) -> None:
     rows = {r.key: r.requests for r in read_usage(log, root=tmp_path, instance="t", since=None, by="consumer",
                                                    fmt="json").rows}
     assert rows == {"alice": 2, "bob": 1}
-    assert "kill -HUP" in render_logrotate(tmp_path) and f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path)
+    assert f"{tmp_path}/edge-*.access.jsonl {{" in render_logrotate(tmp_path, instances=("t",))
+
+
+# ---------------------------------------------------------------- review fixes (r4): the edge against its seal
+
+
+def _install_edge(d: Path, pki: dict[str, object], *, client_ca: bool = True) -> EdgeRecord:
+    """The listener's files as install lays them down, and the record that seals them."""
+    d.mkdir(parents=True, exist_ok=True)
+    files = {"tls-cert.pem": _pem(pki["leaf"], pki["inter"]), "tls-key.pem": _key_pem(pki["leaf_k"]),  # type: ignore[arg-type]
+             "tls-ca.pem": _pem(pki["ca"])}  # type: ignore[arg-type]
+    if client_ca:
+        files["client-ca.pem"] = _pem(pki["ca"])  # type: ignore[arg-type]
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return EdgeRecord("10.0.0.5", 443, hashlib.sha256(files["tls-cert.pem"]).hexdigest(),
+                      public_key_sha256(files["tls-key.pem"]),
+                      hashlib.sha256(files["client-ca.pem"]).hexdigest() if client_ca else "")
+
+
+def test_compliance_fails_a_listener_file_that_differs_from_the_record_or_is_missing(
+        pki: dict[str, object], tmp_path: Path) -> None:
+    d = tmp_path / "etc/gptoss/t/edge"
+    rec = _install_edge(d, pki)
+    ev = _evidence(tmp_path, NOW)
+    ev = dataclasses.replace(ev, rec=dataclasses.replace(ev.rec, edge=rec))
+    assert check_tls(ev).status == "pass", check_tls(ev)
+    good = {p.name: p.read_bytes() for p in d.iterdir()}
+    for name, bad in (("client-ca.pem", _pem(pki["other_ca"])),  # type: ignore[arg-type]  mTLS admits other certs
+                      ("tls-key.pem", _key_pem(pki["other_k"])),  # type: ignore[arg-type]
+                      ("tls-cert.pem", _pem(pki["soon"], pki["inter"])),  # type: ignore[arg-type]
+                      ("client-ca.pem", None), ("tls-cert.pem", None), ("tls-key.pem", None)):
+        if bad is None:
+            (d / name).unlink()
+        else:
+            (d / name).write_bytes(bad)
+        result = check_tls(ev)
+        assert result.status == "fail" and "loopback" not in " ".join(result.evidence), (name, result)
+        assert any(name in e for e in result.evidence), (name, result)
+        (d / name).write_bytes(good[name])
+    assert check_tls(ev).status == "pass"
+
+
+def test_tls_rotate_seals_the_new_digests_and_compliance_compares_against_them(
+        pki: dict[str, object], tmp_path: Path) -> None:
+    layout = Layout(tmp_path, "t")
+    rec = _install_edge(layout.etc / "edge", pki)
+    src = tmp_path / "new"
+    src.mkdir()
+    (src / "cert.pem").write_bytes(_pem(pki["soon"], pki["inter"]))  # type: ignore[arg-type]
+    (src / "key.pem").write_bytes(_key_pem(pki["leaf_k"]))  # type: ignore[arg-type]
+    (src / "ca.pem").write_bytes(_pem(pki["ca"]))  # type: ignore[arg-type]
+    rotate_certificate(layout, cert=src / "cert.pem", key=src / "key.pem", ca=src / "ca.pem",
+                       reload=lambda _now: "reloaded", command=["tls", "rotate"])
+    ev = _evidence(tmp_path, NOW)
+    ev = dataclasses.replace(ev, rec=dataclasses.replace(ev.rec, edge=rec), chain=read_chain(layout))
+    assert check_tls(ev).status == "warn", check_tls(ev)  # the rotated certificate, sealed: compared, in date
+    (layout.etc / "edge/tls-ca.pem").unlink()  # the chain would go "not checked"
+    result = check_tls(ev)
+    assert result.status == "fail" and any("tls-ca.pem" in e for e in result.evidence), result
+
+
+def test_no_edge_in_the_record_is_not_applicable_whatever_the_folder_holds(pki: dict[str, object],
+                                                                            tmp_path: Path) -> None:
+    _install_edge(tmp_path / "etc/gptoss/t/edge", pki)
+    (tmp_path / "etc/gptoss/t/edge/tls-cert.pem").write_bytes(_pem(pki["expired"], pki["inter"]))  # type: ignore[arg-type]
+    result = check_tls(_evidence(tmp_path, NOW))
+    assert result.status == "pass" and "n/a" in result.evidence[0], result
+
+
+@pytest.fixture(scope="module")
+def sect163k1(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    """A real certificate on a curve OpenSSL knows and cryptography does not."""
+    d = tmp_path_factory.mktemp("s163")
+    subprocess.run(["openssl", "ecparam", "-name", "sect163k1", "-genkey", "-noout", "-out", str(d / "k.pem")],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(d / "k.pem"), "-subj", "/CN=s163", "-days", "30",
+                    "-out", str(d / "c.pem")], check=True, capture_output=True)
+    return (d / "c.pem").read_bytes(), (d / "k.pem").read_bytes()
+
+
+def test_an_unsupported_curve_is_a_usage_error_not_a_crash(pki: dict[str, object], sect163k1: tuple[bytes, bytes],
+                                                            tmp_path: Path) -> None:
+    cert, key = sect163k1
+    good_cert, good_key = _pem(pki["leaf"], pki["inter"]), _key_pem(pki["leaf_k"])  # type: ignore[arg-type]
+    for c, k, code in ((cert, good_key, "tls.bad_certificate"), (good_cert, key, "tls.bad_key")):
+        with pytest.raises(UsageError) as err:
+            check_certificate(c, k, _pem(pki["ca"]), now=NOW)  # type: ignore[arg-type]
+        assert err.value.code == code
+    with pytest.raises(UsageError) as err:  # an unsupported CA in the pool
+        check_certificate(good_cert, good_key, cert, now=NOW)
+    assert err.value.code == "tls.bad_certificate"
+    d = tmp_path / "etc/gptoss/t/edge"
+    rec = _install_edge(d, pki)
+    (d / "tls-cert.pem").write_bytes(cert)
+    ev = _evidence(tmp_path, NOW)
+    assert check_tls(dataclasses.replace(ev, rec=dataclasses.replace(ev.rec, edge=rec))).status == "fail"
+
+
+@pytest.mark.parametrize("field,value", [("host", "10.0.0.5:80 ssl; include /etc/shadow; listen 1"),
+                                         ("host", "example.com"), ("port", 0), ("port", 70000),
+                                         ("allow", ["10.0.0.0/8; deny"]), ("allow", ["bogus"]),
+                                         ("cert_sha256", "x" * 64), ("key_sha256", "ab"),
+                                         ("client_ca_sha256", "0" * 63)])
+def test_a_damaged_edge_record_is_refused(field: str, value: object) -> None:
+    good = EdgeRecord("10.0.0.5", 443, "a" * 64, "b" * 64, "", ("10.0.0.0/8",)).to_dict()
+    assert EdgeRecord.from_dict(good) is not None
+    assert EdgeRecord.from_dict(good | {"allow": ["any"]}) is not None
+    assert EdgeRecord.from_dict(good | {"host": "::"}) is not None
+    assert EdgeRecord.from_dict(good | {field: value}) is None
+
+
+def test_logrotate_reloads_each_router_unit_and_never_signals_a_pid_from_a_file() -> None:
+    text = render_logrotate(Path("/var/log/gptoss/edge"), instances=("a", "b"))
+    assert "kill" not in text and "nginx.pid" not in text
+    assert "systemctl reload gptoss-router@a.service" in text and "systemctl reload gptoss-router@b.service" in text
+
+
+def test_the_access_log_lives_apart_from_the_audit_log(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, "t")
+    assert access_log(layout) == tmp_path / "var/log/gptoss/edge/edge-t.access.jsonl"
+    prepare_edge_dirs(layout)
+    edge_logs = tmp_path / "var/log/gptoss/edge"
+    assert edge_logs.is_dir() and edge_logs.stat().st_mode & 0o777 == 0o755
+    text = render_logrotate(Path("/var/log/gptoss/edge"), instances=("t",))
+    assert "/var/log/gptoss/edge/edge-*.access.jsonl {" in text
+
+
+def test_consumers_sync_records_and_reloads_a_consumer_file_changed_by_hand(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, "t")
+    layout.etc.mkdir(parents=True)
+    layout.api_key.write_text(f"VLLM_API_KEY={UP}\n")
+    reloads: list[bool] = []
+
+    def reload(cut: bool) -> str:
+        reloads.append(cut)
+        return "reloaded"
+
+    add_consumer(layout, "alice", limits=Limits(5, 10, 5), reload=reload, command=["consumers", "add", "alice"],
+                 out=tmp_path / "alice.key")
+    reloads.clear()
+    sync_consumers(layout, reload=reload, command=["consumers", "sync"])
+    assert reloads == []  # nothing changed: no reload, no entry
+    entries = (tmp_path / "var/log/gptoss/audit.jsonl").read_text().splitlines()
+    conf = layout.etc / "edge/consumers.conf"
+    planted = "sk-planted-" + "p" * 40
+    conf.write_text(conf.read_text().replace('    default "";\n', f'    default "";\n    "~^Bearer {planted}$" eve;\n'))
+    sync_consumers(layout, reload=reload, command=["consumers", "sync"])
+    assert planted not in conf.read_text() and reloads == [False]  # removed from disk and from the running nginx
+    after = (tmp_path / "var/log/gptoss/audit.jsonl").read_text().splitlines()
+    assert len(after) == len(entries) + 1 and "consumers.conf" in json.loads(after[-1])["detail"]

@@ -77,7 +77,9 @@ EDGE = EdgeRecord("10.0.0.5", 443, "0" * 64, "1" * 64)
                                     ("DynamicUser=no", "DynamicUser=yes"),
                                     ("SystemCallFilter=@setuid", "SystemCallFilter=@mount"),
                                     ("PrivateMounts=yes\n", ""),
-                                    ("ReadWritePaths=/var/log/gptoss ", "ReadWritePaths=/etc ")])
+                                    ("ReadWritePaths=/var/log/gptoss/edge ", "ReadWritePaths=/etc "),
+                                    # the audit log's directory: the edge's master writes its access log only
+                                    ("ReadWritePaths=/var/log/gptoss/edge ", "ReadWritePaths=/var/log/gptoss ")])
 def test_the_edge_router_unit_is_pinned_to_what_its_master_needs(change: tuple[str, str]) -> None:
     unit = render_router_unit(router_template(), nginx=Path("/usr/sbin/nginx"), config=Path("/etc/n.conf"),
                               key_source=Path("/etc/k"), edge=EDGE)
