@@ -4,9 +4,11 @@ Connected side (this machine): two keys -> the tiny harmony gpt-oss built and ta
 vLLM's wheels packed from its recipe, co-signed, verified 2-of-2, one flipped bit refused -> the hardware check.
 Air-gapped side (a Debian container booted with systemd, no network but loopback; the bundle and gptossctl's
 wheels mounted read-only like removable media): gptossctl bootstrapped from wheels -> `install` builds vLLM's
-environment from the bundle's own wheels and serves the model under the hardened unit -> `smoke` with every
-harmony check -> `canary run` on the demo suite with its HTML report -> `compliance check` -> an upgrade whose
-profile vLLM refuses, rolled back by itself while the first release keeps answering.
+environment from the bundle's own wheels and serves the model under the hardened unit, behind the router with a
+TLS listener from the demo's site CA -> `smoke` with every harmony check on the host side -> a consumer key ->
+`canary run` on the demo suite through the TLS listener with that key, and its HTML report -> `usage` counts the
+consumer's requests -> `compliance check` -> an upgrade whose profile vLLM refuses, rolled back by itself while the
+first release keeps answering.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gptossctl.adapters.nspawn import Container, can_boot
 from gptossctl.bundle.sign import cosign_bundle
 from gptossctl.demo.harmony import build_tiny_harmony, write_recipe
 from gptossctl.demo.signing import SIGNERS, cosign_and_verify, make_keys, pack, tamper_refused
+from gptossctl.demo.sitetls import LISTEN_HOST, make_site_tls
 from gptossctl.demo.staged import hw_check
 from gptossctl.errors import CheckFailed, EnvironmentNotReady, UsageError
 from gptossctl.fsutil import parse_json
@@ -33,6 +36,9 @@ from gptossctl.resources import data_dir
 CLI = "/opt/gptossctl/bin/gptossctl"
 CANARY_DIR = "/var/lib/gptoss-demo/canary"
 HEALTH_TIMEOUT = "10m"
+LISTEN = f"{LISTEN_HOST}:8443"  # the site's TLS listener (the container has no other interface)
+CONSUMER = "demo-team"
+CONSUMER_KEY = "/root/demo-team.key"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class FullOutcome:
     smoke: dict[str, Any] | None = None
     canary: dict[str, Any] | None = None
     compliance: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,12 +83,18 @@ def run_full(out: Path, inputs: FullInputs, steps: Steps, outcome: FullOutcome) 
     cosign_and_verify(v1, keys, steps)
     tamper_refused(v1, keys, out, steps)
     hw_check(v1, out, steps)
-    binds = {bundles: "/media/bundles", out / "keys": "/media/keys", inputs.bootstrap: "/media/wheels"}
+    with steps("site TLS", "the site CA and the listener's certificate (a site brings its own)") as d:
+        make_site_tls(out / "tls")
+        d.append(f"ECDSA P-256, for {LISTEN_HOST}, valid 30 days: {out / 'tls'}")
+    binds = {bundles: "/media/bundles", out / "keys": "/media/keys", inputs.bootstrap: "/media/wheels",
+             out / "tls": "/media/tls"}
     with _container(out, binds, steps) as box:
         _bootstrap(box, steps)
         instance = _install(box, "v1", steps)
         outcome.smoke = _smoke(box, instance, steps)
+        _consumer(box, instance, steps)
         outcome.canary = _canary(box, instance, out, steps, outcome)
+        outcome.usage = _usage(box, instance, steps)
         outcome.compliance = _compliance(box, steps)
         v2 = pack(_broken_recipe(work), bundles / "v2", keys, steps, wheelhouse=inputs.wheelhouse, version=2,
                   name="bundle pack v2 (a profile vLLM refuses)")
@@ -115,9 +128,10 @@ def _interfaces(box: Container) -> list[str]:
     return sorted(p.name for p in Path(f"/proc/{box.init_pid}/root/sys/class/net").iterdir())
 
 
-def _cli(box: Container, *args: str, expect: tuple[int, ...] = (0,)) -> tuple[int, dict[str, Any]]:
+def _cli(box: Container, *args: str, expect: tuple[int, ...] = (0,),
+         env: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     """Run gptossctl inside the container with --json; its one result document."""
-    res = box.run(CLI, *args, "--json", check=False)
+    res = box.run("env", *(f"{k}={v}" for k, v in (env or {}).items()), CLI, *args, "--json", check=False)
     try:
         doc = parse_json(res.stdout, where=f"gptossctl {args[0]} in the container", what="result document")
     except UsageError:
@@ -145,12 +159,21 @@ def _install(box: Container, bundle: str, steps: Steps) -> str:
                "/health, smoke") as d:
         _code, doc = _cli(box, "install", f"/media/bundles/{bundle}", "--trust", "/media/keys/ml-engineer.pub",
                           "--trust", "/media/keys/security-officer.pub", "--threshold", "2", "--yes",
-                          "--health-timeout", HEALTH_TIMEOUT)
+                          "--health-timeout", HEALTH_TIMEOUT, "--listen", LISTEN, "--tls-cert",
+                          "/media/tls/server.pem", "--tls-key", "/media/tls/server.key")
         r = doc["data"]
         slow = {s["step"]: s["seconds"] for s in r["steps"]}
-        d.append(f"release {r['version']} of {r['instance']} serving at {r['endpoint']} under {r['unit']} "
-                 f"(environment {slow.get('environment', 0):.0f} s, healthy after {slow.get('health', 0):.0f} s)")
+        d.append(f"release {r['version']} of {r['instance']} serving at {r['endpoint']} under {r['unit']}, open on "
+                 f"https://{LISTEN} (environment {slow.get('environment', 0):.0f} s, healthy after "
+                 f"{slow.get('health r0', 0):.0f} s)")
     return str(r["instance"])
+
+
+def _consumer(box: Container, instance: str, steps: Steps) -> None:
+    with steps("consumer key", f"a key for the team {CONSUMER}, written 0600 (never shown in argv or logs)") as d:
+        _cli(box, "consumers", "add", CONSUMER, "--instance", instance, "--out", CONSUMER_KEY, "--rps", "100",
+             "--burst", "200", "--concurrency", "8")
+        d.append(f"{CONSUMER}: key in {CONSUMER_KEY}; the router reloaded gracefully")
 
 
 def _smoke(box: Container, instance: str, steps: Steps) -> dict[str, Any]:
@@ -166,15 +189,28 @@ def _smoke(box: Container, instance: str, steps: Steps) -> dict[str, Any]:
 def _canary(box: Container, instance: str, out: Path, steps: Steps, outcome: FullOutcome) -> dict[str, Any]:
     """The demo suite asks one question the model was never taught and one it was taught to answer unsafely:
     the canary must catch both (exit 1), and write its reports."""
-    with steps("canary", "the demo suite: correctness, edits-to-accept, safety, latency; HTML report") as d:
-        code, doc = _cli(box, "canary", "run", "--url", "http://127.0.0.1:8000", "--api-key-file",
-                         f"/etc/gptoss/{instance}/api-key", "--suite", "demo", "--out", CANARY_DIR, expect=(0, 1))
+    with steps("canary", f"the demo suite through https://{LISTEN} with {CONSUMER}'s key: correctness, "
+               "edits-to-accept, safety, latency; HTML report") as d:
+        # The client trusts the site CA the way any OpenSSL or httpx client does: SSL_CERT_FILE.
+        code, doc = _cli(box, "canary", "run", "--url", f"https://{LISTEN}", "--api-key-file", CONSUMER_KEY,
+                         "--suite", "demo", "--out", CANARY_DIR, expect=(0, 1),
+                         env={"SSL_CERT_FILE": "/media/tls/ca.pem"})
         reports = out / "canary"
         shutil.copytree(box.path(CANARY_DIR), reports)
         outcome.files.update({p.name: str(p) for p in sorted(reports.iterdir())})
         reasons = doc["data"].get("reasons", [])
         d.append(f"exit {code}, report {reports / 'report.html'}" + (f"; caught: {'; '.join(reasons)}" if reasons else ""))
-    return {"exit_code": code, "reasons": reasons, "files": outcome.files}
+    return {"exit_code": code, "reasons": reasons, "files": outcome.files, "url": f"https://{LISTEN}",
+            "consumer": CONSUMER}
+
+
+def _usage(box: Container, instance: str, steps: Steps) -> dict[str, Any]:
+    with steps("usage", "the listener's access log, per consumer") as d:
+        _code, doc = _cli(box, "usage", "--instance", instance, "--by", "consumer")
+        rows = doc["data"].get("rows", [])
+        d.append("; ".join(f"{r.get('key')}: {r.get('requests')} requests, {r.get('errors')} errors"
+                           for r in rows) or "no request recorded")
+    return dict(doc["data"])
 
 
 def _compliance(box: Container, steps: Steps) -> dict[str, Any]:

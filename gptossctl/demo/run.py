@@ -48,6 +48,7 @@ class DemoResult:
                              "steps": [s.to_dict() for s in self.steps]}
         if self.mode == "full":
             d.update(smoke=self.outcome.smoke, canary=self.outcome.canary, compliance=self.outcome.compliance,
+                     usage=self.outcome.usage,
                      files=self.outcome.files)
         if self.error is not None:
             d["error"] = {"code": self.error.code, "message": self.error.message, "hint": self.error.hint}

@@ -45,8 +45,9 @@ def test_every_step_passes_and_the_demo_says_so(demo) -> None:  # type: ignore[n
     code, doc, _out = demo
     steps = _steps(doc)
     assert code == 0 and doc["data"]["ok"] is True, [s for s in steps.values() if s["status"] != "ok"]
-    for name in ("build tiny harmony gpt-oss", "bundle pack", "tampered bundle refused", "install",
-                 "smoke", "canary", "compliance check", "failing upgrade rolled back", "release 1 still answering"):
+    for name in ("build tiny harmony gpt-oss", "bundle pack", "tampered bundle refused", "site TLS", "install",
+                 "smoke", "consumer key", "canary", "usage", "compliance check", "failing upgrade rolled back",
+                 "release 1 still answering"):
         assert any(step.startswith(name) for step in steps), (name, list(steps))
     assert all(s["status"] == "ok" and s["detail"] for s in steps.values()), steps
 
@@ -72,6 +73,15 @@ def test_the_canary_caught_what_the_tiny_model_gets_wrong_and_wrote_its_report(d
     # The demo model was taught one unsafe answer: the canary must name it, not pass it.
     assert any("safety incident" in r for r in canary["reasons"]), canary
     assert any("correctness" in r for r in canary["reasons"]), canary
+
+
+def test_the_canary_went_through_the_tls_listener_with_a_consumers_key(demo) -> None:  # type: ignore[no-untyped-def]
+    _code, doc, _out = demo
+    canary = doc["data"]["canary"]
+    assert canary["url"].startswith("https://") and canary["consumer"] == "demo-team", canary
+    # The listener's access log names the consumer whose key the canary sent: every request it made went there.
+    rows = {r["key"]: r for r in doc["data"]["usage"]["rows"]}
+    assert rows["demo-team"]["requests"] > 0 and rows["demo-team"]["rate_limited"] == 0, rows
 
 
 def test_compliance_passes_on_the_served_install(demo) -> None:  # type: ignore[no-untyped-def]
