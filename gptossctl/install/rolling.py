@@ -194,7 +194,14 @@ def bring_up(act: Activation, release: Path) -> dict[str, Any]:
     for m in ss.members:
         restart_member(act, rec, m)
     replicas = [prove_member(act, rec, m, smoke=act.smoke) for m in ss.members]
-    return {"replicas": replicas, "router": start_router(act, rec, restart=True) if ss.router is not None else None}
+    return proof(replicas, start_router(act, rec, restart=True) if ss.router is not None else None)
+
+
+def proof(replicas: list[dict[str, Any] | None], router: dict[str, Any] | None) -> dict[str, Any]:
+    """What an activation proved: each replica's smoke test and the router's, and `ok` over those that ran
+    (None when none ran: --no-smoke, health alone)."""
+    ran = [x for x in (*replicas, router) if x is not None]
+    return {"ok": all(bool(x.get("ok")) for x in ran) if ran else None, "replicas": replicas, "router": router}
 
 
 def start_router(act: Activation, rec: ReleaseRecord, *, restart: bool) -> dict[str, Any] | None:
@@ -258,7 +265,7 @@ def roll(act: Activation, release: Path, prev_release: Path) -> dict[str, Any]:
                               hint=exc.hint, data={"unit": unit, "restored": True}) from None
         switched.append(m)
     changed = install_router(act.layout, act.systemd, release, act.api_key, Path(new.router))
-    return {"replicas": smokes, "router": start_router(act, new, restart=changed)}
+    return proof(smokes, start_router(act, new, restart=changed))
 
 
 def roll_back(act: Activation, prev_release: Path, prev: ReleaseRecord, members: list[Member]) -> str:

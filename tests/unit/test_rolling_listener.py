@@ -11,7 +11,7 @@ import pytest
 
 from gptossctl.install.layout import Layout
 from gptossctl.install.release import EdgeRecord, ReleaseRecord, ReplicaRecord
-from gptossctl.install.rolling import can_roll
+from gptossctl.install.rolling import can_roll, proof
 
 EDGE = EdgeRecord("10.0.0.5", 443, "a" * 64, "b" * 64)
 
@@ -43,3 +43,10 @@ def test_replica_by_replica_only_while_the_router_keeps_its_listener(
         tmp_path: Path, before: EdgeRecord | None, after: EdgeRecord | None, rolls: bool) -> None:
     systemd: Any = LiveRouter()
     assert can_roll(Layout(tmp_path, "i"), systemd, _rec(1, before), _rec(2, after)) is rolls
+
+
+def test_an_activations_proof_says_ok_over_the_smoke_tests_that_ran() -> None:
+    passed, router = {"ok": True, "checks": []}, {"url": "u", "ok": True, "checks": []}
+    assert proof([passed, passed], router)["ok"] is True
+    assert proof([passed, {"ok": False, "checks": []}], router)["ok"] is False
+    assert proof([None], None) == {"ok": None, "replicas": [None], "router": None}  # --no-smoke: nothing proved
