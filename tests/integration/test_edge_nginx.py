@@ -32,8 +32,10 @@ from gptossctl.compliance.evidence import ComplianceOptions, Evidence
 from gptossctl.install.consumers import access_log, edge_dir
 from gptossctl.install.edge import EdgeSettings, render_edge
 from gptossctl.install.layout import Layout
-from gptossctl.install.release import ReleaseRecord, ReplicaRecord
+from gptossctl.install.release import EdgeRecord, ReleaseRecord, ReplicaRecord
 from gptossctl.install.router import UPSTREAM, render_router_config
+from gptossctl.install.serving import serving_set
+from gptossctl.install.tls import edge_digests
 from tests.integration.vllm_server import free_port, make_trained_llama, vllm_python, vllm_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
@@ -372,8 +374,14 @@ def test_an_expired_certificate_fails_the_check_and_is_not_installed(site: Site)
     for name, src in (("tls-cert.pem", "expired.pem"), ("tls-key.pem", "expired.key")):
         (edge_dir(site.layout) / name).write_bytes((site.pki / src).read_bytes())
     try:
+        # The record seals these very files (the certificate ran out in service, nobody swapped it): what fails
+        # is the date, not a difference from the seal.
+        now = edge_digests(site.layout)
+        edge = EdgeRecord("127.0.0.1", 443, str(now["cert_sha256"]), str(now["key_sha256"]),
+                          now["client_ca_sha256"] or "")
+        rec = ReleaseRecord(1, "b", INSTANCE, "p", MODEL, "0" * 64, "py", edge=edge)
         result = check_tls(Evidence(site.layout, Systemd(site.root), ComplianceOptions(), datetime.now(UTC),
-                                    site.layout.release(1), ReleaseRecord(1, "b", INSTANCE, "p", MODEL, "0" * 64, "py")))
+                                    site.layout.release(1), rec, serving_set(site.layout, rec)))
     finally:
         (edge_dir(site.layout) / "tls-cert.pem").write_bytes(installed)
         (edge_dir(site.layout) / "tls-key.pem").write_bytes(key)
