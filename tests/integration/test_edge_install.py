@@ -24,9 +24,9 @@ from gptossctl.pack.pack import pack_bundle
 from gptossctl.pack.spec import load_spec
 from tests.conftest import KeyPair
 from tests.integration.container import PACKAGES, Container, bootstrap_cli, gptossctl_wheelhouse
-from tests.integration.test_edge_nginx import make_ca, make_cert
 from tests.integration.test_systemd_install import RECIPE
 from tests.integration.vllm_server import REPO, make_trained_llama
+from tests.sitepki import make_ca, make_cert
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 CLI = "/opt/gptossctl/bin/gptossctl"

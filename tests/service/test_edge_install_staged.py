@@ -20,36 +20,19 @@ from gptossctl.install.layout import Layout
 from gptossctl.install.release import read_release
 from gptossctl.install.router import render_router_config
 from tests.conftest import KeyPair
+from tests.sitepki import make_ca, make_cert
 
 pytestmark = pytest.mark.integration
 INSTANCE = "tiny-gpt-oss"
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(d: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            f"{name}.key", "-out", f"{name}.pem", "-days", "365", "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-
-
-def make_cert(d: Path, ca: str, name: str, *, days: str = "90") -> None:
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-    (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", days, "-extfile", f"{name}.ext", cwd=d)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
-    make_ca(d, "site-ca")
-    make_ca(d, "other-ca")
-    make_cert(d, "site-ca", "server")
-    make_cert(d, "other-ca", "stranger")
+    make_ca(d, "site-ca", days="365")
+    make_ca(d, "other-ca", days="365")
+    make_cert(d, "site-ca", "server", server=True, days="90")
+    make_cert(d, "other-ca", "stranger", server=True, days="90")
     return d
 
 
@@ -214,7 +197,7 @@ def test_bad_edge_input_is_a_usage_error_and_changes_nothing(cli, bundle: Path, 
            "not chained to the client CA": _tls(pki, ca="other-ca"),
            "--listen without TLS": []}.get(case, _tls(pki))
     if case == "expired":
-        make_cert(pki, "site-ca", "expired", days="-1")
+        make_cert(pki, "site-ca", "expired", server=True, days="-1")
         tls = _tls(pki, cert="expired", key="expired")
     root = tmp_path / "root"
     root.mkdir()
