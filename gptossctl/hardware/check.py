@@ -22,7 +22,7 @@ from gptossctl.hardware.inventory import Gpu, Inventory
 from gptossctl.hardware.layout import NO_OVERRIDES, Device, Layout, LayoutDoesNotFit, LayoutRequest, host_layout, propose_layout
 from gptossctl.hardware.modelfacts import loaded_weights_bytes
 from gptossctl.hardware.profiles import Profile
-from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need, model_key
+from gptossctl.hardware.requirements import GIB, KNOWN_MODELS, MIB, MemoryNeed, ModelFacts, memory_need
 
 Status = Literal["pass", "warn", "fail"]
 DEFAULT_CUDA_LINE = "13.0"  # vLLM 0.33 wheels: CUDA 13 runtime
@@ -486,16 +486,14 @@ def check_models(inv: Inventory, profiles: list[Profile], models: Sequence[str |
     return HardwareReport(inv, tuple(reports), req)
 
 
-def requirements_from_manifest(manifest: Any) -> tuple[Requirements, str | None]:
-    """What a bundle asks of the target, and which model it carries (None if not a known one)."""
-    model = manifest.components.get("model", {})
+def requirements_from_manifest(manifest: Any) -> Requirements:
+    """What a bundle asks of the target (which model it carries is read from its config.json, not its name)."""
     wheels = manifest.components.get("wheels", {})
     weights = loaded_weights_bytes(manifest.files)
-    key = model_key(str(model.get("repo", ""))) or model_key(str(model.get("name", "")))
     return Requirements(
         cuda_line=str(wheels.get("cuda", DEFAULT_CUDA_LINE)),
         vllm_version=str(wheels.get("vllm", DEFAULT_VLLM)),
         weights_bytes=weights or None,
         bundle_bytes=manifest.total_size,
         target_arch=wheels.get("arch"),
-    ), key
+    )

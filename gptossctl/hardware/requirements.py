@@ -9,21 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gptossctl.hardware.modelfacts import ALIASES, PUBLISHED, ModelFacts, published_key
+from gptossctl.hardware.modelfacts import PUBLISHED, ModelFacts
 
 GIB = 1 << 30
 MIB = 1 << 20
-__all__ = ["GIB", "KNOWN_MODELS", "MIB", "MemoryNeed", "ModelFacts", "kv_cache_bytes", "memory_need", "model_key"]
+__all__ = ["GIB", "KNOWN_MODELS", "MIB", "MemoryNeed", "ModelFacts", "kv_cache_bytes", "memory_need"]
 
 
 # The published models and the embedded tiny one, by name (hardware.modelfacts: any other gpt-oss is sized from
 # its own config.json).
 KNOWN_MODELS: dict[str, ModelFacts] = PUBLISHED
-MODEL_ALIASES = ALIASES
-
-
-def model_key(name: str) -> str | None:
-    return published_key(name)
 
 
 def kv_cache_bytes(model: ModelFacts, *, context_len: int, concurrency: int, dtype_bytes: int) -> int:

@@ -65,7 +65,7 @@ def _inputs(model: str | None, bundle: Path | None) -> tuple[Requirements, list[
     req, bundle_model, profiles = Requirements(), None, None
     if bundle is not None:
         manifest = inspect_bundle(bundle).manifest
-        req, _name = requirements_from_manifest(manifest)
+        req = requirements_from_manifest(manifest)
         bundle_model = bundle_model_facts(bundle, manifest, code="hw.bundle_damaged")
         # The profiles install would choose among: the bundle's own (read against its manifest; install verifies).
         profiles = bundle_profiles(bundle, manifest, code="hw.bundle_damaged")
@@ -167,7 +167,7 @@ def preflight(bundle: VerifiedBundle, layout: Layout, *, profile: str, captures:
               request: LayoutRequest = NO_OVERRIDES) -> ProfileFit:
     """The profile this host serves the bundle with, chosen among the bundle's own signed profiles, and the
     replicas it runs (every GPU that holds one, or what --replicas/--tp ask within that)."""
-    requirements, _name = requirements_from_manifest(bundle.manifest)
+    requirements = requirements_from_manifest(bundle.manifest)
     # Sized from the model's own signed config.json: any gpt-oss or fine-tune of one, under any name.
     model = bundle_model_facts(bundle.root, bundle.manifest, code="install.bundle_changed")
     inventory = probe_capture(captures)
