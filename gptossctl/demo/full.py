@@ -85,7 +85,7 @@ def run_full(out: Path, inputs: FullInputs, steps: Steps, outcome: FullOutcome) 
     hw_check(v1, out, steps)
     with steps("site TLS", "the site CA and the listener's certificate (a site brings its own)") as d:
         make_site_tls(out / "tls")
-        d.append(f"ECDSA P-256, for {LISTEN_HOST}, valid 30 days: {out / 'tls'}")
+        d.append(f"ECDSA P-256, for {LISTEN_HOST}, valid 397 days: {out / 'tls'}")
     binds = {bundles: "/media/bundles", out / "keys": "/media/keys", inputs.bootstrap: "/media/wheels",
              out / "tls": "/media/tls"}
     with _container(out, binds, steps) as box:

@@ -27,13 +27,14 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def make_site_tls(d: Path, *, now: datetime | None = None) -> tuple[Path, Path, Path]:
-    """(ca.pem, server.pem, server.key): ECDSA P-256, valid 30 days, the server's name the listen address."""
+    """(ca.pem, server.pem, server.key): ECDSA P-256, the server's name the listen address; valid 397 days (the
+    public CAs' ceiling), so compliance's 30-day expiry warning does not fire on the demo."""
     now = now or datetime.now(UTC)
     d.mkdir(parents=True, exist_ok=True)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("demo site CA")).issuer_name(_name("demo site CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+          .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=5 * 365))
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                                        data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -42,7 +43,7 @@ def make_site_tls(d: Path, *, now: datetime | None = None) -> tuple[Path, Path, 
           .sign(ca_key, hashes.SHA256()))
     server = (x509.CertificateBuilder().subject_name(_name(LISTEN_HOST)).issuer_name(ca.subject)
               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=30))
+              .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=397))
               .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(LISTEN_HOST))]),
                              critical=False)
               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
